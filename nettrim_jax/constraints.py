@@ -1,0 +1,82 @@
+"""The Net-Trim constraint set and the quantities measured against it.
+
+For a block of outputs with target ``Y`` (P, M), mask ``omega = Y > 0`` (all True for a
+linear layer), radius ``eps`` and threshold ``V`` the feasible set of pre-activations is
+
+    C = {Z : ||(Z - Y)_omega||_F <= eps,  Z_{omega^c} <= V}.
+
+Everything here is elementwise or a reduction over the block, so the same functions
+serve the coupled program (one block = the whole layer) and, under ``jax.vmap`` over
+columns, the per-neuron program (one block = one output unit).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+
+
+class ConstraintSet(NamedTuple):
+    """C for one block, in the solver's (scaled) units.
+
+    Attributes:
+      target: (P, M) original outputs Y.
+      omega: (P, M) bool, where the misfit is measured (Y > 0 for ReLU, all for linear).
+      radius: () ball radius epsilon on the misfit over omega.
+      threshold: (P, M) upper bound V on the pre-activation outside omega.
+    """
+
+    target: jnp.ndarray
+    omega: jnp.ndarray
+    radius: jnp.ndarray
+    threshold: jnp.ndarray
+
+
+def shrink(c: ConstraintSet, margin, unit) -> ConstraintSet:
+    """C with the radius scaled by (1 - margin) and the threshold lowered by margin * unit.
+
+    A point within ``margin * radius`` (Frobenius) and ``margin * unit`` (entrywise) of the
+    shrunken set lies inside ``c`` itself; the solvers stop only once this holds.
+    """
+    return c._replace(radius=c.radius * (1 - margin), threshold=c.threshold - margin * unit)
+
+
+def project(z: jnp.ndarray, c: ConstraintSet) -> jnp.ndarray:
+    """Euclidean projection of z (P, M) onto C."""
+    d = jnp.where(c.omega, z - c.target, 0)
+    norm = jnp.sqrt(jnp.sum(d * d))
+    factor = jnp.where(norm > c.radius, c.radius / jnp.maximum(norm, jnp.finfo(z.dtype).tiny), 1)
+    inside = c.target + d * factor
+    return jnp.where(c.omega, inside, jnp.minimum(z, c.threshold))
+
+
+def misfit(xu: jnp.ndarray, c: ConstraintSet):
+    """(||(XU - Y)_omega||_F, max(0, max over omega^c of XU - V)) for pre-activations xu."""
+    d = jnp.where(c.omega, xu - c.target, 0)
+    norm = jnp.sqrt(jnp.sum(d * d))
+    excess = jnp.where(c.omega, -jnp.inf, xu - c.threshold)
+    violation = jnp.maximum(jnp.max(excess, initial=-jnp.inf), 0)
+    return norm, violation
+
+
+def support(lam: jnp.ndarray, c: ConstraintSet) -> jnp.ndarray:
+    """Support function sup_{Z in C} <lam, Z>, for lam >= 0 outside omega (else +inf)."""
+    inner = jnp.sum(jnp.where(c.omega, lam * c.target, 0))
+    ball = c.radius * jnp.sqrt(jnp.sum(jnp.where(c.omega, lam * lam, 0)))
+    outside = jnp.where(c.omega, 0, lam)
+    bound = jnp.sum(jnp.where(c.omega, 0, lam * c.threshold))
+    return jnp.where(jnp.all(outside >= 0), inner + ball + bound, jnp.inf)
+
+
+def dual_bound(lam: jnp.ndarray, xt_lam: jnp.ndarray, c: ConstraintSet) -> jnp.ndarray:
+    """Certified lower bound on min ||U||_1 s.t. XU in C from any dual point lam (P, M).
+
+    Lagrangian duality gives  min ||U||_1 >= -sigma_C(t lam)  for every t >= 0 with
+    ||X^T (t lam)||_inf <= 1; the bound is linear in t, so the best admissible t is
+    1 / ||X^T lam||_inf.  ``xt_lam`` is X^T lam (N, M).
+    """
+    dual_norm = jnp.max(jnp.abs(xt_lam))
+    value = -support(lam, c)
+    tiny = jnp.finfo(lam.dtype).tiny
+    return jnp.where((value > 0) & (dual_norm > tiny), value / jnp.maximum(dual_norm, tiny), 0)

@@ -1,0 +1,306 @@
+"""``solve_layer``: Net-Trim's convex program for one layer.
+
+    relu:    minimize ||U||_1  s.t.  ||(XU - Y)_Omega||_F <= eps,  (XU)_{Omega^c} <= V
+    linear:  minimize ||U||_1  s.t.  ||XU - Y||_F <= eps
+
+with Omega = {Y > 0}.  Inputs are scaled before solving (X to unit spectral norm, Y to unit
+root-mean-square) so one set of tolerances fits every layer; everything reported is in the
+caller's units.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nettrim_jax import admm, constraints, gram, pdhg
+
+ACTIVATIONS = ("relu", "linear")
+SOLVERS = ("admm", "pdhg")
+
+
+class LayerInfo(NamedTuple):
+    """How a solve ended.  Scalars for the layer (per-neuron results are aggregated).
+
+    Attributes:
+      iterations: iterations run (the most over units in per-neuron mode).
+      converged: True only if every stopping test passed (all units in per-neuron mode).
+      objective: ||kernel||_1 in the caller's units.
+      lower_bound: certified lower bound on the optimal ||U||_1, from a dual-feasible point.
+      gap: (objective - lower_bound) / objective, the certified relative optimality gap.
+      residual: misfit / epsilon over the program's balls (the largest, per-neuron); <= 1
+        means the misfit constraint holds.
+      violation: max(0, max of XU - threshold over Omega^c), caller's units (relu only).
+      primal_residual, dual_residual: the solver's last residual norms (scaled units).
+      rho: the final ADMM penalty (or PDHG primal weight); (M,) per-neuron.
+    """
+
+    iterations: Any
+    converged: Any
+    objective: Any
+    lower_bound: Any
+    gap: Any
+    residual: Any
+    violation: Any
+    primal_residual: Any
+    dual_residual: Any
+    rho: Any
+
+
+class LayerSolution(NamedTuple):
+    """Result of ``solve_layer``.
+
+    Attributes:
+      kernel: (N, M) sparse kernel with exact zeros; ``X @ kernel`` approximates the
+        original pre-activation.
+      info: ``LayerInfo``.
+      state: the solver's final state (scaled units) with the scales used, for warm starts.
+    """
+
+    kernel: jnp.ndarray
+    info: LayerInfo
+    state: Any = None
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_finite(name, x):
+    if _is_concrete(x) and not bool(np.all(np.isfinite(np.asarray(x)))):
+        raise ValueError(f"{name} contains NaN or Inf values")
+
+
+def _validate(X, Y, epsilon, activation, threshold, per_neuron, solver, warm_start):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
+    if jnp.ndim(X) != 2:
+        raise ValueError(f"X must be 2-D (samples, features), got shape {jnp.shape(X)}")
+    if jnp.ndim(Y) != 2:
+        raise ValueError(f"Y must be 2-D (samples, outputs), got shape {jnp.shape(Y)}")
+    (p, n), (py, m) = jnp.shape(X), jnp.shape(Y)
+    if p != py:
+        raise ValueError(f"X has {p} samples but Y has {py}: shapes {jnp.shape(X)} and {jnp.shape(Y)}")
+    if p == 0 or n == 0 or m == 0:
+        raise ValueError(f"empty problem: X {jnp.shape(X)}, Y {jnp.shape(Y)}")
+    _check_finite("X", X)
+    _check_finite("Y", Y)
+    eshape = jnp.shape(epsilon)
+    if eshape not in ((), (m,)) or (eshape == (m,) and not per_neuron):
+        raise ValueError(f"epsilon must be a scalar{' or an (M,) = (%d,) vector' % m if per_neuron else ''}"
+                         f" (a vector needs per_neuron=True), got shape {eshape}")
+    _check_finite("epsilon", epsilon)
+    if _is_concrete(epsilon) and bool(np.any(np.asarray(epsilon) < 0)):
+        raise ValueError(f"epsilon must be >= 0, got {np.asarray(epsilon)}")
+    if _is_concrete(Y) and activation == "relu" and bool(np.any(np.asarray(Y) < 0)):
+        raise ValueError("Y has negative entries, so it is not a ReLU output; "
+                         "pass relu(Y) or activation='linear'")
+    if threshold is not None:
+        if activation != "relu":
+            raise ValueError("threshold applies only to activation='relu'")
+        try:
+            np.broadcast_shapes(jnp.shape(threshold), (p, m))
+        except ValueError:
+            raise ValueError(f"threshold of shape {jnp.shape(threshold)} does not broadcast "
+                             f"to Y's shape {(p, m)}") from None
+        _check_finite("threshold", threshold)
+    if warm_start is not None:
+        k = warm_start.kernel if isinstance(warm_start, LayerSolution) else warm_start
+        if jnp.shape(k) != (n, m):
+            raise ValueError(f"warm_start kernel has shape {jnp.shape(k)}, expected {(n, m)}")
+
+
+# ----------------------------------------------------------------------------- the solve
+
+
+def _options(solver, dtype, opts: dict):
+    cls = admm.Options if solver == "admm" else pdhg.Options
+    opts = dict(opts)
+    if opts.get("margin") is None:
+        opts["margin"] = 1e-3 if jnp.finfo(dtype).bits <= 32 else 1e-5
+    unknown = set(opts) - set(cls._fields)
+    if unknown:
+        raise TypeError(f"unknown option(s) for solver={solver!r}: {sorted(unknown)}; "
+                        f"valid: {list(cls._fields)}")
+    return cls(**opts)
+
+
+def _column_radii(y_omega, epsilon, per_neuron):
+    """Per-unit radii: epsilon split in proportion to ||y_m|| (sum of squares = epsilon^2)."""
+    m = y_omega.shape[1]
+    if not per_neuron:
+        return epsilon
+    if jnp.ndim(epsilon) == 1:
+        return epsilon
+    norms = jnp.sqrt(jnp.sum(y_omega * y_omega, axis=0))
+    total = jnp.sqrt(jnp.sum(norms * norms))
+    share = jnp.where(total > 0, norms / jnp.where(total > 0, total, 1), 1 / math.sqrt(m))
+    return epsilon * share
+
+
+@functools.partial(jax.jit, static_argnames=("activation", "per_neuron", "solver", "opts"))
+def _solve(X, Y, epsilon, threshold, w0, warm, rho0, *, activation, per_neuron, solver, opts):
+    dtype = X.dtype
+    p, n = X.shape
+    m = Y.shape[1]
+    tiny = jnp.finfo(dtype).tiny
+    sx = gram.spectral_norm(X)
+    sx = jnp.where(sx > tiny, sx, 1)
+    sy = jnp.sqrt(jnp.mean(Y * Y))
+    sy = jnp.where(sy > tiny, sy, 1)
+    x = X / sx
+    y = Y / sy
+    omega = (y > 0) if activation == "relu" else jnp.ones(y.shape, bool)
+    v = jnp.broadcast_to(threshold / sy, y.shape)
+    radius = _column_radii(jnp.where(omega, y, 0), epsilon / sy, per_neuron)
+    w_init = w0 * (sx / sy)
+
+    if solver == "admm":
+        g = gram.factor(x)
+        runner = functools.partial(admm.run, g)
+        init = functools.partial(admm.init_state, g)
+    else:
+        runner = functools.partial(pdhg.run, x)
+        init = functools.partial(pdhg.init_state, x)
+    if rho0 is None:
+        rho0 = jnp.sqrt(jnp.asarray(n / p, dtype)) if solver == "admm" else jnp.asarray(1.0, dtype)
+
+    def one(target, om, rad, thr, w, warm_state):
+        c = constraints.ConstraintSet(target=target, omega=om, radius=rad, threshold=thr)
+        s0 = init(c, w, rho0) if warm_state is None else warm_state
+        return runner(c, jnp.asarray(1.0, dtype), s0, opts)
+
+    if per_neuron:
+        cols = lambda a: jnp.moveaxis(a, 1, 0)[..., None]  # (P, M) -> (M, P, 1)
+        state, rep = jax.vmap(one)(cols(y), cols(omega), radius, cols(v), cols(w_init), warm)
+        w = jnp.moveaxis(state.w[..., 0], 0, 1)
+    else:
+        state, rep = one(y, omega, radius, v, w_init, warm)
+        w = state.w
+    kernel = w * (sy / sx)
+
+    # Everything reported is recomputed from the returned kernel, in the caller's units.
+    out = jnp.where(omega, X @ kernel - Y, 0)
+    eps_cols = radius * sy
+    if per_neuron:
+        misfit = jnp.sqrt(jnp.sum(out * out, axis=0))
+    else:
+        misfit = jnp.sqrt(jnp.sum(out * out))
+    residual = jnp.max(jnp.where(eps_cols > 0, misfit / jnp.where(eps_cols > 0, eps_cols, 1),
+                                 jnp.where(misfit > 0, jnp.inf, 0)))
+    if activation == "relu":
+        excess = jnp.where(omega, -jnp.inf, X @ kernel - jnp.broadcast_to(threshold, Y.shape))
+        violation = jnp.maximum(jnp.max(excess), 0)
+    else:
+        violation = jnp.zeros((), dtype)
+    objective = jnp.sum(jnp.abs(kernel))
+    lower = jnp.sum(rep.lower_bound) * (sy / sx)
+    gap = jnp.where(objective > 0, (objective - lower) / jnp.where(objective > 0, objective, 1), 0)
+    info = LayerInfo(
+        iterations=jnp.max(rep.iterations), converged=jnp.all(rep.converged),
+        objective=objective, lower_bound=lower, gap=gap, residual=residual, violation=violation,
+        primal_residual=jnp.max(rep.primal_residual), dual_residual=jnp.max(rep.dual_residual),
+        rho=rep.rho)
+    return kernel, info, (state, sx, sy)
+
+
+def _warn_unconverged(converged, iterations, gap, residual):
+    if not bool(np.all(converged)):
+        warnings.warn(
+            f"Net-Trim solve did not converge in {int(np.max(iterations))} iterations "
+            f"(certified gap {float(np.max(gap)):.3g}, residual {float(np.max(residual)):.6g}); "
+            "raise max_iters or loosen tolerances", RuntimeWarning, stacklevel=3)
+
+
+def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
+                per_neuron: bool = False, solver: str = "admm", warm_start=None,
+                rho=None, **solver_options) -> LayerSolution:
+    """Solve Net-Trim's program for one layer.
+
+    Args:
+      X: (P, N) layer inputs, one sample per row (append a ones column for a bias).
+      Y: (P, M) original layer outputs (post-ReLU for ``activation="relu"``).
+      epsilon: misfit budget, caller's units: a scalar, or with ``per_neuron=True`` an (M,)
+        vector; a scalar is then split across units in proportion to ||y_m||.
+      activation: "relu" or "linear".
+      threshold: V, the bound on XU outside Omega (relu only): scalar or broadcastable to
+        (P, M); default 0.
+      per_neuron: one ball per output unit, solved as independent problems vmapped over units.
+      solver: "admm" (factors an min(N, P)^2 matrix once) or "pdhg" (factorization-free).
+      warm_start: an (N, M) kernel, or a previous ``LayerSolution`` for the same X and Y
+        (its full solver state is reused).
+      rho: initial ADMM penalty / PDHG primal weight (scaled units); default is adaptive.
+      **solver_options: fields of ``admm.Options`` / ``pdhg.Options`` (max_iters,
+        check_every, eps_abs, eps_rel, gap_tol, relaxation, adaptive_rho, margin).
+
+    Returns:
+      ``LayerSolution(kernel (N, M), info, state)``.  Works under ``jax.jit`` and
+      ``jax.vmap``; value checks (NaN, sign of epsilon) and the non-convergence warning are
+      done only when the inputs are concrete.
+    """
+    _validate(X, Y, epsilon, activation, threshold, per_neuron, solver, warm_start)
+    X = jnp.asarray(X)
+    dtype = jnp.result_type(X.dtype, jnp.asarray(Y).dtype, jnp.float32)
+    X = X.astype(dtype)
+    Y = jnp.asarray(Y, dtype)
+    p, n = X.shape
+    m = Y.shape[1]
+    epsilon = jnp.asarray(epsilon, dtype)
+    threshold = jnp.zeros((), dtype) if threshold is None else jnp.asarray(threshold, dtype)
+    opts = _options(solver, dtype, solver_options)
+
+    warm = None
+    if isinstance(warm_start, LayerSolution):
+        w0 = jnp.asarray(warm_start.kernel, dtype)
+        prev = warm_start.state
+        if prev is not None and _state_fits(prev[0], solver, per_neuron, n, p, m):
+            warm = _rescale_state(prev, X, Y)
+    elif warm_start is not None:
+        w0 = jnp.asarray(warm_start, dtype)
+    else:
+        w0 = jnp.zeros((n, m), dtype)
+    rho0 = None if rho is None else jnp.asarray(rho, dtype)
+    kernel, info, state = _solve(X, Y, epsilon, threshold, w0, warm, rho0,
+                                 activation=activation, per_neuron=per_neuron,
+                                 solver=solver, opts=opts)
+    if _is_concrete(info.converged):
+        _warn_unconverged(info.converged, info.iterations, info.gap, info.residual)
+    else:
+        jax.debug.callback(_warn_unconverged, info.converged, info.iterations, info.gap,
+                           info.residual)
+    return LayerSolution(kernel=kernel, info=info, state=state)
+
+
+def _state_fits(state, solver, per_neuron, n, p, m) -> bool:
+    cls = admm.State if solver == "admm" else pdhg.State
+    if type(state) is not cls:
+        return False
+    expect = (m, n, 1) if per_neuron else (n, m)
+    return tuple(state.w.shape) == expect
+
+
+def _rescale_state(prev, X, Y):
+    """Carry a previous scaled state over to this problem's scaling (same X, Y: unchanged)."""
+    state, sx_old, sy_old = prev
+    sx = gram.spectral_norm(X)
+    sy = jnp.sqrt(jnp.mean(Y * Y))
+    kw = (sy_old / sx_old) * (sx / sy)
+    ky = sy_old / sy
+    return state._replace(w=state.w * kw, z=state.z * ky, **_extra_rescale(state, kw, ky))
+
+
+def _extra_rescale(state, kw, ky):
+    if isinstance(state, admm.State):
+        return dict(u=state.u * kw, xu=state.xu * ky)
+    return pdhg.rescale_extra(state, kw, ky)
