@@ -40,7 +40,8 @@ class Options(NamedTuple):
     gap_tol: float = 1e-3
     relaxation: float = 1.6
     adaptive_rho: bool = True
-    margin: float = 1e-4
+    margin: float | None = None  # radius shrink; solve_layer: 1e-3 (f32), 1e-5 (f64)
+    feas_tol: float | None = None  # threshold violation / max|Y|: 1e-5 (f32), 1e-7 (f64)
 
 
 class State(NamedTuple):
@@ -92,7 +93,7 @@ def _check(g, outer, opts: Options, s: State, iterations):
     xt_l1 = g.x.T @ s.l1
     misfit, violation = constraints.misfit(xw, outer)
     feasible = (misfit <= outer.radius + rounding * _norm(outer.target)) & (
-        violation <= rounding * jnp.max(jnp.abs(outer.target), initial=1.0))
+        violation <= opts.feas_tol * jnp.max(jnp.abs(outer.target), initial=tiny))
 
     r = jnp.sqrt(jnp.sum((s.xu - s.z) ** 2) + jnp.sum((s.u - s.w) ** 2))
     dual = xt_l1 + s.l2
@@ -123,14 +124,14 @@ def _check(g, outer, opts: Options, s: State, iterations):
     return s, report
 
 
-def run(g: gram.Gram, outer: constraints.ConstraintSet, unit, state: State, opts: Options):
+def run(g: gram.Gram, outer: constraints.ConstraintSet, state: State, opts: Options):
     """Iterate from ``state`` until converged or ``opts.max_iters``; returns (State, Report).
 
     ``outer`` is the true constraint set; iterates are projected onto its shrunken copy
-    (``opts.margin``, with ``unit`` the entrywise scale of the threshold margin) so that
-    the stopping test can demand exact feasibility of W against ``outer``.
+    (radius times 1 - ``opts.margin``) so that the stopping test can demand that W meet
+    the misfit bound of ``outer`` exactly; the threshold is met to ``opts.feas_tol``.
     """
-    inner = constraints.shrink(outer, opts.margin, unit)
+    inner = constraints.shrink(outer, opts.margin)
     a = jnp.asarray(opts.relaxation, state.w.dtype)
     return loop.run(lambda s: _iterate(g, inner, s, a), lambda s, k: _check(g, outer, opts, s, k), state,
                     opts.max_iters, opts.check_every)

@@ -33,13 +33,15 @@ class ConstraintSet(NamedTuple):
     threshold: jnp.ndarray
 
 
-def shrink(c: ConstraintSet, margin, unit) -> ConstraintSet:
-    """C with the radius scaled by (1 - margin) and the threshold lowered by margin * unit.
+def shrink(c: ConstraintSet, margin) -> ConstraintSet:
+    """C with the radius scaled by (1 - margin).
 
-    A point within ``margin * radius`` (Frobenius) and ``margin * unit`` (entrywise) of the
-    shrunken set lies inside ``c`` itself; the solvers stop only once this holds.
+    A point within ``margin * radius`` (Frobenius, over omega) of the shrunken set meets
+    the misfit bound of ``c`` itself; the solvers stop only once this holds.  The
+    threshold is not shrunk (that would make an all-zero unit infeasible); its constraint
+    is met to a stopping tolerance instead.
     """
-    return c._replace(radius=c.radius * (1 - margin), threshold=c.threshold - margin * unit)
+    return c._replace(radius=c.radius * (1 - margin))
 
 
 def project(z: jnp.ndarray, c: ConstraintSet) -> jnp.ndarray:

@@ -127,8 +127,11 @@ def _validate(X, Y, epsilon, activation, threshold, per_neuron, solver, warm_sta
 def _options(solver, dtype, opts: dict):
     cls = admm.Options if solver == "admm" else pdhg.Options
     opts = dict(opts)
+    single = jnp.finfo(dtype).bits <= 32
     if opts.get("margin") is None:
-        opts["margin"] = 1e-3 if jnp.finfo(dtype).bits <= 32 else 1e-5
+        opts["margin"] = 1e-3 if single else 1e-5
+    if opts.get("feas_tol") is None:
+        opts["feas_tol"] = 1e-5 if single else 1e-7
     unknown = set(opts) - set(cls._fields)
     if unknown:
         raise TypeError(f"unknown option(s) for solver={solver!r}: {sorted(unknown)}; "
@@ -179,7 +182,7 @@ def _solve(X, Y, epsilon, threshold, w0, warm, rho0, *, activation, per_neuron, 
     def one(target, om, rad, thr, w, warm_state):
         c = constraints.ConstraintSet(target=target, omega=om, radius=rad, threshold=thr)
         s0 = init(c, w, rho0) if warm_state is None else warm_state
-        return runner(c, jnp.asarray(1.0, dtype), s0, opts)
+        return runner(c, s0, opts)
 
     if per_neuron:
         cols = lambda a: jnp.moveaxis(a, 1, 0)[..., None]  # (P, M) -> (M, P, 1)
@@ -242,7 +245,8 @@ def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
         (its full solver state is reused).
       rho: initial ADMM penalty / PDHG primal weight (scaled units); default is adaptive.
       **solver_options: fields of ``admm.Options`` / ``pdhg.Options`` (max_iters,
-        check_every, eps_abs, eps_rel, gap_tol, relaxation, adaptive_rho, margin).
+        check_every, eps_abs, eps_rel, gap_tol, relaxation, adaptive_rho, margin,
+        feas_tol; see their docstrings).
 
     Returns:
       ``LayerSolution(kernel (N, M), info, state)``.  Works under ``jax.jit`` and

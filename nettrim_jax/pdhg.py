@@ -38,7 +38,8 @@ class Options(NamedTuple):
     gap_tol: float = 1e-3
     step: float = 0.95
     restart_decay: float = 0.2
-    margin: float = 1e-4
+    margin: float | None = None  # radius shrink; solve_layer: 1e-3 (f32), 1e-5 (f64)
+    feas_tol: float | None = None  # threshold violation / max|Y|: 1e-5 (f32), 1e-7 (f64)
 
 
 class State(NamedTuple):
@@ -84,7 +85,9 @@ def _iterate(x, inner, s: State, eta) -> State:
     w = soft_threshold(s.w - tau * s.xty, tau)
     z = x @ w
     v = s.y + sigma * (2 * z - s.z)
-    y = v - sigma * constraints.project(v / sigma, inner)
+    # Moreau: prox of sigma I_C^*; outside omega written exactly so y stays >= 0 there.
+    y = jnp.where(inner.omega, v - sigma * constraints.project(v / sigma, inner),
+                  jnp.maximum(v - sigma * inner.threshold, 0))
     xty = x.T @ y
     return s._replace(w=w, z=z, y=y, xty=xty, sum_w=s.sum_w + w, sum_z=s.sum_z + z,
                       sum_y=s.sum_y + y, sum_xty=s.sum_xty + xty, count=s.count + 1)
@@ -121,7 +124,7 @@ def _check(outer, opts: Options, s: State, iterations):
     objective, lower, misfit, violation, primal_inf, dual_inf, kkt = pick(m_avg, m_cur)
 
     feasible = (misfit <= outer.radius + rounding * _norm(outer.target)) & (
-        violation <= rounding * jnp.max(jnp.abs(outer.target), initial=1.0))
+        violation <= opts.feas_tol * jnp.max(jnp.abs(outer.target), initial=tiny))
     gap_ok = objective - lower <= opts.gap_tol * jnp.maximum(objective, tiny)
     eps_pri = jnp.sqrt(s.z.size) * opts.eps_abs + opts.eps_rel * jnp.maximum(_norm(cand[1]), 1)
     converged = feasible & gap_ok & (primal_inf <= eps_pri)
@@ -147,9 +150,9 @@ def _check(outer, opts: Options, s: State, iterations):
     return s, report
 
 
-def run(x, outer: constraints.ConstraintSet, unit, state: State, opts: Options):
+def run(x, outer: constraints.ConstraintSet, state: State, opts: Options):
     """Iterate from ``state`` until converged or ``opts.max_iters``; returns (State, Report)."""
-    inner = constraints.shrink(outer, opts.margin, unit)
+    inner = constraints.shrink(outer, opts.margin)
     eta = jnp.asarray(opts.step, state.w.dtype)
     return loop.run(lambda s: _iterate(x, inner, s, eta), lambda s, k: _check(outer, opts, s, k), state,
                     opts.max_iters, opts.check_every)

@@ -6,7 +6,7 @@ import numpy as np
 
 
 def relu_problem(p, n, m, seed=0, density=0.3, bias=True):
-    """Random dense layer: X (p, n) Gaussian (+ ones column), Y = relu(X W)."""
+    """Random dense ReLU layer: X (p, n) Gaussian (+ a ones column), Y = relu(X W)."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((p, n))
     if bias:
@@ -15,26 +15,36 @@ def relu_problem(p, n, m, seed=0, density=0.3, bias=True):
     return x, np.maximum(x @ w, 0), w
 
 
+def planted_sparse(p, n, m, s, seed=0):
+    """Gaussian X (p, n) and a kernel with exactly s nonzeros (|w| in [0.5, 1.5]) per column."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((p, n))
+    w = np.zeros((n, m))
+    for j in range(m):
+        idx = rng.choice(n, s, replace=False)
+        w[idx, j] = rng.choice([-1.0, 1.0], s) * rng.uniform(0.5, 1.5, s)
+    return x, np.maximum(x @ w, 0), w
+
+
 def reference(x, y, eps, activation="relu", threshold=0.0, per_neuron=False):
-    """Optimal value and kernel of Net-Trim's program, by Clarabel."""
+    """Optimal value and kernel of Net-Trim's program, solved by Clarabel to 1e-10."""
     import cvxpy as cp
 
-    p, n = x.shape
-    m = y.shape[1]
+    n, m = x.shape[1], y.shape[1]
     u = cp.Variable((n, m))
     z = x @ u
     cons = []
     if activation == "relu":
-        omega = y > 0
-        om = omega.astype(float)
+        om = (y > 0).astype(float)
         d = cp.multiply(om, z - y)
-        cons.append(cp.multiply(1 - om, z) <= threshold * (1 - om) + 0 * om + om * 1e30
-                    if False else cp.multiply(1 - om, z - threshold) <= 0)
+        cons.append(cp.multiply(1 - om, z - threshold) <= 0)
+        y_om = y * om
     else:
         d = z - y
+        y_om = y
     eps = np.asarray(eps, float)
     if per_neuron:
-        e = eps if eps.ndim else eps * np.linalg.norm(np.where(y > 0, y, 0) if activation == "relu" else y, axis=0) / np.linalg.norm(np.where(y > 0, y, 0) if activation == "relu" else y)
+        e = eps if eps.ndim else eps * np.linalg.norm(y_om, axis=0) / np.linalg.norm(y_om)
         cons += [cp.norm(d[:, j], 2) <= e[j] for j in range(m)]
     else:
         cons.append(cp.norm(d, "fro") <= float(eps))

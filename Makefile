@@ -1,0 +1,27 @@
+# Every target installs what it needs into $(VENV) first; a fresh machine needs only Python 3.10+.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+DATA   ?= $(if $(NETTRIM_DATA),$(NETTRIM_DATA),$(wildcard ../shared/data))
+
+.PHONY: install test demo bench experiments clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	NETTRIM_DATA=$(DATA) $(PY) -m pytest
+
+demo: $(STAMP)
+	$(VENV)/bin/nettrim demo
+
+bench: $(STAMP)
+	NETTRIM_DATA=$(DATA) $(PY) experiments/bench_layer.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

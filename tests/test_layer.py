@@ -1,0 +1,235 @@
+"""solve_layer against an interior-point reference, exact recovery, batching, precision."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import nettrim_jax as nt
+from reference import planted_sparse, reference, relu_problem
+
+CASES = [(act, pn, solver) for act in ("relu", "linear") for pn in (False, True)
+         for solver in ("admm", "pdhg")]
+
+
+def _problem(kind, activation, seed):
+    if kind == "random":
+        x, y, w = relu_problem(160, 30, 5, seed=seed, density=0.5)
+    else:  # planted sparse kernel
+        x, y, w = planted_sparse(160, 30, 5, s=4, seed=seed)
+    if activation == "linear":
+        y = x @ w
+    return x, y
+
+
+def _omega_norm(y, activation):
+    return np.linalg.norm(np.where(y > 0, y, 0) if activation == "relu" else y)
+
+
+def _check_against_reference(sol, ref_value, x, y, eps, activation, per_neuron, rel=1e-3):
+    info = sol.info
+    k = np.asarray(sol.kernel, np.float64)
+    assert bool(info.converged)
+    # Objective: within rel of the interior-point optimum.
+    assert abs(float(info.objective) - ref_value) <= rel * ref_value
+    assert np.isclose(float(info.objective), np.abs(k).sum(), rtol=1e-5)
+    # Feasibility of the returned kernel, recomputed here in float64.
+    z = x @ k
+    if activation == "relu":
+        om = y > 0
+        d = np.where(om, z - y, 0)
+        viol = max(0.0, np.max(np.where(om, -np.inf, z)))
+        assert viol <= 1e-5 * np.abs(y).max()
+        assert float(info.violation) <= 1e-5 * np.abs(y).max()
+    else:
+        d = z - y
+    if per_neuron:
+        y_om = np.where(y > 0, y, 0) if activation == "relu" else y
+        e = eps * np.linalg.norm(y_om, axis=0) / np.linalg.norm(y_om)
+        assert np.all(np.linalg.norm(d, axis=0) <= e * (1 + 1e-3))
+    assert np.linalg.norm(d) <= eps * (1 + 1e-3)
+    assert float(info.residual) <= 1 + 1e-3
+    # The certificate is a true lower bound, and the gap it certifies is small.
+    assert float(info.lower_bound) <= ref_value * (1 + 1e-6)
+    assert float(info.lower_bound) > 0
+    assert float(info.gap) <= 2e-3
+    # Exact zeros: a sparse kernel.
+    assert np.mean(k == 0) > 0.2
+
+
+@pytest.mark.parametrize("activation,per_neuron,solver", CASES)
+@pytest.mark.parametrize("kind", ["random", "planted"])
+def test_matches_interior_point_reference(kind, activation, per_neuron, solver):
+    x, y = _problem(kind, activation, seed=3)
+    eps = 0.05 * _omega_norm(y, activation)
+    ref_value, _ = reference(x, y, eps, activation, per_neuron=per_neuron)
+    sol = nt.solve_layer(x, y, epsilon=eps, activation=activation, per_neuron=per_neuron,
+                         solver=solver)
+    _check_against_reference(sol, ref_value, x, y, eps, activation, per_neuron)
+
+
+@pytest.mark.parametrize("activation", ["relu", "linear"])
+def test_float64_matches_reference_tightly(activation):
+    x, y = _problem("random", activation, seed=5)
+    eps = 0.03 * _omega_norm(y, activation)
+    ref_value, _ = reference(x, y, eps, activation)
+    with jax.enable_x64(True):
+        sol = nt.solve_layer(x, y, epsilon=eps, activation=activation, gap_tol=1e-5,
+                             eps_rel=1e-6, max_iters=20000)
+        assert sol.kernel.dtype == jnp.float64
+    _check_against_reference(sol, ref_value, x, y, eps, activation, False, rel=5e-5)
+
+
+def test_nonzero_threshold_and_wide_layer():
+    # N > P exercises the push-through (I + X X^T) path; V = -0.1 a strict margin.
+    x, y, _ = relu_problem(40, 70, 3, seed=7, density=0.2)
+    eps = 0.05 * _omega_norm(y, "relu")
+    ref_value, _ = reference(x, y, eps, "relu", threshold=-0.1)
+    sol = nt.solve_layer(x, y, epsilon=eps, threshold=-0.1)
+    assert bool(sol.info.converged)
+    assert abs(float(sol.info.objective) - ref_value) <= 1e-3 * ref_value
+    z = x @ np.asarray(sol.kernel, np.float64)
+    assert np.max(np.where(y > 0, -np.inf, z)) <= -0.1 + 1e-5 * np.abs(y).max()
+    assert float(sol.info.lower_bound) <= ref_value * (1 + 1e-6)
+
+
+def test_per_neuron_vector_epsilon_and_layer_bound():
+    x, y, _ = relu_problem(150, 25, 4, seed=11)
+    eps_vec = 0.04 * np.linalg.norm(y, axis=0)
+    sol = nt.solve_layer(x, y, epsilon=eps_vec, per_neuron=True)
+    d = np.where(y > 0, x @ np.asarray(sol.kernel, np.float64) - y, 0)
+    assert np.all(np.linalg.norm(d, axis=0) <= eps_vec * (1 + 1e-3))
+    # A scalar epsilon is split so that the whole-layer bound still holds.
+    eps = 0.04 * np.linalg.norm(y)
+    sol = nt.solve_layer(x, y, epsilon=eps, per_neuron=True)
+    d = np.where(y > 0, x @ np.asarray(sol.kernel, np.float64) - y, 0)
+    assert np.linalg.norm(d) <= eps * (1 + 1e-3)
+    assert float(sol.info.residual) <= 1 + 1e-3
+
+
+def test_exact_support_recovery_from_gaussian_samples():
+    # s-sparse columns, N = 120, P about 4 s log N: l1 recovers the support exactly.
+    n, s, m = 120, 5, 3
+    p = int(4 * s * np.log(n))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((p, n))
+    w = np.zeros((n, m))
+    for j in range(m):
+        idx = rng.choice(n, s, replace=False)
+        w[idx, j] = rng.choice([-1, 1], s) * rng.uniform(0.5, 1.5, s)
+    y = x @ w
+    with jax.enable_x64(True):
+        sol = nt.solve_layer(x, y, epsilon=1e-4 * np.linalg.norm(y), activation="linear",
+                             gap_tol=1e-6, eps_rel=1e-7, max_iters=20000)
+    k = np.asarray(sol.kernel)
+    assert bool(sol.info.converged)
+    found = np.abs(k) > 1e-3 * np.abs(k).max()
+    np.testing.assert_array_equal(found, w != 0)
+    np.testing.assert_allclose(k, w, atol=1e-2)
+
+
+def test_relu_recovery_of_planted_layer():
+    x, y, w = planted_sparse(300, 60, 3, s=4, seed=2)
+    with jax.enable_x64(True):
+        sol = nt.solve_layer(x, y, epsilon=1e-5 * np.linalg.norm(y), gap_tol=1e-6,
+                             eps_rel=1e-7, max_iters=20000)
+    k = np.asarray(sol.kernel)
+    np.testing.assert_array_equal(np.abs(k) > 1e-3 * np.abs(k).max(), w != 0)
+
+
+def test_vmap_over_epsilons_equals_loop():
+    x, y, _ = relu_problem(120, 20, 4, seed=4)
+    scale = np.linalg.norm(y)
+    epsilons = jnp.asarray([0.02, 0.05, 0.1]) * scale
+    batched = jax.jit(jax.vmap(lambda e: nt.solve_layer(x, y, epsilon=e)))(epsilons)
+    for i, e in enumerate(epsilons):
+        one = nt.solve_layer(x, y, epsilon=e)
+        # The batched loop runs every member to the last member's iteration count, so
+        # members may take a few extra steps: compare to solver accuracy.
+        np.testing.assert_allclose(batched.info.objective[i], one.info.objective, rtol=2e-3)
+        np.testing.assert_allclose(batched.kernel[i], one.kernel, atol=2e-3 * np.abs(one.kernel).max())
+        assert bool(batched.info.converged[i]) and bool(one.info.converged)
+    assert np.all(np.diff(np.asarray(batched.info.objective)) < 0)  # looser budget, sparser
+
+
+def test_vmap_over_a_batch_of_problems():
+    probs = [relu_problem(100, 15, 3, seed=s) for s in range(3)]
+    xs = jnp.stack([p[0] for p in probs])
+    ys = jnp.stack([p[1] for p in probs])
+    eps = 0.05 * jnp.sqrt(jnp.sum(ys ** 2, axis=(1, 2)))
+    batched = jax.vmap(lambda a, b, e: nt.solve_layer(a, b, epsilon=e))(xs, ys, eps)
+    for i in range(3):
+        one = nt.solve_layer(xs[i], ys[i], epsilon=eps[i])
+        np.testing.assert_allclose(batched.info.objective[i], one.info.objective, rtol=2e-3)
+
+
+def test_float32_and_float64_agree():
+    x, y, _ = relu_problem(150, 25, 4, seed=9)
+    eps = 0.05 * np.linalg.norm(y)
+    s32 = nt.solve_layer(x.astype(np.float32), y.astype(np.float32), epsilon=eps)
+    assert s32.kernel.dtype == jnp.float32
+    with jax.enable_x64(True):
+        s64 = nt.solve_layer(x, y, epsilon=eps)
+        assert s64.kernel.dtype == jnp.float64
+    np.testing.assert_allclose(float(s32.info.objective), float(s64.info.objective), rtol=2e-3)
+    k32, k64 = np.asarray(s32.kernel), np.asarray(s64.kernel)
+    np.testing.assert_allclose(k32, k64, atol=2e-2 * np.abs(k64).max())
+
+
+def test_jit_and_warm_start():
+    x, y, _ = relu_problem(150, 25, 4, seed=1)
+    eps = 0.05 * np.linalg.norm(y)
+    jitted = jax.jit(lambda a, b: nt.solve_layer(a, b, epsilon=eps))
+    cold = jitted(x, y)
+    assert bool(cold.info.converged)
+    warm = nt.solve_layer(x, y, epsilon=eps * 1.05, warm_start=cold)
+    fresh = nt.solve_layer(x, y, epsilon=eps * 1.05)
+    assert bool(warm.info.converged)
+    assert int(warm.info.iterations) < int(fresh.info.iterations)
+    np.testing.assert_allclose(float(warm.info.objective), float(fresh.info.objective), rtol=2e-3)
+
+
+def test_not_converged_is_reported_and_warned():
+    x, y, _ = relu_problem(150, 25, 4, seed=1)
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        sol = nt.solve_layer(x, y, epsilon=0.05 * np.linalg.norm(y), max_iters=20)
+    assert not bool(sol.info.converged)
+    assert int(sol.info.iterations) == 20
+    assert float(sol.info.gap) > 1e-3 or float(sol.info.residual) > 1
+
+
+def test_dead_layer_gives_zero_kernel():
+    x, _, _ = relu_problem(50, 10, 3, seed=0)
+    y = np.zeros((50, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sol = nt.solve_layer(x, y, epsilon=0.0)
+    assert bool(sol.info.converged)
+    assert np.all(np.asarray(sol.kernel) == 0)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(X=np.ones((5, 3)), Y=np.ones((4, 2)), epsilon=1.0), "samples"),
+    (dict(X=np.ones((5,)), Y=np.ones((5, 2)), epsilon=1.0), "2-D"),
+    (dict(X=np.full((5, 3), np.nan), Y=np.ones((5, 2)), epsilon=1.0), "NaN"),
+    (dict(X=np.ones((5, 3)), Y=np.full((5, 2), np.inf), epsilon=1.0), "Y contains NaN or Inf"),
+    (dict(X=np.ones((5, 3)), Y=np.ones((5, 2)), epsilon=-1.0), "epsilon must be >= 0"),
+    (dict(X=np.ones((5, 3)), Y=np.ones((5, 2)), epsilon=1.0, activation="tanh"), "activation"),
+    (dict(X=np.ones((5, 3)), Y=np.ones((5, 2)), epsilon=1.0, solver="sgd"), "solver"),
+    (dict(X=np.ones((5, 3)), Y=-np.ones((5, 2)), epsilon=1.0), "negative"),
+    (dict(X=np.ones((5, 3)), Y=np.ones((5, 2)), epsilon=np.ones(2)), "per_neuron"),
+    (dict(X=np.ones((5, 3)), Y=np.ones((5, 2)), epsilon=1.0, activation="linear", threshold=0.1),
+     "threshold"),
+    (dict(X=np.ones((5, 3)), Y=np.ones((5, 2)), epsilon=1.0, threshold=np.ones((4, 2))), "broadcast"),
+    (dict(X=np.ones((0, 3)), Y=np.ones((0, 2)), epsilon=1.0), "empty"),
+])
+def test_bad_input_raises_before_compiling(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        nt.solve_layer(kwargs.pop("X"), kwargs.pop("Y"), **kwargs)
+
+
+def test_unknown_option_is_a_type_error():
+    with pytest.raises(TypeError, match="max_iter"):
+        nt.solve_layer(np.ones((5, 3)), np.ones((5, 2)), epsilon=1.0, max_iter=3)
