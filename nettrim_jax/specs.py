@@ -1,0 +1,193 @@
+"""Layer specs: plain, framework-free descriptions of prunable layers.
+
+API::
+
+    Dense(kernel (N, M), bias (M,) | None = None, activation="relu")
+    Conv(kernel (kh, kw, I, O) HWIO, bias (O,) | None = None, activation="relu",
+         strides=(1, 1), padding="SAME", dilation=(1, 1))
+    apply_layer(spec, x) -> pre-activation z          # Dense: (..., N) -> (..., M); Conv: NHWC
+    apply_activation(spec_or_name, z)
+    apply_specs(specs, x) -> network output           # a sequence of specs and plain callables
+    layer_rows(spec, x) -> (P, N') inputs of the dense program (patches for Conv), no bias column
+    kernel_matrix(spec) -> (N' [+1], M) dense-program kernel, bias as the last row
+    with_matrix(spec, mat) -> spec with kernel (and bias) taken from a dense-program kernel
+
+A plain network is a sequence whose items are ``Dense`` / ``Conv`` specs or any callable
+``x -> x`` (pooling, reshape, ...), applied in order; a ``Dense`` receiving a > 2-D input
+flattens it to (batch, -1) first (a Conv -> Dense transition).
+
+``activation`` is "relu", "linear" (identity), or any callable (e.g. ``jax.nn.tanh``); Net-Trim
+only has programs for ReLU and linear, so ``prune`` rejects (or, on request, skips) layers
+with another activation.
+
+Conv layers become a dense program on image patches: ``lax.conv_general_dilated_patches``
+with NHWC/HWIO dimension numbers returns features ordered (I, kh, kw) (channel-major), so
+the matching kernel matrix is ``kernel.transpose(2, 0, 1, 3).reshape(I * kh * kw, O)``; every
+output pixel of every image is one row of the program, all rows sharing the kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = ["Dense", "Conv", "apply_layer", "apply_activation", "apply_specs", "layer_rows",
+           "kernel_matrix", "with_matrix", "is_spec", "normalize_padding"]
+
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+class Dense(NamedTuple):
+    """Fully connected layer ``z = x @ kernel + bias`` followed by ``activation``.
+
+    kernel: (N, M) = (in, out); bias: (M,) or None; activation: "relu" | "linear" | callable.
+    """
+
+    kernel: Any
+    bias: Any = None
+    activation: Any = "relu"
+
+
+class Conv(NamedTuple):
+    """2-D convolution on NHWC images, HWIO kernel, followed by ``activation``.
+
+    kernel: (kh, kw, I, O); bias: (O,) or None; strides: (sh, sw); padding: "SAME",
+    "VALID" or ((top, bottom), (left, right)); dilation: kernel (rhs) dilation (dh, dw).
+    """
+
+    kernel: Any
+    bias: Any = None
+    activation: Any = "relu"
+    strides: tuple = (1, 1)
+    padding: Any = "SAME"
+    dilation: tuple = (1, 1)
+
+
+def is_spec(obj) -> bool:
+    return isinstance(obj, (Dense, Conv))
+
+
+def _pair(v, name) -> tuple:
+    if v is None:
+        return (1, 1)
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(int(a) for a in v)
+    if len(v) != 2:
+        raise ValueError(f"{name} must be an int or a pair, got {v}")
+    return v
+
+
+def normalize_padding(padding):
+    """"SAME"/"VALID" (any case), an int, or pairs -> a lax padding argument."""
+    if isinstance(padding, str):
+        p = padding.upper()
+        if p not in ("SAME", "VALID"):
+            raise ValueError(f"unsupported conv padding {padding!r} (only SAME, VALID or explicit pairs)")
+        return p
+    if isinstance(padding, int):
+        return ((padding, padding), (padding, padding))
+    pads = []
+    for p in padding:
+        pads.append((int(p), int(p)) if isinstance(p, int) else tuple(int(a) for a in p))
+    if len(pads) != 2:
+        raise ValueError(f"conv padding needs 2 spatial entries, got {padding}")
+    return tuple(pads)
+
+
+def _conv_args(spec: Conv):
+    return _pair(spec.strides, "strides"), normalize_padding(spec.padding), _pair(spec.dilation, "dilation")
+
+
+def apply_layer(spec, x):
+    """Pre-activation output of one layer spec (Dense: (..., N) -> (..., M); Conv: NHWC)."""
+    if isinstance(spec, Dense):
+        if x.shape[-1] != spec.kernel.shape[0] and x.ndim > 2:
+            x = x.reshape(x.shape[0], -1)
+        z = x @ spec.kernel
+    elif isinstance(spec, Conv):
+        strides, padding, dilation = _conv_args(spec)
+        z = lax.conv_general_dilated(x, spec.kernel, strides, padding, rhs_dilation=dilation,
+                                     dimension_numbers=_DN)
+    else:
+        raise TypeError(f"not a layer spec: {type(spec).__name__}")
+    return z if spec.bias is None else z + spec.bias
+
+
+def apply_activation(activation, z):
+    """Apply "relu", "linear" or a callable (a spec's ``activation`` field may be passed)."""
+    if is_spec(activation):
+        activation = activation.activation
+    if activation is None or activation == "linear":
+        return z
+    if activation == "relu":
+        return jax.nn.relu(z)
+    if callable(activation):
+        return activation(z)
+    raise ValueError(f"unknown activation {activation!r}")
+
+
+def apply_specs(specs: Sequence, x):
+    """Run a plain network (specs and callables, in order) on ``x``."""
+    for item in specs:
+        if is_spec(item):
+            x = apply_activation(item.activation, apply_layer(item, x))
+        elif callable(item):
+            x = item(x)
+        else:
+            raise TypeError(f"network items must be Dense/Conv specs or callables, got {type(item).__name__}")
+    return x
+
+
+def layer_rows(spec, x):
+    """The dense program's (P, N') input rows for ``x`` (no bias column).
+
+    Dense: ``x`` flattened to (P, N).  Conv: the (B * Ho * Wo, I * kh * kw) patch matrix.
+    """
+    if isinstance(spec, Dense):
+        n = spec.kernel.shape[0]
+        if x.shape[-1] != n and x.ndim > 2:
+            x = x.reshape(x.shape[0], -1)
+        return x.reshape(-1, n)
+    strides, padding, dilation = _conv_args(spec)
+    kh, kw = spec.kernel.shape[:2]
+    p = lax.conv_general_dilated_patches(x, (kh, kw), strides, padding, rhs_dilation=dilation,
+                                         dimension_numbers=_DN)
+    return p.reshape(-1, p.shape[-1])
+
+
+def kernel_matrix(spec):
+    """(N' [+1], M) kernel of the dense program, with the bias as the last row if present."""
+    k = spec.kernel
+    if isinstance(spec, Conv):
+        kh, kw, i, o = k.shape
+        k = jnp.transpose(k, (2, 0, 1, 3)).reshape(i * kh * kw, o)
+    if spec.bias is not None:
+        k = jnp.concatenate([k, jnp.reshape(spec.bias, (1, -1)).astype(k.dtype)], axis=0)
+    return k
+
+
+def with_matrix(spec, mat):
+    """Inverse of ``kernel_matrix``: a spec of the same geometry with weights from ``mat``."""
+    k = spec.kernel
+    bias = None
+    if spec.bias is not None:
+        mat, bias = mat[:-1], mat[-1].astype(jnp.asarray(spec.bias).dtype)
+    if isinstance(spec, Conv):
+        kh, kw, i, o = k.shape
+        mat = jnp.transpose(mat.reshape(i, kh, kw, o), (1, 2, 0, 3))
+    return spec._replace(kernel=mat.astype(jnp.asarray(k).dtype), bias=bias)
+
+
+def transition_gain(spec) -> float:
+    """Upper bound on ||layer(x + d) - layer(x)||_F / (||d||_F * ||kernel_matrix||_2) over
+    the input: 1 for Dense, sqrt(number of patches an input pixel can fall in) for Conv."""
+    if isinstance(spec, Dense):
+        return 1.0
+    kh, kw = spec.kernel.shape[:2]
+    # Each output pixel reads each input pixel at most once, and an input pixel is read by at
+    # most kh * kw output pixels, so ||patches(d)||_F <= sqrt(kh * kw) ||d||_F.
+    return float(kh * kw) ** 0.5
