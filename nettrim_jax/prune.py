@@ -26,9 +26,9 @@ last row) and original pre-activation Z gets
 
 Activation detection for NNX / Linen models (``activations=None``): activations are function
 calls in ``__call__``, so they are observed, not parsed.  For layer l the model is re-run with
-layer l's output replaced by ``where(z < 0, 2 z - 1, z)`` (negatives changed only): if every
-later layer input and the model output are unchanged, the model uses only the positive part,
-i.e. a ReLU follows.  Otherwise the midpoint test ``f(z + d) + f(z - d) == 2 f(z)`` for a random
+layer l's output replaced by ``where(z < 0, 2 z - 1, z)`` (negatives changed only): if the next
+prunable layer's input (the model output, after the last) is unchanged, the model uses only
+the positive part, i.e. a ReLU follows.  Otherwise the midpoint test ``f(z + d) + f(z - d) == 2 f(z)`` for a random
 ``d`` decides "linear" (in-between ops affine: flatten, reshape, average pooling, dropout at
 inference).  Anything else (tanh, GELU, ...; also max-pooling directly on an un-ReLU'd output)
 is "unsupported": ``on_unsupported="error"`` raises ``ValueError``, ``"skip"`` keeps that
@@ -204,26 +204,31 @@ def _flat(a):
     return jnp.asarray(a).reshape(-1)
 
 
-def _downstream(cap: "Any", i: int):
-    parts = [_flat(v) for v in cap.inputs[i + 1:]] + [_flat(o) for o in jax.tree.leaves(cap.output)]
-    return jnp.concatenate(parts) if parts else jnp.zeros(0)
+def _downstream(cap, i: int):
+    """What layer ``i`` feeds: the next prunable layer's input (or the model output)."""
+    if i + 1 < len(cap.inputs):
+        return _flat(cap.inputs[i + 1])
+    return jnp.concatenate([_flat(o) for o in jax.tree.leaves(cap.output)])
 
 
 def detect_activation(adapter, specs, x, i: int, base=None) -> str:
-    """"relu", "linear" or "unsupported" for what follows prunable layer ``i`` (see module
-    doc).  ``base`` is a ``Captured`` of the unmodified network (computed if None)."""
+    """"relu", "linear" or "unsupported" for what follows prunable layer ``i`` (see the
+    module doc): the tests look at the next prunable layer's input only, so what happens after
+    it does not matter.  ``base`` is a ``Captured`` of the unmodified network."""
     base = adapter.run(specs, x) if base is None else base
     ref = _downstream(base, i)
     z = base.preacts[i]
-    scale = float(jnp.max(jnp.abs(ref))) if ref.size else 1.0
-    close = lambda a, b: bool(jnp.allclose(a, b, rtol=1e-4, atol=1e-5 * max(scale, 1.0)))
+    scale = max(float(jnp.max(jnp.abs(ref))) if ref.size else 1.0, 1.0)
+    close = lambda a, b: bool(jnp.allclose(a, b, rtol=1e-4, atol=1e-5 * scale))
+    std = float(jnp.std(z)) or 1.0
+    d = 0.1 * std * jax.random.normal(jax.random.key(1234), z.shape, z.dtype)
+    up = _downstream(adapter.run(specs, x, (i, lambda t: t + d)), i)
+    if close(up, ref):
+        return "unsupported"  # the next layer does not see this output: not a chain
     if bool(jnp.any(z < 0)):
         neg = _downstream(adapter.run(specs, x, (i, lambda t: jnp.where(t < 0, 2 * t - 1, t))), i)
         if close(neg, ref):
             return "relu"
-    std = float(jnp.std(z)) or 1.0
-    d = 0.1 * std * jax.random.normal(jax.random.key(1234), z.shape, z.dtype)
-    up = _downstream(adapter.run(specs, x, (i, lambda t: t + d)), i)
     dn = _downstream(adapter.run(specs, x, (i, lambda t: t - d)), i)
     if close(up + dn, 2 * ref):
         return "linear"

@@ -1,0 +1,58 @@
+"""Shared test fixtures.
+
+The MNIST data root is read from ``$NETTRIM_DATA``; if unset, ``<repo>/../shared/data`` is
+used when it exists.  Tests that need MNIST call the ``mnist_root`` fixture, which skips when
+no root is available.  scikit-learn's 8x8 digits (always available) back the fast tests.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def _default_data_root():
+    env = os.environ.get("NETTRIM_DATA")
+    if env:
+        return Path(env)
+    cand = _REPO.parent / "shared" / "data"
+    return cand if cand.is_dir() else None
+
+
+DATA_ROOT = _default_data_root()
+if DATA_ROOT is not None and "NETTRIM_DATA" not in os.environ:
+    os.environ["NETTRIM_DATA"] = str(DATA_ROOT)
+
+
+@pytest.fixture(scope="session")
+def data_root():
+    """The data root (``$NETTRIM_DATA`` or ``../shared/data``), or None."""
+    return DATA_ROOT
+
+
+@pytest.fixture(scope="session")
+def mnist_root(data_root):
+    """The MNIST data root; skips the test when the files are not available."""
+    if data_root is None or not (Path(data_root) / "mnist").is_dir():
+        pytest.skip("MNIST not available: set NETTRIM_DATA to a folder containing mnist/")
+    return data_root
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn 8x8 digits: (x_train (P, 64), y_train, x_test, y_test), fixed split."""
+    from nettrim_jax.training import load_digits_split
+
+    return load_digits_split(test_fraction=0.25, seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits_images():
+    """The same split as ``digits`` with images (P, 8, 8, 1) NHWC."""
+    from nettrim_jax.training import load_digits_split
+
+    return load_digits_split(test_fraction=0.25, seed=0, images=True)
