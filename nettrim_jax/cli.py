@@ -120,8 +120,8 @@ def load_calibration(path: str | os.PathLike, input_shape: Sequence[int], *, key
         except ValueError as e:
             raise UsageError(f"{path}: cannot read ({str(e).splitlines()[0]}); object/pickled arrays "
                              "are refused") from None
-        except (OSError, EOFError) as e:
-            raise UsageError(f"{path}: cannot read ({e}); the file is corrupt or truncated") from None
+        except Exception as e:  # noqa: BLE001 - OSError, EOFError, zipfile.BadZipFile, ...
+            raise UsageError(f"{path}: cannot read ({_one_line(e)}); the file is corrupt or truncated") from None
         if path.suffix == ".npy":
             x = loaded
         else:
@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="relative misfit per layer, ||XU - Y||_F <= epsilon ||Y||_F (default 0.05)")
     d.add_argument("--steps", type=int, default=400, help="training steps (default 400)")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--calibration", type=int, default=None,
+                   help="prune on the first N training samples (default: all)")
     d.add_argument("--max-iters", type=int, default=None, help="solver iteration cap per layer")
     d.add_argument("--no-plot", action="store_true", help="skip the figure")
 
@@ -479,6 +481,8 @@ def cmd_demo(args, console: _Console) -> int:
         raise UsageError(f"--epsilon must be >= 0, got {args.epsilon}")
     if args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    if args.calibration is not None and args.calibration < 1:
+        raise UsageError(f"--calibration must be >= 1, got {args.calibration}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: exists and is not a folder")
@@ -502,6 +506,7 @@ def cmd_demo(args, console: _Console) -> int:
     training.train_classifier(model, xtr, ytr, steps=args.steps, learning_rate=1e-2 if args.dataset == "spirals" else 3e-3,
                               seed=args.seed)
     layers, input_shape = ck.from_flax(model)
+    xtr, ytr = xtr[:args.calibration], ytr[:args.calibration]
     ck.save(out / "original", layers, input_shape, {"dataset": args.dataset, "sizes": list(sizes)})
     np.savez(out / "calibration.npz", x=xtr, y=ytr)
     np.savez(out / "test.npz", x=xte, y=yte)

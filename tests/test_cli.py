@@ -1,0 +1,373 @@
+"""The ``nettrim`` command line: prune / resume / report / demo, exit codes, one-line errors.
+
+Most runs call ``cli.main`` in-process (fast); a few go through a real interpreter to check
+what a shell script sees (exit status, a single stderr line, no traceback).
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from nettrim_jax import checkpoint as ck
+from nettrim_jax import cli
+
+FAST = ["--max-iters", "400", "-q"]
+
+
+def _mlp_layers(seed=0):
+    rng = np.random.default_rng(seed)
+    sizes = (8, 16, 12, 3)
+    layers = []
+    for j, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append({"type": "dense", "activation": "relu" if j < 2 else "linear",
+                       "kernel": (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32),
+                       "bias": (0.1 * rng.standard_normal(b)).astype(np.float32)})
+    return layers
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    layers = _mlp_layers()
+    ck.save(root / "ckpt", layers, (8,))
+    x = np.random.default_rng(1).standard_normal((150, 8)).astype(np.float32)
+    y = np.argmax(ck.apply(layers, x), -1).astype(np.int32)
+    np.savez(root / "calib.npz", x=x, y=y)
+    return root, layers, x, y
+
+
+def _run(args, capsys):
+    rc = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _prune_args(root, out, *extra):
+    return ["prune", root / "ckpt", "--data", root / "calib.npz", "--epsilon", "0.05",
+            "--out", out, *FAST, *extra]
+
+
+def test_prune_cascade_writes_checkpoint_and_report(setup, tmp_path, capsys):
+    root, layers, x, y = setup
+    out = tmp_path / "out"
+    rc, stdout, err = _run(_prune_args(root, out), capsys)
+    assert rc == cli.EXIT_OK, err
+    assert err == ""  # --quiet
+    pruned = ck.load(out / "model")
+    assert [l["kernel"].shape for l in pruned.layers] == [l["kernel"].shape for l in layers]
+    report = json.loads((out / "report.json").read_text())
+    assert report["scheme"] == "cascade" and len(report["layers"]) == 3
+    for row, lo, lp in zip(report["layers"], layers, pruned.layers):
+        assert row["nnz_before"] == np.count_nonzero(lo["kernel"]) + np.count_nonzero(lo["bias"])
+        assert row["nnz_after"] == np.count_nonzero(lp["kernel"]) + np.count_nonzero(lp["bias"])
+        assert row["nnz_after"] <= row["nnz_before"]
+    assert sum(r["nnz_after"] for r in report["layers"]) < sum(r["nnz_before"] for r in report["layers"])
+    # the recorded discrepancy is the real one
+    h0 = ck.apply(layers[:1], x)
+    h1 = ck.apply(pruned.layers[:1], x)
+    assert report["layers"][0]["discrepancy"] == pytest.approx(np.linalg.norm(h1 - h0) / np.linalg.norm(h0), rel=1e-4)
+    assert report["accuracy_before"] == 1.0
+    assert 0 <= report["accuracy_after"] <= 1
+    assert not (out / "partial").exists()
+    assert "pruned checkpoint" in stdout
+    md = (out / "report.md").read_text()
+    assert "| 0 | dense | 8x16 |" in md
+
+
+def test_cli_cascade_matches_library_prune(setup):
+    """The resumable driver solves the same programs as ``prune(scheme="cascade", scan=False)``."""
+    from nettrim_jax import prune
+
+    _, layers, x, _ = setup
+    mine, rows = cli.cascade(layers, x, epsilon=0.05, gamma=1.1, max_iters=400)
+    res = prune(ck.to_network(layers), x, scheme="cascade", epsilon=0.05, gamma=1.1, scan=False,
+                progress=False, max_iters=400)
+    theirs = ck.from_network(res.model, layers)
+    for a, b, r, l in zip(mine, theirs, rows, res.report.layers):
+        np.testing.assert_allclose(a["kernel"], b["kernel"], atol=1e-5)
+        np.testing.assert_allclose(a["bias"], b["bias"], atol=1e-5)
+        assert r["epsilon"] == pytest.approx(l.epsilon, rel=1e-5)
+
+
+def test_interrupted_cascade_resumes_from_last_finished_layer(setup, tmp_path, capsys, monkeypatch):
+    import nettrim_jax.layer as layer_mod
+
+    root, layers, _, _ = setup
+    out = tmp_path / "out"
+    real = layer_mod.solve_layer
+    calls = []
+    armed = [True]
+
+    def interrupt_second(*a, **k):
+        calls.append(1)
+        if armed[0] and len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(layer_mod, "solve_layer", interrupt_second)
+    rc, _, err = _run(_prune_args(root, out), capsys)
+    assert rc == cli.EXIT_INTERRUPTED
+    assert (out / "partial").is_dir() and not (out / "report.json").exists()
+    assert not (out / "model").exists()
+    part = ck.load(out / "partial")
+    assert len(part.metadata["rows"]) == 1
+
+    rc, _, err = _run(["report", out], capsys)
+    assert rc == cli.EXIT_USAGE and "--resume" in err
+    rc, _, err = _run(_prune_args(root, out), capsys)  # no --resume: refused, nothing touched
+    assert rc == cli.EXIT_USAGE and "unfinished run" in err
+    rc, _, err = _run(["prune", root / "ckpt", "--data", root / "calib.npz", "--epsilon", "0.1",
+                       "--out", out, "--resume", *FAST], capsys)
+    assert rc == cli.EXIT_USAGE and "different inputs or settings (epsilon)" in err
+
+    calls.clear()
+    armed[0] = False
+    rc, _, err = _run(_prune_args(root, out, "--resume"), capsys)
+    assert rc == cli.EXIT_OK, err
+    assert len(calls) == 2  # layers 1 and 2 only
+    monkeypatch.undo()
+    resumed = ck.load(out / "model").layers
+    full, _ = cli.cascade(layers, setup[2], epsilon=0.05, gamma=1.1, max_iters=400)
+    for a, b in zip(resumed, full):
+        np.testing.assert_allclose(a["kernel"], b["kernel"], atol=1e-6)
+    assert not (out / "partial").exists()
+
+
+def test_parallel_report_and_plot(setup, tmp_path, capsys):
+    root, layers, _, _ = setup
+    out = tmp_path / "par"
+    rc, _, err = _run(_prune_args(root, out, "--scheme", "parallel"), capsys)
+    assert rc == cli.EXIT_OK, err
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["scheme"] == "parallel" and rep["prune_report"]["scheme"] == "parallel"
+    rc, stdout, _ = _run(["report", out], capsys)
+    assert rc == 0 and stdout == (out / "report.md").read_text()
+    rc, stdout, _ = _run(["report", out, "--json"], capsys)
+    assert rc == 0 and json.loads(stdout) == rep
+    rc, stdout, _ = _run(["report", out, "--plot", tmp_path / "fig.png"], capsys)
+    assert rc == 0 and (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # an existing result is never overwritten silently
+    rc, _, err = _run(_prune_args(root, out, "--scheme", "parallel"), capsys)
+    assert rc == cli.EXIT_USAGE and "--force" in err
+    rc, _, err = _run(_prune_args(root, out, "--force"), capsys)
+    assert rc == cli.EXIT_OK and json.loads((out / "report.json").read_text())["scheme"] == "cascade"
+
+
+def test_strict_exit_code_when_not_converged(setup, tmp_path, capsys, monkeypatch):
+    import nettrim_jax.layer as layer_mod
+
+    root, _, _, _ = setup
+    real = layer_mod.solve_layer
+
+    def unconverged(*a, **k):
+        sol = real(*a, **k)
+        return sol._replace(info=sol.info._replace(converged=False))
+
+    monkeypatch.setattr(layer_mod, "solve_layer", unconverged)
+    rc, _, _ = _run(_prune_args(root, tmp_path / "o", "--strict"), capsys)
+    assert rc == cli.EXIT_NOT_CONVERGED
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())  # results are still written
+    assert [r["converged"] for r in rep["layers"]] == [False] * 3
+    rc, _, _ = _run(_prune_args(root, tmp_path / "o2"), capsys)  # without --strict: 0
+    assert rc == cli.EXIT_OK
+
+
+def test_data_formats(setup, tmp_path):
+    _, layers, x, y = setup
+    np.save(tmp_path / "x.npy", x.reshape(150, 2, 4))
+    got, lab = cli.load_calibration(tmp_path / "x.npy", (8,))
+    assert got.shape == (150, 8) and lab is None
+    np.savez(tmp_path / "d.npz", inputs=x, labels=y)
+    got, lab = cli.load_calibration(tmp_path / "d.npz", (8,), samples=20)
+    assert got.shape == (20, 8) and lab.shape == (20,)
+    # a folder of MNIST-format IDX files
+    import struct
+
+    imgs = (np.arange(5 * 28 * 28) % 256).astype(np.uint8).reshape(5, 28, 28)
+    (tmp_path / "mn").mkdir()
+    (tmp_path / "mn" / "train-images-idx3-ubyte").write_bytes(struct.pack(">HBBIII", 0, 8, 3, 5, 28, 28) + imgs.tobytes())
+    (tmp_path / "mn" / "train-labels-idx1-ubyte").write_bytes(struct.pack(">HBBI", 0, 8, 1, 5) + bytes(range(5)))
+    got, lab = cli.load_calibration(tmp_path / "mn", (28, 28, 1))
+    assert got.shape == (5, 28, 28, 1) and got.max() <= 1 and list(lab) == [0, 1, 2, 3, 4]
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _bad_cases(root, tmp_path, x):
+    def npz(name, **arrays):
+        np.savez(tmp_path / name, **arrays)
+        return tmp_path / name
+
+    nan = x.copy()
+    nan[3, 2] = np.nan
+    obj = tmp_path / "obj.npy"
+    np.save(obj, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    trunc = tmp_path / "trunc.npz"
+    trunc.write_bytes((root / "calib.npz").read_bytes()[:200])
+    return {
+        "wrong data shape": (["--data", npz("w.npz", x=x[:, :5])], "the model expects input shape (8,)"),
+        "nan in data": (["--data", npz("n.npz", x=nan)], "1 NaN or Inf"),
+        "empty calibration set": (["--data", npz("e.npz", x=x[:0])], "empty calibration set"),
+        "epsilon < 0": (["--epsilon", "-0.1"], "--epsilon must be >= 0"),
+        "epsilon nan": (["--epsilon", "nan"], "--epsilon must be >= 0"),
+        "gamma < 1": (["--gamma", "0.9"], "--gamma must be >= 1"),
+        "samples 0": (["--samples", "0"], "--samples must be >= 1"),
+        "missing data": (["--data", tmp_path / "none.npz"], "no such file"),
+        "pickled data": (["--data", obj], "refused"),
+        "truncated data": (["--data", trunc], "corrupt or truncated"),
+        "bad labels": (["--data", npz("l.npz", x=x, y=np.zeros(3, np.int32))], "do not match 150 samples"),
+        "resume + parallel": (["--scheme", "parallel", "--resume"], "cascade only"),
+    }
+
+
+@pytest.mark.parametrize("case", ["wrong data shape", "nan in data", "empty calibration set", "epsilon < 0",
+                                  "epsilon nan", "gamma < 1", "samples 0", "missing data", "pickled data",
+                                  "truncated data", "bad labels", "resume + parallel"])
+def test_bad_input_exit_2_one_line_nothing_written(setup, tmp_path, capsys, case):
+    root, _, x, _ = setup
+    extra, expect = _bad_cases(root, tmp_path, x)[case]
+    args = ["prune", root / "ckpt", "--data", root / "calib.npz", "--epsilon", "0.05",
+            "--out", tmp_path / "out", *FAST]
+    for k in range(0, len(extra), 2):  # later flags override earlier ones
+        args += extra[k:k + 2]
+    rc, stdout, err = _run(args, capsys)
+    assert rc == cli.EXIT_USAGE
+    assert err.startswith("nettrim: error: ") and err.count("\n") == 1, err
+    assert expect in err
+    assert not (tmp_path / "out").exists()
+
+
+def _edit_model(path, fn):
+    m = json.loads((path / "model.json").read_text())
+    fn(m)
+    (path / "model.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("case, damage, expect", [
+    ("unsupported layer type", lambda p: _edit_model(p, lambda m: m["layers"][1].update(type="lstm")),
+     "unsupported type 'lstm'"),
+    ("non-ReLU hidden activation", lambda p: _edit_model(p, lambda m: m["layers"][0].update(activation="tanh")),
+     "unsupported activation 'tanh'"),
+    ("mismatched layers", lambda p: _edit_model(p, lambda m: m.update(input_shape=[9])),
+     "expects 8 inputs, but the previous layer gives 9"),
+    ("truncated weights", lambda p: [w.write_bytes(w.read_bytes()[:64]) for w in p.glob("weights-*")],
+     "corrupt or truncated"),
+])
+def test_bad_checkpoint_exit_2(setup, tmp_path, capsys, case, damage, expect):
+    root, layers, _, _ = setup
+    bad = ck.save(tmp_path / "bad", layers, (8,))
+    damage(bad)
+    rc, _, err = _run(["prune", bad, "--data", root / "calib.npz", "--epsilon", "0.05",
+                       "--out", tmp_path / "out", *FAST], capsys)
+    assert rc == cli.EXIT_USAGE and expect in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_nan_weights_checkpoint_exit_2(setup, tmp_path, capsys):
+    """A checkpoint whose (checksum-consistent) weights hold NaN is refused on load."""
+    import hashlib
+
+    from safetensors.numpy import save_file
+
+    root, layers, _, _ = setup
+    path = ck.save(tmp_path / "nanw", layers, (8,))
+    (w,) = list(path.glob("weights-*"))
+    tensors = {f"{i}.{n}": l[n].copy() for i, l in enumerate(layers) for n in ("kernel", "bias")}
+    tensors["1.kernel"][0, 0] = np.inf
+    save_file(tensors, w)
+    _edit_model(path, lambda m: m["weights"].update(sha256=hashlib.sha256(w.read_bytes()).hexdigest()))
+    rc, _, err = _run(["prune", path, "--data", root / "calib.npz", "--epsilon", "0.05",
+                       "--out", tmp_path / "out", *FAST], capsys)
+    assert rc == cli.EXIT_USAGE and "layer 1 kernel contains NaN or Inf" in err
+
+
+def test_dead_layer_prunes_to_zero(tmp_path, capsys):
+    """A layer whose outputs are all zero on the calibration data: documented behaviour is
+    an all-zero kernel (and bias) for it, converged, and a finished run."""
+    layers = _mlp_layers()
+    layers[0]["bias"] = np.full(16, -100.0, np.float32)  # relu(x W - 100) == 0
+    ck.save(tmp_path / "dead", layers, (8,))
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((150, 8)).astype(np.float32))
+    rc, _, err = _run(["prune", tmp_path / "dead", "--data", tmp_path / "x.npy", "--epsilon", "0.05",
+                       "--out", tmp_path / "out", "--strict", *FAST], capsys)
+    assert rc == cli.EXIT_OK, err
+    pruned = ck.load(tmp_path / "out" / "model").layers
+    assert not np.any(pruned[0]["kernel"]) and not np.any(pruned[0]["bias"])
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["layers"][0]["nnz_after"] == 0 and rep["layers"][0]["converged"]
+
+
+def test_fewer_samples_than_inputs_and_rank_deficient_data(setup, tmp_path, capsys):
+    """P < N and rank-deficient calibration data are legal: the run finishes and every
+    weighted layer meets its misfit budget (up to the solver's tolerance)."""
+    root, layers, x, _ = setup
+    low = np.concatenate([x[:, :4], x[:, :4]], 1)  # rank 4 < 8 inputs
+    cases = {"few": x[:5], "rank": low}
+    for name, data in cases.items():
+        np.save(tmp_path / f"{name}.npy", data)
+        rc, _, err = _run(["prune", root / "ckpt", "--data", tmp_path / f"{name}.npy", "--epsilon", "0.05",
+                           "--out", tmp_path / name, "-q", "--max-iters", "2000"], capsys)
+        assert rc == cli.EXIT_OK, err
+        rep = json.loads((tmp_path / name / "report.json").read_text())
+        for row in rep["layers"]:
+            assert row["misfit"] <= row["epsilon"] * 1.01 + 1e-6
+
+
+def test_report_errors(tmp_path, capsys):
+    rc, _, err = _run(["report", tmp_path], capsys)
+    assert rc == cli.EXIT_USAGE and "no report.json" in err
+    (tmp_path / "report.json").write_text("{not json")
+    rc, _, err = _run(["report", tmp_path], capsys)
+    assert rc == cli.EXIT_USAGE and "corrupt report" in err
+
+
+def test_usage_errors(capsys):
+    assert _run([], capsys)[0] == cli.EXIT_USAGE
+    assert _run(["frobnicate"], capsys)[0] == cli.EXIT_USAGE
+    assert _run(["prune", "x"], capsys)[0] == cli.EXIT_USAGE  # --data, --epsilon, --out missing
+    assert _run(["demo", "--steps", "0"], capsys)[0] == cli.EXIT_USAGE
+    assert _run(["--help"], capsys)[0] == cli.EXIT_OK
+
+
+def test_unexpected_error_exit_1(setup, tmp_path, capsys, monkeypatch):
+    root, _, _, _ = setup
+
+    def boom(*a, **k):
+        raise RuntimeError("solver exploded\ndeep detail")
+
+    monkeypatch.setattr(cli, "cascade", boom)
+    rc, _, err = _run(_prune_args(root, tmp_path / "o"), capsys)
+    assert rc == cli.EXIT_FAILURE
+    assert err == "nettrim: error: unexpected RuntimeError: solver exploded (set NETTRIM_DEBUG=1 for a traceback)\n"
+
+
+def test_real_process_exit_codes(setup, tmp_path):
+    """What a shell script sees: status 2, one stderr line, no traceback."""
+    root, layers, _, _ = setup
+    bad = ck.save(tmp_path / "bad", layers, (8,))
+    (bad / "model.json").write_text((bad / "model.json").read_text()[:40])
+    p = subprocess.run([sys.executable, "-m", "nettrim_jax.cli", "prune", str(bad), "--data",
+                        str(root / "calib.npz"), "--epsilon", "0.05", "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.startswith(f"nettrim: error: {bad / 'model.json'}: invalid JSON")
+    assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+
+
+def test_demo_runs(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc, stdout, err = _run(["demo", "--out", out, "--steps", "100", "--max-iters", "300", "--calibration", "300",
+                            "-q"], capsys)
+    assert rc == cli.EXIT_OK, err
+    for f in ("report.md", "report.json", "report.png", "model/model.json", "original/model.json",
+              "calibration.npz", "test.npz"):
+        assert (out / f).exists(), f
+    rep = json.loads((out / "report.json").read_text())
+    assert len(rep["layers"]) == 3 and rep["accuracy_before"] > 0.8
+    assert sum(r["nnz_after"] for r in rep["layers"]) < sum(r["nnz_before"] for r in rep["layers"])
+    assert rep["samples"] == 300
+    np.testing.assert_array_equal(ck.load(out / "original").layers[0]["kernel"].shape, (64, 64))
