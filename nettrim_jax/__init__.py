@@ -1,10 +1,12 @@
 """nettrim-jax: Net-Trim convex pruning of trained ReLU networks, in JAX."""
 
+from nettrim_jax.checkpoint import CheckpointError
 from nettrim_jax.layer import LayerInfo, LayerSolution, solve_layer
 from nettrim_jax.masking import masked
 from nettrim_jax.prune import LayerReport, PruneReport, PruneResult, prune
 from nettrim_jax.specs import Conv, Dense
 
 __all__ = ["LayerInfo", "LayerSolution", "solve_layer",
-           "prune", "PruneResult", "PruneReport", "LayerReport", "Dense", "Conv", "masked"]
+           "prune", "PruneResult", "PruneReport", "LayerReport", "Dense", "Conv", "masked",
+           "CheckpointError"]
 __version__ = "0.1.0"
