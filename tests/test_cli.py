@@ -371,3 +371,28 @@ def test_demo_runs(tmp_path, capsys):
     assert sum(r["nnz_after"] for r in rep["layers"]) < sum(r["nnz_before"] for r in rep["layers"])
     assert rep["samples"] == 300
     np.testing.assert_array_equal(ck.load(out / "original").layers[0]["kernel"].shape, (64, 64))
+
+
+def test_conv_checkpoint_cascade_matches_library(tmp_path, capsys):
+    """Conv -> maxpool -> flatten -> dense through checkpoint, CLI cascade and back, against
+    ``prune(scheme="cascade", scan=False)`` on the same spec network."""
+    from nettrim_jax import prune, training
+
+    model = training.make_cnn(channels=(3,), hidden=8, num_classes=4, image_size=6, seed=0)
+    layers, shape = ck.from_flax(model)
+    ck.save(tmp_path / "cnn", layers, shape)
+    x = np.random.default_rng(0).random((20, 36)).astype(np.float32)  # flat images: reshaped
+    np.save(tmp_path / "x.npy", x)
+    rc, _, err = _run(["prune", tmp_path / "cnn", "--data", tmp_path / "x.npy", "--epsilon", "0.1",
+                       "--max-patches", "300", "--out", tmp_path / "o", *FAST], capsys)
+    assert rc == cli.EXIT_OK, err
+    mine = ck.load(tmp_path / "o" / "model").layers
+    res = prune(ck.to_network(layers), x.reshape(20, 6, 6, 1), scheme="cascade", epsilon=0.1,
+                scan=False, max_patches=300, progress=False, max_iters=400)
+    theirs = ck.from_network(res.model, layers)
+    assert [l["type"] for l in mine] == ["conv", "maxpool", "flatten", "dense", "dense"]
+    for a, b in zip(mine, theirs):
+        if a["type"] in ("conv", "dense"):
+            np.testing.assert_allclose(a["kernel"], b["kernel"], atol=1e-5)
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rep["layers"][0]["subsampled"] and rep["layers"][0]["program_rows"] == 300
