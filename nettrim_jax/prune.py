@@ -278,6 +278,37 @@ def _jitted_solver(activation, per_neuron, solver, with_threshold, opts):
     return jax.jit(f)
 
 
+def _dispatch(f, A, Y, eps, V, device=None, per_neuron=False):
+    """Call a jitted layer solver on (A, Y, eps, V); in per-neuron mode, all-zero target
+    columns are left out.
+
+    A unit whose target column is identically zero (a dead ReLU unit, Omega empty) has the
+    exact solution U_m = 0: it meets the misfit ball (0 <= eps) and X U_m = 0 <= V (V >= 0
+    here), with the least possible l1 norm.  Solving it anyway is wasteful, and in per-neuron
+    mode its zero-radius ball makes the ADMM diverge.  (Whole-layer programs keep them: the
+    solver's scaling uses all columns, and the scan path must see the same problem.)
+    Returns a thunk giving (K, info)."""
+    live = np.asarray(jnp.any(Y != 0, axis=0)) if per_neuron else np.ones(Y.shape[1], bool)
+    n_live = int(live.sum())
+    m = Y.shape[1]
+    if n_live == m or n_live == 0:
+        args = (A, Y, jnp.asarray(eps, A.dtype), V)
+        out = f(*(jax.device_put(args, device) if device is not None else args))
+        return lambda: jax.device_get(out)
+    cols = np.flatnonzero(live)
+    Vs = V[:, cols] if jnp.ndim(V) == 2 else V
+    args = (A, Y[:, cols], jnp.asarray(eps, A.dtype), Vs)
+    out = f(*(jax.device_put(args, device) if device is not None else args))
+
+    def finish():
+        K, info = jax.device_get(out)
+        full = np.zeros((A.shape[1], m), K.dtype)
+        full[:, cols] = K
+        return full, info
+
+    return finish
+
+
 def _misfit(A, Y, K, program):
     out = A @ K
     if program == "relu":
@@ -484,9 +515,8 @@ def _parallel(net, x, orig, base, programs, eps_list, cfg, devices, bar):
         pr = probs[i]
         f = _jitted_solver(programs[i], cfg["per_neuron"], cfg["solver"], False, cfg["opts"])
         dev = devices[d]
-        args = jax.device_put((pr.rows, pr.target, jnp.asarray(eps[i], pr.rows.dtype),
-                               jnp.zeros((), pr.rows.dtype)), dev)
-        placed[i] = f(*args)  # asynchronous dispatch
+        placed[i] = _dispatch(f, pr.rows, pr.target, eps[i], jnp.zeros((), pr.rows.dtype),
+                              dev, cfg["per_neuron"])  # asynchronous dispatch
     new = list(orig)
     rows = [None] * L
     for i in range(L):
@@ -495,7 +525,7 @@ def _parallel(net, x, orig, base, programs, eps_list, cfg, devices, bar):
             if bar is not None:
                 bar.update(1)
             continue
-        K, info = jax.device_get(placed[i])
+        K, info = placed[i]()
         seconds = time.perf_counter() - t0
         K = jnp.asarray(K)
         pr = probs[i]
@@ -511,13 +541,16 @@ def _parallel(net, x, orig, base, programs, eps_list, cfg, devices, bar):
 # ----------------------------------------------------------------------------- cascade
 
 
-def _scan_runs(orig, base, programs, L):
+def _scan_runs(orig, base, programs, L, per_neuron=False):
     """Maximal runs [i, j) (length >= 2) of square Dense ReLU layers, equal shapes and bias
-    presence, each feeding the next directly (x_{l+1} == relu(z_l) on the calibration data)."""
+    presence, each feeding the next directly (x_{l+1} == relu(z_l) on the calibration data).
+    In per-neuron mode, layers with dead units (all-zero target columns, see ``_dispatch``)
+    are left to the loop, which takes those units out of the solve."""
     ok = []
     for i in range(L):
         s = orig[i]
-        ok.append(isinstance(s, Dense) and programs[i] == "relu" and i < L - 1
+        dead = per_neuron and bool(jnp.any(jnp.all(base.preacts[i].reshape(-1, s.kernel.shape[-1]) <= 0, axis=0)))
+        ok.append(isinstance(s, Dense) and programs[i] == "relu" and i < L - 1 and not dead
                   and s.kernel.shape[0] == s.kernel.shape[1] and base.inputs[i].ndim == 2)
     runs, i = [], 0
     while i < L:
@@ -570,7 +603,7 @@ def _cascade(net, x, orig, base, programs, eps_list, cfg, scan, bar):
     first = solved[0] if solved else -1
     new = list(orig)
     rows = [None] * L
-    runs = _scan_runs(orig, base, programs, L) if scan in ("auto", True) else []
+    runs = _scan_runs(orig, base, programs, L, cfg["per_neuron"]) if scan in ("auto", True) else []
     if scan is True and not runs:
         warnings.warn("scan=True but no run of stackable layers was found; using the loop",
                       stacklevel=3)
@@ -642,7 +675,7 @@ def _cascade(net, x, orig, base, programs, eps_list, cfg, scan, bar):
         if prog != "relu":
             V = jnp.zeros((), pr.rows.dtype)
             f = _jitted_solver(prog, cfg["per_neuron"], cfg["solver"], False, cfg["opts"])
-        K, info = jax.device_get(f(pr.rows, pr.target, jnp.asarray(eps, pr.rows.dtype), V))
+        K, info = _dispatch(f, pr.rows, pr.target, eps, V, None, cfg["per_neuron"])()
         K = jnp.asarray(K)
         new[i] = with_matrix(spec, K)
         rows[i] = _row_info(spec, pr, _full_rows(spec, Xh), eps,
