@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scikit-learn's 8x8 digits (64-64-32-10 MLP) or the nested spirals (2-64-64-2)")
     d.add_argument("--out", default="nettrim-demo", help="output folder (default ./nettrim-demo)")
     d.add_argument("--epsilon", type=float, default=0.05,
-                   help="relative misfit per layer, ||XU - Y||_F <= epsilon ||Y||_F (default 0.05)")
+                   help="relative misfit of the first layer, ||XU - Y||_F <= epsilon ||Y||_F; later "
+                        "layers get gamma = 1.1 times the original weights' misfit (default 0.05)")
     d.add_argument("--steps", type=int, default=400, help="training steps (default 400)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--calibration", type=int, default=None,
@@ -226,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--samples", type=int, help="use the first N samples only")
     q.add_argument("--scheme", choices=("cascade", "parallel"), default="cascade")
     q.add_argument("--epsilon", type=float, required=True,
-                   help="relative misfit per layer, ||XU - Y||_F <= epsilon ||Y||_F")
+                   help="relative misfit ||XU - Y||_F <= epsilon ||Y||_F: of every layer (parallel) "
+                        "or of the first layer (cascade; later layers follow --gamma)")
     q.add_argument("--gamma", type=float, default=1.1,
                    help="cascade: epsilon_l = gamma x the original weights' misfit on the pruned inputs (>= 1; default 1.1)")
     q.add_argument("--solver", choices=("admm", "pdhg"), default=None)
@@ -360,6 +362,10 @@ def cmd_prune(args, console: _Console) -> int:
         raise UsageError(f"--gamma must be >= 1 (the original weights must stay feasible), got {args.gamma}")
     if args.max_iters is not None and args.max_iters < 1:
         raise UsageError(f"--max-iters must be >= 1, got {args.max_iters}")
+    if args.max_patches is not None and args.max_patches < 1:
+        raise UsageError(f"--max-patches must be >= 1, got {args.max_patches}")
+    if args.samples is not None and args.samples < 1:
+        raise UsageError(f"--samples must be >= 1, got {args.samples}")
     if args.resume and args.force:
         raise UsageError("--resume and --force exclude each other")
     if args.resume and args.scheme != "cascade":
