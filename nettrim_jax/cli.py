@@ -379,7 +379,7 @@ def cmd_prune(args, console: _Console) -> int:
         xe, ye = load_calibration(args.eval_data, model.input_shape, key=args.key, split="test")
         if ye is None:
             raise UsageError(f"{args.eval_data}: no labels to measure accuracy with")
-        acc_on = f"{args.eval_data}"
+        acc_on = f"{args.eval_data}" + (" (test split)" if Path(args.eval_data).is_dir() else "")
     else:
         xe, ye, acc_on = x, y, "calibration data"
     ck_sha = ck.describe(args.checkpoint)["weights"]["sha256"]
