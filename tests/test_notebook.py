@@ -5,11 +5,9 @@ import json
 import sys
 from pathlib import Path
 
+import nbclient  # test extra: nbclient, nbformat, ipykernel (no importorskip: a missing
+import nbformat  # dependency must fail CI, not silently stop running the notebook)
 import pytest
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
 
 NB_DIR = Path(__file__).resolve().parent.parent / "experiments" / "notebooks"
 NOTEBOOK = NB_DIR / "nettrim_colab.ipynb"
