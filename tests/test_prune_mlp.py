@@ -213,7 +213,7 @@ def _random_specs(seed=3, sizes=(20, 16, 12, 5)):
 def test_per_neuron_programs():
     W, specs, x = _random_specs()
     # small units converge slowly in per-neuron mode: give the solver more iterations
-    res = _prune(specs, x, scheme="parallel", epsilon=EPS, per_neuron=True, max_iters=10000)
+    res = _prune(specs, x, scheme="parallel", epsilon=EPS, per_neuron=True, max_iters=5000)
     U = [(np.asarray(l.kernel, np.float64), np.asarray(l.bias, np.float64)) for l in res.model]
     xs, ys = _forward(W, x)
     checked = 0

@@ -137,7 +137,7 @@ def test_activation_detection_and_unsupported_error_path():
     with pytest.warns(UserWarning, match="skipping"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            res = nt.prune(net, x, on_unsupported="skip", epsilon=0.1, **FAST)
+            res = nt.prune(net, x, on_unsupported="skip", epsilon=0.1, scheme="parallel", **FAST)
     progs = {l.name: l.activation for l in res.report.layers}
     assert progs == {"a": "relu", "b": "skipped", "c": "linear"}
     np.testing.assert_array_equal(res.model.b.kernel.get_value(), net.b.kernel.get_value())
@@ -145,7 +145,7 @@ def test_activation_detection_and_unsupported_error_path():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        res = nt.prune(_LinearMiddle(nnx.Rngs(1)), x, epsilon=0.1, **FAST)
+        res = nt.prune(_LinearMiddle(nnx.Rngs(1)), x, epsilon=0.1, scheme="parallel", **FAST)
     assert [l.activation for l in res.report.layers] == ["linear", "relu", "linear"]
     with pytest.raises(ValueError, match="not layers"):
         nt.prune(net, x, activations={"nope": "relu"}, **FAST)
