@@ -151,6 +151,18 @@ def test_activation_detection_and_unsupported_error_path():
         nt.prune(net, x, activations={"nope": "relu"}, **FAST)
 
 
+def test_progress_bar_and_quiet(capsys):
+    net = _random_mlp((6, 8, 4))
+    x = jax.random.normal(jax.random.key(2), (100, 6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        nt.prune(net, x, scheme="parallel", epsilon=0.1, max_iters=800, progress=True)
+        assert "Net-Trim (parallel)" in capsys.readouterr().err
+        nt.prune(net, x, scheme="parallel", epsilon=0.1, max_iters=800, progress=False)
+        captured = capsys.readouterr()
+        assert captured.err == "" and captured.out == ""
+
+
 def test_plain_specs_with_callables_and_declared_activations():
     layers = _random_mlp((6, 8, 4))
     layers[0] = layers[0]._replace(activation=jax.nn.gelu)
