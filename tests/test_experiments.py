@@ -1,0 +1,87 @@
+"""Every experiment's --quick mode runs end to end and writes sensible results."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+
+def _data_root():
+    env = os.environ.get("NETTRIM_DATA")
+    if env:
+        return env
+    shared = ROOT.parent / "shared" / "data"
+    return str(shared) if (shared / "mnist").is_dir() else None
+
+
+def test_sample_complexity_quick(tmp_path):
+    import sample_complexity
+
+    res = sample_complexity.main(["--quick", "--out", str(tmp_path)])
+    assert (tmp_path / "sample_complexity.md").read_text().count("| 32 |") == 2
+    assert (tmp_path / "sample_complexity_relu.png").stat().st_size > 1000
+    prob = np.stack([r["prob"] for r in res["relu"]])
+    # far below the transition nothing is recovered, far above nearly everything is
+    assert prob[:, 0].max() == 0.0
+    assert prob[:, -1].mean() >= 0.75
+
+
+def test_spirals_quick(tmp_path):
+    import spirals
+
+    records, curve = spirals.main(["--quick", "--out", str(tmp_path)])
+    assert {r["variant"] for r in records} == {"dropout", "dropout+L1"}
+    for r in records:
+        assert r["rd"] < spirals.RD_TARGET
+        assert all(a <= b for a, b in zip(r["after"], r["before"]))
+        assert sum(r["after"]) < 0.6 * sum(r["before"])
+    for pts in curve.values():
+        kept = [k for _, _, k in sorted(pts)]
+        assert kept[-1] <= kept[0]  # larger epsilon, fewer weights
+    text = (tmp_path / "spirals.md").read_text()
+    assert "2-50-50-2" in text and (tmp_path / "spirals_classifier.png").exists()
+
+
+needs_data = pytest.mark.skipif(_data_root() is None, reason="no MNIST folder ($NETTRIM_DATA)")
+
+
+@needs_data
+def test_mnist_quick(tmp_path):
+    import mnist
+
+    records = mnist.main(["--quick", "--out", str(tmp_path), "--data", _data_root()])
+    assert {(r["net"], r["scheme"]) for r in records} == {
+        (n, s) for n in ("fc", "lenet") for s in ("cascade", "parallel")}
+    for r in records:
+        assert 0.5 < r["sparsity"] < 1.0
+        assert set(r["acc"]) == {"nettrim", "nettrim+ft", "magnitude", "magnitude+ft", "wanda",
+                                 "sparsegpt"}
+        assert all(0.0 <= v <= 1.0 for v in r["acc"].values())
+    saved = json.loads((tmp_path / "mnist.json").read_text())
+    assert len(saved) == len(records)
+    assert "per-layer nnz" in (tmp_path / "mnist.md").read_text()
+
+
+@needs_data
+def test_mnist_accepts_the_dataset_folder_itself():
+    import mnist
+
+    root = Path(_data_root())
+    xtr, ytr, xte, yte = mnist.load("mnist", str(root / "mnist"), n_train=10, n_test=10)
+    assert xtr.shape == (10, 28, 28) and yte.shape == (10,)
+
+
+@needs_data
+def test_few_samples_quick(tmp_path):
+    import few_samples
+
+    records = few_samples.main(["--quick", "--out", str(tmp_path), "--data", _data_root()])
+    assert [r["samples"] for r in records] == [20, 100]
+    assert all(set(r["acc"]) == {"nettrim", "magnitude", "wanda", "sparsegpt"} for r in records)
+    assert (tmp_path / "few_samples.png").exists()
