@@ -27,12 +27,11 @@ activation that follows a layer; see ``prune.detect_activation``).
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from nettrim_jax.specs import Conv, Dense, apply_activation, apply_layer, is_spec
@@ -256,7 +255,7 @@ class LinenAdapter:
         return tree
 
     def _variables(self, specs):
-        params = jax.tree.map(lambda a: a, dict(self.variables["params"]))  # shallow-safe copy
+        params = dict(self.variables["params"])  # copied path by path below; input untouched
 
         def put(tree, path, spec):
             tree = dict(tree)

@@ -87,12 +87,11 @@ batch, and ``LayerReport.rows`` / ``subsampled`` say what the solver saw).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import time
 import warnings
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

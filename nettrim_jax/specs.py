@@ -28,7 +28,7 @@ output pixel of every image is one row of the program, all rows sharing the kern
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
