@@ -27,41 +27,11 @@ def config(quick: bool) -> dict:
         cfg.update(samples=(20, 100), epsilon=0.3, ft_steps=0)
     else:
         cfg = mnist.config(False)
-        cfg.update(samples=(25, 50, 100, 200, 500, 1000, 2000), epsilon=0.2, ft_steps=0)
+        cfg.update(samples=(25, 50, 100, 200, 500, 1000), epsilon=0.2, ft_steps=0)
     return cfg
 
 
-def main(argv=None):
-    ap = common.parser(__doc__.splitlines()[0])
-    ap.add_argument("--data", default=None, help="folder with mnist/ (default $NETTRIM_DATA)")
-    ap.add_argument("--dataset", default="mnist")
-    args = ap.parse_args(argv)
-    started = time.time()
-    common.quiet_solver_warnings()
-    out = common.out_dir(args)
-    cfg = config(args.quick)
-    xtr, ytr, xte, yte = mnist.load(args.dataset, args.data, cfg["n_train"], cfg["n_test"])
-    net = mnist.train_network("fc", cfg, xtr, ytr, args.seed)
-    xtr_in, xte_in = mnist.as_input("fc", xtr), mnist.as_input("fc", xte)
-    base = nets.accuracy(net, xte_in, yte)
-    print(f"trained: test acc {base:.4f}", flush=True)
-    rng = np.random.default_rng(args.seed)
-    order = rng.permutation(len(xtr))
-    records = []
-    for p in cfg["samples"]:
-        xcal = xtr_in[order[:p]]  # nested calibration sets
-        t0 = time.time()
-        pruned, rep = nets.prune_nettrim(net, xcal, scheme="cascade",
-                                         epsilon=[cfg["epsilon"]] * len(nets.layers_of(net)),
-                                         gamma=1.0, **cfg["solver"])
-        keeps, acc = mnist.evaluate_point(net, pruned, xcal, None, None, xte_in, yte, cfg, args.seed)
-        rec = dict(samples=p, keeps=keeps, sparsity=1 - sum(keeps) / sum(nets.sizes(net)), acc=acc,
-                   converged=f"{sum(l.converged for l in rep.layers)}/{len(rep.layers)}",
-                   seconds=time.time() - t0)
-        records.append(rec)
-        print(f"P={p:5d} sparsity {100 * rec['sparsity']:.1f}% keeps {keeps} "
-              + " ".join(f"{k}={100 * v:.2f}" for k, v in acc.items()), flush=True)
-
+def report(records, base, cfg, args, started, out):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -101,6 +71,40 @@ def main(argv=None):
     lines += ["![few samples](few_samples.png)", ""]
     (out / "few_samples.md").write_text("\n".join(lines))
     (out / "few_samples.json").write_text(json.dumps(records, indent=1, default=float))
+
+
+def main(argv=None):
+    ap = common.parser(__doc__.splitlines()[0])
+    ap.add_argument("--data", default=None, help="folder with mnist/ (default $NETTRIM_DATA)")
+    ap.add_argument("--dataset", default="mnist")
+    args = ap.parse_args(argv)
+    started = time.time()
+    common.quiet_solver_warnings()
+    out = common.out_dir(args)
+    cfg = config(args.quick)
+    xtr, ytr, xte, yte = mnist.load(args.dataset, args.data, cfg["n_train"], cfg["n_test"])
+    net = mnist.train_network("fc", cfg, xtr, ytr, args.seed)
+    xtr_in, xte_in = mnist.as_input("fc", xtr), mnist.as_input("fc", xte)
+    base = nets.accuracy(net, xte_in, yte)
+    print(f"trained: test acc {base:.4f}", flush=True)
+    rng = np.random.default_rng(args.seed)
+    order = rng.permutation(len(xtr))
+    records = []
+    for p in cfg["samples"]:
+        xcal = xtr_in[order[:p]]  # nested calibration sets
+        t0 = time.time()
+        pruned, rep = nets.prune_nettrim(net, xcal, scheme="cascade",
+                                         epsilon=[cfg["epsilon"]] * len(nets.layers_of(net)),
+                                         gamma=1.0, **cfg["solver"])
+        keeps, acc = mnist.evaluate_point(net, pruned, xcal, None, None, xte_in, yte, cfg, args.seed)
+        rec = dict(samples=p, keeps=keeps, sparsity=1 - sum(keeps) / sum(nets.sizes(net)), acc=acc,
+                   converged=f"{sum(l.converged for l in rep.layers)}/{len(rep.layers)}",
+                   seconds=time.time() - t0)
+        records.append(rec)
+        print(f"P={p:5d} sparsity {100 * rec['sparsity']:.1f}% keeps {keeps} "
+              + " ".join(f"{k}={100 * v:.2f}" for k, v in acc.items()), flush=True)
+
+        report(records, base, cfg, args, started, out)
     print(f"wrote {out / 'few_samples.md'}")
     return records
 

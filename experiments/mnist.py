@@ -1,7 +1,8 @@
 """MNIST / Fashion-MNIST: Net-Trim against the usual baselines at equal per-layer sparsity.
 
 Networks: a fully connected 784-300-100-10 ReLU network (LeNet-300-100) and a LeNet-style
-conv network (5x5 conv 6 -> 2x2 max-pool -> 5x5 conv 16 -> pool -> 120 -> 10), trained with
+conv network (5x5 conv 6 -> 2x2 max-pool -> 5x5 conv 16 -> pool -> 120 -> 10; --quick uses
+smaller ones), trained with
 Adam on the training split.  Net-Trim (``nettrim_jax.prune``, cascade with gamma = 1 and one
 relative epsilon e for all layers as epsilon_1 and floors, and parallel with the same e) is
 run on P calibration images from the training split over a sweep of e.  At every Net-Trim
@@ -154,7 +155,9 @@ def report(records, args, started, out, cfg):
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.8), squeeze=False)
     for ax, ((dataset, kind), recs) in zip(axes[0], groups.items()):
         recs = sorted(recs, key=lambda r: (r["scheme"], r["sparsity"]))
-        lines += [f"## {dataset}, {'784-300-100-10 FC' if kind == 'fc' else 'LeNet-style conv'}"
+        arch = ("FC " + "-".join(map(str, cfg["fc_sizes"])) if kind == "fc" else
+                f"LeNet-style conv, channels {cfg['lenet_channels']}, hidden {cfg['lenet_hidden']}")
+        lines += [f"## {dataset}, {arch}"
                   f" (original test accuracy {100 * recs[0]['acc_original']:.2f}%)", ""]
         body = []
         for r in recs:
@@ -232,6 +235,9 @@ def main(argv=None):
     ap.add_argument("--nets", nargs="+", default=None, choices=["fc", "lenet"])
     ap.add_argument("--epsilons", nargs="+", type=float, default=None)
     ap.add_argument("--schemes", nargs="+", default=None, choices=["cascade", "parallel"])
+    ap.add_argument("--append", action="store_true",
+                    help="add to the records already in OUT/mnist.json (e.g. more epsilons); "
+                         "networks are retrained identically from the seed")
     args = ap.parse_args(argv)
     started = time.time()
     common.quiet_solver_warnings()
@@ -244,6 +250,8 @@ def main(argv=None):
     datasets = args.datasets or (["mnist"] if args.quick else ["mnist", "fashion-mnist"])
     kinds = args.nets or ["fc", "lenet"]
     records = []
+    if args.append and (out / "mnist.json").exists():
+        records = json.loads((out / "mnist.json").read_text())
     for dataset in datasets:
         for kind in kinds:
             records += run(dataset, kind, cfg, args.data, args.seed)

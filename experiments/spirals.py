@@ -194,6 +194,7 @@ def main(argv=None):
     (out / "spirals.md").write_text("\n".join(lines))
     (out / "spirals.json").write_text(json.dumps(dict(records=records, curve=curve), indent=1,
                                                  default=float))
+    (out / "spirals_partial.json").unlink(missing_ok=True)
     print(f"wrote {out / 'spirals.md'}")
     return records, curve
 
