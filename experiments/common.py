@@ -41,10 +41,12 @@ def table(headers, rows, floatfmt: str = "{:.4g}") -> str:
     return "\n".join(lines)
 
 
-def provenance(args, started: float) -> str:
-    """One line saying how and where the results were produced."""
+def provenance(args, started: float, seconds: float | None = None) -> str:
+    """One line saying how and where the results were produced (``seconds`` overrides the
+    time since ``started``, e.g. for a report rebuilt from saved records)."""
     mode = "quick (CI size)" if args.quick else "full"
-    return (f"_Mode: {mode}; seed {args.seed}; {time.time() - started:.0f} s on "
+    seconds = time.time() - started if seconds is None else seconds
+    return (f"_Mode: {mode}; seed {args.seed}; {seconds:.0f} s on "
             f"{platform.machine()} ({os.cpu_count()} CPU cores), "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}._")
 

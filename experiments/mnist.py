@@ -142,7 +142,11 @@ def report(records, args, started, out, cfg):
     cols = ["nettrim", "nettrim+ft", "magnitude", "magnitude+ft", "wanda", "sparsegpt"]
     lines = ["# MNIST and Fashion-MNIST: Net-Trim vs baselines at equal per-layer sparsity", "",
              __doc__.split("\n\n")[1].replace("\n", " "), "",
-             common.provenance(args, started), "",
+             common.provenance(args, started, seconds=(
+                 sum(r["prune_seconds"] for r in records) if getattr(args, "report_only", False)
+                 else None))
+             + (" (report rebuilt from saved records; the time is the sum of the Net-Trim solves)"
+                if getattr(args, "report_only", False) else ""), "",
              f"Sizes: {cfg['n_cal']} calibration images, {cfg['n_test'] or 10000} test images, "
              f"training {cfg['train_steps']} Adam steps on {cfg['n_train'] or 60000} images, "
              f"fine-tuning {cfg['ft_steps']} steps (lr {cfg['ft_lr']}); solver options "
@@ -238,6 +242,11 @@ def main(argv=None):
     ap.add_argument("--append", action="store_true",
                     help="add to the records already in OUT/mnist.json (e.g. more epsilons); "
                          "networks are retrained identically from the seed")
+    ap.add_argument("--include", nargs="+", default=(),
+                    help="also report the records of these mnist.json files (other sweeps)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: rewrite the report from OUT/mnist.json (with --append) "
+                         "and --include files")
     args = ap.parse_args(argv)
     started = time.time()
     common.quiet_solver_warnings()
@@ -252,6 +261,11 @@ def main(argv=None):
     records = []
     if args.append and (out / "mnist.json").exists():
         records = json.loads((out / "mnist.json").read_text())
+    for extra in args.include:
+        records += json.loads(open(extra).read())
+    if args.report_only:
+        report(records, args, started, out, cfg)
+        return records
     for dataset in datasets:
         for kind in kinds:
             records += run(dataset, kind, cfg, args.data, args.seed)
