@@ -54,12 +54,16 @@ def project(z: jnp.ndarray, c: ConstraintSet) -> jnp.ndarray:
 
 
 def misfit(xu: jnp.ndarray, c: ConstraintSet):
-    """(||(XU - Y)_omega||_F, max(0, max over omega^c of XU - V)) for pre-activations xu."""
+    """Misfit and threshold violation of pre-activations xu (P, M).
+
+    Returns (||(XU - Y)_omega||_F, max(0, max over omega^c of XU - V),
+    ||(XU - V)_+ over omega^c||_F).  Since relu is 1-Lipschitz and Y > 0 on omega,
+    ||relu(XU) - Y||_F^2 <= misfit^2 + violation_norm^2 when V = 0.
+    """
     d = jnp.where(c.omega, xu - c.target, 0)
     norm = jnp.sqrt(jnp.sum(d * d))
-    excess = jnp.where(c.omega, -jnp.inf, xu - c.threshold)
-    violation = jnp.maximum(jnp.max(excess, initial=-jnp.inf), 0)
-    return norm, violation
+    excess = jnp.where(c.omega, 0, jnp.maximum(xu - c.threshold, 0))
+    return norm, jnp.max(excess, initial=0), jnp.sqrt(jnp.sum(excess * excess))
 
 
 def support(lam: jnp.ndarray, c: ConstraintSet) -> jnp.ndarray:

@@ -2,9 +2,11 @@
 
 ADMM's U-update solves (X^T X + I) U = X^T B + C.  The matrix does not depend on the
 penalty rho, so it is inverted once per layer and every later iteration (whatever rho
-does) costs two products with X and one with a small square matrix.  X is first scaled
-to unit spectral norm, so the matrix has eigenvalues in [1, 2]: its explicit inverse is as
-accurate as a Cholesky solve, in float32 too, and applies as one GEMM.
+does) costs two products with X and one with a small square matrix.  X arrives scaled to
+unit root-mean-square singular value, so the matrix has eigenvalues in
+[1, 1 + sigma_max^2 / sigma_rms^2] (about 350 for MNIST inputs): its explicit inverse is
+accurate to that condition number times the unit roundoff, in float32 too, and applies as
+one GEMM instead of two triangular solves.
 
 Tall X (N <= P) inverts the N x N matrix X^T X + I; wide X (N > P) inverts the P x P
 matrix I + X X^T and uses the push-through identity, so memory is min(N, P)^2.
@@ -22,7 +24,7 @@ class Gram(NamedTuple):
     """The factored system for a scaled X.
 
     Attributes:
-      x: (P, N) scaled inputs (spectral norm about 1).
+      x: (P, N) scaled inputs.
       inverse: (N, N) (X^T X + I)^-1 when tall, (P, P) (I + X X^T)^-1 when wide.
     """
 

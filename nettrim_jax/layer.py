@@ -131,12 +131,27 @@ def _options(solver, dtype, opts: dict):
     if opts.get("margin") is None:
         opts["margin"] = 1e-3 if single else 1e-5
     if opts.get("feas_tol") is None:
-        opts["feas_tol"] = 1e-5 if single else 1e-7
+        opts["feas_tol"] = 1e-3 if single else 1e-6
     unknown = set(opts) - set(cls._fields)
     if unknown:
         raise TypeError(f"unknown option(s) for solver={solver!r}: {sorted(unknown)}; "
                         f"valid: {list(cls._fields)}")
     return cls(**opts)
+
+
+def _x_scale(X, solver):
+    """Divisor for X.  PDHG needs ||X|| <= 1 (its step sizes), so it uses the spectral norm.
+    ADMM uses the root-mean-square singular value ||X||_F / sqrt(min(P, N)): the bulk of
+    X's spectrum then has unit gain and the two ADMM blocks (XU = Z, U = W) are balanced
+    for it.  Trained-network inputs have one dominant direction (the mean; MNIST pixels:
+    sigma_max^2 is about 350 times the mean sigma^2), and scaling by sigma_max instead
+    made ADMM about 5-10x slower on them."""
+    tiny = jnp.finfo(X.dtype).tiny
+    if solver == "pdhg":
+        sx = gram.spectral_norm(X)
+    else:
+        sx = jnp.sqrt(jnp.sum(X * X) / min(X.shape))
+    return jnp.where(sx > tiny, sx, 1)
 
 
 def _column_radii(y_omega, epsilon, per_neuron):
@@ -158,8 +173,7 @@ def _solve(X, Y, epsilon, threshold, w0, warm, rho0, *, activation, per_neuron, 
     p, n = X.shape
     m = Y.shape[1]
     tiny = jnp.finfo(dtype).tiny
-    sx = gram.spectral_norm(X)
-    sx = jnp.where(sx > tiny, sx, 1)
+    sx = _x_scale(X, solver)
     sy = jnp.sqrt(jnp.mean(Y * Y))
     sy = jnp.where(sy > tiny, sy, 1)
     x = X / sx
@@ -297,7 +311,7 @@ def _state_fits(state, solver, per_neuron, n, p, m) -> bool:
 def _rescale_state(prev, X, Y):
     """Carry a previous scaled state over to this problem's scaling (same X, Y: unchanged)."""
     state, sx_old, sy_old = prev
-    sx = gram.spectral_norm(X)
+    sx = _x_scale(X, "admm" if isinstance(state, admm.State) else "pdhg")
     sy = jnp.sqrt(jnp.mean(Y * Y))
     kw = (sy_old / sx_old) * (sx / sy)
     ky = sy_old / sy

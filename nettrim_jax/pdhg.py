@@ -39,7 +39,7 @@ class Options(NamedTuple):
     step: float = 0.95
     restart_decay: float = 0.2
     margin: float | None = None  # radius shrink; solve_layer: 1e-3 (f32), 1e-5 (f64)
-    feas_tol: float | None = None  # threshold violation / max|Y|: 1e-5 (f32), 1e-7 (f64)
+    feas_tol: float | None = None  # ||violation||_F / eps: 1e-3 (f32), 1e-6 (f64)
 
 
 class State(NamedTuple):
@@ -101,12 +101,12 @@ def _measure(outer, w, z, y, xty, rho):
     """Objective, certificate, feasibility and a normalised KKT error of one candidate."""
     objective = jnp.sum(jnp.abs(w))
     lower = constraints.dual_bound(y, xty, outer)
-    misfit, violation = constraints.misfit(z, outer)
+    misfit, violation, viol_norm = constraints.misfit(z, outer)
     primal_inf = _norm(z - constraints.project(z, outer))
     dual_inf = _norm(jnp.maximum(jnp.abs(xty) - 1, 0))
     gap = jnp.abs(objective - lower)
     kkt = jnp.sqrt(rho * primal_inf ** 2 + dual_inf ** 2 / rho + gap ** 2)
-    return objective, lower, misfit, violation, primal_inf, dual_inf, kkt
+    return objective, lower, misfit, violation, viol_norm, primal_inf, dual_inf, kkt
 
 
 def _check(outer, opts: Options, s: State, iterations):
@@ -121,10 +121,10 @@ def _check(outer, opts: Options, s: State, iterations):
     use_avg = m_avg[-1] < m_cur[-1]
     pick = lambda a, b: jax.tree_util.tree_map(lambda p, q: jnp.where(use_avg, p, q), a, b)
     cand = pick(avg, cur)
-    objective, lower, misfit, violation, primal_inf, dual_inf, kkt = pick(m_avg, m_cur)
+    objective, lower, misfit, violation, viol_norm, primal_inf, dual_inf, kkt = pick(m_avg, m_cur)
 
-    feasible = (misfit <= outer.radius + rounding * _norm(outer.target)) & (
-        violation <= opts.feas_tol * jnp.max(jnp.abs(outer.target), initial=tiny))
+    slack = rounding * _norm(outer.target)
+    feasible = (misfit <= outer.radius + slack) & (viol_norm <= opts.feas_tol * outer.radius + slack)
     gap_ok = objective - lower <= opts.gap_tol * jnp.maximum(objective, tiny)
     eps_pri = jnp.sqrt(s.z.size) * opts.eps_abs + opts.eps_rel * jnp.maximum(_norm(cand[1]), 1)
     converged = feasible & gap_ok & (primal_inf <= eps_pri)

@@ -65,8 +65,10 @@ def test_matches_interior_point_reference(kind, activation, per_neuron, solver):
     x, y = _problem(kind, activation, seed=3)
     eps = 0.05 * _omega_norm(y, activation)
     ref_value, _ = reference(x, y, eps, activation, per_neuron=per_neuron)
+    # feas_tol=1e-6: the threshold excess within 1e-6 epsilon (the default, 1e-3, bounds
+    # the post-ReLU error by epsilon (1 + 5e-7); this test asks for the 1e-5).
     sol = nt.solve_layer(x, y, epsilon=eps, activation=activation, per_neuron=per_neuron,
-                         solver=solver)
+                         solver=solver, feas_tol=1e-6)
     _check_against_reference(sol, ref_value, x, y, eps, activation, per_neuron)
 
 
@@ -87,12 +89,22 @@ def test_nonzero_threshold_and_wide_layer():
     x, y, _ = relu_problem(40, 70, 3, seed=7, density=0.2)
     eps = 0.05 * _omega_norm(y, "relu")
     ref_value, _ = reference(x, y, eps, "relu", threshold=-0.1)
-    sol = nt.solve_layer(x, y, epsilon=eps, threshold=-0.1)
+    sol = nt.solve_layer(x, y, epsilon=eps, threshold=-0.1, feas_tol=1e-6)
     assert bool(sol.info.converged)
     assert abs(float(sol.info.objective) - ref_value) <= 1e-3 * ref_value
     z = x @ np.asarray(sol.kernel, np.float64)
     assert np.max(np.where(y > 0, -np.inf, z)) <= -0.1 + 1e-5 * np.abs(y).max()
     assert float(sol.info.lower_bound) <= ref_value * (1 + 1e-6)
+
+
+def test_default_tolerance_bounds_the_post_relu_error():
+    # Converged with defaults: ||relu(XU) - Y||_F <= eps sqrt(1 + feas_tol^2).
+    x, y, _ = relu_problem(160, 30, 5, seed=8, density=0.5)
+    eps = 0.05 * np.linalg.norm(y)
+    sol = nt.solve_layer(x, y, epsilon=eps)
+    assert bool(sol.info.converged)
+    out = np.maximum(x @ np.asarray(sol.kernel, np.float64), 0)
+    assert np.linalg.norm(out - y) <= eps * (1 + 1e-6)
 
 
 def test_per_neuron_vector_epsilon_and_layer_bound():
