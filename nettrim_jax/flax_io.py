@@ -23,10 +23,17 @@ Every adapter exposes::
 
 ``override = (i, fn)`` makes layer ``i`` return ``fn(z)`` instead of ``z`` (used to detect the
 activation that follows a layer; see ``prune.detect_activation``).
+
+Input shape checks: every prunable layer's input is checked against its kernel when the layer
+is called (Dense: last axis = input features, after the specs' flatten rule; Conv: 4-D NHWC
+with the kernel's input channels), and the first forward pass (the adapter's constructor)
+turns a mismatch, or a shape error raised elsewhere in the model's forward, into an
+``InputShapeError`` (a ``ValueError``) naming the calibration data's shape and the layer.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -36,7 +43,57 @@ from flax import nnx
 
 from nettrim_jax.specs import Conv, Dense, apply_activation, apply_layer, is_spec
 
-__all__ = ["Captured", "NNXAdapter", "LinenAdapter", "SpecsAdapter", "adapt"]
+__all__ = ["Captured", "NNXAdapter", "LinenAdapter", "SpecsAdapter", "adapt", "InputShapeError"]
+
+
+class InputShapeError(ValueError):
+    """The calibration data does not fit the model's input (found on the first forward pass)."""
+
+
+# jax's own messages for shape mismatches (dot_general, reshape, broadcasting, convolution)
+_SHAPE_ERROR = re.compile(r"shape|dimension size|ndim")
+
+
+def _dense_mismatch(x, n_in, flatten=False):
+    """None if ``x`` fits a dense layer with ``n_in`` inputs, else what is wrong."""
+    shape = tuple(jnp.shape(x))
+    if flatten and len(shape) > 2 and shape[-1] != n_in:
+        size = 1
+        for d in shape[1:]:
+            size *= int(d)
+        if size == n_in:
+            return None
+        return f"expects {n_in} input features (per sample, flattened), got input of shape {shape}"
+    if len(shape) >= 1 and shape[-1] == n_in:
+        return None
+    return f"expects {n_in} input features on the last axis, got input of shape {shape}"
+
+
+def _conv_mismatch(x, kernel, groups=1):
+    """None if ``x`` fits a channels-last convolution with kernel (spatial..., I, O) (batched:
+    as many axes as the kernel), else what is wrong."""
+    shape = tuple(jnp.shape(x))
+    nd = len(jnp.shape(kernel))
+    c = int(jnp.shape(kernel)[-2]) * int(groups or 1)
+    if len(shape) == nd and shape[-1] == c:
+        return None
+    want = f"NHWC inputs (batch, H, W, {c})" if nd == 4 else f"{nd}-D inputs (batch, ..., {c})"
+    return f"expects {want}, got input of shape {shape}"
+
+
+def _first_forward(fn, x):
+    """Run the adapter's first forward pass; shape errors become one-line ``InputShapeError``
+    naming the calibration data's shape (the original error is chained)."""
+    where = f"calibration data x of shape {tuple(jnp.shape(x))} does not fit the model"
+    try:
+        return fn()
+    except InputShapeError as e:
+        raise InputShapeError(f"{where}: {e}") from None
+    except (TypeError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        if not _SHAPE_ERROR.search(first):
+            raise
+        raise InputShapeError(f"{where} (the forward pass failed: {first})") from e
 
 
 class Captured(NamedTuple):
@@ -50,11 +107,17 @@ class Captured(NamedTuple):
 
 
 class _Recorder:
-    def __init__(self, override=None):
+    def __init__(self, override=None, namer=str):
         self.inputs: list = []
         self.preacts: list = []
         self.keys: list = []
         self.override = override
+        self.namer = namer
+
+    def check(self, key, problem):
+        """Raise ``InputShapeError`` if the layer's input does not fit (``problem`` not None)."""
+        if problem is not None:
+            raise InputShapeError(f"layer {self.namer(key)!r} {problem}")
 
     def record(self, key, x, z):
         if key in self.keys:
@@ -100,6 +163,12 @@ _ACTIVE: list = []
 def _tap_class(cls):
     if cls not in _TAPS:
         def __call__(self, x, *args, **kwargs):
+            if _ACTIVE:
+                if isinstance(self, nnx.Conv):
+                    problem = _conv_mismatch(x, self.kernel.get_value(), self.feature_group_count)
+                else:
+                    problem = _dense_mismatch(x, self.in_features)
+                _ACTIVE[-1].check(id(self), problem)
             z = cls.__call__(self, x, *args, **kwargs)
             if _ACTIVE:
                 return _ACTIVE[-1].record(id(self), x, z)
@@ -127,10 +196,11 @@ class NNXAdapter:
         for _, node in found.values():
             node.__class__ = _tap_class(type(node))
         self._work = work
-        rec = _Recorder()
+        self._namer = lambda k: _path_name(found[k][0]) if k in found else str(k)
+        rec = _Recorder(namer=self._namer)
         _ACTIVE.append(rec)
         try:
-            self._output = work(x)
+            self._output = _first_forward(lambda: work(x), x)
         finally:
             _ACTIVE.pop()
         self._paths = [found[k][0] for k in rec.keys]
@@ -159,7 +229,7 @@ class NNXAdapter:
     def run(self, specs, x, override=None) -> Captured:
         for node, spec in zip(self._nodes, specs):
             self._write(node, spec)
-        rec = _Recorder(override)
+        rec = _Recorder(override, self._namer)
         _ACTIVE.append(rec)
         try:
             out = self._work(x)
@@ -219,17 +289,24 @@ class LinenAdapter:
             mod = context.module
             if context.method_name != "__call__" or not isinstance(mod, (nn.Dense, nn.Conv)):
                 return next_fun(*args, **kwargs)
-            z = next_fun(*args, **kwargs)
             path = tuple(mod.scope.path)
+            if _ACTIVE and args and mod.has_variable("params", "kernel"):
+                kernel = mod.get_variable("params", "kernel")
+                if isinstance(mod, nn.Conv):
+                    problem = _conv_mismatch(args[0], kernel, mod.feature_group_count)
+                else:
+                    problem = _dense_mismatch(args[0], int(jnp.shape(kernel)[0]))
+                _ACTIVE[-1].check(path, problem)
+            z = next_fun(*args, **kwargs)
             found.setdefault(path, mod)
             return _ACTIVE[-1].record(path, args[0], z) if _ACTIVE else z
 
         self._icpt = icpt
-        rec = _Recorder()
+        rec = _Recorder(namer=_path_name)
         _ACTIVE.append(rec)
         try:
             with nn.intercept_methods(icpt):
-                out = module.apply(variables, x)
+                out = _first_forward(lambda: module.apply(variables, x), x)
         finally:
             _ACTIVE.pop()
         self._paths = list(rec.keys)
@@ -275,7 +352,7 @@ class LinenAdapter:
 
     def run(self, specs, x, override=None) -> Captured:
         v = self._variables(specs)
-        rec = _Recorder(override)
+        rec = _Recorder(override, _path_name)
         _ACTIVE.append(rec)
         try:
             with nn.intercept_methods(self._icpt):
@@ -318,15 +395,18 @@ class SpecsAdapter:
                 raise TypeError(f"network items must be Dense/Conv specs or callables, got {type(item).__name__}")
         self.names = [str(i) for i in self._index]
         self.specs = [self.network[i] for i in self._index]
-        self.first = self.run(self.specs, x)
+        self.first = _first_forward(lambda: self.run(self.specs, x), x)
         self.unused = []
 
     def run(self, specs, x, override=None) -> Captured:
-        rec = _Recorder(override)
+        rec = _Recorder(override, lambda k: self.names[k])
         layer = 0
         for item in self.network:
             if is_spec(item):
                 spec = specs[layer]._replace(activation=item.activation)
+                k = spec.kernel
+                rec.check(layer, _conv_mismatch(x, k) if isinstance(spec, Conv)
+                          else _dense_mismatch(x, int(jnp.shape(k)[0]), flatten=True))
                 z = rec.record(layer, x, apply_layer(spec, x))
                 x = apply_activation(item.activation, z)
                 layer += 1

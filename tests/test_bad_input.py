@@ -145,16 +145,23 @@ def _prune(net, x, **kw):
     return prune(net, x, progress=False, **kw)
 
 
-def test_prune_empty_calibration_set():
-    with pytest.raises(ValueError, match="empty"):
-        _prune(_net(), _x()[:0])
+@pytest.mark.parametrize("shape", [(0, 8), (60, 0)])
+def test_prune_empty_calibration_set(shape):
+    with pytest.raises(ValueError, match=r"calibration data x is empty"):
+        _prune(_net(), np.zeros(shape, np.float32))
 
 
 @pytest.mark.parametrize("kw, match", [
     (dict(epsilon=-0.1), "epsilon must be >= 0"),
-    (dict(epsilon=[0.1, -1.0]), "epsilon must be >= 0"),
+    (dict(epsilon=[0.1, -1.0]), r"epsilon must be >= 0 .*entry 1"),
+    (dict(epsilon=float("nan")), "epsilon must be >= 0 and finite"),
+    (dict(epsilon=[0.1, np.inf]), "epsilon must be >= 0 and finite"),
+    (dict(epsilon=[0.1, 0.1, 0.1]), "epsilon has 3 entries but the network has 2"),
     (dict(gamma=0.99), "gamma must be >= 1"),
+    (dict(gamma=float("nan")), "gamma must be >= 1"),
     (dict(scheme="serial"), "unknown scheme"),
+    (dict(solver="lbfgs"), "unknown solver"),
+    (dict(max_patches=0), "max_patches must be a positive int"),
 ])
 def test_prune_bad_parameters(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -221,24 +228,132 @@ def test_prune_legal_degenerate_data(case):
     assert res.report.nnz_after < res.report.nnz_before
 
 
-# Gaps in ``prune``'s own input checks, found while writing these tests (issue #5; prune is
-# owned by issue #3).  strict=True: once fixed they XPASS and fail, so the marker is removed.
-_GAP = "prune does not validate this input yet (reported to the issue #3 owner)"
+# ``prune`` validates its input before any solve: the calibration data's shape (on the first
+# forward pass), NaN/Inf in the data and in every prunable layer's weights.  (These were
+# strict xfails recording the gap until prune checked them.)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=_GAP)
-def test_prune_wrong_data_shape_is_a_value_error():
-    with pytest.raises(ValueError):  # today: TypeError from inside lax.dot_general
-        _prune(_net(), _x()[:, :5])
+def _no_solve(monkeypatch):
+    """Make any solver call fail the test: the checks must come first."""
+    import importlib
+
+    P = importlib.import_module("nettrim_jax.prune")  # the module, not the function
+
+    def boom(*a, **k):
+        raise AssertionError("the solver was reached")
+
+    for name in ("solve_layer", "_jitted_solver", "_scan_solver"):
+        monkeypatch.setattr(P, name, boom)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=_GAP)
-@pytest.mark.parametrize("where", ["data", "weights"])
-def test_prune_nan_is_a_value_error(where):
-    net, x = _net(), _x()
-    if where == "data":
-        x[2, 3] = np.nan
-    else:
-        net[0].kernel[1, 1] = np.inf
-    with pytest.raises(ValueError, match="NaN|Inf"):  # today: runs and returns garbage
-        _prune(net, x, max_iters=50)
+@pytest.mark.parametrize("scheme", ["cascade", "parallel"])
+def test_prune_wrong_data_shape_is_a_value_error(monkeypatch, scheme):
+    _no_solve(monkeypatch)
+    with pytest.raises(ValueError, match=r"^calibration data x of shape \(60, 5\) does not fit the "
+                                         r"model: layer '0' expects 8 input features.*\(60, 5\)$"):
+        _prune(_net(), _x()[:, :5], scheme=scheme)
+
+
+def test_prune_wrong_data_shape_nnx_linen_conv(monkeypatch):
+    """The same check for NNX and Linen models, Conv layers, and a mismatch that shows up
+    only after an in-between op (the model's own reshape), which is reported with jax's
+    shape message."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from nettrim_jax import Conv
+
+    _no_solve(monkeypatch)
+
+    class MLP(nnx.Module):
+        def __init__(self, rngs):
+            self.a = nnx.Linear(8, 16, rngs=rngs)
+            self.b = nnx.Linear(16, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.b(nnx.relu(self.a(x)))
+
+    with pytest.raises(ValueError, match=r"x of shape \(60, 5\) .*layer 'a' expects 8 input"):
+        _prune(MLP(nnx.Rngs(0)), _x()[:, :5])
+
+    class LinenMLP(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.relu(nn.Dense(16)(x))
+            return nn.Dense(3)(h)
+
+    m = LinenMLP()
+    v = m.init(jax.random.key(0), _x())
+    with pytest.raises(ValueError, match=r"x of shape \(60, 5\) .*layer 'Dense_0' expects 8 input"):
+        _prune((m, v), _x()[:, :5])
+
+    rng = np.random.default_rng(0)
+    conv = Conv(rng.standard_normal((3, 3, 2, 4)).astype(np.float32), np.zeros(4, np.float32))
+    dense = _net()[1]._replace(kernel=rng.standard_normal((64, 3)).astype(np.float32))
+    imgs = rng.standard_normal((5, 4, 4, 2)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"x of shape \(5, 4, 4, 3\) .*layer '0' expects NHWC inputs \(batch, H, W, 2\)"):
+        _prune([conv, dense], np.concatenate([imgs, imgs[..., :1]], -1))
+    with pytest.raises(ValueError, match=r"x of shape \(5, 5, 5, 2\) .*layer '1' expects 64 input"):
+        _prune([conv, dense], np.zeros((5, 5, 5, 2), np.float32))
+    # the model's own reshape fails: jax's shape message, one line, chained
+    net = [lambda t: jnp.reshape(t, (-1, 8)), *_net()]
+    with pytest.raises(ValueError, match=r"x of shape \(60, 7\) .*forward pass failed: cannot reshape") as e:
+        _prune(net, _x()[:, :7])
+    assert "\n" not in str(e.value) and isinstance(e.value.__cause__, TypeError)
+
+
+def test_prune_unrelated_forward_errors_are_not_rewritten():
+    """Only shape errors become the calibration-shape ValueError."""
+    def broken(t):
+        raise RuntimeError("model bug")
+
+    with pytest.raises(RuntimeError, match="model bug"):
+        _prune([broken, *_net()], _x())
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_prune_nan_in_data_is_a_value_error(monkeypatch, bad):
+    _no_solve(monkeypatch)
+    x = _x()
+    x[2, 3] = bad
+    with pytest.raises(ValueError, match=r"calibration data x contains NaN or Inf \(1 entries, in samples \[2\]\)"):
+        _prune(_net(), x)
+
+
+@pytest.mark.parametrize("layer, part", [(0, "kernel"), (0, "bias"), (1, "kernel"), (1, "bias")])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_prune_nan_in_weights_is_a_value_error(monkeypatch, layer, part, bad):
+    _no_solve(monkeypatch)
+    net = _net()
+    getattr(net[layer], part)[1] = bad
+    with pytest.raises(ValueError, match=f"model weights: layer '{layer}' {part} .*NaN or Inf"):
+        _prune(net, _x())
+
+
+def test_prune_nan_in_nnx_weights_names_the_layer(monkeypatch):
+    from flax import nnx
+
+    _no_solve(monkeypatch)
+
+    class MLP(nnx.Module):
+        def __init__(self, rngs):
+            self.layers = nnx.List([nnx.Linear(8, 16, rngs=rngs), nnx.Linear(16, 3, rngs=rngs)])
+
+        def __call__(self, x):
+            return self.layers[1](nnx.relu(self.layers[0](x)))
+
+    model = MLP(nnx.Rngs(0))
+    model.layers[1].kernel.set_value(model.layers[1].kernel.get_value().at[0, 0].set(np.nan))
+    with pytest.raises(ValueError, match=r"model weights: layer 'layers/1' kernel"):
+        _prune(model, _x())
+
+
+def test_prune_overflow_in_forward_is_a_value_error(monkeypatch):
+    """Finite data and weights whose forward pass overflows (float32)."""
+    _no_solve(monkeypatch)
+    net = _net()
+    net[0] = net[0]._replace(kernel=np.full((8, 16), 1e38, np.float32))
+    with pytest.raises(ValueError, match=r"layer '0' output \(pre-activation\) .*NaN or Inf"):
+        _prune(net, np.abs(_x()) + 1)
