@@ -207,7 +207,7 @@ def main(argv=None):
                       f"(ours starts from {q['before'][1]} nonzeros, the paper's from "
                       f"{PAPER[key][0][1]}).", ""]
     lines += ["'layers converged' counts layers whose solve met the stopping test within the "
-              "iteration cap (5000); unconverged solves are used as they stand (rd and the "
+              f"iteration cap ({args.max_iters}); unconverged solves are used as they stand (rd and the "
               "counts are measured on the network actually returned).", "",
               "![classifier before and after](spirals_classifier.png)", "",
               "## Sparsity against rd (Figure S.2)", "",
