@@ -10,9 +10,11 @@ Rows:
   published Net-Trim's own numpy ADMM (DNNToolBox/Net-Trim ``net_trim_solver``,
             re-implemented plainly in our layout): its normalisation (X / (0.3 sqrt(max
             X^T X))), fixed rho = 1 as in its manual, Cholesky triangular solves, float32.
-            Run (a) with its own stopping rule ||dW|| < M N 5e-9, and (b) until its sparse
-            iterate is as feasible and as small in l1 as ours (objective <= ours (1 + 1e-3),
-            residual <= 1 + 1e-3, violation <= 1e-5 max|Y|); checks excluded from its time.
+            One run, until its sparse iterate is as feasible and as small in l1 as ours
+            (objective <= ours (1 + 1e-3), residual <= 1 + 1e-3, threshold excess
+            ||(XW)_+||_F <= 1e-3 eps: our default stopping accuracy) or a time limit; where
+            its own stopping rule ||dW|| < M N 5e-9 would have stopped is recorded on the
+            way.  Checks are excluded from its time.
   clarabel  cvxpy + Clarabel, in a subprocess with a time limit; also on a reduced problem
             (P = 1000, M = 20) where it finishes, against ours on the same reduced problem.
   floor     the two products an iteration cannot avoid (X^T B and X U, jitted).
@@ -21,6 +23,7 @@ Per-iteration time of ours is the slope between a 100- and a 600-iteration run w
 stopping test disabled (gap_tol = 0), so setup and compilation cancel.
 
 Usage: python experiments/bench_layer.py [--quick] [--data DIR] [--clarabel-timeout S]
+                                        [--published-limit S]
 Writes experiments/results/bench_layer.md (and prints it).
 """
 
@@ -75,12 +78,12 @@ def mnist_layer(p: int, data_root, seed: int = 0):
 
 
 def measure(x, k, y, eps):
-    """(||k||_1, residual = ||(Xk - Y)_Omega|| / eps, violation) in float64."""
+    """(||k||_1, residual ||(Xk - Y)_Omega||/eps, max violation, ||(Xk)_+ on Omega^c||_F), f64."""
     z = x.astype(np.float64) @ k.astype(np.float64)
     om = y > 0
     res = np.linalg.norm(np.where(om, z - y, 0)) / eps
-    viol = max(0.0, float(np.max(np.where(om, -np.inf, z))))
-    return float(np.abs(k).sum()), float(res), viol
+    excess = np.where(om, 0, np.maximum(z, 0))
+    return float(np.abs(k).sum()), float(res), float(excess.max()), float(np.linalg.norm(excess))
 
 
 # ----------------------------------------------------------------------------- ours
@@ -109,14 +112,16 @@ def per_iteration_ours(x, y, eps, short=100, long=600):
 # ----------------------------------------------------------------------------- published ADMM
 
 
-def published_admm(x, y, eps, rho=1.0, max_iters=20000, target=None, check_every=10,
+def published_admm(x, y, eps, target, rho=1.0, max_iters=50000, check_every=10,
                    time_limit=900.0):
-    """Net-Trim's numpy ADMM (constrained form), our layout: x (P, N), y (P, M).
+    """Net-Trim's numpy ADMM (constrained form), in our layout: x (P, N), y (P, M).
 
-    With ``target=(objective, tol)`` it stops when its sparse iterate W2 is feasible
-    (residual <= 1 + tol, violation <= 1e-5 max|Y|) and ||W2||_1 <= objective (1 + tol);
-    otherwise by its own rule ||W3 - W3_prev||_F < M N 5e-9.  Returns (W2, iterations,
-    seconds of iteration work).
+    Runs until its sparse iterate W2 is as good as ours, ``target = (objective, tol)``:
+    residual <= 1 + tol, ||(X W2)_+ over Omega^c||_F <= tol eps and ||W2||_1 <= objective
+    (1 + tol); or until ``time_limit`` seconds of iteration work.  On the way it records
+    where its own stopping rule (||W3 - W3_prev||_F < M N 5e-9) would have stopped it.
+    Returns dict(w2, iterations, seconds, matched, own=(iterations, seconds, w2) or None);
+    the checks are excluded from the seconds.
     """
     p, n = x.shape
     m = y.shape[1]
@@ -126,11 +131,10 @@ def published_admm(x, y, eps, rho=1.0, max_iters=20000, target=None, check_every
     om = ys > 1e-6
     u1 = np.zeros((p, m), x.dtype)
     u2 = np.zeros((n, m), x.dtype)
-    w1 = np.zeros((p, m), x.dtype)
     w2 = np.zeros((n, m), x.dtype)
     w3 = np.zeros((n, m), x.dtype)
     thr = m * n * 5e-9
-    work = 0.0
+    work, own, matched = 0.0, None, False
     for it in range(1, max_iters + 1):
         t0 = time.perf_counter()
         z = xs @ w3 - u1
@@ -144,18 +148,18 @@ def published_admm(x, y, eps, rho=1.0, max_iters=20000, target=None, check_every
         w3 = sla.solve_triangular(chol.T, sla.solve_triangular(chol, rhs, lower=True), lower=False)
         u1 = u1 + w1 - xs @ w3
         u2 = u2 + w2 - w3
+        step = np.linalg.norm(w3 - w_prev)
         work += time.perf_counter() - t0
-        if target is None:
-            if np.linalg.norm(w3 - w_prev) < thr:
-                break
-        elif it % check_every == 0:
-            obj, res, viol = measure(x, w2, y, eps)
-            if (res <= 1 + target[1] and viol <= 1e-5 * np.abs(y).max()
-                    and obj <= target[0] * (1 + target[1])):
+        if own is None and step < thr:
+            own = (it, work, w2.copy())
+        if it % check_every == 0:
+            obj, res, _, vnorm = measure(x, w2, y, eps)
+            if res <= 1 + target[1] and vnorm <= target[1] * eps and obj <= target[0] * (1 + target[1]):
+                matched = True
                 break
         if work > time_limit:
             break
-    return w2, it, work
+    return dict(w2=w2, iterations=it, seconds=work, matched=matched, own=own)
 
 
 # ----------------------------------------------------------------------------- Clarabel
@@ -230,7 +234,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="P = 1000, M = 300 slice, short limits")
     ap.add_argument("--data", default=None, help="data root with mnist/ (default $NETTRIM_DATA)")
-    ap.add_argument("--clarabel-timeout", type=float, default=600.0)
+    ap.add_argument("--clarabel-timeout", type=float, default=300.0)
+    ap.add_argument("--published-limit", type=float, default=600.0,
+                    help="seconds of iteration work for the published ADMM")
     ap.add_argument("--out", default=str(RESULTS / "bench_layer.md"))
     args = ap.parse_args(argv)
 
@@ -242,7 +248,7 @@ def main(argv=None):
     rows = []
 
     sol, first, steady = run_ours(x, y, eps)
-    obj, res, viol = measure(x, np.asarray(sol.kernel), y, eps)
+    obj, res, viol, _ = measure(x, np.asarray(sol.kernel), y, eps)
     it_ours = int(sol.info.iterations)
     rows.append(("ours: solve_layer (ADMM, f32)", it_ours, steady, obj, res, viol,
                  f"converged={bool(sol.info.converged)}, certified gap {float(sol.info.gap):.1e}, "
@@ -250,19 +256,23 @@ def main(argv=None):
     per_it = per_iteration_ours(x, y, eps)
     floor = floor_per_iteration(x, m)
 
-    w2, it_pub, t_pub_own = published_admm(x, y, eps)
-    o2, r2, v2 = measure(x, w2, y, eps)
-    rows.append(("published ADMM, own stopping rule", it_pub, t_pub_own, o2, r2, v2, "rho = 1"))
-    w2, it_match, t_match = published_admm(x, y, eps, target=(obj, 1e-3),
-                                           time_limit=60 if args.quick else 1200)
-    o3, r3, v3 = measure(x, w2, y, eps)
-    matched = r3 <= 1 + 1e-3 and o3 <= obj * (1 + 1e-3) and v3 <= 1e-5 * np.abs(y).max()
+    pub = published_admm(x, y, eps, target=(obj, 1e-3), time_limit=args.published_limit)
+    if pub["own"] is not None:
+        o2, r2, v2, _ = measure(x, pub["own"][2], y, eps)
+        rows.append(("published ADMM, its own stopping rule", pub["own"][0], pub["own"][1],
+                     o2, r2, v2, "rho = 1, ||dW|| < M N 5e-9"))
+    else:
+        rows.append(("published ADMM, its own stopping rule", "-", float("nan"), float("nan"),
+                     float("nan"), float("nan"), "rule not met within the time limit"))
+    o3, r3, v3, _ = measure(x, pub["w2"], y, eps)
+    matched = pub["matched"]
+    t_match, it_match = pub["seconds"], pub["iterations"]
     rows.append(("published ADMM, run to our accuracy", it_match, t_match, o3, r3, v3,
-                 "matched" if matched else "NOT matched within its time limit"))
+                 "matched" if matched else f"NOT matched in {args.published_limit:.0f} s"))
 
     clar, status = run_clarabel(x, y, eps, args.clarabel_timeout)
     if clar is not None:
-        oc, rc, vc = measure(x, clar[0], y, eps)
+        oc, rc, vc, _ = measure(x, clar[0], y, eps)
         rows.append(("cvxpy + Clarabel", "-", clar[1], oc, rc, vc, status))
     else:
         rows.append(("cvxpy + Clarabel", "-", float("nan"), float("nan"), float("nan"),
@@ -272,12 +282,12 @@ def main(argv=None):
     xr, yr = x[:1000], np.maximum(x[:1000] @ w[:, :20], 0)
     er = 0.02 * float(np.linalg.norm(yr))
     sr, _, tr = run_ours(xr, yr, er)
-    orr, rr, vr = measure(xr, np.asarray(sr.kernel), yr, er)
+    orr, rr, vr, _ = measure(xr, np.asarray(sr.kernel), yr, er)
     clar_r, status_r = run_clarabel(xr, yr, er, args.clarabel_timeout)
     small = [("ours (reduced: P=1000, M=20)", int(sr.info.iterations), tr, orr, rr, vr,
               f"converged={bool(sr.info.converged)}")]
     if clar_r is not None:
-        oc, rc, vc = measure(xr, clar_r[0], yr, er)
+        oc, rc, vc, _ = measure(xr, clar_r[0], yr, er)
         small.append(("cvxpy + Clarabel (reduced)", "-", clar_r[1], oc, rc, vc, status_r))
 
     lines = [
@@ -294,7 +304,7 @@ def main(argv=None):
     lines += [
         "",
         f"- ours vs published ADMM at equal accuracy: **{ratio_pub:.1f}x** faster "
-        f"({t_match:.2f} s / {steady:.2f} s){'' if matched else ' (published did not reach our accuracy: lower bound)'}.",
+        f"({t_match:.2f} s / {steady:.2f} s){'' if matched else ' (published did not reach our accuracy in its time limit: a lower bound)'}.",
     ]
     if clar is not None:
         lines.append(f"- ours vs Clarabel (full problem): **{clar[1] / steady:.0f}x**.")
