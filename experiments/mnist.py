@@ -99,7 +99,8 @@ def run(dataset, kind, cfg, root, seed, log=print):
     cal = rng.choice(len(xtr), cfg["n_cal"], replace=False)
     xcal = xtr_in[cal]
     out = []
-    for scheme in cfg["schemes"]:
+    schemes = cfg["schemes"] if kind == "fc" else cfg.get("lenet_schemes", cfg["schemes"])
+    for scheme in schemes:
         for e in cfg["epsilons"]:
             t0 = time.time()
             eps = [e] * len(nets.layers_of(net)) if scheme == "cascade" else e
@@ -224,7 +225,7 @@ def config(quick: bool) -> dict:
         return dict(n_train=2000, n_test=500, n_cal=100, train_steps=100, ft_steps=20,
                     ft_lr=1e-3, fc_sizes=(784, 32, 10), lenet_channels=(2, 4),
                     lenet_hidden=16, epsilons=(0.3,), schemes=("cascade", "parallel"),
-                    solver=dict(max_iters=200))
+                    lenet_schemes=("cascade",), solver=dict(max_iters=200))
     return dict(n_train=None, n_test=None, n_cal=1000, train_steps=3000, ft_steps=500,
                 ft_lr=5e-4, fc_sizes=(784, 300, 100, 10), lenet_channels=(6, 16),
                 lenet_hidden=120, epsilons=(0.05, 0.1, 0.2, 0.3, 0.45),
