@@ -90,8 +90,10 @@ def main(argv=None):
     ap.add_argument("--alloc", choices=["hidden", "uniform"], default="hidden",
                     help="how the relative epsilon is spread over the layers (see allocation)")
     ap.add_argument("--calibration", type=int, default=None,
-                    help="calibration points (a prefix of the training set; default all)")
-    ap.add_argument("--max-iters", type=int, default=5000)
+                    help="calibration points, a prefix of the training set (default: all with "
+                         "--quick, 800 in full size)")
+    ap.add_argument("--max-iters", type=int, default=None,
+                    help="solver iteration cap (default 5000 with --quick, 3000 in full size)")
     args = ap.parse_args(argv)
     started = time.time()
     common.quiet_solver_warnings()
@@ -106,6 +108,10 @@ def main(argv=None):
         widths = tuple(args.widths)
     x, y = nested_spirals(n_train, turns=TURNS, noise=NOISE, seed=args.seed)
     xt, yt = nested_spirals(2000, turns=TURNS, noise=NOISE, seed=args.seed + 1000)
+    if args.calibration is None and not args.quick:
+        args.calibration = 800
+    if args.max_iters is None:
+        args.max_iters = 5000 if args.quick else 3000
     xc = x[:args.calibration] if args.calibration else x
     lo, hi = (5e-4, RD_TARGET) if args.alloc == "uniform" else (2e-3, 0.2)
 
