@@ -33,7 +33,9 @@ class LayerInfo(NamedTuple):
       converged: True only if every stopping test passed (all units in per-neuron mode).
       objective: ||kernel||_1 in the caller's units.
       lower_bound: certified lower bound on the optimal ||U||_1, from a dual-feasible point.
-      gap: (objective - lower_bound) / objective, the certified relative optimality gap.
+      gap: (objective - lower_bound) / objective, the certified relative optimality gap
+        when the kernel is feasible; a negative gap means the kernel is not yet feasible
+        (its l1 norm is below the optimum), which only an unconverged solve returns.
       residual: misfit / epsilon over the program's balls (the largest, per-neuron); <= 1
         means the misfit constraint holds.
       violation: max(0, max of XU - threshold over Omega^c), caller's units (relu only).
