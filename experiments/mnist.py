@@ -195,6 +195,13 @@ def report(records, args, started, out, cfg):
                                  f"{100 * r['sparsity']:.1f}%: Net-Trim {100 * r['acc']['nettrim']:.2f}% "
                                  f"< {best} {100 * r['acc'][best]:.2f}%")
                 lines.append("")
+        ft = [r for r in recs if "nettrim+ft" in r["acc"] and "magnitude+ft" in r["acc"]]
+        if ft:
+            worse = [r for r in ft if r["acc"]["nettrim+ft"] < r["acc"]["magnitude+ft"]]
+            gap = max((r["acc"]["magnitude+ft"] - r["acc"]["nettrim+ft"] for r in worse), default=0)
+            lines += [f"With masked fine-tuning, magnitude pruning at Net-Trim's per-layer counts "
+                      f"ends above Net-Trim + fine-tuning at {len(worse)} of {len(ft)} points "
+                      f"(by up to {100 * gap:.2f} points).", ""]
         for c, style in zip(cols, ["-o", "--o", "-s", "--s", "-^", "-v"]):
             for scheme, mk in (("cascade", None), ("parallel", None)):
                 pts = [(r["sparsity"], r["acc"][c]) for r in recs
