@@ -174,7 +174,7 @@ def main(argv=None):
                       f"2-{h}-{h}-2 {variant}: {sum(rec['before'])} weights, "
                       f"test {100 * rec['acc_test'][0]:.1f}%")
         boundary_plot(axes[r, 1], net_a, xt, yt,
-                      f"cascade Net-Trim: {sum(rec['after'])} weights, rd {rec['rd']:.3f}, "
+                      f"cascade Net-Trim: {sum(rec['after'])} weights, rd {rec['rd']:.4f}, "
                       f"test {100 * rec['acc_test'][1]:.1f}%")
     fig.tight_layout()
     common.savefig(fig, out / "spirals_classifier.png")
