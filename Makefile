@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DATA   ?= $(if $(NETTRIM_DATA),$(NETTRIM_DATA),$(wildcard ../shared/data))
 
-.PHONY: install test demo bench experiments clean
+.PHONY: install test demo bench experiments experiments-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,6 +22,14 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	NETTRIM_DATA=$(DATA) $(PY) experiments/bench_layer.py
+
+EXPERIMENTS := sample_complexity spirals mnist few_samples
+
+experiments: $(STAMP)
+	for e in $(EXPERIMENTS); do NETTRIM_DATA=$(DATA) $(PY) experiments/$$e.py || exit 1; done
+
+experiments-quick: $(STAMP)
+	for e in $(EXPERIMENTS); do NETTRIM_DATA=$(DATA) $(PY) experiments/$$e.py --quick || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -210,7 +210,8 @@ def _solve(X, Y, epsilon, threshold, w0, warm, rho0, *, activation, per_neuron, 
     kernel = w * (sy / sx)
 
     # Everything reported is recomputed from the returned kernel, in the caller's units.
-    out = jnp.where(omega, X @ kernel - Y, 0)
+    xk = X @ kernel
+    out = jnp.where(omega, xk - Y, 0)
     eps_cols = radius * sy
     if per_neuron:
         misfit = jnp.sqrt(jnp.sum(out * out, axis=0))
@@ -219,7 +220,7 @@ def _solve(X, Y, epsilon, threshold, w0, warm, rho0, *, activation, per_neuron, 
     residual = jnp.max(jnp.where(eps_cols > 0, misfit / jnp.where(eps_cols > 0, eps_cols, 1),
                                  jnp.where(misfit > 0, jnp.inf, 0)))
     if activation == "relu":
-        excess = jnp.where(omega, -jnp.inf, X @ kernel - jnp.broadcast_to(threshold, Y.shape))
+        excess = jnp.where(omega, -jnp.inf, xk - jnp.broadcast_to(threshold, Y.shape))
         violation = jnp.maximum(jnp.max(excess), 0)
     else:
         violation = jnp.zeros((), dtype)
