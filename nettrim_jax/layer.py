@@ -285,7 +285,7 @@ def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
     if isinstance(warm_start, LayerSolution):
         w0 = jnp.asarray(warm_start.kernel, dtype)
         prev = warm_start.state
-        if prev is not None and _state_fits(prev[0], solver, per_neuron, n, p, m):
+        if prev is not None and _state_fits(prev[0], solver, per_neuron, n, m):
             warm = _rescale_state(prev, X, Y)
     elif warm_start is not None:
         w0 = jnp.asarray(warm_start, dtype)
@@ -303,7 +303,7 @@ def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
     return LayerSolution(kernel=kernel, info=info, state=state)
 
 
-def _state_fits(state, solver, per_neuron, n, p, m) -> bool:
+def _state_fits(state, solver, per_neuron, n, m) -> bool:
     cls = admm.State if solver == "admm" else pdhg.State
     if type(state) is not cls:
         return False
