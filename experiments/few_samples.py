@@ -5,6 +5,8 @@ Net-Trim (gamma = 1, one relative epsilon e for all layers) from P calibration i
 from the training split, for several P.  At each P the baselines (magnitude, Wanda,
 SparseGPT-style OBS) get the same P images and exactly Net-Trim's per-layer nonzero counts.
 No fine-tuning: this measures what each method does with the calibration data alone.
+Net-Trim is run plain and with ``refit=True`` (kept weights refit on the same images,
+``nettrim_jax.refit_layer``); each variant's baselines get that variant's counts.
 
     python experiments/few_samples.py [--quick] [--data DIR]
 """
@@ -19,6 +21,9 @@ import numpy as np
 import common
 import mnist
 import nets
+
+
+VARIANTS = ("plain", "refit")
 
 
 def config(quick: bool) -> dict:
@@ -38,9 +43,14 @@ def report(records, base, cfg, args, started, out):
 
     methods = ["nettrim", *mnist.BASELINES]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for m, st in zip(methods, ["-o", "-s", "-^", "-v"]):
-        ax.plot([r["samples"] for r in records], [100 * r["acc"][m] for r in records], st, ms=4,
-                label=m)
+    for variant in VARIANTS:
+        recs = [r for r in records if r["variant"] == variant]
+        for m, st in zip(methods, ["-o", "-s", "-^", "-v"]):
+            if m != "nettrim" and variant != VARIANTS[0]:
+                continue  # baselines drawn once, at the plain variant's counts
+            lab = f"{m} ({variant})" if m == "nettrim" else m
+            ax.plot([r["samples"] for r in recs], [100 * r["acc"][m] for r in recs],
+                    st if variant == "plain" else "--D", ms=4, label=lab)
     ax.axhline(100 * base, color="gray", ls=":", lw=0.8, label="unpruned")
     ax.set_xscale("log")
     ax.set_xlabel("calibration images P")
@@ -52,18 +62,20 @@ def report(records, base, cfg, args, started, out):
     body = []
     for r in records:
         top = max(r["acc"][m] for m in methods)
-        body.append([r["samples"], f"{100 * r['sparsity']:.1f}", " / ".join(map(str, r["keeps"])),
+        body.append([r["samples"], r["variant"], f"{100 * r['sparsity']:.1f}", " / ".join(map(str, r["keeps"])),
                      r["converged"]] + [f"**{100 * r['acc'][m]:.2f}**" if r["acc"][m] == top
                                         else f"{100 * r['acc'][m]:.2f}" for m in methods])
     losses = [r for r in records if r["acc"]["nettrim"] < max(r["acc"][m] for m in mnist.BASELINES)]
+    records = sorted(records, key=lambda r: (r["samples"], r["variant"]))
     lines = ["# Few calibration samples", "", __doc__.split("\n\n")[1].replace("\n", " "), "",
              common.provenance(args, started), "",
              f"Network {cfg['fc_sizes']}, unpruned test accuracy {100 * base:.2f}% "
              f"({cfg['n_test'] or 10000} test images); e = {cfg['epsilon']}; accuracies in %.", "",
-             common.table(["P", "sparsity %", "per-layer nnz", "layers conv."] + methods, body), ""]
+             common.table(["P", "Net-Trim", "sparsity %", "per-layer nnz", "layers conv."] + methods,
+                          body), ""]
     if losses:
         lines += ["**Net-Trim is below a baseline at P = "
-                  + ", ".join(f"{r['samples']} ({100 * r['acc']['nettrim']:.2f}% vs best baseline "
+                  + ", ".join(f"{r['samples']}, {r['variant']} ({100 * r['acc']['nettrim']:.2f}% vs best baseline "
                               f"{100 * max(r['acc'][m] for m in mnist.BASELINES):.2f}%)" for r in losses)
                   + ".**", ""]
     else:
@@ -92,17 +104,20 @@ def main(argv=None):
     records = []
     for p in cfg["samples"]:
         xcal = xtr_in[order[:p]]  # nested calibration sets
-        t0 = time.time()
-        pruned, rep = nets.prune_nettrim(net, xcal, scheme="cascade",
-                                         epsilon=[cfg["epsilon"]] * len(nets.layers_of(net)),
-                                         gamma=1.0, **cfg["solver"])
-        keeps, acc = mnist.evaluate_point(net, pruned, xcal, None, None, xte_in, yte, cfg, args.seed)
-        rec = dict(samples=p, keeps=keeps, sparsity=1 - sum(keeps) / sum(nets.sizes(net)), acc=acc,
-                   converged=f"{sum(l.converged for l in rep.layers)}/{len(rep.layers)}",
-                   seconds=time.time() - t0)
-        records.append(rec)
-        print(f"P={p:5d} sparsity {100 * rec['sparsity']:.1f}% keeps {keeps} "
-              + " ".join(f"{k}={100 * v:.2f}" for k, v in acc.items()), flush=True)
+        for variant in VARIANTS:
+            t0 = time.time()
+            pruned, rep = nets.prune_nettrim(net, xcal, scheme="cascade",
+                                             epsilon=[cfg["epsilon"]] * len(nets.layers_of(net)),
+                                             gamma=1.0, refit=variant == "refit", **cfg["solver"])
+            keeps, acc = mnist.evaluate_point(net, pruned, xcal, None, None, xte_in, yte, cfg,
+                                              args.seed)
+            rec = dict(samples=p, variant=variant, keeps=keeps,
+                       sparsity=1 - sum(keeps) / sum(nets.sizes(net)), acc=acc,
+                       converged=f"{sum(l.converged for l in rep.layers)}/{len(rep.layers)}",
+                       seconds=time.time() - t0)
+            records.append(rec)
+            print(f"P={p:5d} {variant:5s} sparsity {100 * rec['sparsity']:.1f}% keeps {keeps} "
+                  + " ".join(f"{k}={100 * v:.2f}" for k, v in acc.items()), flush=True)
 
         report(records, base, cfg, args, started, out)
     print(f"wrote {out / 'few_samples.md'}")

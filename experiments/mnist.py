@@ -5,7 +5,9 @@ conv network (5x5 conv 6 -> 2x2 max-pool -> 5x5 conv 16 -> pool -> 120 -> 10; --
 smaller ones), trained with
 Adam on the training split.  Net-Trim (``nettrim_jax.prune``, cascade with gamma = 1 and one
 relative epsilon e for all layers as epsilon_1 and floors, and parallel with the same e) is
-run on P calibration images from the training split over a sweep of e.  At every Net-Trim
+run on P calibration images from the training split over a sweep of e, plain and with
+``refit=True`` ("+refit": each layer's kept weights refit to its response on the same
+rows, ``nettrim_jax.refit_layer``; the support is Net-Trim's).  At every Net-Trim
 point the baselines get exactly the same number of nonzero weights in every layer and the
 same calibration images: magnitude pruning (Han et al. 2015), Wanda (Sun et al. 2023) and
 SparseGPT-style OBS reconstruction (Frantar & Alistarh 2023), all in
@@ -16,7 +18,7 @@ Data: IDX files from ``--data`` or ``$NETTRIM_DATA`` (a folder holding ``mnist/`
 ``fashion-mnist/``).
 
     python experiments/mnist.py [--quick] [--data DIR] [--datasets mnist fashion-mnist]
-                                [--nets fc lenet]
+                                [--nets fc lenet] [--n-cal P] [--schemes ...]
 """
 
 from __future__ import annotations
@@ -101,11 +103,12 @@ def run(dataset, kind, cfg, root, seed, log=print):
     out = []
     schemes = cfg["schemes"] if kind == "fc" else cfg.get("lenet_schemes", cfg["schemes"])
     for scheme in schemes:
+        base_scheme, _, variant = scheme.partition("+")
         for e in cfg["epsilons"]:
             t0 = time.time()
-            eps = [e] * len(nets.layers_of(net)) if scheme == "cascade" else e
-            pruned, rep = nets.prune_nettrim(net, xcal, scheme=scheme, epsilon=eps, gamma=1.0,
-                                             **cfg["solver"])
+            eps = [e] * len(nets.layers_of(net)) if base_scheme == "cascade" else e
+            pruned, rep = nets.prune_nettrim(net, xcal, scheme=base_scheme, epsilon=eps, gamma=1.0,
+                                             refit=variant == "refit", **cfg["solver"])
             t_prune = time.time() - t0
             keeps, acc = evaluate_point(net, pruned, xcal, xtr_in, ytr, xte_in, yte, cfg, seed)
             rec = dict(dataset=dataset, net=kind, scheme=scheme, epsilon=e,
@@ -180,19 +183,20 @@ def report(records, args, started, out, cfg):
                         + cells)
         lines += [common.table(["scheme", "e", "sparsity %", "per-layer nnz", "rd (calib.)",
                                 "layers conv.", *cols], body), ""]
-        checked, losses = verdict(recs)
-        if dataset == "mnist" or losses:
+        for scheme in dict.fromkeys(r["scheme"] for r in recs):
+            checked, losses = verdict([r for r in recs if r["scheme"] == scheme])
+            who = f"Net-Trim ({scheme}) without fine-tuning"
             if not checked:
-                lines += ["No Net-Trim point of this sweep fell in the 80-98% sparsity range.", ""]
+                lines += [f"No {scheme} point of this sweep fell in the 80-98% sparsity range.", ""]
             elif not losses:
-                lines += [f"Net-Trim without fine-tuning is at or above every baseline at all "
-                          f"{checked} points between 80% and 98% sparsity.", ""]
+                lines += [f"{who} is at or above every baseline at all {checked} points between "
+                          "80% and 98% sparsity.", ""]
             else:
-                lines += [f"**Net-Trim without fine-tuning is below a baseline at {len(losses)} of "
-                          f"{checked} points between 80% and 98% sparsity:**", ""]
+                lines += [f"**{who} is below a baseline at {len(losses)} of {checked} points "
+                          "between 80% and 98% sparsity:**", ""]
                 for r, best in losses:
-                    lines.append(f"- {r['scheme']} e={r['epsilon']:g}, sparsity "
-                                 f"{100 * r['sparsity']:.1f}%: Net-Trim {100 * r['acc']['nettrim']:.2f}% "
+                    lines.append(f"- e={r['epsilon']:g}, sparsity {100 * r['sparsity']:.1f}%: "
+                                 f"Net-Trim {100 * r['acc']['nettrim']:.2f}% "
                                  f"< {best} {100 * r['acc'][best]:.2f}%")
                 lines.append("")
         ft = [r for r in recs if "nettrim+ft" in r["acc"] and "magnitude+ft" in r["acc"]]
@@ -202,16 +206,18 @@ def report(records, args, started, out, cfg):
             lines += [f"With masked fine-tuning, magnitude pruning at Net-Trim's per-layer counts "
                       f"ends above Net-Trim + fine-tuning at {len(worse)} of {len(ft)} points "
                       f"(by up to {100 * gap:.2f} points).", ""]
+        schemes_here = list(dict.fromkeys(r["scheme"] for r in recs))
         for c, style in zip(cols, ["-o", "--o", "-s", "--s", "-^", "-v"]):
-            for scheme, mk in (("cascade", None), ("parallel", None)):
-                pts = [(r["sparsity"], r["acc"][c]) for r in recs
-                       if r["scheme"] == scheme and c in r["acc"]]
-                if not pts or (c.startswith("nettrim") is False and scheme == "parallel"
-                               and any(q["scheme"] == "cascade" for q in recs)):
-                    continue  # baselines plotted once (at the cascade points) to keep it legible
-                pts.sort()
+            for scheme in schemes_here:
+                if not c.startswith("nettrim") and scheme != schemes_here[0]:
+                    continue  # baselines plotted once (at the first scheme's points) to keep it legible
+                pts = sorted((r["sparsity"], r["acc"][c]) for r in recs
+                             if r["scheme"] == scheme and c in r["acc"])
+                if not pts:
+                    continue
                 lab = f"{c} ({scheme})" if c.startswith("nettrim") else c
-                ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], style, ms=3,
+                st = style if "refit" not in scheme else style.replace("o", "D")
+                ax.plot([100 * p[0] for p in pts], [100 * p[1] for p in pts], st, ms=3,
                         label=lab, alpha=0.9 if c.startswith("nettrim") else 0.7)
         ax.axhline(100 * recs[0]["acc_original"], color="gray", lw=0.8, ls=":")
         ax.set_xlabel("sparsity (% zero weights)")
@@ -231,12 +237,12 @@ def config(quick: bool) -> dict:
     if quick:
         return dict(n_train=2000, n_test=500, n_cal=100, train_steps=100, ft_steps=20,
                     ft_lr=1e-3, fc_sizes=(784, 32, 10), lenet_channels=(2, 4),
-                    lenet_hidden=16, epsilons=(0.3,), schemes=("cascade", "parallel"),
+                    lenet_hidden=16, epsilons=(0.3,), schemes=("cascade", "cascade+refit", "parallel"),
                     lenet_schemes=("cascade",), solver=dict(max_iters=200))
     return dict(n_train=None, n_test=None, n_cal=1000, train_steps=3000, ft_steps=500,
                 ft_lr=5e-4, fc_sizes=(784, 300, 100, 10), lenet_channels=(6, 16),
                 lenet_hidden=120, epsilons=(0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.75, 0.9),
-                schemes=("cascade", "parallel"), solver=dict(max_iters=2000))
+                schemes=("cascade", "cascade+refit", "parallel", "parallel+refit"), solver=dict())
 
 
 def main(argv=None):
@@ -246,7 +252,9 @@ def main(argv=None):
     ap.add_argument("--datasets", nargs="+", default=None)
     ap.add_argument("--nets", nargs="+", default=None, choices=["fc", "lenet"])
     ap.add_argument("--epsilons", nargs="+", type=float, default=None)
-    ap.add_argument("--schemes", nargs="+", default=None, choices=["cascade", "parallel"])
+    ap.add_argument("--schemes", nargs="+", default=None,
+                    choices=["cascade", "parallel", "cascade+refit", "parallel+refit"])
+    ap.add_argument("--n-cal", type=int, default=None, help="calibration images")
     ap.add_argument("--append", action="store_true",
                     help="add to the records already in OUT/mnist.json (e.g. more epsilons); "
                          "networks are retrained identically from the seed")
@@ -264,6 +272,8 @@ def main(argv=None):
         cfg["epsilons"] = tuple(args.epsilons)
     if args.schemes:
         cfg["schemes"] = tuple(args.schemes)
+    if args.n_cal:
+        cfg["n_cal"] = args.n_cal
     datasets = args.datasets or (["mnist"] if args.quick else ["mnist", "fashion-mnist"])
     kinds = args.nets or ["fc", "lenet"]
     records = []

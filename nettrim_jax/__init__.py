@@ -4,9 +4,10 @@ from nettrim_jax.checkpoint import CheckpointError
 from nettrim_jax.layer import LayerInfo, LayerSolution, solve_layer
 from nettrim_jax.masking import masked
 from nettrim_jax.prune import LayerReport, PruneReport, PruneResult, prune
+from nettrim_jax.refit import RefitInfo, refit_layer
 from nettrim_jax.specs import Conv, Dense
 
-__all__ = ["LayerInfo", "LayerSolution", "solve_layer",
+__all__ = ["LayerInfo", "LayerSolution", "solve_layer", "refit_layer", "RefitInfo",
            "prune", "PruneResult", "PruneReport", "LayerReport", "Dense", "Conv", "masked",
            "CheckpointError"]
 __version__ = "0.1.0"

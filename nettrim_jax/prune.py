@@ -99,6 +99,7 @@ import numpy as np
 
 from nettrim_jax.flax_io import adapt
 from nettrim_jax.layer import SOLVERS, solve_layer
+from nettrim_jax.refit import refit_layer
 from nettrim_jax.specs import Conv, Dense, kernel_matrix, layer_rows, transition_gain, with_matrix
 
 __all__ = ["prune", "PruneResult", "PruneReport", "LayerReport", "detect_activation"]
@@ -317,6 +318,24 @@ def _misfit(A, Y, K, program):
     return jnp.sqrt(jnp.sum(r * r))
 
 
+def _refit(cfg, A, Y, K, program, V=None):
+    """(kernel, misfit) after the optional refit (``prune(refit=True)``)."""
+    if not cfg["refit"]:
+        return K, _misfit(A, Y, K, program)
+    K2, info = refit_layer(A, Y, K, activation=program,
+                           threshold=V if program == "relu" else None)
+    return K2, info.error_after
+
+
+def _refit_misfit(cfg, A, Y, K, V):
+    """The misfit ``_refit`` reports, for a relu kernel already refit (scan path)."""
+    if not cfg["refit"]:
+        return _misfit(A, Y, K, "relu")
+    out = A @ K
+    r = jnp.where(Y > 0, out - Y, jnp.maximum(out - V, 0))
+    return jnp.sqrt(jnp.sum(r * r))
+
+
 def _spectral(mat) -> float:
     if mat.size == 0:
         return 0.0
@@ -335,7 +354,7 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
           relative: bool = True, per_neuron: bool = False, solver: str = "admm",
           activations: dict | None = None, on_unsupported: str = "error",
           max_patches: int | None = 4096, seed: int = 0, scan="auto", devices=None,
-          progress: bool = True, **solver_options) -> PruneResult:
+          refit: bool = False, progress: bool = True, **solver_options) -> PruneResult:
     """Prune every Dense / Conv layer of ``model`` with Net-Trim (see the module doc).
 
     Args:
@@ -353,6 +372,11 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
       scan: cascade only: "auto"/True use ``lax.scan`` over runs of stacked square Dense
         ReLU layers, False always loops.
       devices: devices for the parallel scheme (default ``jax.devices()``).
+      refit: after each layer's solve, refit its kept weights to the layer's response on the
+        same rows (``nettrim_jax.refit_layer``: same support, per-unit never worse in
+        misfit^2 + threshold excess^2, so every bound above still holds); in cascade the
+        next layer then sees the refit layer's outputs.  The report's ``misfit`` is then
+        sqrt(misfit^2 + excess^2) of the refit kernel.
       progress: tqdm bar over layers.
       **solver_options: passed to ``solve_layer`` (max_iters, gap_tol, ...).
 
@@ -409,7 +433,8 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
 
     opts = tuple(sorted(solver_options.items()))
     cfg = dict(per_neuron=per_neuron, solver=solver, opts=opts, relative=relative,
-               max_patches=max_patches, seed=seed, gamma=float(gamma), per_layer=per_layer)
+               max_patches=max_patches, seed=seed, gamma=float(gamma), per_layer=per_layer,
+               refit=bool(refit))
     bar = _bar(L, progress, scheme)
     try:
         if scheme == "parallel":
@@ -624,12 +649,12 @@ def _parallel(net, x, orig, base, programs, eps_list, cfg, devices, bar):
                 bar.update(1)
             continue
         K, info = placed[i]()
-        seconds = time.perf_counter() - t0
-        K = jnp.asarray(K)
         pr = probs[i]
+        K, misfit = _refit(cfg, pr.rows, pr.target, jnp.asarray(K), programs[i])
+        seconds = time.perf_counter() - t0
         new[i] = with_matrix(orig[i], K)
         rows[i] = _row_info(orig[i], pr, _full_rows(orig[i], base.inputs[i]), eps[i],
-                            _misfit(pr.rows, pr.target, K, programs[i]), info, seconds)
+                            misfit, info, seconds)
         rows[i]["kernel_matrix"] = K
         if bar is not None:
             bar.update(1)
@@ -677,7 +702,7 @@ def _cascade_eps(A, Y, W, program, gamma, floor):
 
 
 @functools.lru_cache(maxsize=16)
-def _scan_solver(per_neuron, solver, opts, gamma, bias):
+def _scan_solver(per_neuron, solver, opts, gamma, bias, refit=False):
     opts_d = dict(opts)
 
     def run(x0, Ws, Ys, floors):
@@ -687,7 +712,8 @@ def _scan_solver(per_neuron, solver, opts, gamma, bias):
             eps, V = _cascade_eps(A, Y, W, "relu", gamma, floor)
             sol = solve_layer(A, Y, epsilon=eps, activation="relu", threshold=V,
                               per_neuron=per_neuron, solver=solver, **opts_d)
-            return jax.nn.relu(A @ sol.kernel), (sol.kernel, sol.info, eps)
+            K = refit_layer(A, Y, sol.kernel, threshold=V)[0] if refit else sol.kernel
+            return jax.nn.relu(A @ K), (K, sol.info, eps)
 
         return jax.lax.scan(body, x0, (Ws, Ys, floors))[1]
 
@@ -737,7 +763,7 @@ def _cascade(net, x, orig, base, programs, eps_list, cfg, scan, bar):
             floors = [floor_of(k, probs[k - i].target) for k in range(i, j)]
             Ws = jnp.stack([kernel_matrix(orig[k]) for k in range(i, j)])
             runner = _scan_solver(cfg["per_neuron"], cfg["solver"], cfg["opts"], gamma,
-                                  orig[i].bias is not None)
+                                  orig[i].bias is not None, cfg["refit"])
             xh = layer_rows(spec, Xh)
             Ks, infos, epss = jax.device_get(runner(xh, Ws, jnp.stack([p.target for p in probs]),
                                                     jnp.asarray(floors, Ws.dtype)))
@@ -749,8 +775,9 @@ def _cascade(net, x, orig, base, programs, eps_list, cfg, scan, bar):
                 info_k = jax.tree.map(lambda a: a[k - i], infos)
                 new[k] = with_matrix(orig[k], K)
                 pr = probs[k - i]._replace(rows=A)
+                V = jnp.maximum(A @ kernel_matrix(orig[k]), 0)
                 rows[k] = _row_info(orig[k], pr, pr.rows.shape[0], epss[k - i],
-                                    _misfit(A, pr.target, K, "relu"), info_k, seconds)
+                                    _refit_misfit(cfg, A, pr.target, K, V), info_k, seconds)
                 rows[k].update(kernel_matrix=K, floor=None if k == first else floors[k - i],
                                scan=True)
                 xh = jax.nn.relu(A @ K)
@@ -774,10 +801,10 @@ def _cascade(net, x, orig, base, programs, eps_list, cfg, scan, bar):
             V = jnp.zeros((), pr.rows.dtype)
             f = _jitted_solver(prog, cfg["per_neuron"], cfg["solver"], False, cfg["opts"])
         K, info = _dispatch(f, pr.rows, pr.target, eps, V, None, cfg["per_neuron"])()
-        K = jnp.asarray(K)
+        K, misfit = _refit(cfg, pr.rows, pr.target, jnp.asarray(K), prog, V)
         new[i] = with_matrix(spec, K)
-        rows[i] = _row_info(spec, pr, _full_rows(spec, Xh), eps,
-                            _misfit(pr.rows, pr.target, K, prog), info, time.perf_counter() - t0)
+        rows[i] = _row_info(spec, pr, _full_rows(spec, Xh), eps, misfit, info,
+                            time.perf_counter() - t0)
         rows[i].update(kernel_matrix=K, floor=None if i == first else floor, scan=False)
         if bar is not None:
             bar.update(1)

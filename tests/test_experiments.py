@@ -57,7 +57,7 @@ def test_mnist_quick(tmp_path):
 
     records = mnist.main(["--quick", "--out", str(tmp_path), "--data", _data_root()])
     assert {(r["net"], r["scheme"]) for r in records} == {
-        ("fc", "cascade"), ("fc", "parallel"), ("lenet", "cascade")}
+        ("fc", "cascade"), ("fc", "cascade+refit"), ("fc", "parallel"), ("lenet", "cascade")}
     for r in records:
         assert 0.5 < r["sparsity"] < 1.0
         assert set(r["acc"]) == {"nettrim", "nettrim+ft", "magnitude", "magnitude+ft", "wanda",
@@ -82,6 +82,7 @@ def test_few_samples_quick(tmp_path):
     import few_samples
 
     records = few_samples.main(["--quick", "--out", str(tmp_path), "--data", _data_root()])
-    assert [r["samples"] for r in records] == [20, 100]
+    assert [(r["samples"], r["variant"]) for r in records] == [
+        (20, "plain"), (20, "refit"), (100, "plain"), (100, "refit")]
     assert all(set(r["acc"]) == {"nettrim", "magnitude", "wanda", "sparsegpt"} for r in records)
     assert (tmp_path / "few_samples.png").exists()
