@@ -11,7 +11,7 @@ and the first and last layers 1e-3; --alloc uniform gives every layer e.  e is f
 bisection so that the overall relative discrepancy of the pre-softmax outputs on the
 calibration points, rd = ||Z - Z_hat||_F / ||Z||_F, is just under 0.02.
 
-    python experiments/spirals.py [--quick]
+    python experiments/spirals.py [--quick] [--refit]
 """
 
 from __future__ import annotations
@@ -92,6 +92,9 @@ def main(argv=None):
     ap.add_argument("--calibration", type=int, default=None,
                     help="calibration points, a prefix of the training set (default: all with "
                          "--quick, 800 in full size)")
+    ap.add_argument("--refit", action="store_true",
+                    help="prune with refit=True (kept weights refit on Net-Trim's support); "
+                         "writes spirals_refit.* instead of spirals.*")
     ap.add_argument("--max-iters", type=int, default=None,
                     help="solver iteration cap (default 5000 with --quick, 3000 in full size)")
     args = ap.parse_args(argv)
@@ -113,6 +116,8 @@ def main(argv=None):
     if args.max_iters is None:
         args.max_iters = 5000 if args.quick else 3000
     xc = x[:args.calibration] if args.calibration else x
+    sfx = "_refit" if args.refit else ""
+    method = "cascade Net-Trim" + (" + refit" if args.refit else "")
     lo, hi = (5e-4, RD_TARGET) if args.alloc == "uniform" else (2e-3, 0.2)
 
     rows, records, keep_for_plot = [], [], {}
@@ -123,7 +128,7 @@ def main(argv=None):
             nets.train_nnx(model, x, y, steps=steps, l1=l1, seed=args.seed)
             net = nets.mlp_specs(model)
             pruned, rep, e, rd, runs = bisect_epsilon(net, xc, bis_steps, lo, hi, args.alloc,
-                                                      max_iters=args.max_iters)
+                                                      max_iters=args.max_iters, refit=args.refit)
             before, after = nets.nnz(net), nets.nnz(pruned)
             conv = sum(l.converged for l in rep.layers)
             rd = nets.relative_discrepancy(net, pruned, x)  # on all training points
@@ -143,7 +148,7 @@ def main(argv=None):
                          f"{100 * rec['acc_test'][0]:.2f} -> {100 * rec['acc_test'][1]:.2f}",
                          rec["converged"]])
             print(rows[-1], f"{rec['seconds']:.0f}s", flush=True)
-            (out / "spirals_partial.json").write_text(json.dumps(records, indent=1, default=float))
+            (out / f"spirals{sfx}_partial.json").write_text(json.dumps(records, indent=1, default=float))
             keep_for_plot[(variant, h)] = (net, pruned)
 
     # Figure S.2: fraction of weights kept against rd, cascade and parallel, on the widest
@@ -153,7 +158,7 @@ def main(argv=None):
     for scheme in curve:
         for e in sweep:
             pruned, rep = nets.prune_nettrim(net, xc, scheme=scheme, epsilon=allocation(e, args.alloc),
-                                             gamma=1.0, max_iters=args.max_iters)
+                                             gamma=1.0, max_iters=args.max_iters, refit=args.refit)
             curve[scheme].append((e, nets.relative_discrepancy(net, pruned, x),
                                   sum(nets.nnz(pruned)) / sum(nets.nnz(net))))
             print(scheme, curve[scheme][-1], flush=True)
@@ -174,10 +179,10 @@ def main(argv=None):
                       f"2-{h}-{h}-2 {variant}: {sum(rec['before'])} weights, "
                       f"test {100 * rec['acc_test'][0]:.1f}%")
         boundary_plot(axes[r, 1], net_a, xt, yt,
-                      f"cascade Net-Trim: {sum(rec['after'])} weights, rd {rec['rd']:.4f}, "
+                      f"{method}: {sum(rec['after'])} weights, rd {rec['rd']:.4f}, "
                       f"test {100 * rec['acc_test'][1]:.1f}%")
     fig.tight_layout()
-    common.savefig(fig, out / "spirals_classifier.png")
+    common.savefig(fig, out / f"spirals{sfx}_classifier.png")
 
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for scheme, pts in curve.items():
@@ -189,9 +194,9 @@ def main(argv=None):
     ax.set_ylabel("nonzero weights kept (fraction)")
     ax.set_title(f"2-{max(widths)}-{max(widths)}-2 dropout: cascade vs parallel")
     ax.legend()
-    common.savefig(fig, out / "spirals_sparsity_vs_rd.png")
+    common.savefig(fig, out / f"spirals{sfx}_sparsity_vs_rd.png")
 
-    lines = ["# Nested spirals: cascade Net-Trim at rd < 0.02", "",
+    lines = [f"# Nested spirals: {method} at rd < 0.02", "",
              __doc__.split("\n\n")[1].replace("\n", " "), "",
              common.provenance(args, started), "",
              f"Training points: {n_train}; calibration points: {len(xc)} (rd is on all training "
@@ -215,17 +220,17 @@ def main(argv=None):
     lines += ["'layers converged' counts layers whose solve met the stopping test within the "
               f"iteration cap ({args.max_iters}); unconverged solves are used as they stand (rd and the "
               "counts are measured on the network actually returned).", "",
-              "![classifier before and after](spirals_classifier.png)", "",
+              f"![classifier before and after](spirals{sfx}_classifier.png)", "",
               "## Sparsity against rd (Figure S.2)", "",
               common.table(["scheme", "epsilon (rel.)", "rd", "fraction of weights kept"],
                            [[s, f"{e:g}", f"{rd:.4f}", f"{k:.4f}"]
                             for s, pts in curve.items() for e, rd, k in pts]), "",
-              "![sparsity vs rd](spirals_sparsity_vs_rd.png)", ""]
-    (out / "spirals.md").write_text("\n".join(lines))
-    (out / "spirals.json").write_text(json.dumps(dict(records=records, curve=curve), indent=1,
+              f"![sparsity vs rd](spirals{sfx}_sparsity_vs_rd.png)", ""]
+    (out / f"spirals{sfx}.md").write_text("\n".join(lines))
+    (out / f"spirals{sfx}.json").write_text(json.dumps(dict(records=records, curve=curve), indent=1,
                                                  default=float))
-    (out / "spirals_partial.json").unlink(missing_ok=True)
-    print(f"wrote {out / 'spirals.md'}")
+    (out / f"spirals{sfx}_partial.json").unlink(missing_ok=True)
+    print(f"wrote {out / f'spirals{sfx}.md'}")
     return records, curve
 
 

@@ -32,10 +32,12 @@ def test_sample_complexity_quick(tmp_path):
     assert prob[:, -1].mean() >= 0.75
 
 
-def test_spirals_quick(tmp_path):
+@pytest.mark.parametrize("refit", [False, True], ids=["plain", "refit"])
+def test_spirals_quick(tmp_path, refit):
     import spirals
 
-    records, curve = spirals.main(["--quick", "--out", str(tmp_path)])
+    sfx = "_refit" if refit else ""
+    records, curve = spirals.main(["--quick", "--out", str(tmp_path)] + (["--refit"] if refit else []))
     assert {r["variant"] for r in records} == {"dropout", "dropout+L1"}
     for r in records:
         assert r["rd"] < spirals.RD_TARGET
@@ -44,8 +46,9 @@ def test_spirals_quick(tmp_path):
     for pts in curve.values():
         kept = [k for _, _, k in sorted(pts)]
         assert kept[-1] <= kept[0]  # larger epsilon, fewer weights
-    text = (tmp_path / "spirals.md").read_text()
-    assert "2-50-50-2" in text and (tmp_path / "spirals_classifier.png").exists()
+    text = (tmp_path / f"spirals{sfx}.md").read_text()
+    assert "2-50-50-2" in text and (tmp_path / f"spirals{sfx}_classifier.png").exists()
+    assert ("+ refit" in text) == refit
 
 
 needs_data = pytest.mark.skipif(_data_root() is None, reason="no MNIST folder ($NETTRIM_DATA)")
