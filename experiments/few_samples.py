@@ -89,11 +89,15 @@ def main(argv=None):
     ap = common.parser(__doc__.splitlines()[0])
     ap.add_argument("--data", default=None, help="folder with mnist/ (default $NETTRIM_DATA)")
     ap.add_argument("--dataset", default="mnist")
+    ap.add_argument("--download", action="store_true",
+                    help="fetch the dataset into --data / $NETTRIM_DATA first (checksums verified)")
     args = ap.parse_args(argv)
     started = time.time()
     common.quiet_solver_warnings()
     out = common.out_dir(args)
     cfg = config(args.quick)
+    if args.download:
+        mnist.fetch([args.dataset], args.data)
     xtr, ytr, xte, yte = mnist.load(args.dataset, args.data, cfg["n_train"], cfg["n_test"])
     net = mnist.train_network("fc", cfg, xtr, ytr, args.seed)
     xtr_in, xte_in = mnist.as_input("fc", xtr), mnist.as_input("fc", xte)

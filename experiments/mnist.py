@@ -54,6 +54,17 @@ def load(name, root, n_train=None, n_test=None):
     return xtr, ytr, xte, yte
 
 
+def fetch(datasets, root):
+    """``nettrim_jax.data.download`` each dataset into ``root`` (or ``$NETTRIM_DATA``)."""
+    from nettrim_jax.data import download
+
+    base = data_dir(root)
+    if base is None:
+        raise SystemExit("--download needs --data DIR or $NETTRIM_DATA")
+    for name in datasets:
+        download(base, name)
+
+
 def as_input(kind, x):
     """FC nets take (B, 784); LeNet takes NHWC (B, 28, 28, 1)."""
     return x.reshape(len(x), -1) if kind == "fc" else x.reshape(len(x), 28, 28, 1)
@@ -255,6 +266,8 @@ def main(argv=None):
     ap.add_argument("--schemes", nargs="+", default=None,
                     choices=["cascade", "parallel", "cascade+refit", "parallel+refit"])
     ap.add_argument("--n-cal", type=int, default=None, help="calibration images")
+    ap.add_argument("--download", action="store_true",
+                    help="fetch missing datasets into --data / $NETTRIM_DATA first (checksums verified)")
     ap.add_argument("--append", action="store_true",
                     help="add to the records already in OUT/mnist.json (e.g. more epsilons); "
                          "networks are retrained identically from the seed")
@@ -275,6 +288,8 @@ def main(argv=None):
     if args.n_cal:
         cfg["n_cal"] = args.n_cal
     datasets = args.datasets or (["mnist"] if args.quick else ["mnist", "fashion-mnist"])
+    if args.download:
+        fetch(datasets, args.data)
     kinds = args.nets or ["fc", "lenet"]
     records = []
     if args.append and (out / "mnist.json").exists():

@@ -7,8 +7,12 @@ The data folder is never hard-coded: pass it, or set ``NETTRIM_DATA`` to a folde
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
+import shutil
 import struct
+import tempfile
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +22,91 @@ _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+
+
+# The canonical releases: (bytes, sha256) of each gzip file, and where to fetch them.
+CHECKSUMS = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": (9912422, "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+        "train-labels-idx1-ubyte.gz": (28881, "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+        "t10k-images-idx3-ubyte.gz": (1648877, "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+        "t10k-labels-idx1-ubyte.gz": (4542, "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte.gz": (26421880, "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
+        "train-labels-idx1-ubyte.gz": (29515, "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
+        "t10k-images-idx3-ubyte.gz": (4422102, "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
+        "t10k-labels-idx1-ubyte.gz": (5148, "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
+    },
+}
+MIRRORS = {
+    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(folder: str | os.PathLike, name: str = "mnist") -> list[str]:
+    """Problems with the four files of ``name`` in ``folder`` (empty list: all present and
+    byte-identical to the canonical release, by size and SHA-256)."""
+    folder = Path(folder)
+    problems = []
+    for fname, (size, digest) in CHECKSUMS[name].items():
+        path = folder / fname
+        problem = verify_file(path, size, digest) if path.exists() else "missing"
+        if problem:
+            problems.append(f"{path}: {problem}")
+    return problems
+
+
+def download(root: str | os.PathLike, name: str = "mnist", base_url: str | None = None) -> Path:
+    """Fetch ``name`` ("mnist" | "fashion-mnist") into ``root/name``, checking every file.
+
+    Files already present with the right checksum are kept.  Each download goes to a
+    temporary file in the same folder, is checked (size and SHA-256) and only then renamed
+    into place, so a failed or corrupted download never leaves a file that looks valid;
+    a mismatch raises ``ValueError`` naming the file.  ``base_url`` overrides the mirror.
+    Returns the dataset folder.
+    """
+    if name not in CHECKSUMS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(CHECKSUMS)}")
+    folder = Path(root) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    base = base_url or MIRRORS[name]
+    for fname, (size, digest) in CHECKSUMS[name].items():
+        target = folder / fname
+        if target.exists() and not verify_file(target, size, digest):
+            continue
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{fname}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(base.rstrip("/") + "/" + fname,
+                                                                   timeout=60) as src:
+                shutil.copyfileobj(src, out)
+            problem = verify_file(Path(tmp), size, digest)
+            if problem:
+                raise ValueError(f"download of {fname} from {base}: {problem}")
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return folder
+
+
+def verify_file(path: Path, size: int, digest: str) -> str | None:
+    """None if ``path`` has ``size`` bytes and SHA-256 ``digest``, else what is wrong."""
+    actual = path.stat().st_size
+    if actual != size:
+        return f"{actual} bytes, expected {size}"
+    if _sha256(path) != digest:
+        return "SHA-256 does not match the canonical release"
+    return None
 
 
 def data_dir(folder: str | os.PathLike | None = None) -> Path | None:
