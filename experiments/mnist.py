@@ -250,9 +250,9 @@ def config(quick: bool) -> dict:
                     ft_lr=1e-3, fc_sizes=(784, 32, 10), lenet_channels=(2, 4),
                     lenet_hidden=16, epsilons=(0.3,), schemes=("cascade", "cascade+refit", "parallel"),
                     lenet_schemes=("cascade",), solver=dict(max_iters=200))
-    return dict(n_train=None, n_test=None, n_cal=1000, train_steps=3000, ft_steps=500,
+    return dict(n_train=None, n_test=None, n_cal=2000, train_steps=3000, ft_steps=500,
                 ft_lr=5e-4, fc_sizes=(784, 300, 100, 10), lenet_channels=(6, 16),
-                lenet_hidden=120, epsilons=(0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.75, 0.9),
+                lenet_hidden=120, epsilons=(0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 0.75),
                 schemes=("cascade", "cascade+refit", "parallel", "parallel+refit"), solver=dict())
 
 
