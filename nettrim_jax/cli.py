@@ -241,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--resume", action="store_true", help="continue an interrupted cascade run in OUT")
     q.add_argument("--force", action="store_true", help="overwrite a result already in OUT")
     q.add_argument("--strict", action="store_true", help="exit 3 if some layer did not converge")
+    q.add_argument("--refit", action="store_true",
+                   help="refit each layer's kept weights on Net-Trim's support (nettrim_jax.refit_layer)")
 
     r = sub.add_parser("report", parents=[common], help="print a stored report",
                        description="Print OUT/report.md (or the JSON); --plot writes the per-layer "
@@ -336,7 +338,8 @@ def _fingerprint(args, ckpt_sha: str, x) -> dict:
 
     return {"checkpoint_sha256": ckpt_sha, "data_sha256": hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest(),
             "scheme": args.scheme, "epsilon": args.epsilon, "gamma": args.gamma, "solver": args.solver,
-            "max_iters": args.max_iters, "max_patches": args.max_patches}
+            "max_iters": args.max_iters, "max_patches": args.max_patches,
+            "refit": bool(getattr(args, "refit", False))}
 
 
 def _check_out(out: Path, args) -> None:
@@ -417,7 +420,8 @@ def cmd_prune(args, console: _Console) -> int:
         try:
             pruned, rows = cascade(model.layers, x, epsilon=args.epsilon, gamma=args.gamma,
                                    solver=args.solver or "admm", max_patches=args.max_patches,
-                                   resume_from=resume_from, on_layer=save_partial, progress=bar, **opts)
+                                   resume_from=resume_from, on_layer=save_partial, progress=bar,
+                                   refit=args.refit, **opts)
         finally:
             bar.close()
     else:
@@ -425,7 +429,7 @@ def cmd_prune(args, console: _Console) -> int:
 
         res = prune(ck.to_network(model.layers), x, scheme="parallel", epsilon=args.epsilon,
                     gamma=args.gamma, solver=args.solver or "admm", max_patches=args.max_patches,
-                    progress=not args.quiet, **opts)
+                    refit=args.refit, progress=not args.quiet, **opts)
         pruned = ck.from_network(res.model, model.layers)
         prune_report = res.report.to_dict()
         rows = [{k: l[k] for k in ("epsilon", "misfit", "rows", "subsampled", "iterations", "converged", "seconds")}
@@ -576,7 +580,8 @@ def _solve_options(args) -> dict:
 
 def cascade(original: Sequence[dict], x, *, epsilon: float, gamma: float = 1.1,
             solver: str = "admm", max_patches: int | None = 4096, seed: int = 0,
-            resume_from: tuple | None = None, on_layer=None, progress=None, **solver_options):
+            resume_from: tuple | None = None, on_layer=None, progress=None, refit: bool = False,
+            **solver_options):
     """Cascade Net-Trim, one weighted layer at a time, resumable.
 
     The programs are ``prune(..., scheme="cascade", scan=False)``'s (see ``nettrim_jax.prune``):
@@ -594,6 +599,7 @@ def cascade(original: Sequence[dict], x, *, epsilon: float, gamma: float = 1.1,
         weighted layers are taken as finished.
       on_layer: called as ``on_layer(layers_so_far, rows_so_far)`` after each finished layer.
       progress: a tqdm-like bar (``update(1)``) or None.
+      refit: refit each solved layer on its support (``refit_layer``), as ``prune(refit=True)``.
       **solver_options: passed to ``solve_layer``.
 
     Returns ``(pruned layer dicts, rows)``, a row per weighted layer: epsilon (absolute),
@@ -653,10 +659,16 @@ def cascade(original: Sequence[dict], x, *, epsilon: float, gamma: float = 1.1,
         sol = solve_layer(A, Y, epsilon=eps, activation=prog, threshold=threshold, solver=solver,
                           **solver_options)
         K = sol.kernel
+        r = jnp.where(Y > 0, A @ K - Y, 0) if prog == "relu" else A @ K - Y
+        misfit = float(jnp.linalg.norm(r))
+        if refit:
+            from nettrim_jax.refit import refit_layer
+
+            K, rinfo = refit_layer(A, Y, K, activation=prog, threshold=threshold)
+            misfit = float(rinfo.error_after)
         new_spec = with_matrix(spec, K)
         current[i] = ck.from_network([new_spec])[0]
-        r = jnp.where(Y > 0, A @ K - Y, 0) if prog == "relu" else A @ K - Y
-        rows.append({"epsilon": eps, "misfit": float(jnp.linalg.norm(r)), "rows": int(A.shape[0]),
+        rows.append({"epsilon": eps, "misfit": misfit, "rows": int(A.shape[0]),
                      "subsampled": bool(A.shape[0] < full), "iterations": int(sol.info.iterations),
                      "converged": bool(sol.info.converged), "seconds": time.perf_counter() - t0})
         h_new = ck.apply_layer(current[i], h_new)

@@ -96,6 +96,29 @@ def test_cli_cascade_matches_library_prune(setup):
         assert r["epsilon"] == pytest.approx(l.epsilon, rel=1e-3)
 
 
+def test_cli_refit_matches_library_and_lowers_misfit(setup, tmp_path, capsys):
+    """``--refit``: the same supports as without it, lower misfits, and the library's result."""
+    from nettrim_jax import prune
+
+    root, layers, x, _ = setup
+    mine, rows = cli.cascade(layers, x, epsilon=0.05, gamma=1.1, max_iters=400, refit=True)
+    res = prune(ck.to_network(layers), x, scheme="cascade", epsilon=0.05, gamma=1.1, scan=False,
+                progress=False, max_iters=400, refit=True)
+    theirs = ck.from_network(res.model, layers)
+    for a, b, r, l in zip(mine, theirs, rows, res.report.layers):
+        tol = 2e-3 * np.abs(b["kernel"]).max()
+        np.testing.assert_allclose(a["kernel"], b["kernel"], atol=tol)
+        assert r["misfit"] == pytest.approx(l.misfit, rel=1e-2, abs=1e-5)
+    plain, plain_rows = cli.cascade(layers, x, epsilon=0.05, gamma=1.1, max_iters=400)
+    assert (mine[0]["kernel"] != 0).sum() == (plain[0]["kernel"] != 0).sum()  # same first program
+    assert rows[0]["misfit"] < plain_rows[0]["misfit"]
+    out = tmp_path / "out"
+    rc, _, err = _run(_prune_args(root, out, "--refit"), capsys)
+    assert rc == cli.EXIT_OK, err
+    assert json.loads((out / "report.json").read_text())["layers"][0]["misfit"] == pytest.approx(
+        rows[0]["misfit"], rel=1e-2)
+
+
 def test_interrupted_cascade_resumes_from_last_finished_layer(setup, tmp_path, capsys, monkeypatch):
     import nettrim_jax.layer as layer_mod
 
