@@ -253,7 +253,8 @@ def config(quick: bool) -> dict:
     return dict(n_train=None, n_test=None, n_cal=2000, train_steps=3000, ft_steps=500,
                 ft_lr=5e-4, fc_sizes=(784, 300, 100, 10), lenet_channels=(6, 16),
                 lenet_hidden=120, epsilons=(0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 0.75),
-                schemes=("cascade", "cascade+refit", "parallel", "parallel+refit"), solver=dict())
+                schemes=("cascade", "cascade+refit", "parallel", "parallel+refit"),
+                solver=dict(max_iters=2000))
 
 
 def main(argv=None):
