@@ -38,6 +38,8 @@ from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from nettrim_jax.data import file_sha256 as _sha256
+
 FORMAT = "nettrim-jax-checkpoint"
 VERSION = 1
 MODEL_FILE = "model.json"
@@ -282,14 +284,6 @@ def validate_layers(layers: Sequence[dict], input_shape, where: str = "model") -
 
 
 # ----------------------------------------------------------------------------- save / load
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save(path: str | os.PathLike, layers: Sequence[dict], input_shape: Sequence[int],

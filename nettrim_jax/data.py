@@ -45,7 +45,8 @@ MIRRORS = {
 }
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -104,7 +105,7 @@ def verify_file(path: Path, size: int, digest: str) -> str | None:
     actual = path.stat().st_size
     if actual != size:
         return f"{actual} bytes, expected {size}"
-    if _sha256(path) != digest:
+    if file_sha256(path) != digest:
         return "SHA-256 does not match the canonical release"
     return None
 
