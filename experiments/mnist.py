@@ -173,6 +173,7 @@ def report(records, args, started, out, cfg):
         groups.setdefault((r["dataset"], r["net"]), []).append(r)
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.8), squeeze=False)
     for ax, ((dataset, kind), recs) in zip(axes[0], groups.items()):
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # up to 12 lines: keep them distinct
         recs = sorted(recs, key=lambda r: (r["scheme"], r["sparsity"]))
         arch = ("FC " + "-".join(map(str, cfg["fc_sizes"])) if kind == "fc" else
                 f"LeNet-style conv, channels {cfg['lenet_channels']}, hidden {cfg['lenet_hidden']}")
