@@ -610,6 +610,7 @@ def cascade(original: Sequence[dict], x, *, epsilon: float, gamma: float = 1.1,
 
     from nettrim_jax import checkpoint as ck
     from nettrim_jax.layer import solve_layer
+    from nettrim_jax.prune import refit_or_measure
     from nettrim_jax.specs import kernel_matrix, layer_rows, with_matrix
 
     if gamma < 1:
@@ -658,14 +659,8 @@ def cascade(original: Sequence[dict], x, *, epsilon: float, gamma: float = 1.1,
                 threshold = jnp.maximum(out, 0)
         sol = solve_layer(A, Y, epsilon=eps, activation=prog, threshold=threshold, solver=solver,
                           **solver_options)
-        K = sol.kernel
-        r = jnp.where(Y > 0, A @ K - Y, 0) if prog == "relu" else A @ K - Y
-        misfit = float(jnp.linalg.norm(r))
-        if refit:
-            from nettrim_jax.refit import refit_layer
-
-            K, rinfo = refit_layer(A, Y, K, activation=prog, threshold=threshold)
-            misfit = float(rinfo.error_after)
+        K, misfit = refit_or_measure(refit, A, Y, sol.kernel, prog, threshold)
+        misfit = float(misfit)
         new_spec = with_matrix(spec, K)
         current[i] = ck.from_network([new_spec])[0]
         rows.append({"epsilon": eps, "misfit": misfit, "rows": int(A.shape[0]),

@@ -156,6 +156,12 @@ def _x_scale(X, solver):
     return jnp.where(sx > tiny, sx, 1)
 
 
+def _y_scale(Y):
+    """Divisor for Y: its root-mean-square entry (1 for an all-zero Y)."""
+    sy = jnp.sqrt(jnp.mean(Y * Y))
+    return jnp.where(sy > jnp.finfo(Y.dtype).tiny, sy, 1)
+
+
 def _column_radii(y_omega, epsilon, per_neuron):
     """Per-unit radii: epsilon split in proportion to ||y_m|| (sum of squares = epsilon^2)."""
     m = y_omega.shape[1]
@@ -174,10 +180,8 @@ def _solve(X, Y, epsilon, threshold, w0, warm, rho0, *, activation, per_neuron, 
     dtype = X.dtype
     p, n = X.shape
     m = Y.shape[1]
-    tiny = jnp.finfo(dtype).tiny
     sx = _x_scale(X, solver)
-    sy = jnp.sqrt(jnp.mean(Y * Y))
-    sy = jnp.where(sy > tiny, sy, 1)
+    sy = _y_scale(Y)
     x = X / sx
     y = Y / sy
     omega = (y > 0) if activation == "relu" else jnp.ones(y.shape, bool)
@@ -315,7 +319,7 @@ def _rescale_state(prev, X, Y):
     """Carry a previous scaled state over to this problem's scaling (same X, Y: unchanged)."""
     state, sx_old, sy_old = prev
     sx = _x_scale(X, "admm" if isinstance(state, admm.State) else "pdhg")
-    sy = jnp.sqrt(jnp.mean(Y * Y))
+    sy = _y_scale(Y)
     kw = (sy_old / sx_old) * (sx / sy)
     ky = sy_old / sy
     return state._replace(w=state.w * kw, z=state.z * ky, **_extra_rescale(state, kw, ky))

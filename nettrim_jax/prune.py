@@ -318,22 +318,15 @@ def _misfit(A, Y, K, program):
     return jnp.sqrt(jnp.sum(r * r))
 
 
-def _refit(cfg, A, Y, K, program, V=None):
-    """(kernel, misfit) after the optional refit (``prune(refit=True)``)."""
-    if not cfg["refit"]:
+def refit_or_measure(refit: bool, A, Y, K, program, V=None):
+    """(kernel, misfit) of a solved layer: with ``refit``, the kernel refit on its support
+    (``refit_layer``) and its sqrt(misfit^2 + excess^2); otherwise K and its misfit.
+    Traceable, so the scan path calls it too; the command line's cascade driver shares it."""
+    if not refit:
         return K, _misfit(A, Y, K, program)
     K2, info = refit_layer(A, Y, K, activation=program,
                            threshold=V if program == "relu" else None)
     return K2, info.error_after
-
-
-def _refit_misfit(cfg, A, Y, K, V):
-    """The misfit ``_refit`` reports, for a relu kernel already refit (scan path)."""
-    if not cfg["refit"]:
-        return _misfit(A, Y, K, "relu")
-    out = A @ K
-    r = jnp.where(Y > 0, out - Y, jnp.maximum(out - V, 0))
-    return jnp.sqrt(jnp.sum(r * r))
 
 
 def _spectral(mat) -> float:
@@ -650,7 +643,7 @@ def _parallel(net, x, orig, base, programs, eps_list, cfg, devices, bar):
             continue
         K, info = placed[i]()
         pr = probs[i]
-        K, misfit = _refit(cfg, pr.rows, pr.target, jnp.asarray(K), programs[i])
+        K, misfit = refit_or_measure(cfg["refit"], pr.rows, pr.target, jnp.asarray(K), programs[i])
         seconds = time.perf_counter() - t0
         new[i] = with_matrix(orig[i], K)
         rows[i] = _row_info(orig[i], pr, _full_rows(orig[i], base.inputs[i]), eps[i],
@@ -712,8 +705,8 @@ def _scan_solver(per_neuron, solver, opts, gamma, bias, refit=False):
             eps, V = _cascade_eps(A, Y, W, "relu", gamma, floor)
             sol = solve_layer(A, Y, epsilon=eps, activation="relu", threshold=V,
                               per_neuron=per_neuron, solver=solver, **opts_d)
-            K = refit_layer(A, Y, sol.kernel, threshold=V)[0] if refit else sol.kernel
-            return jax.nn.relu(A @ K), (K, sol.info, eps)
+            K, misfit = refit_or_measure(refit, A, Y, sol.kernel, "relu", V)
+            return jax.nn.relu(A @ K), (K, sol.info, eps, misfit)
 
         return jax.lax.scan(body, x0, (Ws, Ys, floors))[1]
 
@@ -765,7 +758,7 @@ def _cascade(net, x, orig, base, programs, eps_list, cfg, scan, bar):
             runner = _scan_solver(cfg["per_neuron"], cfg["solver"], cfg["opts"], gamma,
                                   orig[i].bias is not None, cfg["refit"])
             xh = layer_rows(spec, Xh)
-            Ks, infos, epss = jax.device_get(runner(xh, Ws, jnp.stack([p.target for p in probs]),
+            Ks, infos, epss, misfits = jax.device_get(runner(xh, Ws, jnp.stack([p.target for p in probs]),
                                                     jnp.asarray(floors, Ws.dtype)))
             seconds = (time.perf_counter() - t0) / (j - i)
             for k in range(i, j):
@@ -775,9 +768,8 @@ def _cascade(net, x, orig, base, programs, eps_list, cfg, scan, bar):
                 info_k = jax.tree.map(lambda a: a[k - i], infos)
                 new[k] = with_matrix(orig[k], K)
                 pr = probs[k - i]._replace(rows=A)
-                V = jnp.maximum(A @ kernel_matrix(orig[k]), 0)
                 rows[k] = _row_info(orig[k], pr, pr.rows.shape[0], epss[k - i],
-                                    _refit_misfit(cfg, A, pr.target, K, V), info_k, seconds)
+                                    misfits[k - i], info_k, seconds)
                 rows[k].update(kernel_matrix=K, floor=None if k == first else floors[k - i],
                                scan=True)
                 xh = jax.nn.relu(A @ K)
@@ -801,7 +793,7 @@ def _cascade(net, x, orig, base, programs, eps_list, cfg, scan, bar):
             V = jnp.zeros((), pr.rows.dtype)
             f = _jitted_solver(prog, cfg["per_neuron"], cfg["solver"], False, cfg["opts"])
         K, info = _dispatch(f, pr.rows, pr.target, eps, V, None, cfg["per_neuron"])()
-        K, misfit = _refit(cfg, pr.rows, pr.target, jnp.asarray(K), prog, V)
+        K, misfit = refit_or_measure(cfg["refit"], pr.rows, pr.target, jnp.asarray(K), prog, V)
         new[i] = with_matrix(spec, K)
         rows[i] = _row_info(spec, pr, _full_rows(spec, Xh), eps, misfit, info,
                             time.perf_counter() - t0)

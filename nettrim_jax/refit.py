@@ -82,13 +82,9 @@ def _cg(apply, b, u0, iters):
 
 @functools.partial(jax.jit, static_argnames=("relu", "rounds", "cg_iters"))
 def _refit(X, Y, kernel, threshold, *, relu, rounds, cg_iters):
-    dtype = X.dtype
-    tiny = jnp.finfo(dtype).tiny
-    # Scale X to unit rms singular value and Y to unit rms (as the solver does) for CG.
-    sx = jnp.sqrt(jnp.sum(X * X) / min(X.shape))
-    sx = jnp.where(sx > tiny, sx, 1)
-    sy = jnp.sqrt(jnp.mean(Y * Y))
-    sy = jnp.where(sy > tiny, sy, 1)
+    # Scaled as the solver scales them (X to unit rms singular value, Y to unit rms) for CG.
+    sx = layer._x_scale(X, "admm")
+    sy = layer._y_scale(Y)
     x, y = X / sx, Y / sy
     v = jnp.broadcast_to(threshold / sy, y.shape)
     omega = (y > 0) if relu else jnp.ones(y.shape, bool)
