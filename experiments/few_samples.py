@@ -66,7 +66,6 @@ def report(records, base, cfg, args, started, out):
                      r["converged"]] + [f"**{100 * r['acc'][m]:.2f}**" if r["acc"][m] == top
                                         else f"{100 * r['acc'][m]:.2f}" for m in methods])
     losses = [r for r in records if r["acc"]["nettrim"] < max(r["acc"][m] for m in mnist.BASELINES)]
-    records = sorted(records, key=lambda r: (r["samples"], r["variant"]))
     lines = ["# Few calibration samples", "", __doc__.split("\n\n")[1].replace("\n", " "), "",
              common.provenance(args, started), "",
              f"Network {cfg['fc_sizes']}, unpruned test accuracy {100 * base:.2f}% "
