@@ -90,13 +90,12 @@ def main(argv=None):
     ap.add_argument("--alloc", choices=["hidden", "uniform"], default="hidden",
                     help="how the relative epsilon is spread over the layers (see allocation)")
     ap.add_argument("--calibration", type=int, default=None,
-                    help="calibration points, a prefix of the training set (default: all with "
-                         "--quick, 800 in full size)")
+                    help="calibration points, a prefix of the training set (default: all)")
     ap.add_argument("--refit", action="store_true",
                     help="prune with refit=True (kept weights refit on Net-Trim's support); "
                          "writes spirals_refit.* instead of spirals.*")
     ap.add_argument("--max-iters", type=int, default=None,
-                    help="solver iteration cap (default 5000 with --quick, 3000 in full size)")
+                    help="solver iteration cap (default 5000 with --quick, 10000 in full size)")
     args = ap.parse_args(argv)
     started = time.time()
     common.quiet_solver_warnings()
@@ -105,16 +104,14 @@ def main(argv=None):
         widths, n_train, steps, bis_steps, sweep = (50,), 400, 800, 2, (0.005, 0.05)
     else:
         # widest first: it carries the comparison with the paper and the plots
-        widths, n_train, steps, bis_steps = (200, 50, 75, 125, 175), 1500, 4000, 4
+        widths, n_train, steps, bis_steps = (200, 50, 75, 125, 175), 1500, 4000, 8
         sweep = (0.005, 0.02, 0.05, 0.15)
     if args.widths:
         widths = tuple(args.widths)
     x, y = nested_spirals(n_train, turns=TURNS, noise=NOISE, seed=args.seed)
     xt, yt = nested_spirals(2000, turns=TURNS, noise=NOISE, seed=args.seed + 1000)
-    if args.calibration is None and not args.quick:
-        args.calibration = 800
     if args.max_iters is None:
-        args.max_iters = 5000 if args.quick else 3000
+        args.max_iters = 5000 if args.quick else 10000
     xc = x[:args.calibration] if args.calibration else x
     sfx = "_refit" if args.refit else ""
     method = "cascade Net-Trim" + (" + refit" if args.refit else "")
