@@ -94,7 +94,7 @@ def _check(g, outer, opts: Options, s: State, iterations):
     tiny = jnp.finfo(dtype).tiny
     rounding = 16 * jnp.finfo(dtype).eps
     xw = g.x @ s.w
-    xt_l1 = g.x.T @ s.l1
+    xt_l1 = g.xt @ s.l1
     misfit, violation, viol_norm = constraints.misfit(xw, outer)
     slack = rounding * _norm(outer.target)
     viol_tol = opts.feas_tol * outer.radius + slack

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nettrim_jax import constraints, loop
+from nettrim_jax import constraints, gram, loop
 from nettrim_jax.admm import soft_threshold
 from nettrim_jax.loop import Report
 
@@ -79,7 +79,7 @@ def rescale_extra(state: State, kw, ky) -> dict:
                 count=zero, restart_w=state.w * kw, restart_kkt=jnp.asarray(jnp.inf, zero.dtype))
 
 
-def _iterate(x, inner, s: State, eta) -> State:
+def _iterate(x, xt, inner, s: State, eta) -> State:
     tau = eta / s.rho
     sigma = eta * s.rho
     w = soft_threshold(s.w - tau * s.xty, tau)
@@ -88,7 +88,7 @@ def _iterate(x, inner, s: State, eta) -> State:
     # Moreau: prox of sigma I_C^*; outside omega written exactly so y stays >= 0 there.
     y = jnp.where(inner.omega, v - sigma * constraints.project(v / sigma, inner),
                   jnp.maximum(v - sigma * inner.threshold, 0))
-    xty = x.T @ y
+    xty = xt @ y
     return s._replace(w=w, z=z, y=y, xty=xty, sum_w=s.sum_w + w, sum_z=s.sum_z + z,
                       sum_y=s.sum_y + y, sum_xty=s.sum_xty + xty, count=s.count + 1)
 
@@ -154,5 +154,6 @@ def run(x, outer: constraints.ConstraintSet, state: State, opts: Options):
     """Iterate from ``state`` until converged or ``opts.max_iters``; returns (State, Report)."""
     inner = constraints.shrink(outer, opts.margin)
     eta = jnp.asarray(opts.step, state.w.dtype)
-    return loop.run(lambda s: _iterate(x, inner, s, eta), lambda s, k: _check(outer, opts, s, k), state,
+    xt = gram.transposed(x)
+    return loop.run(lambda s: _iterate(x, xt, inner, s, eta), lambda s, k: _check(outer, opts, s, k), state,
                     opts.max_iters, opts.check_every)
