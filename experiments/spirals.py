@@ -6,8 +6,12 @@ radius t and angle 2 pi * turns * t + k pi for t ~ U[0.05, 1], plus Gaussian noi
 with Adam, dropout 0.3 after each hidden layer, and optionally an L1 penalty on the kernels.
 Pruning: cascade Net-Trim (gamma = 1) on calibration points (the training points, or a prefix
 of them with --calibration), with relative epsilons e_l (epsilon_1 = e_1 ||Y_1||, floors
-e_l ||Y_l|| for later layers): by default (--alloc hidden) the hidden-to-hidden layer gets e
-and the first and last layers 1e-3; --alloc uniform gives every layer e.  e is found by
+e_l ||Y_l|| for later layers).  By default (--alloc output) the first layer gets 1e-3, the
+hidden-to-hidden layer e, and the linear output layer is given the rd budget itself
+(prune's output_epsilon = 0.0195 ||Z||): it is refit from the pruned features toward the
+original logits, so it absorbs the part of the hidden layer's error that a linear map can
+undo.  --alloc hidden gives the output layer 1e-3 as a floor on the gamma rule instead (it
+then passes the upstream error on), and --alloc uniform gives every layer e.  e is found by
 bisection so that the overall relative discrepancy of the pre-softmax outputs on the
 calibration points, rd = ||Z - Z_hat||_F / ||Z||_F, is just under 0.02.
 
@@ -29,17 +33,24 @@ from nettrim_jax.data import nested_spirals
 
 RD_TARGET = 0.02
 E_EDGE = 1e-3
+OUTPUT_BUDGET = 0.0195  # --alloc output: the output layer's relative epsilon, under RD_TARGET
 TURNS, NOISE, DROPOUT, L1 = 2.0, 0.02, 0.3, 1e-4
 # The paper's numbers we have (supplement Table S.1, 2-200-200-2 with dropout):
 PAPER = {("dropout", 200): ((400, 39668, 399), (399, 1991, 113))}
 
 
 def allocation(e, alloc):
-    """Per-layer relative epsilons of a 2-h-h-2 network: ``uniform`` gives every layer e;
-    ``hidden`` gives the hidden-to-hidden layer e and the first and last layers E_EDGE (the
+    """prune's (epsilon, output_epsilon) for a 2-h-h-2 network: ``uniform`` gives every layer
+    e; ``hidden`` gives the hidden-to-hidden layer e and the first and last layers E_EDGE (the
     budget goes where the weights are, as in the paper's result, where layer 1 keeps 399 of
-    400 weights)."""
-    return [e] * 3 if alloc == "uniform" else [E_EDGE, e, E_EDGE]
+    400 weights); ``output`` is ``hidden`` with the output layer's epsilon set to
+    OUTPUT_BUDGET ||Z|| instead of by the gamma rule (prune's ``output_epsilon``)."""
+    if alloc == "uniform":
+        return [e] * 3, None
+    if alloc == "hidden":
+        return [E_EDGE, e, E_EDGE], None
+    return [E_EDGE, e, None], OUTPUT_BUDGET
+
 
 
 def bisect_epsilon(net, x, steps, lo, hi, alloc, **opts):
@@ -52,8 +63,9 @@ def bisect_epsilon(net, x, steps, lo, hi, alloc, **opts):
     def attempt(e):
         nonlocal runs
         runs += 1
-        pruned, rep = nets.prune_nettrim(net, x, scheme="cascade", epsilon=allocation(e, alloc),
-                                         gamma=1.0, **opts)
+        epsilon, output_epsilon = allocation(e, alloc)
+        pruned, rep = nets.prune_nettrim(net, x, scheme="cascade", epsilon=epsilon, gamma=1.0,
+                                         output_epsilon=output_epsilon, **opts)
         return pruned, rep, nets.relative_discrepancy(net, pruned, x)
 
     pruned, rep, rd = attempt(hi)
@@ -87,7 +99,7 @@ def boundary_plot(ax, net, x, y, title):
 def main(argv=None):
     ap = common.parser(__doc__.splitlines()[0])
     ap.add_argument("--widths", nargs="+", type=int, default=None, help="hidden widths h")
-    ap.add_argument("--alloc", choices=["hidden", "uniform"], default="hidden",
+    ap.add_argument("--alloc", choices=["output", "hidden", "uniform"], default="output",
                     help="how the relative epsilon is spread over the layers (see allocation)")
     ap.add_argument("--calibration", type=int, default=None,
                     help="calibration points, a prefix of the training set (default: all)")
@@ -115,7 +127,7 @@ def main(argv=None):
     xc = x[:args.calibration] if args.calibration else x
     sfx = "_refit" if args.refit else ""
     method = "cascade Net-Trim" + (" + refit" if args.refit else "")
-    lo, hi = (5e-4, RD_TARGET) if args.alloc == "uniform" else (2e-3, 0.2)
+    lo, hi = {"uniform": (5e-4, RD_TARGET), "hidden": (2e-3, 0.2), "output": (2e-3, 0.4)}[args.alloc]
 
     rows, records, keep_for_plot = [], [], {}
     for variant, l1 in (("dropout", 0.0), ("dropout+L1", L1)):
@@ -149,13 +161,17 @@ def main(argv=None):
             keep_for_plot[(variant, h)] = (net, pruned)
 
     # Figure S.2: fraction of weights kept against rd, cascade and parallel, on the widest
-    # dropout network, over a sweep of the common relative epsilon.
+    # dropout network, over a sweep of the common relative epsilon.  Both schemes get the
+    # same per-layer epsilons (output_epsilon has no parallel counterpart, so ``output``
+    # sweeps as ``hidden``).
     net, _ = keep_for_plot[("dropout", max(widths))]
     curve = {"cascade": [], "parallel": []}
+    sweep_alloc = "hidden" if args.alloc == "output" else args.alloc
     for scheme in curve:
         for e in sweep:
-            pruned, rep = nets.prune_nettrim(net, xc, scheme=scheme, epsilon=allocation(e, args.alloc),
-                                             gamma=1.0, max_iters=args.max_iters, refit=args.refit)
+            pruned, rep = nets.prune_nettrim(net, xc, scheme=scheme,
+                                             epsilon=allocation(e, sweep_alloc)[0], gamma=1.0,
+                                             max_iters=args.max_iters, refit=args.refit)
             curve[scheme].append((e, nets.relative_discrepancy(net, pruned, x),
                                   sum(nets.nnz(pruned)) / sum(nets.nnz(net))))
             print(scheme, curve[scheme][-1], flush=True)
@@ -219,6 +235,7 @@ def main(argv=None):
               "counts are measured on the network actually returned).", "",
               f"![classifier before and after](spirals{sfx}_classifier.png)", "",
               "## Sparsity against rd (Figure S.2)", "",
+              f"Per-layer epsilons: allocation '{sweep_alloc}' for both schemes.", "",
               common.table(["scheme", "epsilon (rel.)", "rd", "fraction of weights kept"],
                            [[s, f"{e:g}", f"{rd:.4f}", f"{k:.4f}"]
                             for s, pts in curve.items() for e, rd, k in pts]), "",

@@ -243,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--strict", action="store_true", help="exit 3 if some layer did not converge")
     q.add_argument("--refit", action="store_true",
                    help="refit each layer's kept weights on Net-Trim's support (nettrim_jax.refit_layer)")
+    q.add_argument("--output-epsilon", type=float, default=None,
+                   help="cascade: relative misfit budget of the (linear) output layer, which is then refit "
+                        "toward the original outputs from the pruned features instead of following "
+                        "--gamma; bounds the output error (prune's output_epsilon)")
 
     r = sub.add_parser("report", parents=[common], help="print a stored report",
                        description="Print OUT/report.md (or the JSON); --plot writes the per-layer "
@@ -339,7 +343,7 @@ def _fingerprint(args, ckpt_sha: str, x) -> dict:
     return {"checkpoint_sha256": ckpt_sha, "data_sha256": hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest(),
             "scheme": args.scheme, "epsilon": args.epsilon, "gamma": args.gamma, "solver": args.solver,
             "max_iters": args.max_iters, "max_patches": args.max_patches,
-            "refit": bool(getattr(args, "refit", False))}
+            "refit": bool(getattr(args, "refit", False)), "output_epsilon": args.output_epsilon}
 
 
 def _check_out(out: Path, args) -> None:
@@ -371,6 +375,10 @@ def cmd_prune(args, console: _Console) -> int:
         raise UsageError(f"--samples must be >= 1, got {args.samples}")
     if args.resume and args.force:
         raise UsageError("--resume and --force exclude each other")
+    if args.output_epsilon is not None and not args.output_epsilon >= 0:
+        raise UsageError(f"--output-epsilon must be >= 0, got {args.output_epsilon}")
+    if args.output_epsilon is not None and args.scheme != "cascade":
+        raise UsageError("--output-epsilon applies to --scheme cascade only")
     if args.resume and args.scheme != "cascade":
         raise UsageError("--resume applies to --scheme cascade only (parallel layers are independent; rerun)")
     out = Path(args.out)
@@ -421,7 +429,7 @@ def cmd_prune(args, console: _Console) -> int:
             pruned, rows = cascade(model.layers, x, epsilon=args.epsilon, gamma=args.gamma,
                                    solver=args.solver or "admm", max_patches=args.max_patches,
                                    resume_from=resume_from, on_layer=save_partial, progress=bar,
-                                   refit=args.refit, **opts)
+                                   refit=args.refit, output_epsilon=args.output_epsilon, **opts)
         finally:
             bar.close()
     else:
@@ -445,7 +453,7 @@ def cmd_prune(args, console: _Console) -> int:
         "format": "nettrim-report", "version": 1, "title": f"Net-Trim ({args.scheme}) of {args.checkpoint}",
         "command": "prune", "checkpoint": str(args.checkpoint), "data": str(args.data),
         "samples": int(x.shape[0]), "scheme": args.scheme, "epsilon": args.epsilon, "gamma": args.gamma,
-        "relative": True, "accuracy_on": acc_on,
+        "output_epsilon": args.output_epsilon, "relative": True, "accuracy_on": acc_on,
         "accuracy_before": accuracy(model.layers, xe, ye), "accuracy_after": accuracy(pruned, xe, ye),
         "seconds": seconds, "layers": table, "prune_report": prune_report,
     }
@@ -581,13 +589,15 @@ def _solve_options(args) -> dict:
 def cascade(original: Sequence[dict], x, *, epsilon: float, gamma: float = 1.1,
             solver: str = "admm", max_patches: int | None = 4096, seed: int = 0,
             resume_from: tuple | None = None, on_layer=None, progress=None, refit: bool = False,
-            **solver_options):
+            output_epsilon: float | None = None, **solver_options):
     """Cascade Net-Trim, one weighted layer at a time, resumable.
 
     The programs are ``prune(..., scheme="cascade", scan=False)``'s (see ``nettrim_jax.prune``):
     layer l is solved from the pruned network's input X_hat_l against the original target
     Y_l; epsilon_1 = epsilon ||Y_1||_F, then epsilon_l = gamma ||(X_hat_l W_l - Y_l)_Omega||_F
-    with the off-support bound max(X_hat_l W_l, 0) for ReLU layers; conv layers use at most
+    with the off-support bound max(X_hat_l W_l, 0) for ReLU layers, except that with
+    ``output_epsilon`` the output layer gets that budget times ||Y_L||_F
+    (``prune.output_layer_epsilon``); conv layers use at most
     ``max_patches`` random patch rows (``seed`` + layer).  ``prune`` has no per-layer hook,
     so the command line drives the layers itself to write a resumable state after each.
 
@@ -600,6 +610,7 @@ def cascade(original: Sequence[dict], x, *, epsilon: float, gamma: float = 1.1,
       on_layer: called as ``on_layer(layers_so_far, rows_so_far)`` after each finished layer.
       progress: a tqdm-like bar (``update(1)``) or None.
       refit: refit each solved layer on its support (``refit_layer``), as ``prune(refit=True)``.
+      output_epsilon: relative budget of the (linear) output layer, as ``prune(output_epsilon=)``.
       **solver_options: passed to ``solve_layer``.
 
     Returns ``(pruned layer dicts, rows)``, a row per weighted layer: epsilon (absolute),
@@ -610,13 +621,15 @@ def cascade(original: Sequence[dict], x, *, epsilon: float, gamma: float = 1.1,
 
     from nettrim_jax import checkpoint as ck
     from nettrim_jax.layer import solve_layer
-    from nettrim_jax.prune import refit_or_measure
+    from nettrim_jax.prune import output_layer_epsilon, refit_or_measure
     from nettrim_jax.specs import kernel_matrix, layer_rows, with_matrix
 
     if gamma < 1:
         raise UsageError(f"gamma must be >= 1 (the original weights must stay feasible), got {gamma}")
     if not epsilon >= 0:
         raise UsageError(f"epsilon must be >= 0, got {epsilon}")
+    if output_epsilon is not None and not output_epsilon >= 0:
+        raise UsageError(f"output_epsilon must be >= 0, got {output_epsilon}")
     orig_net = ck.to_network(original)
     current = [dict(l) for l in (resume_from[0] if resume_from else original)]
     rows = [dict(r) for r in (resume_from[1] if resume_from else [])]
@@ -649,7 +662,9 @@ def cascade(original: Sequence[dict], x, *, epsilon: float, gamma: float = 1.1,
             A = jnp.concatenate([A, jnp.ones((A.shape[0], 1), A.dtype)], axis=1)
         Y = jax.nn.relu(Zr) if prog == "relu" else Zr
         threshold = None
-        if k == 0:
+        if output_epsilon is not None and k == len(programs) - 1:  # linear (_programs)
+            eps = output_layer_epsilon(A, Y, float(output_epsilon) * float(jnp.linalg.norm(Y)))
+        elif k == 0:
             eps = float(epsilon) * float(jnp.linalg.norm(Y))
         else:
             out = A @ kernel_matrix(spec)

@@ -3,9 +3,9 @@
 API::
 
     prune(model, x, *, scheme="cascade", epsilon=0.05, gamma=1.1, relative=True,
-          per_neuron=False, solver="admm", activations=None, on_unsupported="error",
-          max_patches=4096, seed=0, scan="auto", devices=None, progress=True,
-          **solver_options) -> PruneResult(model, masks, report)
+          output_epsilon=None, per_neuron=False, solver="admm", activations=None,
+          on_unsupported="error", max_patches=4096, seed=0, scan="auto", devices=None,
+          refit=False, progress=True, **solver_options) -> PruneResult(model, masks, report)
 
     PruneResult.model   # same form as the input: new nnx.Module / new Linen variables / specs
     PruneResult.masks   # bools matching the params (True = weight survives)
@@ -73,6 +73,15 @@ Schemes (Aghasi et al., arXiv 1611.05162, "parallel" and "cascade" Net-Trim):
       B_1 = epsilon_1,  B_l = max(gamma a_l, sqrt(f_l^2 + a_l^2)) (ReLU) or max(gamma a_l, f_l)
       (linear),  ||Y_hat_L - Y_L||_F <= B_L  (= epsilon_1 prod_{l>=2} gamma g_l ||W_l||_2
       without floors)  (``report.bound``).
+  ``output_epsilon`` (cascade, linear output layer): the output layer's epsilon_L is set to
+  this budget (relative to ||Y_L||_F unless ``relative=False``) instead of by the gamma rule,
+  so the output layer is refit toward the original network's outputs from the pruned
+  features and absorbs whatever of the upstream error a linear map of them can undo.  The
+  program is the same; only its radius changes.  No kernel does better than the
+  least-squares residual r_L = min_U ||X_hat_L U - Y_L||_F, so a budget below 1.01 r_L is
+  raised to 1.01 r_L (with a warning) to keep the program feasible.  Then
+  ||Y_hat_L - Y_L||_F <= epsilon_L whatever the upstream layers did (``report.bound``):
+  a budget for the whole network's output error, which the upstream epsilons can spend.
   Runs of consecutive square Dense ReLU layers fed directly into each other (checked on the
   calibration data) are solved inside one ``jax.lax.scan`` over the stacked kernels
   (``scan="auto"``/``True``); other layers use a plain loop that re-runs the model.
@@ -344,7 +353,8 @@ def _bare(spec, K):
 
 
 def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1,
-          relative: bool = True, per_neuron: bool = False, solver: str = "admm",
+          relative: bool = True, output_epsilon=None, per_neuron: bool = False,
+          solver: str = "admm",
           activations: dict | None = None, on_unsupported: str = "error",
           max_patches: int | None = 4096, seed: int = 0, scan="auto", devices=None,
           refit: bool = False, progress: bool = True, **solver_options) -> PruneResult:
@@ -357,6 +367,10 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
       epsilon: scalar or one per prunable layer (cascade: entry 0 is epsilon_1, later
         entries are floors); relative to ||Y_l||_F unless ``relative=False``.
       gamma: cascade inflation, >= 1.
+      output_epsilon: cascade only, linear output layer: the output layer's misfit budget
+        (relative unless ``relative=False``), replacing its gamma rule and its entry of
+        ``epsilon``; raised to 1.01 x the least-squares residual on the pruned features
+        when below it (see the module doc).
       per_neuron: solve one program per output unit (epsilon split by ||y_m||).
       solver: "admm" | "pdhg" (see ``solve_layer``).
       activations: {layer name: "relu" | "linear" | "skip"} overrides.
@@ -377,6 +391,8 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
 
     Raises ``ValueError`` (one line, before any solve) for: an unknown scheme / solver,
     gamma < 1, a negative or non-finite epsilon (scalar or any entry) or a wrong entry count,
+    ``output_epsilon`` that is negative, non-finite, given with ``scheme="parallel"`` or for
+    a model whose output layer is not linear (or is skipped),
     empty calibration data, NaN/Inf in ``x`` or in any prunable layer's kernel/bias (named),
     a layer input or pre-activation that is non-finite on ``x`` (overflow), and ``x`` whose
     shape does not fit the model (``flax_io.InputShapeError``, found on the first forward
@@ -385,6 +401,11 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
     # Input validation: everything below raises a one-line ValueError before any solve.
     _check_options(scheme, gamma, on_unsupported, solver, max_patches, scan)
     _check_epsilon_values(epsilon)
+    if output_epsilon is not None:
+        if scheme != "cascade":
+            raise ValueError("output_epsilon applies to scheme='cascade' only (parallel layers "
+                             "do not see the pruned features)")
+        output_epsilon = _epsilon_value(output_epsilon, what="output_epsilon")
     t_start = time.perf_counter()
     x = _check_calibration(x)
     net = adapt(model, x)  # first forward pass: shape mismatches -> InputShapeError
@@ -423,11 +444,14 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
             warnings.warn(msg + "; skipping it", stacklevel=2)
             prog = "skipped"
         programs.append(prog)
+    if output_epsilon is not None and programs[-1] != "linear":
+        raise ValueError(f"output_epsilon needs a linear output layer to refit; layer "
+                         f"{net.names[-1]!r} has program {programs[-1]!r}")
 
     opts = tuple(sorted(solver_options.items()))
     cfg = dict(per_neuron=per_neuron, solver=solver, opts=opts, relative=relative,
                max_patches=max_patches, seed=seed, gamma=float(gamma), per_layer=per_layer,
-               refit=bool(refit))
+               refit=bool(refit), output_epsilon=output_epsilon)
     bar = _bar(L, progress, scheme)
     try:
         if scheme == "parallel":
@@ -489,14 +513,14 @@ def _check_options(scheme, gamma, on_unsupported, solver, max_patches, scan):
         raise ValueError(f"scan must be 'auto', True or False, got {scan!r}")
 
 
-def _epsilon_value(e, i=None):
+def _epsilon_value(e, i=None, what="epsilon"):
     at = "" if i is None else f" (entry {i})"
     try:
         v = float(e)
     except (TypeError, ValueError):
-        raise ValueError(f"epsilon must be a number, got {e!r}{at}") from None
+        raise ValueError(f"{what} must be a number, got {e!r}{at}") from None
     if not (np.isfinite(v) and v >= 0):
-        raise ValueError(f"epsilon must be >= 0 and finite, got {e}{at}")
+        raise ValueError(f"{what} must be >= 0 and finite, got {e}{at}")
     return v
 
 
@@ -600,6 +624,23 @@ def _abs_eps(e, Y, relative):
     if e is None:
         return 0.0
     return e * _fro(Y) if relative else e
+
+
+def output_layer_epsilon(A, Y, budget: float) -> float:
+    """epsilon_L of a linear output layer under ``output_epsilon``: ``budget`` (absolute),
+    raised to 1.01 x the least-squares residual min_U ||A U - Y||_F (float64) when below it,
+    with a ``RuntimeWarning``.  A (P, N) rows on the pruned features, Y (P, M) the original
+    outputs.  Shared with the command line's cascade driver."""
+    a = np.asarray(A, np.float64)
+    y = np.asarray(Y, np.float64)
+    coef = np.linalg.lstsq(a, y, rcond=None)[0]
+    floor = 1.01 * float(np.linalg.norm(a @ coef - y))
+    if budget < floor:
+        warnings.warn(f"output_epsilon {budget:.4g} is below what any kernel can reach on the "
+                      f"pruned features (least-squares residual {floor / 1.01:.4g}); using "
+                      f"{floor:.4g}", RuntimeWarning, stacklevel=3)
+        return floor
+    return float(budget)
 
 
 def _full_rows(spec, X):
@@ -783,7 +824,13 @@ def _cascade(net, x, orig, base, programs, eps_list, cfg, scan, bar):
         pr = _problem(spec, Xh, base.preacts[i], prog, cfg["max_patches"], cfg["seed"] + i)
         W = kernel_matrix(spec)
         floor = floor_of(i, pr.target)
-        if i == first:
+        output = cfg["output_epsilon"] is not None and i == L - 1
+        if output:
+            floor = None  # report.bound: the output layer's own epsilon
+            eps = output_layer_epsilon(pr.rows, pr.target,
+                                       _abs_eps(cfg["output_epsilon"], pr.target, cfg["relative"]))
+            V = jnp.zeros((), pr.rows.dtype)
+        elif i == first:
             eps, V = floor, jnp.zeros((), pr.rows.dtype)
         else:
             eps, V = _cascade_eps(pr.rows, pr.target, W, prog, gamma, floor)
@@ -821,7 +868,7 @@ def _bound(scheme, orig, new, programs, rows, gamma) -> float:
             K = r["kernel_matrix"]
             B = r["epsilon"] + transition_gain(orig[i]) * _spectral(_bare(orig[i], K)) * B
         else:
-            if r.get("floor") is None:  # first solved layer: epsilon_1
+            if r.get("floor") is None:  # first solved layer (epsilon_1) or output_epsilon
                 B = r["epsilon"]
                 continue
             a = transition_gain(orig[i]) * _spectral(_bare(orig[i], kernel_matrix(orig[i]))) * B

@@ -162,6 +162,10 @@ def test_prune_empty_calibration_set(shape):
     (dict(scheme="serial"), "unknown scheme"),
     (dict(solver="lbfgs"), "unknown solver"),
     (dict(max_patches=0), "max_patches must be a positive int"),
+    (dict(output_epsilon=-0.1), "output_epsilon must be >= 0"),
+    (dict(output_epsilon="x"), "output_epsilon must be a number"),
+    (dict(output_epsilon=0.02, scheme="parallel"), "output_epsilon applies to scheme='cascade' only"),
+    (dict(output_epsilon=0.02, activations={"1": "skip"}), "output_epsilon needs a linear output layer"),
 ])
 def test_prune_bad_parameters(kw, match):
     with pytest.raises(ValueError, match=match):

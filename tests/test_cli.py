@@ -119,6 +119,32 @@ def test_cli_refit_matches_library_and_lowers_misfit(setup, tmp_path, capsys):
         rows[0]["misfit"], rel=1e-2)
 
 
+def test_cli_output_epsilon_matches_library(setup, tmp_path, capsys):
+    """``--output-epsilon``: the driver gives the output layer the library's epsilon_L and
+    kernel, within the budget; the option is part of the report and refused for parallel."""
+    from nettrim_jax import prune
+
+    root, layers, x, _ = setup
+    mine, rows = cli.cascade(layers, x, epsilon=0.05, gamma=1.1, max_iters=400, output_epsilon=0.03)
+    res = prune(ck.to_network(layers), x, scheme="cascade", epsilon=0.05, gamma=1.1, scan=False,
+                progress=False, max_iters=400, output_epsilon=0.03)
+    theirs = ck.from_network(res.model, layers)
+    z = ck.apply(layers, x)
+    assert rows[-1]["epsilon"] == pytest.approx(res.report.layers[-1].epsilon, rel=1e-3)
+    assert rows[-1]["epsilon"] >= 0.03 * np.linalg.norm(z) * (1 - 1e-6)
+    tol = 2e-3 * np.abs(theirs[-1]["kernel"]).max()
+    np.testing.assert_allclose(mine[-1]["kernel"], theirs[-1]["kernel"], atol=tol)
+    out = tmp_path / "out"
+    rc, _, err = _run(_prune_args(root, out, "--output-epsilon", "0.03"), capsys)
+    assert rc == cli.EXIT_OK, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["output_epsilon"] == 0.03
+    assert report["layers"][-1]["epsilon"] == pytest.approx(rows[-1]["epsilon"], rel=1e-3)
+    rc, _, err = _run(_prune_args(root, tmp_path / "p", "--scheme", "parallel", "--output-epsilon", "0.03"),
+                      capsys)
+    assert rc == cli.EXIT_USAGE and "--output-epsilon applies to --scheme cascade only" in err
+
+
 def test_interrupted_cascade_resumes_from_last_finished_layer(setup, tmp_path, capsys, monkeypatch):
     import nettrim_jax.layer as layer_mod
 

@@ -124,6 +124,45 @@ def test_cascade_output_within_the_derived_bound(trained, cascade, calib):
     assert cascade.report.output_error == pytest.approx(delta[-1], rel=1e-3)
 
 
+def _ls_residual(A, Y):
+    coef = np.linalg.lstsq(A, Y, rcond=None)[0]
+    return _fro(A @ coef - Y)
+
+
+def test_cascade_output_epsilon_refits_the_output_layer(trained, cascade, calib):
+    """output_epsilon: the hidden layers are the plain cascade's, the output layer gets the
+    budget itself (not gamma x the propagated error), so the output error falls below the
+    plain cascade's and within the budget, which is also the report's bound."""
+    W = _weights(trained)
+    _, ys = _forward(W, calib)
+    xh, yh = _forward(_weights(cascade.model), calib)
+    L = len(W)
+    A = np.concatenate([xh[-1], np.ones((len(xh[-1]), 1))], 1)
+    z = ys[-1]
+    floor = 1.01 * _ls_residual(A, z) / _fro(z)
+    plain = _fro(yh[-1] - z) / _fro(z)
+    assert floor < 0.9 * plain  # the budget below is between the two: the test can fail
+    budget = 0.5 * (floor + plain)
+    res = _prune(trained, calib, scheme="cascade", epsilon=EPS, gamma=GAMMA, output_epsilon=budget)
+    U = _weights(res.model)
+    for l in range(L - 1):  # the same programs upstream
+        np.testing.assert_array_equal(U[l][0], _weights(cascade.model)[l][0])
+    _, yo = _forward(U, calib)
+    err = _fro(yo[-1] - z)
+    rep = res.report
+    assert rep.layers[-1].epsilon == pytest.approx(budget * _fro(z), rel=1e-4)
+    assert err <= budget * _fro(z) * (1 + SLACK)
+    assert err < 0.95 * plain * _fro(z)
+    assert rep.bound == pytest.approx(budget * _fro(z), rel=1e-4)
+    assert rep.output_error == pytest.approx(err, rel=1e-3)
+
+    # a budget no kernel can meet is raised to 1.01 x the least-squares residual, with a warning
+    with pytest.warns(RuntimeWarning, match="below what any kernel can reach"):
+        low = nt.prune(trained, calib, scheme="cascade", epsilon=EPS, gamma=GAMMA,
+                       output_epsilon=0.5 * floor, progress=False, max_iters=100)
+    assert low.report.layers[-1].epsilon == pytest.approx(floor * _fro(z), rel=1e-3)
+
+
 def test_pruned_model_is_sparse_accurate_and_input_untouched(trained, cascade, parallel, digits, calib):
     _, _, xte, yte = digits
     before = [np.array(a) for a in jax.tree.leaves(nnx.state(trained, nnx.Param))]
