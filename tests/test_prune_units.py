@@ -220,3 +220,14 @@ def test_parallel_results_do_not_depend_on_the_device_count(tmp_path):
     for key in [k for k in out[1] if k != "ndev"]:
         np.testing.assert_array_equal(out[1][key], out[4][key], err_msg=key)
     assert sum(int(np.sum(out[4][k] == 0)) for k in out[4] if k.startswith("k")) > 0
+
+
+def test_report_does_not_claim_a_bound_that_failed():
+    """The bound assumes every program was met: the summary line says so when it is broken."""
+    from nettrim_jax.prune import PruneReport
+
+    rep = PruneReport(scheme="cascade", gamma=1.0, layers=(), nnz_before=10, nnz_after=5,
+                      output_discrepancy=0.02, output_error=1.0, bound=2.0, seconds=0.1)
+    assert "output error 1 <= bound 2" in rep.to_markdown()
+    broken = rep._replace(output_error=3.0).to_markdown()
+    assert "<= bound" not in broken and "output error 3 > (some layer missed its program) bound 2" in broken
