@@ -10,7 +10,8 @@ weight w.  Following PDLP (Applegate et al. 2021) the iterates are averaged and,
 ``check_every`` iterations, the better of current and average (by a normalised KKT error)
 becomes a restart point when that error has fallen enough; the primal weight is
 rebalanced at restarts.  Each iteration costs one product with X and one with X^T and
-needs no factorization; memory is O(PM + NM).
+needs no factorization; memory is O(PM + NM) beside X (and, on the CPU backend, a
+contiguous copy of X^T: ``gram.transposed``).
 
 The dual iterate is nonnegative outside Omega by construction, so the certified lower
 bound of ``constraints.dual_bound`` is available at every check.
