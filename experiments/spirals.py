@@ -52,7 +52,6 @@ def allocation(e, alloc):
     return [E_EDGE, e, None], OUTPUT_BUDGET
 
 
-
 def bisect_epsilon(net, x, steps, lo, hi, alloc, **opts):
     """Largest e (log bisection in [lo, hi]) whose cascade gives rd < RD_TARGET.
 

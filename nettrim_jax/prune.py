@@ -356,8 +356,7 @@ def _bare(spec, K):
 
 def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1,
           relative: bool = True, output_epsilon=None, per_neuron: bool = False,
-          solver: str = "admm",
-          activations: dict | None = None, on_unsupported: str = "error",
+          solver: str = "admm", activations: dict | None = None, on_unsupported: str = "error",
           max_patches: int | None = 4096, seed: int = 0, scan="auto", devices=None,
           refit: bool = False, progress: bool = True, **solver_options) -> PruneResult:
     """Prune every Dense / Conv layer of ``model`` with Net-Trim (see the module doc).
