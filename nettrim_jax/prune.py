@@ -825,12 +825,10 @@ def _cascade(net, x, orig, base, programs, eps_list, cfg, scan, bar):
         pr = _problem(spec, Xh, base.preacts[i], prog, cfg["max_patches"], cfg["seed"] + i)
         W = kernel_matrix(spec)
         floor = floor_of(i, pr.target)
-        output = cfg["output_epsilon"] is not None and i == L - 1
-        if output:
+        if cfg["output_epsilon"] is not None and i == L - 1:  # linear: V is set below
             floor = None  # report.bound: the output layer's own epsilon
             eps = output_layer_epsilon(pr.rows, pr.target,
                                        _abs_eps(cfg["output_epsilon"], pr.target, cfg["relative"]))
-            V = jnp.zeros((), pr.rows.dtype)
         elif i == first:
             eps, V = floor, jnp.zeros((), pr.rows.dtype)
         else:
