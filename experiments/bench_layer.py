@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 
 import nettrim_jax as nt
-from nettrim_jax import data as nt_data
+from nettrim_jax.io import data as nt_data
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

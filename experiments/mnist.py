@@ -32,7 +32,7 @@ import numpy as np
 import common
 import nets
 from nettrim_jax import training
-from nettrim_jax.data import data_dir, load_idx_folder, load_mnist
+from nettrim_jax.io.data import data_dir, load_idx_folder, load_mnist
 
 BASELINES = ("magnitude", "wanda", "sparsegpt")
 
@@ -56,7 +56,7 @@ def load(name, root, n_train=None, n_test=None):
 
 def fetch(datasets, root):
     """``nettrim_jax.data.download`` each dataset into ``root`` (or ``$NETTRIM_DATA``)."""
-    from nettrim_jax.data import download
+    from nettrim_jax.io.data import download
 
     base = data_dir(root)
     if base is None:

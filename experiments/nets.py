@@ -22,7 +22,7 @@ from flax import nnx
 
 import nettrim_jax
 from nettrim_jax import baselines
-from nettrim_jax.specs import Conv, Dense, apply_specs, kernel_matrix, layer_rows, with_matrix
+from nettrim_jax.network.specs import Conv, Dense, apply_specs, kernel_matrix, layer_rows, with_matrix
 
 
 # ----------------------------------------------------------------------------- conversion

@@ -29,7 +29,7 @@ import numpy as np
 import common
 import nets
 from nettrim_jax import training
-from nettrim_jax.data import nested_spirals
+from nettrim_jax.io.data import nested_spirals
 
 RD_TARGET = 0.02
 E_EDGE = 1e-3

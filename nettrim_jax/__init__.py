@@ -1,11 +1,11 @@
 """nettrim-jax: Net-Trim convex pruning of trained ReLU networks, in JAX."""
 
-from nettrim_jax.checkpoint import CheckpointError
-from nettrim_jax.layer import LayerInfo, LayerSolution, solve_layer
-from nettrim_jax.masking import masked
-from nettrim_jax.prune import LayerReport, PruneReport, PruneResult, prune
-from nettrim_jax.refit import RefitInfo, refit_layer
-from nettrim_jax.specs import Conv, Dense
+from nettrim_jax.io.checkpoint import CheckpointError
+from nettrim_jax.solver.layer import LayerInfo, LayerSolution, solve_layer
+from nettrim_jax.network.masking import masked
+from nettrim_jax.network.prune import LayerReport, PruneReport, PruneResult, prune
+from nettrim_jax.solver.refit import RefitInfo, refit_layer
+from nettrim_jax.network.specs import Conv, Dense
 
 __all__ = ["LayerInfo", "LayerSolution", "solve_layer", "refit_layer", "RefitInfo",
            "prune", "PruneResult", "PruneReport", "LayerReport", "Dense", "Conv", "masked",

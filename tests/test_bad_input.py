@@ -241,7 +241,7 @@ def _no_solve(monkeypatch):
     """Make any solver call fail the test: the checks must come first."""
     import importlib
 
-    P = importlib.import_module("nettrim_jax.prune")  # the module, not the function
+    P = importlib.import_module("nettrim_jax.network.prune")  # the module, not the function
 
     def boom(*a, **k):
         raise AssertionError("the solver was reached")

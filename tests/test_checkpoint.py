@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from nettrim_jax import checkpoint as ckpt
-from nettrim_jax.checkpoint import CheckpointError
+from nettrim_jax.io import checkpoint as ckpt
+from nettrim_jax.io.checkpoint import CheckpointError
 
 
 def _layers(seed=0):

@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from nettrim_jax import checkpoint as ck
-from nettrim_jax import cli
+from nettrim_jax.io import checkpoint as ck
+from nettrim_jax.cli import app as cli
 
 FAST = ["--max-iters", "400", "-q"]
 
@@ -146,7 +146,7 @@ def test_cli_output_epsilon_matches_library(setup, tmp_path, capsys):
 
 
 def test_interrupted_cascade_resumes_from_last_finished_layer(setup, tmp_path, capsys, monkeypatch):
-    import nettrim_jax.layer as layer_mod
+    import nettrim_jax.solver.layer as layer_mod
 
     root, layers, _, _ = setup
     out = tmp_path / "out"
@@ -210,7 +210,7 @@ def test_parallel_report_and_plot(setup, tmp_path, capsys):
 
 
 def test_strict_exit_code_when_not_converged(setup, tmp_path, capsys, monkeypatch):
-    import nettrim_jax.layer as layer_mod
+    import nettrim_jax.solver.layer as layer_mod
 
     root, _, _, _ = setup
     real = layer_mod.solve_layer
@@ -429,7 +429,8 @@ def test_demo_runs(tmp_path, capsys):
 def test_conv_checkpoint_cascade_matches_library(tmp_path, capsys):
     """Conv -> maxpool -> flatten -> dense through checkpoint, CLI cascade and back, against
     ``prune(scheme="cascade", scan=False)`` on the same spec network."""
-    from nettrim_jax import prune, training
+    from nettrim_jax import training
+    from nettrim_jax import prune
 
     model = training.make_cnn(channels=(3,), hidden=8, num_classes=4, image_size=6, seed=0)
     layers, shape = ck.from_flax(model)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nettrim_jax import data
+from nettrim_jax.io import data
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 import nettrim_jax as nt
-from nettrim_jax import specs as S
+from nettrim_jax.network import specs as S
 from nettrim_jax.training import LinenCNN, accuracy, make_cnn, train_classifier
 
 EPS = 0.05

@@ -15,7 +15,7 @@ from flax import nnx
 import nettrim_jax as nt
 import importlib
 
-prune_mod = importlib.import_module("nettrim_jax.prune")  # the attribute nettrim_jax.prune is the function
+prune_mod = importlib.import_module("nettrim_jax.network.prune")  # the attribute nettrim_jax.prune is the function
 from nettrim_jax.training import LinenMLP, accuracy, make_mlp, train_classifier
 
 SIZES = (64, 32, 32, 32, 10)   # layers 1 and 2 are square: a scan run in cascade mode

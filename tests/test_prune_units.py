@@ -19,7 +19,7 @@ from flax import nnx
 from jax import lax
 
 import nettrim_jax as nt
-from nettrim_jax import specs as S
+from nettrim_jax.network import specs as S
 
 FAST = dict(max_iters=800, progress=False)
 
@@ -224,7 +224,7 @@ def test_parallel_results_do_not_depend_on_the_device_count(tmp_path):
 
 def test_report_does_not_claim_a_bound_that_failed():
     """The bound assumes every program was met: the summary line says so when it is broken."""
-    from nettrim_jax.prune import PruneReport
+    from nettrim_jax.network.prune import PruneReport
 
     rep = PruneReport(scheme="cascade", gamma=1.0, layers=(), nnz_before=10, nnz_after=5,
                       output_discrepancy=0.02, output_error=1.0, bound=2.0, seconds=0.1)

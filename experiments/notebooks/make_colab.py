@@ -119,7 +119,7 @@ plt.show()"""),
 safetensors, atomically.  From a shell: `nettrim prune pruned-digits --data data.npz --epsilon 0.05
 --out OUT` prunes further, and `nettrim report OUT --plot` shows the stored report."""),
     ("code", """\
-from nettrim_jax import checkpoint
+from nettrim_jax.io import checkpoint
 
 layers, input_shape = checkpoint.from_flax(result.model)
 path = checkpoint.save("pruned-digits", layers, input_shape,

@@ -24,9 +24,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nettrim_jax import constraints, gram, loop
-from nettrim_jax.admm import soft_threshold
-from nettrim_jax.loop import Report
+from nettrim_jax.solver import constraints, gram, loop
+from nettrim_jax.solver.prox import soft_threshold
+from nettrim_jax.solver.loop import Report
 
 
 class Options(NamedTuple):

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from nettrim_jax.specs import Conv, Dense, apply_activation, apply_layer, is_spec
+from nettrim_jax.network.specs import Conv, Dense, apply_activation, apply_layer, is_spec
 
 __all__ = ["Captured", "NNXAdapter", "LinenAdapter", "SpecsAdapter", "adapt", "InputShapeError"]
 

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nettrim_jax import layer
+from nettrim_jax.solver import scaling
 
 
 class RefitInfo(NamedTuple):
@@ -83,8 +83,8 @@ def _cg(apply, b, u0, iters):
 @functools.partial(jax.jit, static_argnames=("relu", "rounds", "cg_iters"))
 def _refit(X, Y, kernel, threshold, *, relu, rounds, cg_iters):
     # Scaled as the solver scales them (X to unit rms singular value, Y to unit rms) for CG.
-    sx = layer._x_scale(X, "admm")
-    sy = layer._y_scale(Y)
+    sx = scaling.x_scale(X, "admm")
+    sy = scaling.y_scale(Y)
     x, y = X / sx, Y / sy
     v = jnp.broadcast_to(threshold / sy, y.shape)
     omega = (y > 0) if relu else jnp.ones(y.shape, bool)
@@ -130,11 +130,11 @@ def refit_layer(X, Y, kernel, *, activation: str = "relu", threshold=None, round
     Returns:
       (kernel (N, M), ``RefitInfo``).  Works under ``jax.jit``.
     """
-    layer._validate(X, Y, 0.0, activation, threshold, False, "admm", kernel)
+    scaling.validate(X, Y, 0.0, activation, threshold, False, "admm", jnp.shape(kernel))
     X = jnp.asarray(X)
     dtype = jnp.result_type(X.dtype, jnp.asarray(Y).dtype, jnp.float32)
     X, Y = X.astype(dtype), jnp.asarray(Y, dtype)
-    layer._check_finite("kernel", kernel)
+    scaling.check_finite("kernel", kernel)
     kernel = jnp.asarray(kernel, dtype)
     threshold = jnp.zeros((), dtype) if threshold is None else jnp.asarray(threshold, dtype)
     if rounds < 1 or cg_iters < 1:

@@ -101,7 +101,7 @@ def load_calibration(path: str | os.PathLike, input_shape: Sequence[int], *, key
 
     Returns ``(x (P, *input_shape) float32, y (P,) int or None)``; raises UsageError.
     """
-    from nettrim_jax import data as nt_data
+    from nettrim_jax.io import data as nt_data
 
     path = Path(path)
     y = None
@@ -178,7 +178,7 @@ def accuracy(layers, x, y) -> float | None:
     """Top-1 accuracy of the layer stack on (x, y); None without labels."""
     if y is None:
         return None
-    from nettrim_jax import checkpoint as ck
+    from nettrim_jax.io import checkpoint as ck
 
     return float(np.mean(np.argmax(ck.apply(layers, x), -1) == y))
 
@@ -266,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse: --help/--version exit 0, bad usage exits 2
         return int(e.code or 0)
     console = _Console(args.quiet)
-    from nettrim_jax.checkpoint import CheckpointError
+    from nettrim_jax.io.checkpoint import CheckpointError
 
     try:
         with warnings.catch_warnings():
@@ -360,7 +360,7 @@ def _check_out(out: Path, args) -> None:
 def cmd_prune(args, console: _Console) -> int:
     import shutil
 
-    from nettrim_jax import checkpoint as ck
+    from nettrim_jax.io import checkpoint as ck
 
     # every check happens before anything is written
     if not args.epsilon >= 0:
@@ -433,7 +433,7 @@ def cmd_prune(args, console: _Console) -> int:
         finally:
             bar.close()
     else:
-        from nettrim_jax.prune import prune
+        from nettrim_jax.network.prune import prune
 
         res = prune(ck.to_network(model.layers), x, scheme="parallel", epsilon=args.epsilon,
                     gamma=args.gamma, solver=args.solver or "admm", max_patches=args.max_patches,
@@ -470,7 +470,7 @@ def cmd_prune(args, console: _Console) -> int:
 
 def _finish(out: Path, layers, input_shape, meta, report, console, plot=False) -> None:
     """Write OUT/model, OUT/report.md, OUT/report.json (last: it marks the run finished)."""
-    from nettrim_jax import checkpoint as ck
+    from nettrim_jax.io import checkpoint as ck
 
     ck.save(out / MODEL_DIR, layers, input_shape, meta)
     md = report_markdown(report)
@@ -491,9 +491,9 @@ def cmd_demo(args, console: _Console) -> int:
 
     import jax
 
-    from nettrim_jax import checkpoint as ck
+    from nettrim_jax.io import checkpoint as ck
     from nettrim_jax import training
-    from nettrim_jax.prune import prune
+    from nettrim_jax.network.prune import prune
 
     if not args.epsilon >= 0:
         raise UsageError(f"--epsilon must be >= 0, got {args.epsilon}")
@@ -513,7 +513,7 @@ def cmd_demo(args, console: _Console) -> int:
                              "or run `nettrim demo --dataset spirals`") from None
         sizes, what = (64, 64, 32, 10), "scikit-learn digits 8x8"
     else:
-        from nettrim_jax.data import nested_spirals
+        from nettrim_jax.io.data import nested_spirals
 
         x, y = nested_spirals(2000, turns=1.5, noise=0.02, seed=args.seed)
         xtr, ytr, xte, yte = x[:1500], y[:1500], x[1500:], y[1500:]
@@ -619,10 +619,10 @@ def cascade(original: Sequence[dict], x, *, epsilon: float, gamma: float = 1.1,
     import jax
     import jax.numpy as jnp
 
-    from nettrim_jax import checkpoint as ck
-    from nettrim_jax.layer import solve_layer
-    from nettrim_jax.prune import output_layer_epsilon, refit_or_measure
-    from nettrim_jax.specs import kernel_matrix, layer_rows, with_matrix
+    from nettrim_jax.io import checkpoint as ck
+    from nettrim_jax.solver.layer import solve_layer
+    from nettrim_jax.network.prune import output_layer_epsilon, refit_or_measure
+    from nettrim_jax.network.specs import kernel_matrix, layer_rows, with_matrix
 
     if gamma < 1:
         raise UsageError(f"gamma must be >= 1 (the original weights must stay feasible), got {gamma}")
@@ -712,7 +712,7 @@ def layer_rows(original: Sequence[dict], pruned: Sequence[dict], x, x_eval=None,
     """
     import jax.numpy as jnp
 
-    from nettrim_jax import checkpoint as ck
+    from nettrim_jax.io import checkpoint as ck
 
     rows, k = [], 0
     h_orig = jnp.asarray(x, jnp.float32)
@@ -792,7 +792,7 @@ def plot_report(report: dict, png: str | os.PathLike) -> Path:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    from nettrim_jax.checkpoint import atomic_open
+    from nettrim_jax.io.checkpoint import atomic_open
 
     rows = report["layers"]
     names = [f"{r['layer']}:{r['type']}" for r in rows]

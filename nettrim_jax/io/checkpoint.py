@@ -38,7 +38,7 @@ from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from nettrim_jax.data import file_sha256 as _sha256
+from nettrim_jax.io.data import file_sha256 as _sha256
 
 FORMAT = "nettrim-jax-checkpoint"
 VERSION = 1
@@ -507,7 +507,7 @@ class _Op(NamedTuple):
 def to_network(layers: Sequence[dict]) -> list:
     """Layer dicts -> a plain network for ``nettrim_jax.prune``: ``Dense`` / ``Conv`` specs
     for the weighted layers, callables for flatten and pooling."""
-    from nettrim_jax.specs import Conv, Dense
+    from nettrim_jax.network.specs import Conv, Dense
 
     net = []
     for layer in layers:
@@ -534,7 +534,7 @@ def from_network(network: Sequence, template: Sequence[dict] | None = None) -> l
     ``template``: the layer dicts the network came from, used for parameter-free layers
     that are not ``to_network``'s callables.  Raises CheckpointError for a callable it
     cannot describe."""
-    from nettrim_jax.specs import Conv, Dense
+    from nettrim_jax.network.specs import Conv, Dense
 
     out = []
     for i, item in enumerate(network):

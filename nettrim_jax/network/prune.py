@@ -106,10 +106,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nettrim_jax.flax_io import adapt
-from nettrim_jax.layer import SOLVERS, solve_layer
-from nettrim_jax.refit import refit_layer
-from nettrim_jax.specs import Conv, Dense, kernel_matrix, layer_rows, transition_gain, with_matrix
+from nettrim_jax.network.adapters import adapt
+from nettrim_jax.solver.layer import SOLVERS, solve_layer
+from nettrim_jax.solver.refit import refit_layer
+from nettrim_jax.network.specs import Conv, Dense, kernel_matrix, layer_rows, transition_gain, with_matrix
 
 __all__ = ["prune", "PruneResult", "PruneReport", "LayerReport", "detect_activation"]
 

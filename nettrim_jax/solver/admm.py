@@ -18,7 +18,7 @@ a proxy for (requiring them as well cost 20-40% more iterations for the same ker
 rho is rebalanced between W's infeasibility and the gap by rescaling the duals, which is
 free because the factored matrix does not depend on rho.
 
-All arrays are in the solver's scaled units (see ``layer._scale``).
+All arrays are in the solver's scaled units (``scaling.x_scale`` / ``scaling.y_scale``).
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nettrim_jax import constraints, gram, loop
-from nettrim_jax.loop import Report
+from nettrim_jax.solver import constraints, gram, loop
+from nettrim_jax.solver.prox import soft_threshold
+from nettrim_jax.solver.loop import Report
 
 
 class Options(NamedTuple):
@@ -58,11 +59,6 @@ class State(NamedTuple):
     u: jnp.ndarray  # (N, M)
     xu: jnp.ndarray  # (P, M)
     rho: jnp.ndarray  # ()
-
-
-def soft_threshold(v: jnp.ndarray, t) -> jnp.ndarray:
-    """Proximal map of t * ||.||_1: exact zeros where |v| <= t."""
-    return jnp.sign(v) * jnp.maximum(jnp.abs(v) - t, 0)
 
 
 def init_state(g: gram.Gram, c: constraints.ConstraintSet, w0: jnp.ndarray, rho0) -> State:

@@ -3,9 +3,9 @@
     relu:    minimize ||U||_1  s.t.  ||(XU - Y)_Omega||_F <= eps,  (XU)_{Omega^c} <= V
     linear:  minimize ||U||_1  s.t.  ||XU - Y||_F <= eps
 
-with Omega = {Y > 0}.  Inputs are scaled before solving (X to unit spectral norm, Y to unit
-root-mean-square) so one set of tolerances fits every layer; everything reported is in the
-caller's units.
+with Omega = {Y > 0}.  Inputs are scaled before solving (``scaling``: for ADMM, X to unit
+root-mean-square singular value; for PDHG, to unit spectral norm; Y to unit root-mean-square
+entry) so one set of tolerances fits every layer; everything reported is in the caller's units.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nettrim_jax import admm, constraints, gram, pdhg
+from nettrim_jax.solver import admm, constraints, gram, pdhg
+from nettrim_jax.solver.scaling import ACTIVATIONS, SOLVERS, check_finite, is_concrete, validate, x_scale, y_scale
 
-ACTIVATIONS = ("relu", "linear")
-SOLVERS = ("admm", "pdhg")
 
 # ADMM's starting penalty in the solver's scaled units.  Measured on MNIST first layers
 # (P = 1000-5000), a second layer, a linear layer and a per-neuron problem: iterations to a
@@ -76,59 +75,6 @@ class LayerSolution(NamedTuple):
     state: Any = None
 
 
-# ----------------------------------------------------------------------------- input checks
-
-
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
-def _check_finite(name, x):
-    if _is_concrete(x) and not bool(np.all(np.isfinite(np.asarray(x)))):
-        raise ValueError(f"{name} contains NaN or Inf values")
-
-
-def _validate(X, Y, epsilon, activation, threshold, per_neuron, solver, warm_start):
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
-    if jnp.ndim(X) != 2:
-        raise ValueError(f"X must be 2-D (samples, features), got shape {jnp.shape(X)}")
-    if jnp.ndim(Y) != 2:
-        raise ValueError(f"Y must be 2-D (samples, outputs), got shape {jnp.shape(Y)}")
-    (p, n), (py, m) = jnp.shape(X), jnp.shape(Y)
-    if p != py:
-        raise ValueError(f"X has {p} samples but Y has {py}: shapes {jnp.shape(X)} and {jnp.shape(Y)}")
-    if p == 0 or n == 0 or m == 0:
-        raise ValueError(f"empty problem: X {jnp.shape(X)}, Y {jnp.shape(Y)}")
-    _check_finite("X", X)
-    _check_finite("Y", Y)
-    eshape = jnp.shape(epsilon)
-    if eshape not in ((), (m,)) or (eshape == (m,) and not per_neuron):
-        raise ValueError(f"epsilon must be a scalar{' or an (M,) = (%d,) vector' % m if per_neuron else ''}"
-                         f" (a vector needs per_neuron=True), got shape {eshape}")
-    _check_finite("epsilon", epsilon)
-    if _is_concrete(epsilon) and bool(np.any(np.asarray(epsilon) < 0)):
-        raise ValueError(f"epsilon must be >= 0, got {np.asarray(epsilon)}")
-    if _is_concrete(Y) and activation == "relu" and bool(np.any(np.asarray(Y) < 0)):
-        raise ValueError("Y has negative entries, so it is not a ReLU output; "
-                         "pass relu(Y) or activation='linear'")
-    if threshold is not None:
-        if activation != "relu":
-            raise ValueError("threshold applies only to activation='relu'")
-        try:
-            np.broadcast_shapes(jnp.shape(threshold), (p, m))
-        except ValueError:
-            raise ValueError(f"threshold of shape {jnp.shape(threshold)} does not broadcast "
-                             f"to Y's shape {(p, m)}") from None
-        _check_finite("threshold", threshold)
-    if warm_start is not None:
-        k = warm_start.kernel if isinstance(warm_start, LayerSolution) else warm_start
-        if jnp.shape(k) != (n, m):
-            raise ValueError(f"warm_start kernel has shape {jnp.shape(k)}, expected {(n, m)}")
-
-
 # ----------------------------------------------------------------------------- the solve
 
 
@@ -145,27 +91,6 @@ def _options(solver, dtype, opts: dict):
         raise TypeError(f"unknown option(s) for solver={solver!r}: {sorted(unknown)}; "
                         f"valid: {list(cls._fields)}")
     return cls(**opts)
-
-
-def _x_scale(X, solver):
-    """Divisor for X.  PDHG needs ||X|| <= 1 (its step sizes), so it uses the spectral norm.
-    ADMM uses the root-mean-square singular value ||X||_F / sqrt(min(P, N)): the bulk of
-    X's spectrum then has unit gain and the two ADMM blocks (XU = Z, U = W) are balanced
-    for it.  Trained-network inputs have one dominant direction (the mean; MNIST pixels:
-    sigma_max^2 is about 350 times the mean sigma^2), and scaling by sigma_max instead
-    made ADMM about 5-10x slower on them."""
-    tiny = jnp.finfo(X.dtype).tiny
-    if solver == "pdhg":
-        sx = gram.spectral_norm(X)
-    else:
-        sx = jnp.sqrt(jnp.sum(X * X) / min(X.shape))
-    return jnp.where(sx > tiny, sx, 1)
-
-
-def _y_scale(Y):
-    """Divisor for Y: its root-mean-square entry (1 for an all-zero Y)."""
-    sy = jnp.sqrt(jnp.mean(Y * Y))
-    return jnp.where(sy > jnp.finfo(Y.dtype).tiny, sy, 1)
 
 
 def _column_radii(y_omega, epsilon, per_neuron):
@@ -186,8 +111,8 @@ def _solve(X, Y, epsilon, threshold, w0, warm, rho0, *, activation, per_neuron, 
     dtype = X.dtype
     p, n = X.shape
     m = Y.shape[1]
-    sx = _x_scale(X, solver)
-    sy = _y_scale(Y)
+    sx = x_scale(X, solver)
+    sy = y_scale(Y)
     x = X / sx
     y = Y / sy
     omega = (y > 0) if activation == "relu" else jnp.ones(y.shape, bool)
@@ -280,7 +205,9 @@ def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
       ``jax.vmap``; value checks (NaN, sign of epsilon) and the non-convergence warning are
       done only when the inputs are concrete.
     """
-    _validate(X, Y, epsilon, activation, threshold, per_neuron, solver, warm_start)
+    warm_kernel = warm_start.kernel if isinstance(warm_start, LayerSolution) else warm_start
+    validate(X, Y, epsilon, activation, threshold, per_neuron, solver,
+             None if warm_kernel is None else jnp.shape(warm_kernel))
     X = jnp.asarray(X)
     dtype = jnp.result_type(X.dtype, jnp.asarray(Y).dtype, jnp.float32)
     X = X.astype(dtype)
@@ -305,7 +232,7 @@ def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
     kernel, info, state = _solve(X, Y, epsilon, threshold, w0, warm, rho0,
                                  activation=activation, per_neuron=per_neuron,
                                  solver=solver, opts=opts)
-    if _is_concrete(info.converged):
+    if is_concrete(info.converged):
         _warn_unconverged(info.converged, info.iterations, info.gap, info.residual)
     else:
         jax.debug.callback(_warn_unconverged, info.converged, info.iterations, info.gap,
@@ -324,8 +251,8 @@ def _state_fits(state, solver, per_neuron, n, m) -> bool:
 def _rescale_state(prev, X, Y):
     """Carry a previous scaled state over to this problem's scaling (same X, Y: unchanged)."""
     state, sx_old, sy_old = prev
-    sx = _x_scale(X, "admm" if isinstance(state, admm.State) else "pdhg")
-    sy = _y_scale(Y)
+    sx = x_scale(X, "admm" if isinstance(state, admm.State) else "pdhg")
+    sy = y_scale(Y)
     kw = (sy_old / sx_old) * (sx / sy)
     ky = sy_old / sy
     return state._replace(w=state.w * kw, z=state.z * ky, **_extra_rescale(state, kw, ky))

@@ -1,0 +1,5 @@
+import sys
+
+from nettrim_jax.cli.app import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Whole networks: layer specs, model adapters, building each layer's program, the two schemes."""

@@ -1,0 +1,1 @@
+"""The layer solver: Net-Trim's convex program for one layer, and the refit on its support."""
