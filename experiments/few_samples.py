@@ -16,12 +16,10 @@ from __future__ import annotations
 import json
 import time
 
-import numpy as np
-
 import common
 import mnist
 import nets
-
+import numpy as np
 
 VARIANTS = ("plain", "refit")
 

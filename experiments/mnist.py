@@ -26,11 +26,10 @@ from __future__ import annotations
 import json
 import time
 
-import jax.numpy as jnp
-import numpy as np
-
 import common
 import nets
+import numpy as np
+
 from nettrim_jax import training
 from nettrim_jax.io.data import data_dir, load_idx_folder, load_mnist
 
@@ -80,7 +79,7 @@ def build(kind, cfg, seed):
 def train_network(kind, cfg, xtr, ytr, seed):
     model = build(kind, cfg, seed)
     nets.train_nnx(model, as_input(kind, xtr), ytr, steps=cfg["train_steps"], seed=seed)
-    return nets.mlp_specs(model) if kind == "fc" else nets.cnn_specs(model)
+    return nets.spec_network(model, as_input(kind, xtr))
 
 
 def evaluate_point(net, pruned, xcal, xft, yft, xte, yte, cfg, seed):

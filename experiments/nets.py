@@ -12,46 +12,25 @@ Nonzero counts are of *weights* (kernels), biases excluded, as in the paper's ta
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
 import nettrim_jax
 from nettrim_jax import baselines
+from nettrim_jax.io import convert
 from nettrim_jax.network.specs import Conv, Dense, apply_specs, kernel_matrix, layer_rows, with_matrix
-
 
 # ----------------------------------------------------------------------------- conversion
 
 
-def max_pool_2x2(x):
-    """2x2 max pooling, stride 2, NHWC (the pooling of ``training.CNN``)."""
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
-
-
-def _arr(p):
-    return jnp.asarray(p[...])
-
-
-def mlp_specs(model) -> list:
-    """``training.MLP`` -> [Dense(relu), ..., Dense(linear)] (dropout is inference-off)."""
-    layers = list(model.layers)
-    return [Dense(_arr(l.kernel), _arr(l.bias), "relu" if i < len(layers) - 1 else "linear")
-            for i, l in enumerate(layers)]
-
-
-def cnn_specs(model) -> list:
-    """``training.CNN`` -> [Conv, pool, ..., Dense(relu), Dense(linear)] on NHWC images."""
-    net = []
-    for conv in model.convs:
-        net += [Conv(_arr(conv.kernel), _arr(conv.bias), "relu", padding="SAME"), max_pool_2x2]
-    net += [Dense(_arr(model.fc1.kernel), _arr(model.fc1.bias), "relu"),
-            Dense(_arr(model.fc2.kernel), _arr(model.fc2.bias), "linear")]
-    return net
+def spec_network(model, x) -> list:
+    """A trained chain model (``training.MLP`` / ``CNN``, or any NNX/Linen chain) as a spec
+    network, read from its forward pass on a few inputs ``x`` (``io.convert``)."""
+    layers, _ = convert.from_model(model, jnp.asarray(x[:8]))
+    return convert.to_network(layers)
 
 
 def layers_of(net) -> list[int]:

@@ -25,9 +25,8 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-import jax.numpy as jnp  # noqa: E402
-
 import common  # noqa: E402
+
 from nettrim_jax import solve_layer  # noqa: E402
 
 REL_EPS = 1e-6

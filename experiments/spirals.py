@@ -24,10 +24,10 @@ import json
 import math
 import time
 
-import numpy as np
-
 import common
 import nets
+import numpy as np
+
 from nettrim_jax import training
 from nettrim_jax.io.data import nested_spirals
 
@@ -134,7 +134,7 @@ def main(argv=None):
             t0 = time.time()
             model = training.make_mlp((2, h, h, 2), seed=args.seed, dropout=DROPOUT)
             nets.train_nnx(model, x, y, steps=steps, l1=l1, seed=args.seed)
-            net = nets.mlp_specs(model)
+            net = nets.spec_network(model, x)
             pruned, rep, e, rd, runs = bisect_epsilon(net, xc, bis_steps, lo, hi, args.alloc,
                                                       max_iters=args.max_iters, refit=args.refit)
             before, after = nets.nnz(net), nets.nnz(pruned)

@@ -1,13 +1,14 @@
 """nettrim-jax: Net-Trim convex pruning of trained ReLU networks, in JAX."""
 
 from nettrim_jax.io.checkpoint import CheckpointError
-from nettrim_jax.solver.layer import LayerInfo, LayerSolution, solve_layer
 from nettrim_jax.network.masking import masked
-from nettrim_jax.network.prune import LayerReport, PruneReport, PruneResult, prune
-from nettrim_jax.solver.refit import RefitInfo, refit_layer
+from nettrim_jax.network.prune import PruneResult, PruneState, prune
+from nettrim_jax.network.report import LayerReport, PruneReport
 from nettrim_jax.network.specs import Conv, Dense
+from nettrim_jax.solver.layer import LayerInfo, LayerSolution, solve_layer
+from nettrim_jax.solver.refit import RefitInfo, refit_layer
 
 __all__ = ["LayerInfo", "LayerSolution", "solve_layer", "refit_layer", "RefitInfo",
-           "prune", "PruneResult", "PruneReport", "LayerReport", "Dense", "Conv", "masked",
+           "prune", "PruneResult", "PruneState", "PruneReport", "LayerReport", "Dense", "Conv", "masked",
            "CheckpointError"]
 __version__ = "0.1.0"

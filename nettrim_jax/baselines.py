@@ -22,7 +22,6 @@ All are pure functions returning a new kernel with exact zeros; ``mask_of`` give
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -154,7 +153,7 @@ def _sparsegpt(w, uinv, dead, blocks):
         bmask = ~_top_mask(-score, prune) if prune > 0 else jnp.ones(score.shape, bool)
         mask = mask.at[lo:hi].set(bmask)
 
-        def step(i, w):
+        def step(i, w, mask=mask):
             q = jnp.where(mask[i], w[i], 0)
             err = (w[i] - q) / d[i]
             # Row i of uinv is zero left of the diagonal, so rows < i are untouched and

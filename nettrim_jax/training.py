@@ -25,7 +25,8 @@ fine-tune a pruned model while keeping its pruned weights exactly zero.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax

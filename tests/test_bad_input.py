@@ -241,13 +241,13 @@ def _no_solve(monkeypatch):
     """Make any solver call fail the test: the checks must come first."""
     import importlib
 
-    P = importlib.import_module("nettrim_jax.network.prune")  # the module, not the function
-
     def boom(*a, **k):
         raise AssertionError("the solver was reached")
 
-    for name in ("solve_layer", "_jitted_solver", "_scan_solver"):
-        monkeypatch.setattr(P, name, boom)
+    for module, name in (("problems", "solve_layer"), ("problems", "jitted_solver"),
+                         ("cascade", "jitted_solver"), ("parallel", "jitted_solver"),
+                         ("cascade", "solve_layer"), ("cascade", "_scan_solver")):
+        monkeypatch.setattr(importlib.import_module(f"nettrim_jax.network.{module}"), name, boom)
 
 
 @pytest.mark.parametrize("scheme", ["cascade", "parallel"])

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from nettrim_jax.io import atomic
 from nettrim_jax.io import checkpoint as ckpt
 from nettrim_jax.io.checkpoint import CheckpointError
 
@@ -77,7 +78,7 @@ def test_overwrite_replaces_and_cleans(tmp_path):
 def test_interrupted_save_keeps_old_checkpoint(tmp_path, monkeypatch, stage):
     path = ckpt.save(tmp_path / "ck", _layers(0), (8, 8, 1))
     before = {p.name: p.read_bytes() for p in path.iterdir()}
-    real_open = ckpt.atomic_open
+    real_open = atomic.atomic_open
 
     class Boom(KeyboardInterrupt):
         pass
@@ -93,6 +94,7 @@ def test_interrupted_save_keeps_old_checkpoint(tmp_path, monkeypatch, stage):
             yield f
 
     monkeypatch.setattr(ckpt, "atomic_open", failing)
+    monkeypatch.setattr(atomic, "atomic_open", failing)
     with pytest.raises(Boom):
         ckpt.save(path, _layers(1), (8, 8, 1))
     monkeypatch.undo()
@@ -110,9 +112,9 @@ def test_interrupted_save_keeps_old_checkpoint(tmp_path, monkeypatch, stage):
 
 def test_atomic_write_text_failure_leaves_old(tmp_path):
     f = tmp_path / "r.md"
-    ckpt.atomic_write_text(f, "old")
+    atomic.atomic_write_text(f, "old")
     with pytest.raises(RuntimeError):
-        with ckpt.atomic_open(f) as h:
+        with atomic.atomic_open(f) as h:
             h.write("new half")
             raise RuntimeError("disk full")
     assert f.read_text() == "old"

@@ -11,8 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from nettrim_jax.io import checkpoint as ck
 from nettrim_jax.cli import app as cli
+from nettrim_jax.io import checkpoint as ck
+from nettrim_jax.io import convert
 
 FAST = ["--max-iters", "400", "-q"]
 
@@ -34,7 +35,7 @@ def setup(tmp_path_factory):
     layers = _mlp_layers()
     ck.save(root / "ckpt", layers, (8,))
     x = np.random.default_rng(1).standard_normal((150, 8)).astype(np.float32)
-    y = np.argmax(ck.apply(layers, x), -1).astype(np.int32)
+    y = np.argmax(convert.apply(layers, x), -1).astype(np.int32)
     np.savez(root / "calib.npz", x=x, y=y)
     return root, layers, x, y
 
@@ -66,91 +67,61 @@ def test_prune_cascade_writes_checkpoint_and_report(setup, tmp_path, capsys):
         assert row["nnz_after"] <= row["nnz_before"]
     assert sum(r["nnz_after"] for r in report["layers"]) < sum(r["nnz_before"] for r in report["layers"])
     # the recorded discrepancy is the real one
-    h0 = ck.apply(layers[:1], x)
-    h1 = ck.apply(pruned.layers[:1], x)
+    h0 = convert.apply(layers[:1], x)
+    h1 = convert.apply(pruned.layers[:1], x)
     assert report["layers"][0]["discrepancy"] == pytest.approx(np.linalg.norm(h1 - h0) / np.linalg.norm(h0), rel=1e-4)
-    assert report["accuracy_before"] == 1.0
-    assert 0 <= report["accuracy_after"] <= 1
-    assert not (out / "partial").exists()
+    assert report["run"]["accuracy_before"] == 1.0
+    assert 0 <= report["run"]["accuracy_after"] <= 1
+    assert not (out / "partial.state").exists()
     assert "pruned checkpoint" in stdout
     md = (out / "report.md").read_text()
-    assert "| 0 | dense | 8x16 |" in md
+    assert "| 0 | dense | relu | 9 | 16 | 150 |" in md  # N includes the bias row
+    assert report["options"]["epsilon"] == 0.05 and report["options"]["max_iters"] == 400
 
 
-def test_cli_cascade_matches_library_prune(setup):
-    """The resumable driver solves the same programs as ``prune(scheme="cascade", scan=False)``."""
-    from nettrim_jax import prune
-
-    _, layers, x, _ = setup
-    mine, rows = cli.cascade(layers, x, epsilon=0.05, gamma=1.1, max_iters=400)
-    res = prune(ck.to_network(layers), x, scheme="cascade", epsilon=0.05, gamma=1.1, scan=False,
-                progress=False, max_iters=400)
-    theirs = ck.from_network(res.model, layers)
-    # prune runs solve_layer inside its own jit, the driver eagerly: the same programs, but
-    # XLA may fuse differently, so iterates agree to rounding that the solver amplifies
-    assert rows[0]["epsilon"] == pytest.approx(res.report.layers[0].epsilon, rel=1e-6)
-    for a, b, r, l in zip(mine, theirs, rows, res.report.layers):
-        tol = 2e-3 * np.abs(b["kernel"]).max()
-        np.testing.assert_allclose(a["kernel"], b["kernel"], atol=tol)
-        np.testing.assert_allclose(a["bias"], b["bias"], atol=tol)
-        assert r["epsilon"] == pytest.approx(l.epsilon, rel=1e-3)
+def test_cli_refit_lowers_misfit_same_support(setup, tmp_path, capsys):
+    """``--refit``: the library's refit, reached through ``prune``: the first layer keeps the
+    same support as without it and fits better."""
+    root, _, _, _ = setup
+    reps = {}
+    for name, extra in (("plain", ()), ("refit", ("--refit",))):
+        rc, _, err = _run(_prune_args(root, tmp_path / name, *extra), capsys)
+        assert rc == cli.EXIT_OK, err
+        reps[name] = json.loads((tmp_path / name / "report.json").read_text())
+    plain, refit = reps["plain"]["layers"][0], reps["refit"]["layers"][0]
+    assert refit["nnz_after"] == plain["nnz_after"] and refit["misfit"] < plain["misfit"]
+    assert reps["refit"]["options"]["refit"] is True
 
 
-def test_cli_refit_matches_library_and_lowers_misfit(setup, tmp_path, capsys):
-    """``--refit``: the same supports as without it, lower misfits, and the library's result."""
-    from nettrim_jax import prune
-
+def test_cli_output_epsilon(setup, tmp_path, capsys):
+    """``--output-epsilon``: the output layer gets that budget (or the least-squares floor),
+    the option is recorded in the report, and it is refused for parallel."""
     root, layers, x, _ = setup
-    mine, rows = cli.cascade(layers, x, epsilon=0.05, gamma=1.1, max_iters=400, refit=True)
-    res = prune(ck.to_network(layers), x, scheme="cascade", epsilon=0.05, gamma=1.1, scan=False,
-                progress=False, max_iters=400, refit=True)
-    theirs = ck.from_network(res.model, layers)
-    for a, b, r, l in zip(mine, theirs, rows, res.report.layers):
-        tol = 2e-3 * np.abs(b["kernel"]).max()
-        np.testing.assert_allclose(a["kernel"], b["kernel"], atol=tol)
-        assert r["misfit"] == pytest.approx(l.misfit, rel=1e-2, abs=1e-5)
-    plain, plain_rows = cli.cascade(layers, x, epsilon=0.05, gamma=1.1, max_iters=400)
-    assert (mine[0]["kernel"] != 0).sum() == (plain[0]["kernel"] != 0).sum()  # same first program
-    assert rows[0]["misfit"] < plain_rows[0]["misfit"]
-    out = tmp_path / "out"
-    rc, _, err = _run(_prune_args(root, out, "--refit"), capsys)
-    assert rc == cli.EXIT_OK, err
-    assert json.loads((out / "report.json").read_text())["layers"][0]["misfit"] == pytest.approx(
-        rows[0]["misfit"], rel=1e-2)
-
-
-def test_cli_output_epsilon_matches_library(setup, tmp_path, capsys):
-    """``--output-epsilon``: the driver gives the output layer the library's epsilon_L and
-    kernel, within the budget; the option is part of the report and refused for parallel."""
-    from nettrim_jax import prune
-
-    root, layers, x, _ = setup
-    mine, rows = cli.cascade(layers, x, epsilon=0.05, gamma=1.1, max_iters=400, output_epsilon=0.03)
-    res = prune(ck.to_network(layers), x, scheme="cascade", epsilon=0.05, gamma=1.1, scan=False,
-                progress=False, max_iters=400, output_epsilon=0.03)
-    theirs = ck.from_network(res.model, layers)
-    z = ck.apply(layers, x)
-    assert rows[-1]["epsilon"] == pytest.approx(res.report.layers[-1].epsilon, rel=1e-3)
-    assert rows[-1]["epsilon"] >= 0.03 * np.linalg.norm(z) * (1 - 1e-6)
-    tol = 2e-3 * np.abs(theirs[-1]["kernel"]).max()
-    np.testing.assert_allclose(mine[-1]["kernel"], theirs[-1]["kernel"], atol=tol)
     out = tmp_path / "out"
     rc, _, err = _run(_prune_args(root, out, "--output-epsilon", "0.03"), capsys)
     assert rc == cli.EXIT_OK, err
     report = json.loads((out / "report.json").read_text())
-    assert report["output_epsilon"] == 0.03
-    assert report["layers"][-1]["epsilon"] == pytest.approx(rows[-1]["epsilon"], rel=1e-3)
+    z = convert.apply(layers, x)
+    assert report["options"]["output_epsilon"] == 0.03
+    assert report["layers"][-1]["epsilon"] >= 0.03 * np.linalg.norm(z) * (1 - 1e-6)
+    assert report["bound"] == pytest.approx(report["layers"][-1]["epsilon"])
     rc, _, err = _run(_prune_args(root, tmp_path / "p", "--scheme", "parallel", "--output-epsilon", "0.03"),
                       capsys)
     assert rc == cli.EXIT_USAGE and "--output-epsilon applies to --scheme cascade only" in err
 
 
 def test_interrupted_cascade_resumes_from_last_finished_layer(setup, tmp_path, capsys, monkeypatch):
-    import nettrim_jax.solver.layer as layer_mod
+    """Ctrl-C in the second layer's solve: the first layer is kept in OUT/partial.state;
+    --resume solves only layers 1 and 2 and gives bit for bit the uninterrupted result."""
+    import nettrim_jax.network.problems as problems
 
     root, layers, _, _ = setup
+    rc, _, err = _run(_prune_args(root, tmp_path / "full"), capsys)
+    assert rc == cli.EXIT_OK, err
+    full = ck.load(tmp_path / "full" / "model").layers
+
     out = tmp_path / "out"
-    real = layer_mod.solve_layer
+    real = problems.dispatch
     calls = []
     armed = [True]
 
@@ -160,13 +131,16 @@ def test_interrupted_cascade_resumes_from_last_finished_layer(setup, tmp_path, c
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(layer_mod, "solve_layer", interrupt_second)
+    for mod in ("cascade", "parallel"):
+        monkeypatch.setattr(f"nettrim_jax.network.{mod}.dispatch", interrupt_second)
     rc, _, err = _run(_prune_args(root, out), capsys)
     assert rc == cli.EXIT_INTERRUPTED
-    assert (out / "partial").is_dir() and not (out / "report.json").exists()
+    assert (out / "partial.state").is_file() and not (out / "report.json").exists()
     assert not (out / "model").exists()
-    part = ck.load(out / "partial")
-    assert len(part.metadata["rows"]) == 1
+    from nettrim_jax.io.state import load_state
+
+    state, _ = load_state(out / "partial.state")
+    assert state.finished == 1 and state.outcomes[0] is not None
 
     rc, _, err = _run(["report", out], capsys)
     assert rc == cli.EXIT_USAGE and "--resume" in err
@@ -181,12 +155,11 @@ def test_interrupted_cascade_resumes_from_last_finished_layer(setup, tmp_path, c
     rc, _, err = _run(_prune_args(root, out, "--resume"), capsys)
     assert rc == cli.EXIT_OK, err
     assert len(calls) == 2  # layers 1 and 2 only
-    monkeypatch.undo()
     resumed = ck.load(out / "model").layers
-    full, _ = cli.cascade(layers, setup[2], epsilon=0.05, gamma=1.1, max_iters=400)
     for a, b in zip(resumed, full):
-        np.testing.assert_allclose(a["kernel"], b["kernel"], atol=1e-6)
-    assert not (out / "partial").exists()
+        np.testing.assert_array_equal(a["kernel"], b["kernel"])
+        np.testing.assert_array_equal(a["bias"], b["bias"])
+    assert not (out / "partial.state").exists()
 
 
 def test_parallel_report_and_plot(setup, tmp_path, capsys):
@@ -195,7 +168,7 @@ def test_parallel_report_and_plot(setup, tmp_path, capsys):
     rc, _, err = _run(_prune_args(root, out, "--scheme", "parallel"), capsys)
     assert rc == cli.EXIT_OK, err
     rep = json.loads((out / "report.json").read_text())
-    assert rep["scheme"] == "parallel" and rep["prune_report"]["scheme"] == "parallel"
+    assert rep["scheme"] == "parallel" and "(gamma" not in (out / "report.md").read_text()
     rc, stdout, _ = _run(["report", out], capsys)
     assert rc == 0 and stdout == (out / "report.md").read_text()
     rc, stdout, _ = _run(["report", out, "--json"], capsys)
@@ -210,16 +183,16 @@ def test_parallel_report_and_plot(setup, tmp_path, capsys):
 
 
 def test_strict_exit_code_when_not_converged(setup, tmp_path, capsys, monkeypatch):
-    import nettrim_jax.solver.layer as layer_mod
+    import nettrim_jax.network.problems as problems
 
     root, _, _, _ = setup
-    real = layer_mod.solve_layer
+    real = problems.solved_outcome
 
     def unconverged(*a, **k):
-        sol = real(*a, **k)
-        return sol._replace(info=sol.info._replace(converged=False))
+        return real(*a, **k)._replace(converged=False)
 
-    monkeypatch.setattr(layer_mod, "solve_layer", unconverged)
+    for mod in ("cascade", "parallel"):
+        monkeypatch.setattr(f"nettrim_jax.network.{mod}.solved_outcome", unconverged)
     rc, _, _ = _run(_prune_args(root, tmp_path / "o", "--strict"), capsys)
     assert rc == cli.EXIT_NOT_CONVERGED
     rep = json.loads((tmp_path / "o" / "report.json").read_text())  # results are still written
@@ -392,7 +365,7 @@ def test_unexpected_error_exit_1(setup, tmp_path, capsys, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("solver exploded\ndeep detail")
 
-    monkeypatch.setattr(cli, "cascade", boom)
+    monkeypatch.setattr("nettrim_jax.network.prune.solve_cascade", boom)
     rc, _, err = _run(_prune_args(root, tmp_path / "o"), capsys)
     assert rc == cli.EXIT_FAILURE
     assert err == "nettrim: error: unexpected RuntimeError: solver exploded (set NETTRIM_DEBUG=1 for a traceback)\n"
@@ -420,33 +393,36 @@ def test_demo_runs(tmp_path, capsys):
               "calibration.npz", "test.npz"):
         assert (out / f).exists(), f
     rep = json.loads((out / "report.json").read_text())
-    assert len(rep["layers"]) == 3 and rep["accuracy_before"] > 0.8
-    assert sum(r["nnz_after"] for r in rep["layers"]) < sum(r["nnz_before"] for r in rep["layers"])
-    assert rep["samples"] == 300
+    assert len(rep["layers"]) == 3 and rep["run"]["accuracy_before"] > 0.8
+    assert rep["nnz_after"] < rep["nnz_before"]
+    assert rep["run"]["samples"] == 300
     np.testing.assert_array_equal(ck.load(out / "original").layers[0]["kernel"].shape, (64, 64))
 
 
 def test_conv_checkpoint_cascade_matches_library(tmp_path, capsys):
-    """Conv -> maxpool -> flatten -> dense through checkpoint, CLI cascade and back, against
-    ``prune(scheme="cascade", scan=False)`` on the same spec network."""
-    from nettrim_jax import training
-    from nettrim_jax import prune
+    """An NNX conv -> maxpool -> flatten -> dense model: described by ``convert.from_model``,
+    pruned by the CLI, against ``prune`` on the NNX model itself; the pruned checkpoint loads
+    back into the user's model (``convert.load_into``) with the same outputs."""
+    from nettrim_jax import prune, training
 
     model = training.make_cnn(channels=(3,), hidden=8, num_classes=4, image_size=6, seed=0)
-    layers, shape = ck.from_flax(model)
-    ck.save(tmp_path / "cnn", layers, shape)
     x = np.random.default_rng(0).random((20, 36)).astype(np.float32)  # flat images: reshaped
+    layers, shape = convert.from_model(model, x[:4].reshape(4, 6, 6, 1))
+    assert [l["type"] for l in layers] == ["conv", "maxpool", "flatten", "dense", "dense"]
+    ck.save(tmp_path / "cnn", layers, shape)
     np.save(tmp_path / "x.npy", x)
     rc, _, err = _run(["prune", tmp_path / "cnn", "--data", tmp_path / "x.npy", "--epsilon", "0.1",
                        "--max-patches", "300", "--out", tmp_path / "o", *FAST], capsys)
     assert rc == cli.EXIT_OK, err
     mine = ck.load(tmp_path / "o" / "model").layers
-    res = prune(ck.to_network(layers), x.reshape(20, 6, 6, 1), scheme="cascade", epsilon=0.1,
-                scan=False, max_patches=300, progress=False, max_iters=400)
-    theirs = ck.from_network(res.model, layers)
-    assert [l["type"] for l in mine] == ["conv", "maxpool", "flatten", "dense", "dense"]
+    images = x.reshape(20, 6, 6, 1)
+    res = prune(model, images, scheme="cascade", epsilon=0.1, max_patches=300, progress=False,
+                max_iters=400)
+    theirs, _ = convert.from_model(res.model, images[:4])
     for a, b in zip(mine, theirs):
         if a["type"] in ("conv", "dense"):
             np.testing.assert_allclose(a["kernel"], b["kernel"], atol=2e-3 * np.abs(b["kernel"]).max())
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
-    assert rep["layers"][0]["subsampled"] and rep["layers"][0]["program_rows"] == 300
+    assert rep["layers"][0]["subsampled"] and rep["layers"][0]["rows"] == 300
+    back = convert.load_into(model, mine, images[:4])
+    np.testing.assert_allclose(np.asarray(back(images)), convert.apply(mine, images), rtol=1e-5, atol=1e-5)

@@ -6,9 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference import planted_sparse, reference, relu_problem
 
 import nettrim_jax as nt
-from reference import planted_sparse, reference, relu_problem
 
 CASES = [(act, pn, solver) for act in ("relu", "linear") for pn in (False, True)
          for solver in ("admm", "pdhg")]
@@ -253,8 +255,6 @@ def test_unknown_option_is_a_type_error():
     with pytest.raises(TypeError, match="max_iter"):
         nt.solve_layer(np.ones((5, 3)), np.ones((5, 2)), epsilon=1.0, max_iter=3)
 
-
-from hypothesis import given, settings, strategies as st
 
 
 @settings(max_examples=12, deadline=None, derandomize=True)

@@ -10,11 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import relu_problem
 
 import nettrim_jax as nt
 from nettrim_jax.training import make_mlp, train_classifier
-
-from reference import relu_problem
 
 
 def _support_fit_reference(x, y, kernel, relu, threshold=0.0):

@@ -119,14 +119,14 @@ plt.show()"""),
 safetensors, atomically.  From a shell: `nettrim prune pruned-digits --data data.npz --epsilon 0.05
 --out OUT` prunes further, and `nettrim report OUT --plot` shows the stored report."""),
     ("code", """\
-from nettrim_jax.io import checkpoint
+from nettrim_jax.io import checkpoint, convert
 
-layers, input_shape = checkpoint.from_flax(result.model)
+layers, input_shape = convert.from_model(result.model, x_test[:8])   # any chain model
 path = checkpoint.save("pruned-digits", layers, input_shape,
                        metadata={"scheme": "parallel", "epsilon": 0.05, "test_accuracy": acc_after})
 reloaded = checkpoint.load(path)
-same = np.array_equal(np.argmax(checkpoint.apply(reloaded.layers, x_test), -1),
-                      np.asarray(result.model(x_test)).argmax(-1))
+back = convert.load_into(model, reloaded.layers, x_test[:8])          # into your own model
+same = np.array_equal(np.asarray(back(x_test)).argmax(-1), np.asarray(result.model(x_test)).argmax(-1))
 print(sorted(p.name for p in path.iterdir()), "| reloaded model agrees:", same)"""),
 ]
 

@@ -22,6 +22,9 @@ Layers are plain dicts (JSON-able fields plus numpy arrays)::
     {"type": "maxpool" | "avgpool", "window": [wh, ww], "strides": [sh, sw], "padding": ...}
 
 Inputs are channels-last (NHWC) as in Flax; ``input_shape`` excludes the batch axis.
+``io.convert`` turns models into layer dicts (``from_model``), layer dicts into the spec
+network ``prune`` takes (``to_network``), runs them (``apply``) and writes a checkpoint's
+weights back into one's own model (``load_into``).  Writes go through ``io.atomic``.
 """
 
 from __future__ import annotations
@@ -31,13 +34,13 @@ import hashlib
 import json
 import math
 import os
-import re
-import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
+from nettrim_jax.io.atomic import atomic_open, atomic_write_json
 from nettrim_jax.io.data import file_sha256 as _sha256
 
 FORMAT = "nettrim-jax-checkpoint"
@@ -67,70 +70,6 @@ class Checkpoint(NamedTuple):
     input_shape: tuple
     metadata: dict
     path: Path | None = None
-
-
-# ----------------------------------------------------------------------------- atomic files
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
-    """Open a temporary sibling of ``path``; on a clean exit it is fsynced and renamed onto
-    ``path``.  On any exception (or KeyboardInterrupt) the temporary file is removed and
-    ``path`` is left untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    with atomic_open(path, "w") as f:
-        f.write(text)
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically (NaN/Inf are refused)."""
-    text = json.dumps(obj, indent=2, allow_nan=False, default=_json_default)
-    atomic_write_text(path, _NUMBER_LIST.sub(_inline, text) + "\n")
-
-
-_NUMBER_LIST = re.compile(r"\[\s*(-?[\d.eE+-]+(?:\s*,\s*-?[\d.eE+-]+)*)\s*\]")
-
-
-def _inline(m):
-    """Put a list of numbers on one line: shapes read as [28, 28, 1], not one per line."""
-    return "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]"
-
-
-def _json_default(x):
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"not JSON serializable: {type(x).__name__}")
 
 
 # ----------------------------------------------------------------------------- layer checks
@@ -444,191 +383,3 @@ def load(path: str | os.PathLike) -> Checkpoint:
 def describe(path: str | os.PathLike) -> dict:
     """``model.json`` of a checkpoint, parsed and format-checked (tensors not read)."""
     return _read_model_json(Path(path))
-
-
-# ----------------------------------------------------------------------------- running layers
-
-
-def apply_layer(layer: dict, x):
-    """One layer dict on a batch: (B, ...) -> (B, ...), channels-last, float32/64."""
-    import jax
-    import jax.numpy as jnp
-
-    t = layer["type"]
-    if t == "flatten":
-        return x.reshape(x.shape[0], -1)
-    if t in ("maxpool", "avgpool"):
-        w, s, pad = tuple(layer["window"]), tuple(layer["strides"]), layer["padding"]
-        pads = pad if isinstance(pad, str) else [(0, 0)] + [tuple(p) for p in pad] + [(0, 0)]
-        if t == "maxpool":
-            return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *w, 1), (1, *s, 1), pads)
-        total = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, *w, 1), (1, *s, 1), pads)
-        return total / (w[0] * w[1])
-    k = jnp.asarray(layer["kernel"], x.dtype)
-    if t == "dense":
-        z = x @ k
-    else:
-        pad = layer["padding"]
-        pads = pad if isinstance(pad, str) else [tuple(p) for p in pad]
-        z = jax.lax.conv_general_dilated(x, k, tuple(layer["strides"]), pads,
-                                         rhs_dilation=tuple(layer["dilation"]),
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    if layer.get("bias") is not None:
-        z = z + jnp.asarray(layer["bias"], x.dtype)
-    return jax.nn.relu(z) if layer["activation"] == "relu" else z
-
-
-def apply(layers: Sequence[dict], x, batch_size: int = 4096) -> np.ndarray:
-    """Run layer dicts on inputs x (P, *input_shape); returns the last layer's outputs
-    (numpy), evaluated in batches of ``batch_size`` samples."""
-    import jax.numpy as jnp
-
-    outs = []
-    for s in range(0, max(len(x), 1), batch_size):
-        h = jnp.asarray(x[s:s + batch_size], jnp.float32)
-        for layer in layers:
-            h = apply_layer(layer, h)
-        outs.append(np.asarray(h))
-    return np.concatenate(outs, 0)
-
-
-# ----------------------------------------------------------------------------- conversions
-
-
-class _Op(NamedTuple):
-    """A parameter-free layer (flatten / pooling) as a callable item of a spec network."""
-
-    layer: dict
-
-    def __call__(self, x):
-        return apply_layer(self.layer, x)
-
-
-def to_network(layers: Sequence[dict]) -> list:
-    """Layer dicts -> a plain network for ``nettrim_jax.prune``: ``Dense`` / ``Conv`` specs
-    for the weighted layers, callables for flatten and pooling."""
-    from nettrim_jax.network.specs import Conv, Dense
-
-    net = []
-    for layer in layers:
-        t = layer["type"]
-        if t == "dense":
-            net.append(Dense(np.asarray(layer["kernel"]), _opt(layer["bias"]), layer["activation"]))
-        elif t == "conv":
-            pad = layer["padding"]
-            net.append(Conv(np.asarray(layer["kernel"]), _opt(layer["bias"]), layer["activation"],
-                            tuple(layer["strides"]), pad if isinstance(pad, str) else tuple(map(tuple, pad)),
-                            tuple(layer["dilation"])))
-        else:
-            net.append(_Op(layer))
-    return net
-
-
-def _opt(a):
-    return None if a is None else np.asarray(a)
-
-
-def from_network(network: Sequence, template: Sequence[dict] | None = None) -> list:
-    """A plain network (specs + the callables ``to_network`` made) -> layer dicts.
-
-    ``template``: the layer dicts the network came from, used for parameter-free layers
-    that are not ``to_network``'s callables.  Raises CheckpointError for a callable it
-    cannot describe."""
-    from nettrim_jax.network.specs import Conv, Dense
-
-    out = []
-    for i, item in enumerate(network):
-        if isinstance(item, Dense):
-            out.append({"type": "dense", "activation": _act(item.activation, i),
-                        "kernel": np.asarray(item.kernel), "bias": _opt(item.bias)})
-        elif isinstance(item, Conv):
-            pad = item.padding
-            out.append({"type": "conv", "activation": _act(item.activation, i),
-                        "kernel": np.asarray(item.kernel), "bias": _opt(item.bias),
-                        "strides": list(_pair2(item.strides)), "dilation": list(_pair2(item.dilation)),
-                        "padding": pad.upper() if isinstance(pad, str) else [list(p) for p in pad]})
-        elif isinstance(item, _Op):
-            out.append(dict(item.layer))
-        elif template is not None and i < len(template) and template[i]["type"] in OP_TYPES:
-            out.append(dict(template[i]))
-        else:
-            raise CheckpointError(f"model: layer {i} ({type(item).__name__}) cannot be stored; "
-                                  f"supported: {', '.join(PARAM_TYPES + OP_TYPES)}")
-    return out
-
-
-def _pair2(v):
-    return (v, v) if isinstance(v, int) else tuple(int(a) for a in v)
-
-
-def _act(a, i):
-    if a in ACTIVATIONS:
-        return a
-    if a is None:
-        return "linear"
-    name = getattr(a, "__name__", repr(a))
-    raise CheckpointError(f"model: layer {i} has activation {name!r}; a checkpoint stores only "
-                          f"{', '.join(ACTIVATIONS)}")
-
-
-def from_flax(model, input_shape: Sequence[int] | None = None) -> tuple:
-    """Layer dicts and input shape of the Flax models in ``nettrim_jax.training``.
-
-    Accepts ``training.MLP`` / ``training.CNN`` (NNX) and ``(LinenMLP | LinenCNN, variables)``
-    pairs.  Returns ``(layers, input_shape)``.  Other architectures: build the layer dicts
-    directly (see the module docstring).
-    """
-    from nettrim_jax import training
-
-    def dense(kernel, bias, act):
-        return {"type": "dense", "activation": act, "kernel": np.asarray(kernel),
-                "bias": None if bias is None else np.asarray(bias)}
-
-    def conv(kernel, bias, padding="SAME"):
-        return {"type": "conv", "activation": "relu", "kernel": np.asarray(kernel),
-                "bias": None if bias is None else np.asarray(bias), "strides": [1, 1],
-                "padding": padding, "dilation": [1, 1]}
-
-    pool = {"type": "maxpool", "window": [2, 2], "strides": [2, 2], "padding": "VALID"}
-    flatten = {"type": "flatten"}
-    val = lambda v: None if v is None else np.asarray(v[...])  # noqa: E731
-
-    if isinstance(model, training.MLP):
-        n = len(model.layers)
-        layers = [dense(val(l.kernel), val(l.bias), "relu" if j < n - 1 else "linear")
-                  for j, l in enumerate(model.layers)]
-        return layers, tuple(input_shape or (model.sizes[0],))
-    if isinstance(model, training.CNN):
-        layers = []
-        for c in model.convs:
-            if c.strides not in (1, (1, 1)) or c.kernel_dilation not in (1, (1, 1)):
-                raise CheckpointError("model: only stride-1, undilated convs are supported by from_flax")
-            layers += [conv(val(c.kernel), val(c.bias), c.padding), dict(pool)]
-        layers += [dict(flatten), dense(val(model.fc1.kernel), val(model.fc1.bias), "relu"),
-                   dense(val(model.fc2.kernel), val(model.fc2.bias), "linear")]
-        s = model.image_size
-        return layers, tuple(input_shape or (s, s, model.in_channels))
-    if isinstance(model, tuple) and len(model) == 2:
-        module, variables = model
-        params = variables["params"]
-        if isinstance(module, training.LinenMLP):
-            n = len(module.sizes)
-            layers = [dense(params[f"Dense_{j}"]["kernel"], params[f"Dense_{j}"].get("bias"),
-                            "relu" if j < n - 1 else "linear") for j in range(n)]
-            if input_shape is None:
-                input_shape = (np.shape(params["Dense_0"]["kernel"])[0],)
-            return layers, tuple(input_shape)
-        if isinstance(module, training.LinenCNN):
-            layers = []
-            for j in range(len(module.channels)):
-                p = params[f"Conv_{j}"]
-                layers += [conv(p["kernel"], p.get("bias")), dict(pool)]
-            layers += [dict(flatten),
-                       dense(params["Dense_0"]["kernel"], params["Dense_0"].get("bias"), "relu"),
-                       dense(params["Dense_1"]["kernel"], params["Dense_1"].get("bias"), "linear")]
-            if input_shape is None:
-                s = module.image_size
-                input_shape = (s, s, np.shape(params["Conv_0"]["kernel"])[2])
-            return layers, tuple(input_shape)
-    raise CheckpointError(f"model: cannot describe a {type(model).__name__}; supported: "
-                          "nettrim_jax.training MLP/CNN (NNX) and (LinenMLP|LinenCNN, variables)")

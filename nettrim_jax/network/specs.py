@@ -28,14 +28,15 @@ output pixel of every image is one row of the program, all rows sharing the kern
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 __all__ = ["Dense", "Conv", "apply_layer", "apply_activation", "apply_specs", "layer_rows",
-           "kernel_matrix", "with_matrix", "is_spec", "normalize_padding"]
+           "kernel_matrix", "with_matrix", "is_spec", "Flatten", "Pool", "normalize_padding", "pair", "with_ones"]
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -66,11 +67,39 @@ class Conv(NamedTuple):
     dilation: tuple = (1, 1)
 
 
+class Flatten(NamedTuple):
+    """Parameter-free op: (B, ...) -> (B, prod(...))."""
+
+    def __call__(self, x):
+        return x.reshape(x.shape[0], -1)
+
+
+class Pool(NamedTuple):
+    """Parameter-free 2-D pooling on NHWC images: ``kind`` "max" | "avg", ``window`` and
+    ``strides`` pairs, ``padding`` "VALID" | "SAME" | ((top, bottom), (left, right)).
+    Average pooling divides by the full window (padding counts as zeros)."""
+
+    kind: str = "max"
+    window: tuple = (2, 2)
+    strides: tuple = (2, 2)
+    padding: Any = "VALID"
+
+    def __call__(self, x):
+        w, s = pair(self.window, "window"), pair(self.strides, "strides")
+        pad = normalize_padding(self.padding)
+        pads = pad if isinstance(pad, str) else ((0, 0),) + tuple(pad) + ((0, 0),)
+        if self.kind == "max":
+            return lax.reduce_window(x, -jnp.inf, lax.max, (1, *w, 1), (1, *s, 1), pads)
+        total = lax.reduce_window(x, jnp.zeros((), x.dtype), lax.add, (1, *w, 1), (1, *s, 1), pads)
+        return total / (w[0] * w[1])
+
+
 def is_spec(obj) -> bool:
     return isinstance(obj, (Dense, Conv))
 
 
-def _pair(v, name) -> tuple:
+def pair(v, name: str = "value") -> tuple:
+    """An int or a pair (None: 1) -> a pair of ints; anything else is a ValueError."""
     if v is None:
         return (1, 1)
     if isinstance(v, int):
@@ -99,7 +128,7 @@ def normalize_padding(padding):
 
 
 def _conv_args(spec: Conv):
-    return _pair(spec.strides, "strides"), normalize_padding(spec.padding), _pair(spec.dilation, "dilation")
+    return pair(spec.strides, "strides"), normalize_padding(spec.padding), pair(spec.dilation, "dilation")
 
 
 def apply_layer(spec, x):
@@ -157,6 +186,11 @@ def layer_rows(spec, x):
     p = lax.conv_general_dilated_patches(x, (kh, kw), strides, padding, rhs_dilation=dilation,
                                          dimension_numbers=_DN)
     return p.reshape(-1, p.shape[-1])
+
+
+def with_ones(rows):
+    """(P, N) -> (P, N + 1): the constant-one input column that carries a layer's bias."""
+    return jnp.concatenate([rows, jnp.ones((rows.shape[0], 1), rows.dtype)], axis=1)
 
 
 def kernel_matrix(spec):

@@ -25,12 +25,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from nettrim_jax.solver import constraints, gram, loop
-from nettrim_jax.solver.prox import soft_threshold
 from nettrim_jax.solver.loop import Report
+from nettrim_jax.solver.prox import soft_threshold
 
 
 class Options(NamedTuple):
@@ -124,8 +123,9 @@ def _check(g, outer, opts: Options, s: State, iterations):
         # lagging side.  r keeps a feasible W whose gap stalls from driving rho to its
         # floor (ADMM stops moving there).  Steps are bounded (x3) and taken only every
         # ``adapt_every`` checks so ADMM can settle.
-        unit = jnp.maximum(opts.margin * outer.radius + slack, tiny)
-        infeasible = jnp.maximum(jnp.maximum(misfit - (1 - opts.margin) * outer.radius, 0) / unit,
+        margin = float(opts.margin or 0.0)  # solve_layer always sets it
+        unit = jnp.maximum(margin * outer.radius + slack, tiny)
+        infeasible = jnp.maximum(jnp.maximum(misfit - (1 - margin) * outer.radius, 0) / unit,
                                  viol_norm / jnp.maximum(viol_tol, tiny))
         pri = jnp.maximum(infeasible, r / eps_pri)
         dua = gap / gap_allowed

@@ -20,8 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nettrim_jax.solver import admm, constraints, gram, pdhg
-from nettrim_jax.solver.scaling import ACTIVATIONS, SOLVERS, check_finite, is_concrete, validate, x_scale, y_scale
-
+from nettrim_jax.solver.scaling import is_concrete, validate, x_scale, y_scale
 
 # ADMM's starting penalty in the solver's scaled units.  Measured on MNIST first layers
 # (P = 1000-5000), a second layer, a linear layer and a per-neuron problem: iterations to a
@@ -109,8 +108,6 @@ def _column_radii(y_omega, epsilon, per_neuron):
 @functools.partial(jax.jit, static_argnames=("activation", "per_neuron", "solver", "opts"))
 def _solve(X, Y, epsilon, threshold, w0, warm, rho0, *, activation, per_neuron, solver, opts):
     dtype = X.dtype
-    p, n = X.shape
-    m = Y.shape[1]
     sx = x_scale(X, solver)
     sy = y_scale(Y)
     x = X / sx

@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from nettrim_jax.solver import constraints, gram, loop
-from nettrim_jax.solver.prox import soft_threshold
 from nettrim_jax.solver.loop import Report
+from nettrim_jax.solver.prox import soft_threshold
 
 
 class Options(NamedTuple):
@@ -54,7 +54,7 @@ class State(NamedTuple):
     sum_z: jnp.ndarray
     sum_y: jnp.ndarray
     sum_xty: jnp.ndarray
-    count: jnp.ndarray  # iterations since the last restart
+    count: jnp.ndarray  # type: ignore[assignment]  # iterations since the last restart (shadows tuple.count)
     restart_w: jnp.ndarray
     restart_y: jnp.ndarray
     restart_kkt: jnp.ndarray

@@ -48,7 +48,8 @@ def validate(X, Y, epsilon, activation, threshold, per_neuron, solver, warm_kern
     check_finite("Y", Y)
     eshape = jnp.shape(epsilon)
     if eshape not in ((), (m,)) or (eshape == (m,) and not per_neuron):
-        raise ValueError(f"epsilon must be a scalar{' or an (M,) = (%d,) vector' % m if per_neuron else ''}"
+        vector = f" or an (M,) = ({m},) vector" if per_neuron else ""
+        raise ValueError(f"epsilon must be a scalar{vector}"
                          f" (a vector needs per_neuron=True), got shape {eshape}")
     check_finite("epsilon", epsilon)
     if is_concrete(epsilon) and bool(np.any(np.asarray(epsilon) < 0)):

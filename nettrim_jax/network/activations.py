@@ -1,0 +1,148 @@
+"""Which program each prunable layer gets, found from the model's own forward pass.
+
+Activations are function calls in ``__call__``, so they are observed, not parsed.  For layer
+l the model is re-run (``Adapter.run`` with an override) with layer l's output z replaced by a
+probe w = z + (random noise of z's spread), which has negative entries whatever z's signs:
+
+* ``where(w < 0, 2 w - 1, w)`` (negatives changed only): if the next prunable layer's input
+  (the model output, after the last) is unchanged, the model uses only the positive part,
+  i.e. a ReLU follows -> "relu";
+* else the midpoint test ``f(w + d) + f(w - d) == 2 f(w)`` for a random ``d`` -> "linear"
+  (the in-between ops are affine: flatten, reshape, average pooling, dropout at inference);
+* anything else (tanh, GELU, max-pooling directly on an un-ReLU'd output, ...) ->
+  "unsupported".
+
+A user override (``activations={name: "relu" | "linear" | "skip"}``) is checked against the
+same tests: an override the forward pass contradicts (say "relu" for a layer whose
+negative outputs reach the next layer) would prune against the wrong target, so it is
+refused.  Limitation: an activation that also zeroes negatives but is not ReLU (ReLU6, say)
+is taken for ReLU.  Plain specs declare their activation.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+
+from nettrim_jax.network.adapters import Adapter, Captured
+
+__all__ = ["detect_activation", "choose_programs", "PROGRAMS"]
+
+PROGRAMS = ("relu", "linear", "skipped")
+_OVERRIDES = {"relu": "relu", "linear": "linear", "skip": "skipped"}
+
+
+def _flat(a):
+    return jnp.asarray(a).reshape(-1)
+
+
+def model_output(cap: Captured):
+    """The model's output leaves, flattened and concatenated (any pytree output)."""
+    return jnp.concatenate([_flat(o) for o in jax.tree.leaves(cap.output)])
+
+
+def _downstream(cap: Captured, i: int):
+    """What layer ``i`` feeds: the next prunable layer's input (or the model output)."""
+    if i + 1 < len(cap.inputs):
+        return _flat(cap.inputs[i + 1])
+    return model_output(cap)
+
+
+def _tests(adapter: Adapter, specs, x, i: int, base: Captured):
+    """(sees, relu, linear): does the next layer see layer i's output at all; do only its
+    positive parts reach it; does it reach it through an affine map."""
+    z = base.preacts[i]
+    std = float(jnp.std(z)) or 1.0
+    k1, k2 = jax.random.split(jax.random.key(1234))
+    # a probe around z with negative entries whatever z's signs (a pruned layer may have none)
+    w = z + std * jax.random.normal(k1, z.shape, z.dtype)
+    d = 0.1 * std * jax.random.normal(k2, z.shape, z.dtype)
+
+    def feed(fn):
+        return _downstream(adapter.run(specs, x, (i, fn)), i)
+
+    ref = feed(lambda t: w)
+    scale = max(float(jnp.max(jnp.abs(ref))) if ref.size else 1.0, 1.0)
+
+    def close(a, b):
+        return bool(jnp.allclose(a, b, rtol=1e-4, atol=1e-5 * scale))
+
+    up = feed(lambda t: w + d)
+    if close(up, ref):
+        return False, False, False  # the next layer does not see this output: not a chain
+    relu = close(feed(lambda t: jnp.where(w < 0, 2 * w - 1, w)), ref)
+    dn = feed(lambda t: w - d)
+    return True, relu, close(up + dn, 2 * ref)
+
+
+def detect_activation(adapter: Adapter, specs, x, i: int, base: Captured | None = None) -> str:
+    """"relu", "linear" or "unsupported" for what follows prunable layer ``i`` (module doc).
+    The tests look at the next prunable layer's input only, so what happens after it does
+    not matter.  ``base`` is a ``Captured`` of the unmodified network."""
+    base = adapter.run(specs, x) if base is None else base
+    sees, relu, linear = _tests(adapter, specs, x, i, base)
+    if relu:
+        return "relu"
+    if sees and linear:
+        return "linear"
+    return "unsupported"
+
+
+def _declared(act) -> str | None:
+    if act is None:
+        return None
+    if act == "relu" or act is jax.nn.relu:
+        return "relu"
+    if act == "linear":
+        return "linear"
+    return "unsupported"
+
+
+def _checked_override(adapter, specs, x, i, base, name, value) -> str:
+    prog = _OVERRIDES.get(value) if isinstance(value, str) else None
+    if prog is None:
+        raise ValueError(f"activations[{name!r}] must be 'relu', 'linear' or 'skip', got {value!r}")
+    if prog == "skipped" or i == len(specs) - 1 and prog == "linear":
+        return prog
+    sees, relu, linear = _tests(adapter, specs, x, i, base)
+    if prog == "relu" and not relu:
+        raise ValueError(f"activations[{name!r}]='relu' contradicts the model: the next layer's input "
+                         "changes when this layer's negative outputs change, so its output does not "
+                         "reach the next layer through a ReLU alone; pruning against relu(z) would "
+                         "be wrong (use 'linear' if an affine map follows, or 'skip')")
+    if prog == "linear" and not (sees and linear):
+        raise ValueError(f"activations[{name!r}]='linear' contradicts the model: the next layer does "
+                         "not see this layer's output through an affine map (use 'skip')")
+    return prog
+
+
+def choose_programs(adapter: Adapter, x, base: Captured, overrides: dict | None,
+                    on_unsupported: str) -> list[str]:
+    """One program per prunable layer: a checked override, else "linear" for the last layer,
+    else the declared activation (plain specs), else the detected one.  "unsupported" raises
+    (``on_unsupported="error"``) or becomes "skipped" with a warning."""
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - set(adapter.names)
+    if unknown:
+        raise ValueError(f"activations= names {sorted(unknown)} are not layers; layers: {adapter.names}")
+    specs = adapter.specs
+    last = len(specs) - 1
+    programs = []
+    for i, (name, spec) in enumerate(zip(adapter.names, specs)):
+        if name in overrides:
+            prog = _checked_override(adapter, specs, x, i, base, name, overrides[name])
+        elif i == last:
+            prog = "linear"
+        else:
+            prog = _declared(spec.activation) or detect_activation(adapter, specs, x, i, base)
+        if prog == "unsupported":
+            msg = (f"layer {name!r} is followed by an activation Net-Trim has no program for "
+                   "(only ReLU and linear); pass on_unsupported='skip' or activations={name: 'skip'}")
+            if on_unsupported == "error":
+                raise ValueError(msg)
+            warnings.warn(msg + "; skipping it", stacklevel=3)
+            prog = "skipped"
+        programs.append(prog)
+    return programs

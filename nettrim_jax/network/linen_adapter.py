@@ -1,0 +1,130 @@
+"""``prune``'s view of a Linen ``(module, variables)`` pair.
+
+``flax.linen.intercept_methods`` intercepts ``nn.Dense`` / ``nn.Conv`` ``__call__``; new
+weights go in through a modified copy of ``variables``.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from nettrim_jax.network.specs import Dense
+from nettrim_jax.network.tracing import (
+    ACTIVE,
+    Captured,
+    Recorder,
+    conv_mismatch,
+    conv_spec,
+    dense_mismatch,
+    first_forward,
+    path_name,
+)
+
+__all__ = ["LinenAdapter"]
+
+
+class LinenAdapter:
+    """``prune`` view of a Linen ``(module, variables)`` pair; the model is run with
+    ``module.apply(variables, x)``."""
+
+    def __init__(self, module: nn.Module, variables, x):
+        if "params" not in variables:
+            raise ValueError("Linen variables must contain a 'params' collection")
+        self.module = module
+        self.variables = variables
+        found: dict = {}
+
+        def icpt(next_fun, args, kwargs, context):
+            mod = context.module
+            if context.method_name != "__call__" or not isinstance(mod, (nn.Dense, nn.Conv)):
+                return next_fun(*args, **kwargs)
+            path = tuple(mod.scope.path)
+            if ACTIVE and args and mod.has_variable("params", "kernel"):
+                kernel = mod.get_variable("params", "kernel")
+                if isinstance(mod, nn.Conv):
+                    problem = conv_mismatch(args[0], kernel, mod.feature_group_count)
+                else:
+                    problem = dense_mismatch(args[0], int(jnp.shape(kernel)[0]))
+                ACTIVE[-1].check(path, problem)
+            z = next_fun(*args, **kwargs)
+            found.setdefault(path, mod)
+            return ACTIVE[-1].record(path, args[0], z) if ACTIVE else z
+
+        self._icpt = icpt
+        rec = Recorder(namer=path_name)
+        ACTIVE.append(rec)
+        try:
+            with nn.intercept_methods(icpt):
+                out = first_forward(lambda: module.apply(variables, x), x)
+        finally:
+            ACTIVE.pop()
+        self._paths = list(rec.keys)
+        self.names = [path_name(p) for p in self._paths]
+        self.first = Captured(out, rec.inputs, rec.preacts)
+        self.specs = []
+        for path in self._paths:
+            mod = found[path]
+            p = self._get(variables["params"], path)
+            bias = p.get("bias") if getattr(mod, "use_bias", True) else None
+            if isinstance(mod, nn.Conv):
+                self.specs.append(conv_spec(p["kernel"], bias, mod.strides, mod.padding,
+                                             mod.kernel_dilation, mod.input_dilation,
+                                             mod.feature_group_count, path_name(path)))
+            else:
+                self.specs.append(Dense(kernel=p["kernel"], bias=bias, activation=None))
+        self.unused: list[str] = []
+
+    @staticmethod
+    def _get(tree, path):
+        for p in path:
+            tree = tree[p]
+        return tree
+
+    def _variables(self, specs):
+        params = dict(self.variables["params"])  # copied path by path below; input untouched
+
+        def put(tree, path, spec):
+            tree = dict(tree)
+            if len(path) == 1:
+                leaf = dict(tree[path[0]])
+                leaf["kernel"] = jnp.asarray(spec.kernel, jnp.asarray(leaf["kernel"]).dtype)
+                if "bias" in leaf and spec.bias is not None:
+                    leaf["bias"] = jnp.asarray(spec.bias, jnp.asarray(leaf["bias"]).dtype)
+                tree[path[0]] = leaf
+            else:
+                tree[path[0]] = put(tree[path[0]], path[1:], spec)
+            return tree
+
+        for path, spec in zip(self._paths, specs):
+            params = put(params, path, spec)
+        return {**self.variables, "params": params}
+
+    def run(self, specs, x, override=None) -> Captured:
+        v = self._variables(specs)
+        rec = Recorder(override, path_name)
+        ACTIVE.append(rec)
+        try:
+            with nn.intercept_methods(self._icpt):
+                out = self.module.apply(v, x)
+        finally:
+            ACTIVE.pop()
+        return Captured(out, rec.inputs, rec.preacts)
+
+    def rebuild(self, specs):
+        """New Linen variables (a dict; other collections are passed through)."""
+        return self._variables(specs)
+
+    def masks(self, specs):
+        """Bool pytree matching ``variables["params"]``."""
+        params = self._variables(specs)["params"]
+        pruned = set(self._paths)
+
+        def f(kp, leaf):
+            keys = tuple(k.key for k in kp if isinstance(k, jax.tree_util.DictKey))
+            if keys[:-1] in pruned and keys[-1] in ("kernel", "bias"):
+                return jnp.asarray(leaf) != 0
+            return jnp.ones(jnp.shape(leaf), bool)
+
+        return jax.tree_util.tree_map_with_path(f, params)

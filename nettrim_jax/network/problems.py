@@ -1,0 +1,198 @@
+"""One layer's program inside a network: its rows and target, the compiled solver that takes
+it, and what a finished layer records.
+
+A layer with input rows X (P, N) (image patches for Conv; a ones column appended when the
+layer has a bias, so the bias is pruned as the kernel's last row) and original
+pre-activation Z gets the ReLU program (target relu(Z)) or the linear program (target Z).
+Conv layers whose B x Ho x Wo patch rows exceed ``max_patches`` use a uniform random subset
+of them (fixed seed, without replacement); the program then constrains only those rows.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nettrim_jax.network.specs import Conv, layer_rows, with_ones
+from nettrim_jax.solver.layer import solve_layer
+from nettrim_jax.solver.refit import refit_layer
+
+__all__ = ["LayerProblem", "LayerOutcome", "SolveConfig", "build_problem", "jitted_solver",
+           "dispatch", "misfit", "refit_or_measure", "output_layer_epsilon", "absolute_epsilon"]
+
+
+class SolveConfig(NamedTuple):
+    """Settings shared by every layer of one ``prune`` run (hashable parts key jit caches).
+
+    per_neuron, solver: as ``solve_layer``; opts: sorted ``(name, value)`` solver options;
+    relative: epsilons relative to ||Y_l||_F; max_patches, seed: conv row sampling; gamma:
+    cascade inflation; per_layer: ``epsilon`` was given per layer (cascade: floors);
+    refit: refit kept weights on the support; output_epsilon: cascade output budget or None.
+    """
+
+    per_neuron: bool
+    solver: str
+    opts: tuple
+    relative: bool
+    max_patches: int | None
+    seed: int
+    gamma: float
+    per_layer: bool
+    refit: bool
+    output_epsilon: float | None
+
+
+class LayerProblem(NamedTuple):
+    """inputs: (P, N[+1]) program rows (ones column if the layer has a bias); target: (P, M);
+    subset: indices of the patch rows used (None: all); full_rows: all patch rows."""
+
+    inputs: Any
+    target: Any
+    subset: Any
+    full_rows: int
+
+
+class LayerOutcome(NamedTuple):
+    """A finished layer: kernel (N[+1], M) dense-program kernel (numpy; None for a skipped
+    layer, which keeps its weights), the program's size (N, M, rows solved, subsampled), its
+    epsilon and achieved misfit (absolute), the solver's iterations and convergence, wall
+    seconds, the cascade floor used (None for epsilon_1 or an output budget) and whether the
+    layer was solved inside a ``lax.scan`` run."""
+
+    kernel: Any
+    N: int
+    M: int
+    rows: int
+    subsampled: bool
+    epsilon: float
+    misfit: float
+    iterations: int
+    converged: bool
+    seconds: float
+    floor: float | None = None
+    scan: bool = False
+
+
+def skipped_outcome(N: int, M: int) -> LayerOutcome:
+    return LayerOutcome(kernel=None, N=N, M=M, rows=0, subsampled=False, epsilon=0.0, misfit=0.0,
+                        iterations=0, converged=True, seconds=0.0)
+
+
+def solved_outcome(prob: LayerProblem, kernel, eps, fit, info, seconds, floor=None,
+                   scan=False) -> LayerOutcome:
+    return LayerOutcome(kernel=np.asarray(kernel), N=int(prob.inputs.shape[1]),
+                        M=int(prob.target.shape[1]), rows=int(prob.inputs.shape[0]),
+                        subsampled=bool(prob.inputs.shape[0] < prob.full_rows), epsilon=float(eps),
+                        misfit=float(fit), iterations=int(info.iterations),
+                        converged=bool(info.converged), seconds=float(seconds),
+                        floor=None if floor is None else float(floor), scan=scan)
+
+
+def build_problem(spec, X, Z, program: str, max_patches: int | None, seed: int) -> LayerProblem:
+    """The program of ``spec`` on inputs ``X`` (model layout) against pre-activation ``Z``."""
+    A = layer_rows(spec, X)
+    Zr = Z.reshape(-1, Z.shape[-1])
+    full = int(A.shape[0])
+    subset = None
+    if isinstance(spec, Conv) and max_patches is not None and full > max_patches:
+        rng = np.random.default_rng(seed)
+        subset = np.sort(rng.choice(full, size=int(max_patches), replace=False))
+        A, Zr = A[subset], Zr[subset]
+    if spec.bias is not None:
+        A = with_ones(A)
+    Y = jax.nn.relu(Zr) if program == "relu" else Zr
+    return LayerProblem(A, Y, subset, full)
+
+
+def fro(a) -> float:
+    return float(jnp.sqrt(jnp.sum(jnp.square(a))))
+
+
+def absolute_epsilon(e, target, relative: bool) -> float:
+    """An epsilon entry in the program's units (0 for None: no floor)."""
+    if e is None:
+        return 0.0
+    return e * fro(target) if relative else e
+
+
+@functools.lru_cache(maxsize=64)
+def jitted_solver(activation: str, per_neuron: bool, solver: str, with_threshold: bool, opts: tuple):
+    """``(X, Y, eps, V) -> (kernel, info)``, compiled once per setting."""
+    options = dict(opts)
+
+    def f(X, Y, eps, thr):
+        sol = solve_layer(X, Y, epsilon=eps, activation=activation,
+                          threshold=thr if with_threshold else None,
+                          per_neuron=per_neuron, solver=solver, **options)
+        return sol.kernel, sol.info
+
+    return jax.jit(f)
+
+
+def dispatch(f, A, Y, eps, V, device=None, per_neuron: bool = False):
+    """Start ``f(A, Y, eps, V)`` (asynchronously, on ``device`` if given); returns a thunk
+    giving numpy ``(kernel, info)``.
+
+    In per-neuron mode, all-zero target columns are left out.  A unit whose target column
+    is identically zero (a dead ReLU unit, Omega empty) has the optimal kernel column 0; its
+    own program needs no solve, and a per-neuron vmap would otherwise wait on it.  (In
+    coupled mode the columns share one ball, so they stay in: the solver's scaling uses all
+    columns, and the scan path must see the same problem.)"""
+    live = np.asarray(jnp.any(Y != 0, axis=0)) if per_neuron else np.ones(Y.shape[1], bool)
+    n_live = int(live.sum())
+    m = Y.shape[1]
+    if n_live == m or n_live == 0:
+        args = (A, Y, jnp.asarray(eps, A.dtype), V)
+        out = f(*(jax.device_put(args, device) if device is not None else args))
+        return lambda: jax.device_get(out)
+    cols = np.flatnonzero(live)
+    Vs = V[:, cols] if jnp.ndim(V) == 2 else V
+    args = (A, Y[:, cols], jnp.asarray(eps, A.dtype), Vs)
+    out = f(*(jax.device_put(args, device) if device is not None else args))
+
+    def finish():
+        K, info = jax.device_get(out)
+        full = np.zeros((A.shape[1], m), K.dtype)
+        full[:, cols] = K
+        return full, info
+
+    return finish
+
+
+def misfit(A, Y, K, program: str):
+    """The program's misfit of kernel K: ||(AK - Y)_Omega||_F (relu) or ||AK - Y||_F."""
+    out = A @ K
+    r = jnp.where(Y > 0, out - Y, 0) if program == "relu" else out - Y
+    return jnp.sqrt(jnp.sum(r * r))
+
+
+def refit_or_measure(refit: bool, A, Y, K, program: str, V=None):
+    """(kernel, misfit) of a solved layer: with ``refit``, the kernel refit on its support
+    (``refit_layer``) and its sqrt(misfit^2 + excess^2); otherwise K and its misfit.
+    Traceable, so the scan path calls it too."""
+    if not refit:
+        return K, misfit(A, Y, K, program)
+    K2, info = refit_layer(A, Y, K, activation=program, threshold=V if program == "relu" else None)
+    return K2, info.error_after
+
+
+def output_layer_epsilon(A, Y, budget: float) -> float:
+    """epsilon_L of a linear output layer under ``output_epsilon``: ``budget`` (absolute),
+    raised to 1.01 x the least-squares residual min_U ||A U - Y||_F (float64) when below it,
+    with a ``RuntimeWarning``.  A (P, N) rows on the pruned features, Y (P, M) the original
+    outputs."""
+    a = np.asarray(A, np.float64)
+    y = np.asarray(Y, np.float64)
+    coef = np.linalg.lstsq(a, y, rcond=None)[0]
+    floor = 1.01 * float(np.linalg.norm(a @ coef - y))
+    if budget < floor:
+        warnings.warn(f"output_epsilon {budget:.4g} is below what any kernel can reach on the "
+                      f"pruned features (least-squares residual {floor / 1.01:.4g}); using "
+                      f"{floor:.4g}", RuntimeWarning, stacklevel=4)
+        return floor
+    return float(budget)

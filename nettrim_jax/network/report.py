@@ -1,0 +1,134 @@
+"""What a pruning run reports: one schema (``LayerReport`` rows in a ``PruneReport``) and one
+markdown renderer, shared by the library, the command line and the demo.
+
+``PruneReport.to_dict()`` is the JSON form (the command line's ``report.json`` is that dict
+plus a ``run`` block: data, checkpoint, accuracy); ``PruneReport.from_dict`` reads it back,
+so ``nettrim report`` re-renders a stored run with the same code that printed it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+__all__ = ["LayerReport", "PruneReport", "render_markdown"]
+
+
+class LayerReport(NamedTuple):
+    """One prunable layer.
+
+    name: layer name (NNX attribute path, Linen scope path, or spec index); kind: "dense" |
+    "conv"; activation: the program used ("relu", "linear", or "skipped"); N, M:
+    dense-program input width (incl. the bias row) and outputs; rows: program rows P the
+    solver saw; subsampled: rows < all patch rows; nnz_before / nnz_after: nonzero weights
+    (kernel + bias); epsilon: absolute epsilon_l; misfit: achieved program misfit (absolute,
+    same norm as epsilon); discrepancy: ||Z_l - Z_hat_l||_F / ||Z_l||_F along the pruned
+    network on the calibration data (Z: post-ReLU output for ReLU layers, pre-activation
+    otherwise); iterations, converged: solver outcome; seconds: wall time of this layer's
+    solve (parallel scheme: from dispatch until its result was ready; layers overlap).
+    """
+
+    name: str
+    kind: str
+    activation: str
+    N: int
+    M: int
+    rows: int
+    subsampled: bool
+    nnz_before: int
+    nnz_after: int
+    epsilon: float
+    misfit: float
+    discrepancy: float
+    iterations: int
+    converged: bool
+    seconds: float
+
+
+class PruneReport(NamedTuple):
+    """Whole-network summary.
+
+    scheme: "cascade" | "parallel"; gamma: cascade inflation (not used by parallel);
+    layers: tuple of ``LayerReport``; nnz_before / nnz_after: the pruned layers' nonzero
+    weights; output_discrepancy: relative, model output; output_error: absolute
+    ||Y_L - Y_hat_L||_F of the last prunable layer; bound: the scheme's a priori bound on
+    ``output_error`` (``nettrim_jax.network.bounds``); seconds: total; options: every
+    setting that shaped the result (epsilon, gamma, relative, output_epsilon, refit,
+    per_neuron, solver, max_patches, seed, solver options), JSON-able.
+    """
+
+    scheme: str
+    gamma: float
+    layers: tuple
+    nnz_before: int
+    nnz_after: int
+    output_discrepancy: float
+    output_error: float
+    bound: float
+    seconds: float
+    options: dict = {}
+
+    def to_dict(self) -> dict:
+        """JSON-able dict (numbers as Python floats/ints; layers as dicts)."""
+        d = self._asdict()
+        d["layers"] = [dict(layer._asdict()) for layer in self.layers]
+        return json.loads(json.dumps(d, default=_plain))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PruneReport:
+        """Inverse of ``to_dict`` (extra keys, such as the command line's ``run``, ignored)."""
+        layers = tuple(LayerReport(**{k: row[k] for k in LayerReport._fields}) for row in d["layers"])
+        fields = {k: d[k] for k in cls._fields if k in d and k != "layers"}
+        return cls(layers=layers, **fields)
+
+    def to_markdown(self, title: str | None = None, notes: Sequence[str] = ()) -> str:
+        """The per-layer table and a summary line (see ``render_markdown``)."""
+        return render_markdown(self, title, notes)
+
+
+def _plain(x: Any):
+    if hasattr(x, "item"):
+        return x.item()
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    return str(x)
+
+
+def _option_line(options: dict) -> str:
+    shown = [f"{k} `{v}`" for k, v in options.items() if v is not None]
+    return ", ".join(shown)
+
+
+def render_markdown(report: PruneReport, title: str | None = None, notes: Sequence[str] = ()) -> str:
+    """GitHub markdown: optional ``# title``, the options, the per-layer table, the summary
+    line (nonzeros, output discrepancy, output error against the bound), ``notes`` (one line
+    each, e.g. accuracy), and a warning naming every layer whose solve did not converge."""
+    lines = []
+    if title:
+        lines += [f"# {title}", ""]
+    if report.options:
+        lines += [_option_line(report.options), ""]
+    lines += ["| layer | kind | program | N | M | rows | nnz before | nnz after | epsilon | "
+              "discrepancy | iters | converged | s |", "|" + "---|" * 13]
+    for layer in report.layers:
+        lines.append(
+            f"| {layer.name} | {layer.kind} | {layer.activation} | {layer.N} | {layer.M} | "
+            f"{layer.rows}{'*' if layer.subsampled else ''} | {layer.nnz_before} | {layer.nnz_after} | "
+            f"{layer.epsilon:.4g} | {layer.discrepancy:.4f} | {layer.iterations} | "
+            f"{'yes' if layer.converged else 'NO'} | {layer.seconds:.2f} |")
+    keep = report.nnz_after / max(1, report.nnz_before)
+    # the bound assumes every program was met; an unconverged solve may exceed it
+    held = "<=" if report.output_error <= report.bound else "> (some layer missed its program)"
+    scheme = f"{report.scheme} Net-Trim" + (f" (gamma={report.gamma:g})" if report.scheme == "cascade" else "")
+    lines += ["", f"{scheme}: nonzeros {report.nnz_before} -> {report.nnz_after} ({100 * keep:.1f}% kept); "
+                  f"output discrepancy {report.output_discrepancy:.4f}; output error "
+                  f"{report.output_error:.4g} {held} bound {report.bound:.4g}; {report.seconds:.1f} s"]
+    if any(layer.subsampled for layer in report.layers):
+        lines.append("* conv rows sampled (max_patches): the epsilon guarantee holds on the sampled rows.")
+    lines += list(notes)
+    bad = [layer.name for layer in report.layers if not layer.converged]
+    if bad:
+        lines.append(f"Warning: the solve did not converge for layer(s) {bad}; the kernels are "
+                     "usable but not certified optimal.")
+    return "\n".join(lines) + "\n"
