@@ -103,11 +103,14 @@ def prune_baseline(net, x, keeps, method: str, *, max_rows: int | None = 50_000,
 
     Args:
       net: spec network; x: calibration inputs; keeps: nonzero weights per prunable layer.
-      method: "magnitude" | "wanda" | "sparsegpt".  Wanda and SparseGPT are run
+      method: "magnitude" | "wanda" | "sparsegpt" | "alps".  Wanda, SparseGPT and ALPS are run
         sequentially, as in their papers: layer l sees the inputs produced by the already
         pruned layers < l.  Conv layers are handled as their patch matrix (at most
         ``max_rows`` random patch rows).  Biases are kept as they are.
     """
+    fns = {"wanda": baselines.wanda, "sparsegpt": baselines.sparsegpt, "alps": baselines.alps}
+    if method != "magnitude" and method not in fns:
+        raise ValueError(f"method must be magnitude, wanda, sparsegpt or alps, got {method!r}")
     rng = np.random.default_rng(seed)
     out = list(net)
     h = jnp.asarray(x)
@@ -121,8 +124,7 @@ def prune_baseline(net, x, keeps, method: str, *, max_rows: int | None = 50_000,
                 new = baselines.magnitude(mat, keep)
             else:
                 rows = _rows(item, h, max_rows, rng)
-                fn = baselines.wanda if method == "wanda" else baselines.sparsegpt
-                new = fn(mat, rows, keep)
+                new = fns[method](mat, rows, keep)
             out[i] = with_matrix(bare, new)._replace(bias=item.bias)
             li += 1
             h = apply_specs([out[i]], h)

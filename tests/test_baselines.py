@@ -1,5 +1,6 @@
-"""Baselines: exact sparsity, the right weights kept, SparseGPT reconstructs better."""
+"""Baselines: exact sparsity, the right weights kept, SparseGPT and ALPS reconstruct better."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -22,7 +23,8 @@ def test_every_method_hits_the_exact_count(sparsity):
     x, w = _problem()
     keep = bl.keep_count(w.size, sparsity)
     for out in (bl.magnitude(w, keep), bl.wanda(w, x, keep), bl.wanda(w, x, keep, per_output=False),
-                bl.sparsegpt(w, x, keep), bl.sparsegpt(w, x, keep, blocksize=7)):
+                bl.sparsegpt(w, x, keep), bl.sparsegpt(w, x, keep, blocksize=7),
+                bl.alps(w, x, keep)):
         assert out.shape == w.shape
         assert int(jnp.sum(out != 0)) == keep
 
@@ -107,3 +109,90 @@ def test_sparsegpt_matches_the_least_squares_fit_on_its_mask_when_one_block():
         refit_err += np.sum((x[:, cols] @ coef - ref[:, j]) ** 2)
     ours = np.sum((x @ out - ref) ** 2)
     assert ours <= 1.5 * refit_err + 1e-6
+
+
+def _lstsq_error(x, w, mask):
+    """||X W - X W_hat||_F / ||X W||_F with W_hat the exact least-squares fit on ``mask``."""
+    ref = x.astype(np.float64) @ w
+    err = 0.0
+    for j in range(w.shape[1]):
+        cols = np.flatnonzero(mask[:, j])
+        fit = 0.0
+        if cols.size:
+            coef, *_ = np.linalg.lstsq(x[:, cols].astype(np.float64), ref[:, j], rcond=None)
+            fit = x[:, cols] @ coef
+        err += np.sum((fit - ref[:, j]) ** 2)
+    return np.sqrt(err) / np.linalg.norm(ref)
+
+
+@pytest.mark.parametrize("sparsity", [0.7, 0.8, 0.9])
+def test_alps_reconstructs_at_least_as_well_as_sparsegpt_and_magnitude(sparsity):
+    for seed in range(3):
+        x, w = _problem(p=200, n=40, m=10, seed=seed)
+        keep = bl.keep_count(w.size, sparsity)
+        out = bl.alps(w, x, keep)
+        assert int(jnp.sum(out != 0)) == keep
+        e_alps = bl.reconstruction_error(x, w, out)
+        assert e_alps <= bl.reconstruction_error(x, w, bl.sparsegpt(w, x, keep))
+        assert e_alps <= bl.reconstruction_error(x, w, bl.magnitude(w, keep))
+
+
+def test_alps_refit_is_the_least_squares_fit_on_its_support():
+    # The PCG step solves the normal equations on the final support: the result should be
+    # the exact least-squares fit there (up to the 1% ridge the reference adds).
+    x, w = _problem(p=200, n=40, m=10, seed=5)
+    out = np.asarray(bl.alps(w, x, bl.keep_count(w.size, 0.8)))
+    ours = bl.reconstruction_error(x, w, out)
+    assert ours <= 1.02 * _lstsq_error(x, w, out != 0) + 1e-6
+
+
+def test_alps_all_weights_kept_is_the_dense_support_and_none_kept_is_zero():
+    x, w = _problem(p=200, n=40, m=10)
+    w = w.copy()
+    w[3, 4] = 0.0
+    out = bl.alps(w, x, w.size)
+    np.testing.assert_array_equal(np.asarray(bl.mask_of(out)), w != 0)
+    np.testing.assert_array_equal(np.asarray(out), w)
+    assert int(jnp.sum(bl.alps(w, x, 0) != 0)) == 0
+
+
+def test_alps_dtypes():
+    x, w = _problem(p=200, n=40, m=10, seed=1)
+    keep = bl.keep_count(w.size, 0.8)
+    assert bl.alps(w, x, keep).dtype == jnp.float32
+    with jax.enable_x64(True):
+        out = bl.alps(w.astype(np.float64), x.astype(np.float64), keep)
+        assert out.dtype == jnp.float64
+        assert int(jnp.sum(out != 0)) == keep
+        assert bl.reconstruction_error(x, w, out) <= bl.reconstruction_error(
+            x, w, bl.sparsegpt(w.astype(np.float64), x.astype(np.float64), keep))
+
+
+@pytest.mark.parametrize("case", ["keep<0", "keep>size", "x cols", "x 1-D", "kernel 1-D",
+                                  "nan x", "nan kernel", "inf kernel", "rho"])
+def test_alps_bad_input_is_a_one_line_value_error(case):
+    x, w = _problem(p=50, n=8, m=3)
+    keep = 10
+    if case == "keep<0":
+        keep = -1
+    elif case == "keep>size":
+        keep = w.size + 1
+    elif case == "x cols":
+        x = x[:, :7]
+    elif case == "x 1-D":
+        x = x[0]
+    elif case == "kernel 1-D":
+        w = w[:, 0]
+    elif case == "nan x":
+        x = x.copy()
+        x[3, 2] = np.nan
+    elif case == "nan kernel":
+        w = w.copy()
+        w[1, 1] = np.nan
+    elif case == "inf kernel":
+        w = w.copy()
+        w[1, 1] = np.inf
+    kw = {"rho": 0.0} if case == "rho" else {}
+    with pytest.raises(ValueError) as err:
+        bl.alps(w, x, keep, **kw)
+    assert "\n" not in str(err.value)
