@@ -13,7 +13,9 @@ the values).  At each sparsity s three forms are timed, all compiled with ``jax.
             (1 - s) of its entries nonzero (uniformly at random), applied as W^T x^T.
 
 Latency is the median wall time of one forward pass at batch 1; throughput is samples/s at
-batch 256 (median of the repeats).  Model bytes: dense float32, compact float32, and the
+batch 256: the median of up to 300 runs (fewer, at least 5, where they would take over
+0.5 s).  At batch 1 a CPU forward pass is mostly dispatch overhead (tens of us), and on
+a shared machine the medians move by tens of percent between runs.  Model bytes: dense float32, compact float32, and the
 unstructured kernels stored by ``nettrim_jax.io.sparse`` (values + the smaller index).
 
 Usage: python experiments/bench_inference.py [--quick] [--out DIR] [--repeats K]
@@ -98,12 +100,16 @@ def forward_bcoo(params, x):
     return h.T
 
 
-def timeit(fn, args, repeats):
-    """Median seconds of ``fn(*args)`` after two warm-up calls (compilation excluded)."""
+def timeit(fn, args, repeats, budget=0.5):
+    """Median seconds of ``fn(*args)`` after two warm-up calls (compilation excluded): at
+    most ``repeats`` runs, fewer (at least 5) where they would take over ``budget`` seconds."""
     for _ in range(2):
         jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    once = time.perf_counter() - t
+    times = [once]
+    for _ in range(max(4, min(repeats, int(budget / max(once, 1e-9))) - 1)):
         t = time.perf_counter()
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t)
@@ -122,7 +128,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     started = time.time()
     sparsities = [0.9] if args.quick else [0.5, 0.8, 0.9, 0.95, 0.98]
-    repeats = args.repeats or (5 if args.quick else 50)
+    repeats = args.repeats or (5 if args.quick else 300)
     batch = 64 if args.quick else 256
     rng = np.random.default_rng(args.seed)
     x1 = jnp.asarray(rng.standard_normal((1, WIDTHS[0])), jnp.float32)
@@ -134,7 +140,8 @@ def main(argv=None):
     dense_bytes = sum(k.nbytes + b.nbytes for k, b in layers)
     base = measure("dense", f_dense, (dense_params, x1), (dense_params, xb), repeats, batch)
     records = [dict(base, sparsity=0.0, params=sum(k.size + b.size for k, b in layers),
-                    bytes=dense_bytes)]
+                    bytes=dense_bytes, dense_latency_us=base["latency_us"],
+                    dense_throughput=base["throughput"])]
 
     f_compact = jax.jit(forward_compact)
     f_bcoo = jax.jit(forward_bcoo)
@@ -144,7 +151,11 @@ def main(argv=None):
         small = compact(layers, masks)
         cp = [(jnp.asarray(k), jnp.asarray(b)) for k, b in small]
         keep_in = jnp.asarray(np.flatnonzero(masks[0]), jnp.int32)
+        # The dense baseline again, next to the pruned forms: the shared machine drifts.
+        ref = measure("dense", f_dense, (dense_params, x1), (dense_params, xb), repeats, batch)
+        against = {"dense_latency_us": ref["latency_us"], "dense_throughput": ref["throughput"]}
         rec = measure("compact", f_compact, (cp, keep_in, x1), (cp, keep_in, xb), repeats, batch)
+        rec.update(against)
         want = forward_dense([(np.where(np.outer(masks[i], masks[i + 1]), k, 0), b * masks[i + 1])
                               for i, (k, b) in enumerate(layers)], np.asarray(xb))
         got = np.asarray(f_compact(cp, keep_in, xb))
@@ -155,6 +166,7 @@ def main(argv=None):
         pruned = unstructured(layers, s, args.seed + 2)
         bp = [(jsparse.BCOO.fromdense(jnp.asarray(k.T)), jnp.asarray(b)) for k, b in pruned]
         rec = measure("bcoo", f_bcoo, (bp, x1), (bp, xb), repeats, batch)
+        rec.update(against)
         got = np.asarray(f_bcoo(bp, xb))
         want = np.asarray(forward_dense(pruned, np.asarray(xb)))
         assert np.allclose(got, want, rtol=1e-4, atol=1e-4), "bcoo != masked model"
@@ -167,17 +179,19 @@ def main(argv=None):
     out = common.out_dir(args)
     (out / "bench_inference.json").write_text(json.dumps(records, indent=1))
     rows = [(f"{r['sparsity']:.2f}", r["form"], r["params"], f"{r['bytes'] / 1024:.1f}",
-             f"{r['latency_us']:.1f}", f"{base['latency_us'] / r['latency_us']:.2f}x",
-             f"{r['throughput']:.0f}", f"{r['throughput'] / base['throughput']:.2f}x")
+             f"{r['latency_us']:.1f}", f"{r['dense_latency_us'] / r['latency_us']:.2f}x",
+             f"{r['throughput']:.0f}", f"{r['throughput'] / r['dense_throughput']:.2f}x")
             for r in records]
     device = jax.devices()[0]
     md = "\n".join([
         "# Inference: dense vs compacted (structured) vs BCOO (unstructured)",
         "",
         f"784-300-100-10 ReLU MLP, float32, `jax.jit`, {device.platform} ({device.device_kind}); "
-        f"latency at batch 1, throughput at batch {batch}; median of {repeats} runs. "
+        f"latency at batch 1, throughput at batch {batch}; median of up to {repeats} runs "
+        "(at least 5, about 0.5 s each). "
         "`compact` keeps sqrt(1 - s) of the input pixels and hidden units (dead units removed), "
-        "`bcoo` zeroes a fraction s of each kernel's entries; an unstructured model stored as "
+        "`bcoo` zeroes a fraction s of each kernel's entries; \"vs dense\" divides by the dense model "
+        "timed again just before each sparsity's pair (the shared machine drifts); an unstructured model stored as "
         "masked dense arrays runs exactly as `dense`. KiB: float32 weights and biases; for `bcoo` "
         "as stored by `nettrim_jax.io.sparse` (values + bitmask or int32 indices).",
         "",
