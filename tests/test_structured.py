@@ -147,3 +147,27 @@ def test_bad_structure_values(kwargs, match):
     with pytest.raises(ValueError, match=match) as err:
         nt.solve_layer(x, y, epsilon=0.1, **kwargs)
     assert "\n" not in str(err.value)
+
+
+def test_channel_groups_follow_kernel_matrix_order():
+    # A 3x3 conv with 4 input channels, channels 1 and 3 unused by the original kernel.
+    from nettrim_jax.network import specs
+
+    rng = np.random.default_rng(6)
+    kernel = rng.standard_normal((3, 3, 4, 3)).astype(np.float32)
+    kernel[:, :, [1, 3], :] = 0
+    spec = nt.Conv(kernel=jnp.asarray(kernel), bias=jnp.asarray([0.1, -0.1, 0.2], jnp.float32),
+                   padding="VALID")
+    x_img = jnp.asarray(rng.standard_normal((4, 8, 8, 4)), jnp.float32)
+    rows = np.asarray(specs.layer_rows(spec, x_img))
+    x = np.concatenate([rows, np.ones((rows.shape[0], 1), np.float32)], axis=1)
+    y = np.asarray(jax.nn.relu(specs.apply_layer(spec, x_img))).reshape(-1, 3)
+    np.testing.assert_allclose(np.maximum(x @ np.asarray(specs.kernel_matrix(spec)), 0), y, atol=1e-4)
+    groups = structure.channel_groups(4, 3, 3, bias=True)
+    sol = nt.solve_layer(x, y, epsilon=0.05 * np.linalg.norm(y), structure="rows", groups=groups)
+    assert bool(sol.info.converged)
+    dead_rows = structure.zero_groups(sol.kernel, groups)
+    pruned = specs.with_matrix(spec, sol.kernel)
+    dead_channels = np.all(np.asarray(pruned.kernel) == 0, axis=(0, 1, 3))
+    assert dead_channels[1] and dead_channels[3]
+    np.testing.assert_array_equal(dead_rows[:-1], np.repeat(dead_channels, 9))
