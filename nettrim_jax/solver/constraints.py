@@ -16,6 +16,8 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
+from nettrim_jax.solver import structure
+
 
 class ConstraintSet(NamedTuple):
     """C for one block, in the solver's (scaled) units.
@@ -75,7 +77,7 @@ def support(lam: jnp.ndarray, c: ConstraintSet) -> jnp.ndarray:
     return jnp.where(jnp.all(outside >= 0), inner + ball + bound, jnp.inf)
 
 
-def dual_bound(lam: jnp.ndarray, xt_lam: jnp.ndarray, c: ConstraintSet) -> jnp.ndarray:
+def dual_bound(lam: jnp.ndarray, xt_lam: jnp.ndarray, c: ConstraintSet, groups=None) -> jnp.ndarray:
     """Certified lower bound on min ||U||_1 s.t. XU in C from any dual point lam (P, M).
 
     Lagrangian duality gives  min ||U||_1 >= -sigma_C(lam')  for every lam' >= 0 outside
@@ -85,8 +87,14 @@ def dual_bound(lam: jnp.ndarray, xt_lam: jnp.ndarray, c: ConstraintSet) -> jnp.n
     ||X^T lam'||_inf <= 1 splits over columns, so a column far inside it is not shrunk
     for the sake of the worst one; near the optimum this halves the gap or better).
     ``xt_lam`` is X^T lam (N, M).
+
+    With ``groups`` (the objective ||U||_G of ``structure``) the dual constraint is
+    ||X^T lam'||_G* <= 1, the largest group l2 norm, which does not split over columns:
+    only the whole-block factor 1 / ||X^T lam||_G* is used.
     """
     tiny = jnp.finfo(lam.dtype).tiny
+    if groups is not None:
+        return _group_bound(lam, xt_lam, c, groups, tiny)
     col_norm = jnp.max(jnp.abs(xt_lam), axis=0)
     dual_norm = jnp.max(col_norm)
     value = -support(lam, c)
@@ -94,3 +102,9 @@ def dual_bound(lam: jnp.ndarray, xt_lam: jnp.ndarray, c: ConstraintSet) -> jnp.n
     scale = jnp.where(col_norm > tiny, 1 / jnp.maximum(col_norm, tiny), 0)
     per_column = -support(lam * scale, c)
     return jnp.maximum(uniform, jnp.where(jnp.isfinite(per_column), per_column, 0))
+
+
+def _group_bound(lam, xt_lam, c, groups, tiny):
+    dual_norm = structure.dual_norm(xt_lam, groups)
+    value = -support(lam, c)
+    return jnp.where((value > 0) & (dual_norm > tiny), value / jnp.maximum(dual_norm, tiny), 0)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nettrim_jax.solver import admm, constraints, gram, pdhg
+from nettrim_jax.solver import structure as structures
 from nettrim_jax.solver.scaling import is_concrete, validate, x_scale, y_scale
 
 # ADMM's starting penalty in the solver's scaled units.  Measured on MNIST first layers
@@ -35,8 +36,9 @@ class LayerInfo(NamedTuple):
     Attributes:
       iterations: iterations run (the most over units in per-neuron mode).
       converged: True only if every stopping test passed (all units in per-neuron mode).
-      objective: ||kernel||_1 in the caller's units.
-      lower_bound: certified lower bound on the optimal ||U||_1, from a dual-feasible point.
+      objective: ||kernel||_1 in the caller's units (with ``structure="rows"``: the
+        group-l1 norm sum_g ||kernel_g||_F plus l1 of ungrouped rows, ``structure.norm``).
+      lower_bound: certified lower bound on the optimal objective, from a dual-feasible point.
       gap: (objective - lower_bound) / objective, the certified relative optimality gap
         when the kernel is feasible; a negative gap means the kernel is not yet feasible
         (its l1 norm is below the optimum), which only an unconverged solve returns.
@@ -106,7 +108,8 @@ def _column_radii(y_omega, epsilon, per_neuron):
 
 
 @functools.partial(jax.jit, static_argnames=("activation", "per_neuron", "solver", "opts"))
-def _solve(X, Y, epsilon, threshold, w0, warm, rho0, *, activation, per_neuron, solver, opts):
+def _solve(X, Y, epsilon, threshold, w0, warm, rho0, groups=None, *, activation, per_neuron, solver,
+           opts):
     dtype = X.dtype
     sx = x_scale(X, solver)
     sy = y_scale(Y)
@@ -130,7 +133,7 @@ def _solve(X, Y, epsilon, threshold, w0, warm, rho0, *, activation, per_neuron, 
     def one(target, om, rad, thr, w, warm_state):
         c = constraints.ConstraintSet(target=target, omega=om, radius=rad, threshold=thr)
         s0 = init(c, w, rho0) if warm_state is None else warm_state
-        return runner(c, s0, opts)
+        return runner(c, s0, opts, groups=groups)
 
     if per_neuron:
         cols = lambda a: jnp.moveaxis(a, 1, 0)[..., None]  # (P, M) -> (M, P, 1)
@@ -156,7 +159,7 @@ def _solve(X, Y, epsilon, threshold, w0, warm, rho0, *, activation, per_neuron, 
         violation = jnp.maximum(jnp.max(excess), 0)
     else:
         violation = jnp.zeros((), dtype)
-    objective = jnp.sum(jnp.abs(kernel))
+    objective = jnp.sum(jnp.abs(kernel)) if groups is None else structures.norm(kernel, groups)
     lower = jnp.sum(rep.lower_bound) * (sy / sx)
     gap = jnp.where(objective > 0, (objective - lower) / jnp.where(objective > 0, objective, 1), 0)
     info = LayerInfo(
@@ -177,7 +180,8 @@ def _warn_unconverged(converged, iterations, gap, residual):
 
 def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
                 per_neuron: bool = False, solver: str = "admm", warm_start=None,
-                rho=None, **solver_options) -> LayerSolution:
+                rho=None, structure: str = "unstructured", groups=None,
+                **solver_options) -> LayerSolution:
     """Solve Net-Trim's program for one layer.
 
     Args:
@@ -193,6 +197,14 @@ def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
       warm_start: an (N, M) kernel, or a previous ``LayerSolution`` for the same X and Y
         (its full solver state is reused).
       rho: initial ADMM penalty / PDHG primal weight (scaled units); default is adaptive.
+      structure: "unstructured" (minimize ||U||_1) or "rows" (structured Net-Trim: the
+        group-l1 norm sum_g ||U_g||_F over groups of input rows, so whole input units or
+        channels become exact zeros; the certificate uses its dual, the largest group l2
+        norm).  Not with ``per_neuron=True``.
+      groups: with "rows", an (N,) integer array of group ids: rows sharing an id >= 0
+        form one group (a conv channel: ``structure.channel_groups``), rows with id < 0
+        keep the entrywise l1 (the bias row: ``structure.row_groups``).  Default: every
+        row its own group, the last (bias) row included.
       **solver_options: fields of ``admm.Options`` / ``pdhg.Options`` (max_iters,
         check_every, eps_abs, eps_rel, gap_tol, relaxation, adaptive_rho, margin,
         feas_tol; see their docstrings).
@@ -205,6 +217,7 @@ def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
     warm_kernel = warm_start.kernel if isinstance(warm_start, LayerSolution) else warm_start
     validate(X, Y, epsilon, activation, threshold, per_neuron, solver,
              None if warm_kernel is None else jnp.shape(warm_kernel))
+    groups = structures.parse(structure, groups, jnp.shape(X)[1], per_neuron)
     X = jnp.asarray(X)
     dtype = jnp.result_type(X.dtype, jnp.asarray(Y).dtype, jnp.float32)
     X = X.astype(dtype)
@@ -226,7 +239,9 @@ def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
     else:
         w0 = jnp.zeros((n, m), dtype)
     rho0 = None if rho is None else jnp.asarray(rho, dtype)
-    kernel, info, state = _solve(X, Y, epsilon, threshold, w0, warm, rho0,
+    if groups is not None:
+        groups = jnp.asarray(groups)
+    kernel, info, state = _solve(X, Y, epsilon, threshold, w0, warm, rho0, groups,
                                  activation=activation, per_neuron=per_neuron,
                                  solver=solver, opts=opts)
     if is_concrete(info.converged):

@@ -4,7 +4,27 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from nettrim_jax.solver import structure
+
 
 def soft_threshold(v: jnp.ndarray, t) -> jnp.ndarray:
     """Proximal map of t * ||.||_1: exact zeros where |v| <= t."""
     return jnp.sign(v) * jnp.maximum(jnp.abs(v) - t, 0)
+
+
+def group_soft_threshold(v: jnp.ndarray, t, groups: jnp.ndarray) -> jnp.ndarray:
+    """Proximal map of t * ||.||_G (``structure``) at v (N, M).
+
+    Each group of rows is scaled by max(0, 1 - t / ||v_g||_F): whole groups become exact
+    zeros where ||v_g||_F <= t.  Ungrouped rows (id < 0) are soft-thresholded entrywise.
+    ``groups`` is the (N,) canonical id array of ``structure.parse``.
+    """
+    norms = structure.entry_norms(v, groups)
+    tiny = jnp.finfo(v.dtype).tiny
+    factor = jnp.maximum(1 - t / jnp.maximum(norms, tiny), 0)
+    return jnp.where((groups >= 0)[:, None], v * factor, soft_threshold(v, t))
+
+
+def shrink(v: jnp.ndarray, t, groups=None) -> jnp.ndarray:
+    """The objective's prox: ``soft_threshold`` for l1 (groups None), else the group one."""
+    return soft_threshold(v, t) if groups is None else group_soft_threshold(v, t, groups)
