@@ -107,9 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--split", choices=("train", "test"), default="train", help="IDX split (default train)")
     q.add_argument("--samples", type=int, help="use the first N samples only")
     q.add_argument("--scheme", choices=("cascade", "parallel"), default="cascade")
-    q.add_argument("--epsilon", type=float, required=True,
+    q.add_argument("--epsilon", type=float, default=None,
                    help="relative misfit ||XU - Y||_F <= epsilon ||Y||_F: of every layer (parallel) "
-                        "or of the first layer (cascade; later layers follow --gamma)")
+                        "or of the first layer (cascade; later layers follow --gamma); "
+                        "give this or --sparsity")
+    q.add_argument("--sparsity", type=float, default=None,
+                   help="target fraction of weights removed (0 <= S < 1); each layer's epsilon is "
+                        "searched to hit it (prune's sparsity=)")
+    q.add_argument("--allocation", choices=("scores", "uniform"), default="scores",
+                   help="how --sparsity is split over layers (default scores)")
     q.add_argument("--gamma", type=float, default=1.1,
                    help="cascade: epsilon_l = gamma x the original weights' misfit on the pruned inputs (>= 1; default 1.1)")
     q.add_argument("--solver", choices=("admm", "pdhg"), default=None)

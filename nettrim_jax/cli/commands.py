@@ -121,7 +121,8 @@ def _fingerprint(args, ckpt_sha: str, x) -> dict:
             "data_sha256": hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest(),
             "scheme": args.scheme, "epsilon": args.epsilon, "gamma": args.gamma, "solver": args.solver,
             "max_iters": args.max_iters, "max_patches": args.max_patches,
-            "refit": bool(args.refit), "output_epsilon": args.output_epsilon}
+            "refit": bool(args.refit), "output_epsilon": args.output_epsilon,
+            "sparsity": args.sparsity, "allocation": args.allocation}
 
 
 def _check_args(args) -> None:
@@ -129,8 +130,12 @@ def _check_args(args) -> None:
                              ("--samples", args.samples, 1)):
         if value is not None and value < low:
             raise UsageError(f"{flag} must be >= {low}, got {value}")
-    if not args.epsilon >= 0:
+    if args.epsilon is None and args.sparsity is None:
+        raise UsageError("give --epsilon or --sparsity")
+    if args.epsilon is not None and not args.epsilon >= 0:
         raise UsageError(f"--epsilon must be >= 0, got {args.epsilon}")
+    if args.sparsity is not None and not 0 <= args.sparsity < 1:
+        raise UsageError(f"--sparsity must be in [0, 1) (the fraction of weights removed), got {args.sparsity}")
     if not args.gamma >= 1:
         raise UsageError(f"--gamma must be >= 1 (the original weights must stay feasible), got {args.gamma}")
     if args.resume and args.force:
@@ -196,10 +201,14 @@ def cmd_prune(args, console) -> int:
         for name in (PARTIAL, REPORT_JSON, REPORT_MD, REPORT_PNG):
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    target = f"sparsity {args.sparsity}" if args.sparsity is not None else f"epsilon {args.epsilon}"
+    gamma = f", gamma {args.gamma}" if args.scheme == "cascade" else ""
     console.note(f"pruning {total} layer(s) of {args.checkpoint} on {x.shape[0]} samples "
-                 f"({args.scheme}, epsilon {args.epsilon}" + (f", gamma {args.gamma}" if args.scheme == "cascade" else "") + ")")
+                 f"({args.scheme}, {target}{gamma})")
     t0 = time.perf_counter()
-    res = prune(to_network(model.layers), x, scheme=args.scheme, epsilon=args.epsilon, gamma=args.gamma,
+    epsilon = 0.05 if args.epsilon is None else args.epsilon  # with --sparsity: the search's start
+    res = prune(to_network(model.layers), x, scheme=args.scheme, epsilon=epsilon, gamma=args.gamma,
+                sparsity=args.sparsity, allocation=args.allocation,
                 solver=args.solver or "admm", max_patches=args.max_patches, refit=args.refit,
                 output_epsilon=args.output_epsilon, progress=not args.quiet, resume=resume,
                 on_layer=lambda state: save_state(out / PARTIAL, state, fp), **solver_options(args))

@@ -39,11 +39,10 @@ from nettrim_jax.network.problems import (
     SolveConfig,
     absolute_epsilon,
     build_problem,
-    dispatch,
-    jitted_solver,
     output_layer_epsilon,
     refit_or_measure,
     skipped_outcome,
+    solve_program,
     solved_outcome,
 )
 from nettrim_jax.network.specs import Dense, kernel_matrix, layer_rows, with_matrix, with_ones
@@ -169,8 +168,9 @@ class _Cascade:
             eps = float(e)
             if prog == "relu":
                 V = thr
-        f = jitted_solver(prog, cfg.per_neuron, cfg.solver, prog == "relu", cfg.opts)
-        K, info = dispatch(f, pr.inputs, pr.target, eps, V, None, cfg.per_neuron)()
+        K, info, eps = solve_program(cfg, i, pr.inputs, pr.target, eps, V, prog)
+        if cfg.keep and cfg.keep[i] is not None and floor is not None:
+            floor = eps  # the found epsilon bounds this layer like a floor (network.bounds)
         K, fit = refit_or_measure(cfg.refit, pr.inputs, pr.target, jnp.asarray(K), prog, V)
         self.new[i] = with_matrix(spec, K)
         return solved_outcome(pr, K, eps, fit, info, time.perf_counter() - t0, floor=floor)
@@ -198,7 +198,8 @@ def solve_cascade(net: Adapter, x, programs: Sequence[str], eps_list: Sequence, 
         outcomes[k] = out
         if out.kernel is not None:
             state.new[k] = with_matrix(state.orig[k], jnp.asarray(out.kernel))
-    runs = scan_runs(state.orig, state.base, programs, cfg.per_neuron) if scan in ("auto", True) else []
+    use_scan = scan in ("auto", True) and not cfg.keep  # a target searches each layer's epsilon
+    runs = scan_runs(state.orig, state.base, programs, cfg.per_neuron) if use_scan else []
     if scan is True and not runs:
         warnings.warn("scan=True but no run of stackable layers was found; using the loop", stacklevel=3)
     runs = [(max(i, prefix), j) for i, j in runs if j - max(i, prefix) >= 2]

@@ -30,6 +30,7 @@ from nettrim_jax.network.problems import (
     jitted_solver,
     refit_or_measure,
     skipped_outcome,
+    solve_program,
     solved_outcome,
 )
 from nettrim_jax.network.specs import kernel_matrix
@@ -60,10 +61,14 @@ def solve_parallel(orig: Sequence, base: Captured, programs: Sequence[str], eps_
         d = int(np.argmin(load))
         load[d] += cost
         pr = probs[i]
-        f = jitted_solver(programs[i], cfg.per_neuron, cfg.solver, False, cfg.opts)
+        zero = jnp.zeros((), pr.inputs.dtype)
         started[i] = time.perf_counter()
-        placed[i] = dispatch(f, pr.inputs, pr.target, eps[i], jnp.zeros((), pr.inputs.dtype),
-                             devices[d], cfg.per_neuron)
+        if cfg.keep and cfg.keep[i] is not None:  # a sparsity target: searched when gathered
+            placed[i] = lambda i=i, pr=pr, zero=zero: solve_program(cfg, i, pr.inputs, pr.target, eps[i],
+                                                                    zero, programs[i])
+            continue
+        f = jitted_solver(programs[i], cfg.per_neuron, cfg.solver, False, cfg.opts)
+        placed[i] = dispatch(f, pr.inputs, pr.target, eps[i], zero, devices[d], cfg.per_neuron)
     outcomes: list[LayerOutcome] = []
     for i in range(L):
         prior = done[i]
@@ -74,10 +79,11 @@ def solve_parallel(orig: Sequence, base: Captured, programs: Sequence[str], eps_
             K = kernel_matrix(orig[i])
             out = skipped_outcome(int(K.shape[0]), int(K.shape[1]))
         else:
-            K, info = placed[i]()
+            got = placed[i]()
+            K, info, e = got if len(got) == 3 else (*got, eps[i])
             pr = probs[i]
             K, fit = refit_or_measure(cfg.refit, pr.inputs, pr.target, jnp.asarray(K), programs[i])
-            out = solved_outcome(pr, K, eps[i], fit, info, time.perf_counter() - started[i])
+            out = solved_outcome(pr, K, e, fit, info, time.perf_counter() - started[i])
         outcomes.append(out)
         if on_layer is not None and prior is None:
             on_layer(i, out)

@@ -32,7 +32,8 @@ class SolveConfig(NamedTuple):
     per_neuron, solver: as ``solve_layer``; opts: sorted ``(name, value)`` solver options;
     relative: epsilons relative to ||Y_l||_F; max_patches, seed: conv row sampling; gamma:
     cascade inflation; per_layer: ``epsilon`` was given per layer (cascade: floors);
-    refit: refit kept weights on the support; output_epsilon: cascade output budget or None.
+    refit: refit kept weights on the support; output_epsilon: cascade output budget or None;
+    keep: per-layer keep counts of a sparsity target (the epsilon is then searched).
     """
 
     per_neuron: bool
@@ -45,6 +46,7 @@ class SolveConfig(NamedTuple):
     per_layer: bool
     refit: bool
     output_epsilon: float | None
+    keep: tuple = ()  # per-layer nonzeros to keep (``network.targets``); () or None: epsilon rule
 
 
 class LayerProblem(NamedTuple):
@@ -91,6 +93,21 @@ def solved_outcome(prob: LayerProblem, kernel, eps, fit, info, seconds, floor=No
                         misfit=float(fit), iterations=int(info.iterations),
                         converged=bool(info.converged), seconds=float(seconds),
                         floor=None if floor is None else float(floor), scan=scan)
+
+
+def solve_program(cfg: SolveConfig, i: int, A, Y, eps: float, V, program: str, device=None):
+    """(kernel, info, epsilon) of layer ``i``'s program: at ``eps``, or, when the run has a
+    keep count for the layer, at the epsilon the search finds (starting from ``eps``)."""
+    keep = cfg.keep[i] if cfg.keep else None
+    if keep is None:
+        f = jitted_solver(program, cfg.per_neuron, cfg.solver, program == "relu", cfg.opts)
+        K, info = dispatch(f, A, Y, eps, V, device, cfg.per_neuron)()
+        return K, info, eps
+    from nettrim_jax.network.targets import solve_to_count
+
+    found = solve_to_count(A, Y, V, program, keep, float(eps), per_neuron=cfg.per_neuron,
+                           solver=cfg.solver, opts=cfg.opts)
+    return found.kernel, found.info, found.epsilon
 
 
 def build_problem(spec, X, Z, program: str, max_patches: int | None, seed: int) -> LayerProblem:

@@ -39,6 +39,7 @@ from nettrim_jax.network.parallel import solve_parallel
 from nettrim_jax.network.problems import LayerOutcome, SolveConfig, fro
 from nettrim_jax.network.report import LayerReport, PruneReport
 from nettrim_jax.network.specs import Conv, kernel_matrix, with_matrix
+from nettrim_jax.network.targets import keep_counts, parse_sparsity
 
 __all__ = ["prune", "PruneResult", "PruneState"]
 
@@ -103,7 +104,7 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
           max_patches: int | None = 4096, seed: int = 0, scan="auto", devices=None,
           refit: bool = False, progress: bool = True,
           on_layer: Callable[[PruneState], None] | None = None, resume: PruneState | None = None,
-          **solver_options) -> PruneResult:
+          sparsity=None, allocation: str = "scores", **solver_options) -> PruneResult:
     """Prune every Dense / Conv layer of ``model`` with Net-Trim (see the module doc).
 
     Args:
@@ -136,6 +137,12 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
         ``lax.scan`` run of layers), e.g. to save it.
       resume: a ``PruneState`` from an interrupted run with the same model, data and
         settings: its finished layers are taken as they are.
+      sparsity: a target instead of an epsilon: the fraction of weights (kernel and bias)
+        removed, for the whole network or as {layer name: fraction}; each layer's epsilon is
+        then searched (``network.targets``; ``epsilon`` only seeds the search) and reported.
+        With ``output_epsilon`` the output layer keeps its budget instead of a target.
+      allocation: how a global ``sparsity`` is split over layers: "scores" (one threshold on
+        activation-weighted magnitudes) or "uniform".
       **solver_options: passed to ``solve_layer`` (max_iters, gap_tol, ...).
 
     Returns: ``PruneResult(model, masks, report)``.
@@ -151,6 +158,7 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
     """
     checks.check_options(scheme, gamma, on_unsupported, solver, max_patches, scan)
     checks.check_epsilon_values(epsilon)
+    sparsity = parse_sparsity(sparsity, allocation)
     if output_epsilon is not None:
         if scheme != "cascade":
             raise ValueError("output_epsilon applies to scheme='cascade' only (parallel layers "
@@ -170,10 +178,17 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
     if output_epsilon is not None and programs[-1] != "linear":
         raise ValueError(f"output_epsilon needs a linear output layer to refit; layer "
                          f"{net.names[-1]!r} has program {programs[-1]!r}")
+    keep = None
+    if sparsity is not None:
+        targeted = list(programs)
+        if output_epsilon is not None:
+            targeted[-1] = "skipped"  # the output layer keeps its own budget
+        keep = tuple(keep_counts(net.names, orig, net.first.inputs, targeted, sparsity, allocation))
     cfg = SolveConfig(per_neuron=bool(per_neuron), solver=solver,
                       opts=tuple(sorted(solver_options.items())), relative=bool(relative),
                       max_patches=max_patches, seed=int(seed), gamma=float(gamma),
-                      per_layer=per_layer, refit=bool(refit), output_epsilon=output_epsilon)
+                      per_layer=per_layer, refit=bool(refit), output_epsilon=output_epsilon,
+                      keep=keep or ())
     bar = _bar(len(orig), progress, scheme, sum(o is not None for o in done))
 
     def finished(step: dict[int, LayerOutcome]):
@@ -198,7 +213,9 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
            for spec, out in zip(orig, outcomes)]
     report = _report(net, x, scheme, orig, new, programs, outcomes, float(gamma),
                      _options(epsilon, gamma, relative, output_epsilon, per_neuron, solver,
-                              max_patches, seed, refit, solver_options), t_start)
+                              max_patches, seed, refit,
+                              {**solver_options, "sparsity": sparsity, "allocation": allocation if sparsity is not None else None}),
+                     t_start)
     return PruneResult(model=net.rebuild(new), masks=net.masks(new), report=report)
 
 

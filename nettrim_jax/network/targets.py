@@ -1,0 +1,150 @@
+"""Sparsity targets: ``prune(..., sparsity=S)`` finds each layer's epsilon instead of taking it.
+
+A target is the fraction of a layer's weights (kernel and bias) removed.  ``sparsity`` is one
+fraction for the whole network or a ``{layer name: fraction}`` dict.  A global fraction is
+split into per-layer keep counts by ``allocation``:
+
+* ``"uniform"``: every pruned layer keeps the same fraction;
+* ``"scores"``: one global threshold on the activation-weighted magnitudes |W_ij| ||x_j||
+  (Wanda's score, computed on the calibration inputs): layers whose weights matter less on
+  the data give up more, and the total matches S exactly.
+
+Each layer's epsilon is then found by ``solve_to_count``: a safeguarded secant search on
+log(epsilon) against log(nonzeros), every solve warm-started from the nearest one already
+made, until the layer's nonzeros are within ``tol`` of its count.  The chosen epsilon is the
+one reported (``LayerReport.epsilon``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nettrim_jax.network.specs import kernel_matrix, layer_rows, with_ones
+from nettrim_jax.solver.layer import solve_layer
+
+__all__ = ["parse_sparsity", "keep_counts", "solve_to_count", "ALLOCATIONS"]
+
+ALLOCATIONS = ("uniform", "scores")
+
+
+def _fraction(v, what) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number in [0, 1), got {v!r}") from None
+    if not (math.isfinite(f) and 0 <= f < 1):
+        raise ValueError(f"{what} must be in [0, 1) (the fraction of weights removed), got {v!r}")
+    return f
+
+
+def parse_sparsity(sparsity, allocation: str) -> float | dict | None:
+    """Validate ``sparsity`` (None, a fraction, or {name: fraction}) and ``allocation``."""
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
+    if sparsity is None:
+        return None
+    if isinstance(sparsity, dict):
+        return {str(k): _fraction(v, f"sparsity[{k!r}]") for k, v in sparsity.items()}
+    return _fraction(sparsity, "sparsity")
+
+
+def _scores(spec, X):
+    """|W| weighted by the input column norms (bias row: its ones column, norm sqrt(P))."""
+    rows = layer_rows(spec, X)
+    if spec.bias is not None:
+        rows = with_ones(rows)
+    norms = jnp.sqrt(jnp.sum(rows * rows, axis=0))
+    return np.asarray(jnp.abs(kernel_matrix(spec)) * norms[:, None])
+
+
+def keep_counts(names: Sequence[str], specs: Sequence, inputs: Sequence, programs: Sequence[str],
+                sparsity, allocation: str) -> list[int | None]:
+    """Nonzeros to keep per layer (None: the layer keeps its epsilon rule; skipped layers)."""
+    sizes = [int(np.prod(kernel_matrix(s).shape)) for s in specs]
+    active = [p != "skipped" for p in programs]
+    if isinstance(sparsity, dict):
+        unknown = set(sparsity) - set(names)
+        if unknown:
+            raise ValueError(f"sparsity= names {sorted(unknown)} are not layers; layers: {list(names)}")
+        return [round(size * (1 - sparsity[n])) if n in sparsity and a else None
+                for n, size, a in zip(names, sizes, active)]
+    if allocation == "uniform":
+        return [round(size * (1 - sparsity)) if a else None for size, a in zip(sizes, active)]
+    scores = [_scores(s, X) if a else None for s, X, a in zip(specs, inputs, active)]
+    pool = np.concatenate([sc.reshape(-1) for sc in scores if sc is not None])
+    keep_total = round(pool.size * (1 - sparsity))
+    if keep_total <= 0:
+        return [0 if a else None for a in active]
+    cut = np.partition(pool, pool.size - keep_total)[pool.size - keep_total]
+    return [None if sc is None else max(1, int(np.sum(sc >= cut))) for sc in scores]
+
+
+@functools.lru_cache(maxsize=64)
+def _warm_solver(activation: str, per_neuron: bool, solver: str, opts: tuple):
+    options = dict(opts)
+
+    def f(X, Y, eps, thr, w0):
+        sol = solve_layer(X, Y, epsilon=eps, activation=activation,
+                          threshold=thr if activation == "relu" else None, per_neuron=per_neuron,
+                          solver=solver, warm_start=w0, **options)
+        return sol.kernel, sol.info
+
+    return jax.jit(f)
+
+
+class CountedSolve(NamedTuple):
+    """The solve ``solve_to_count`` kept: kernel (N, M), its solver info, its epsilon
+    (absolute), its nonzeros, and how many solves the search made."""
+
+    kernel: np.ndarray
+    info: object
+    epsilon: float
+    nnz: int
+    solves: int
+
+
+def solve_to_count(A, Y, V, program: str, keep: int, eps0: float, *, per_neuron: bool, solver: str,
+                   opts: tuple, tol: int | None = None, max_solves: int = 10) -> CountedSolve:
+    """The layer's program at the epsilon whose solution keeps ``keep`` nonzeros (within
+    ``tol``, default 0.25% of the kernel's entries): secant steps on log(epsilon) vs
+    log(nonzeros + 1), kept inside a bracket once one is found, starting from ``eps0`` and
+    doubling or halving until the count is bracketed.  The solution with the count nearest
+    ``keep`` is returned."""
+    f = _warm_solver(program, per_neuron, solver, opts)
+    size = int(A.shape[1] * Y.shape[1])
+    tol = max(1, int(0.0025 * size)) if tol is None else tol
+    norm_y = float(jnp.sqrt(jnp.sum(Y * Y))) or 1.0
+    eps = eps0 if eps0 > 0 else 0.1 * norm_y
+    tried: list[tuple[float, int, np.ndarray, object]] = []
+    w0 = jnp.zeros((A.shape[1], Y.shape[1]), A.dtype)
+    target = math.log(keep + 1)
+    lo = hi = None  # (log eps, log nnz) with nnz > keep / nnz < keep
+    for _ in range(max_solves):
+        K, info = jax.device_get(f(A, Y, jnp.asarray(eps, A.dtype), V, w0))
+        n = int(np.count_nonzero(K))
+        tried.append((eps, n, K, info))
+        if abs(n - keep) <= tol:
+            break
+        point = (math.log(eps), math.log(n + 1))
+        if n > keep:
+            lo = point if lo is None or point[0] > lo[0] else lo
+        else:
+            hi = point if hi is None or point[0] < hi[0] else hi
+        if lo is not None and hi is not None:
+            (u0, v0), (u1, v1) = lo, hi
+            u = u0 + (target - v0) * (u1 - u0) / (v1 - v0) if v1 != v0 else 0.5 * (u0 + u1)
+            u = min(max(u, u0 + 0.1 * (u1 - u0)), u1 - 0.1 * (u1 - u0))  # stay inside
+        else:
+            u = math.log(eps) + (math.log(2.0) if n > keep else -math.log(2.0))
+        eps = math.exp(u)
+        nearest = min(tried, key=lambda t: abs(math.log(t[0]) - u))
+        w0 = jnp.asarray(nearest[2])
+    eps, n, K, info = min(tried, key=lambda t: abs(t[1] - keep))
+    return CountedSolve(K, info, float(eps), n, len(tried))

@@ -1,0 +1,92 @@
+"""``prune(sparsity=)`` / ``nettrim prune --sparsity``: the epsilons are searched so that the
+network loses the asked fraction of its weights."""
+
+import json
+
+import numpy as np
+import pytest
+
+import nettrim_jax as nt
+from nettrim_jax.network.targets import keep_counts
+
+FAST = {"max_iters": 3000, "progress": False}
+
+
+def _net(seed=0):
+    rng = np.random.default_rng(seed)
+    sizes = (12, 24, 16, 4)
+    return [nt.Dense((rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32),
+                     (0.1 * rng.standard_normal(b)).astype(np.float32), "relu" if j < 2 else "linear")
+            for j, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
+
+
+def _x(n=200, seed=1):
+    return np.random.default_rng(seed).standard_normal((n, 12)).astype(np.float32)
+
+
+def _sparsity(rep):
+    return 1 - rep.nnz_after / rep.nnz_before
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("scheme, allocation", [("cascade", "scores"), ("parallel", "uniform")])
+def test_global_target_is_hit_within_half_a_point(scheme, allocation):
+    res = nt.prune(_net(), _x(), scheme=scheme, sparsity=0.7, allocation=allocation, **FAST)
+    assert abs(_sparsity(res.report) - 0.7) <= 0.005
+    assert res.report.options["sparsity"] == 0.7 and res.report.options["allocation"] == allocation
+    for layer in res.report.layers:  # the epsilon found is reported, per layer
+        assert layer.epsilon > 0
+    if allocation == "uniform":
+        for layer in res.report.layers:
+            assert abs(1 - layer.nnz_after / layer.nnz_before - 0.7) <= 0.01
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_per_layer_targets_and_untargeted_layers():
+    res = nt.prune(_net(), _x(), sparsity={"0": 0.5, "1": 0.8}, **FAST)
+    l0, l1, l2 = res.report.layers
+    assert abs(l0.nnz_after - round(0.5 * l0.nnz_before)) <= max(1, 0.0025 * l0.nnz_before)
+    assert abs(l1.nnz_after - round(0.2 * l1.nnz_before)) <= max(1, 0.0025 * l1.nnz_before)
+    assert l2.nnz_after > 0  # the output layer follows its epsilon rule
+
+
+def test_scores_allocation_matches_the_global_count():
+    net, x = _net(), _x()
+    from nettrim_jax.network.adapters import adapt
+
+    a = adapt(net, x)
+    keep = keep_counts(a.names, a.specs, a.first.inputs, ["relu", "relu", "linear"], 0.8, "scores")
+    total = sum(int(np.prod(np.shape(s.kernel))) + s.kernel.shape[1] for s in a.specs)
+    assert abs(sum(keep) - round(0.2 * total)) <= 3  # ties at the threshold only
+
+
+@pytest.mark.parametrize("bad, match", [(1.2, "in \\[0, 1\\)"), (-0.1, "in \\[0, 1\\)"),
+                                        (float("nan"), "in \\[0, 1\\)"), ("a lot", "must be a number"),
+                                        ({"nope": 0.5}, "not layers")])
+def test_bad_sparsity_is_a_one_line_value_error(bad, match):
+    with pytest.raises(ValueError, match=match) as e:
+        nt.prune(_net(), _x(), sparsity=bad, **FAST)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_allocation():
+    with pytest.raises(ValueError, match="allocation"):
+        nt.prune(_net(), _x(), sparsity=0.5, allocation="magic", **FAST)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_cli_sparsity(tmp_path, capsys):
+    from nettrim_jax.cli import app
+    from nettrim_jax.io import checkpoint as ck
+    from nettrim_jax.io.convert import from_network
+
+    ck.save(tmp_path / "ck", from_network(_net()), (12,))
+    np.save(tmp_path / "x.npy", _x())
+    args = ["prune", str(tmp_path / "ck"), "--data", str(tmp_path / "x.npy"), "--sparsity", "0.6",
+            "--out", str(tmp_path / "o"), "--max-iters", "3000", "-q"]
+    assert app.main(args) == 0, capsys.readouterr().err
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert abs(1 - rep["nnz_after"] / rep["nnz_before"] - 0.6) <= 0.005
+    assert rep["options"]["sparsity"] == 0.6
+    assert app.main(args[:4] + ["--sparsity", "1.5", "--out", str(tmp_path / "p")]) == 2
+    assert "--sparsity must be in [0, 1)" in capsys.readouterr().err
