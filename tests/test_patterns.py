@@ -3,10 +3,10 @@
 import jax
 import numpy as np
 import pytest
+from reference import relu_problem
 
 import nettrim_jax as nt
 from nettrim_jax.solver import patterns
-from reference import relu_problem
 
 
 @pytest.mark.parametrize("n,m,bias", [(2, 4, True), (2, 4, False), (1, 3, True), (3, 8, False)])
