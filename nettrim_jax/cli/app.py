@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--sparsity", type=float, default=None,
                    help="target fraction of weights removed (0 <= S < 1); each layer's epsilon is "
                         "searched to hit it (prune's sparsity=)")
+    q.add_argument("--structure", choices=("unstructured", "units", "neurons", "channels"), default="unstructured",
+                   help="units/neurons/channels: structured Net-Trim, whole input units and channels removed")
+    q.add_argument("--pattern", default=None, metavar="N:M", help="N:M sparsity (e.g. 2:4), refit on the pattern")
+    q.add_argument("--compact", action="store_true",
+                   help="save the pruned model with dead units and channels physically removed")
     q.add_argument("--allocation", choices=("scores", "uniform"), default="scores",
                    help="how --sparsity is split over layers (default scores)")
     q.add_argument("--gamma", type=float, default=1.1,

@@ -122,7 +122,8 @@ def _fingerprint(args, ckpt_sha: str, x) -> dict:
             "scheme": args.scheme, "epsilon": args.epsilon, "gamma": args.gamma, "solver": args.solver,
             "max_iters": args.max_iters, "max_patches": args.max_patches,
             "refit": bool(args.refit), "output_epsilon": args.output_epsilon,
-            "sparsity": args.sparsity, "allocation": args.allocation}
+            "sparsity": args.sparsity, "allocation": args.allocation, "structure": args.structure,
+            "pattern": args.pattern}
 
 
 def _check_args(args) -> None:
@@ -208,12 +209,13 @@ def cmd_prune(args, console) -> int:
     t0 = time.perf_counter()
     epsilon = 0.05 if args.epsilon is None else args.epsilon  # with --sparsity: the search's start
     res = prune(to_network(model.layers), x, scheme=args.scheme, epsilon=epsilon, gamma=args.gamma,
-                sparsity=args.sparsity, allocation=args.allocation,
+                sparsity=args.sparsity, allocation=args.allocation, structure=args.structure,
+                pattern=args.pattern,
                 solver=args.solver or "admm", max_patches=args.max_patches, refit=args.refit,
                 output_epsilon=args.output_epsilon, progress=not args.quiet, resume=resume,
                 on_layer=lambda state: save_state(out / PARTIAL, state, fp), **solver_options(args))
     seconds = time.perf_counter() - t0
-    pruned = from_network(res.model)
+    pruned = from_network(res.compact() if args.compact else res.model)
     run = {"command": "prune", "title": f"Net-Trim ({args.scheme}) of {args.checkpoint}",
            "checkpoint": str(args.checkpoint), "data": str(args.data), "samples": int(x.shape[0]),
            "accuracy_on": acc_on, "accuracy_before": accuracy(model.layers, xe, ye),

@@ -39,6 +39,7 @@ from nettrim_jax.network.problems import (
     SolveConfig,
     absolute_epsilon,
     build_problem,
+    finish_kernel,
     output_layer_epsilon,
     refit_or_measure,
     skipped_outcome,
@@ -168,10 +169,10 @@ class _Cascade:
             eps = float(e)
             if prog == "relu":
                 V = thr
-        K, info, eps = solve_program(cfg, i, pr.inputs, pr.target, eps, V, prog)
+        K, info, eps = solve_program(cfg, i, spec, pr.inputs, pr.target, eps, V, prog)
         if cfg.keep and cfg.keep[i] is not None and floor is not None:
             floor = eps  # the found epsilon bounds this layer like a floor (network.bounds)
-        K, fit = refit_or_measure(cfg.refit, pr.inputs, pr.target, jnp.asarray(K), prog, V)
+        K, fit = finish_kernel(cfg, spec, pr.inputs, pr.target, K, prog, V)
         self.new[i] = with_matrix(spec, K)
         return solved_outcome(pr, K, eps, fit, info, time.perf_counter() - t0, floor=floor)
 
@@ -198,7 +199,8 @@ def solve_cascade(net: Adapter, x, programs: Sequence[str], eps_list: Sequence, 
         outcomes[k] = out
         if out.kernel is not None:
             state.new[k] = with_matrix(state.orig[k], jnp.asarray(out.kernel))
-    use_scan = scan in ("auto", True) and not cfg.keep  # a target searches each layer's epsilon
+    # a target searches each layer's epsilon; structure and patterns go through the loop
+    use_scan = scan in ("auto", True) and not cfg.keep and cfg.structure == "unstructured" and cfg.pattern is None
     runs = scan_runs(state.orig, state.base, programs, cfg.per_neuron) if use_scan else []
     if scan is True and not runs:
         warnings.warn("scan=True but no run of stackable layers was found; using the loop", stacklevel=3)

@@ -116,3 +116,26 @@ def check_forward(net):
                 raise ValueError(f"layer {name!r} {what} on the calibration data contains NaN or "
                                  f"Inf ({bad} entries; overflow or a non-finite parameter outside "
                                  "the prunable layers)")
+
+
+STRUCTURES = {"unstructured": "unstructured", "units": "units", "neurons": "units", "channels": "units"}
+
+
+def parse_structure(structure, pattern, per_neuron: bool) -> tuple[str, tuple | None]:
+    """``structure`` ("unstructured", or "units" / "neurons" / "channels": remove whole input
+    units of Dense layers and input channels of Conv layers) and ``pattern`` (None or "N:M")
+    -> ("unstructured" | "units", (n, m) | None)."""
+    from nettrim_jax.solver.patterns import parse_pattern
+
+    kind = STRUCTURES.get(structure) if isinstance(structure, str) else None
+    if kind is None:
+        raise ValueError(f"structure must be one of {sorted(STRUCTURES)}, got {structure!r}")
+    if kind == "units" and per_neuron:
+        raise ValueError("structure='units' couples the output units (a removed input feeds all of "
+                         "them); it cannot be solved per_neuron=True")
+    if pattern is None:
+        return kind, None
+    if kind != "unstructured":
+        raise ValueError("pattern= applies to unstructured pruning; pass structure='unstructured'")
+    n, m = parse_pattern(pattern)
+    return kind, (int(n), int(m))

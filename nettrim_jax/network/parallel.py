@@ -27,11 +27,11 @@ from nettrim_jax.network.problems import (
     absolute_epsilon,
     build_problem,
     dispatch,
-    jitted_solver,
-    refit_or_measure,
+    finish_kernel,
     skipped_outcome,
     solve_program,
     solved_outcome,
+    solver_for,
 )
 from nettrim_jax.network.specs import kernel_matrix
 
@@ -64,10 +64,10 @@ def solve_parallel(orig: Sequence, base: Captured, programs: Sequence[str], eps_
         zero = jnp.zeros((), pr.inputs.dtype)
         started[i] = time.perf_counter()
         if cfg.keep and cfg.keep[i] is not None:  # a sparsity target: searched when gathered
-            placed[i] = lambda i=i, pr=pr, zero=zero: solve_program(cfg, i, pr.inputs, pr.target, eps[i],
-                                                                    zero, programs[i])
+            placed[i] = lambda i=i, pr=pr, zero=zero: solve_program(cfg, i, orig[i], pr.inputs, pr.target,
+                                                                    eps[i], zero, programs[i])
             continue
-        f = jitted_solver(programs[i], cfg.per_neuron, cfg.solver, False, cfg.opts)
+        f = solver_for(cfg, orig[i], programs[i], False)
         placed[i] = dispatch(f, pr.inputs, pr.target, eps[i], zero, devices[d], cfg.per_neuron)
     outcomes: list[LayerOutcome] = []
     for i in range(L):
@@ -82,7 +82,7 @@ def solve_parallel(orig: Sequence, base: Captured, programs: Sequence[str], eps_
             got = placed[i]()
             K, info, e = got if len(got) == 3 else (*got, eps[i])
             pr = probs[i]
-            K, fit = refit_or_measure(cfg.refit, pr.inputs, pr.target, jnp.asarray(K), programs[i])
+            K, fit = finish_kernel(cfg, orig[i], pr.inputs, pr.target, K, programs[i])
             out = solved_outcome(pr, K, e, fit, info, time.perf_counter() - started[i])
         outcomes.append(out)
         if on_layer is not None and prior is None:

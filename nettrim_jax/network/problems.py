@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nettrim_jax.network.specs import Conv, layer_rows, with_ones
+from nettrim_jax.solver import patterns, structure
 from nettrim_jax.solver.layer import solve_layer
 from nettrim_jax.solver.refit import refit_layer
 
@@ -33,7 +34,10 @@ class SolveConfig(NamedTuple):
     relative: epsilons relative to ||Y_l||_F; max_patches, seed: conv row sampling; gamma:
     cascade inflation; per_layer: ``epsilon`` was given per layer (cascade: floors);
     refit: refit kept weights on the support; output_epsilon: cascade output budget or None;
-    keep: per-layer keep counts of a sparsity target (the epsilon is then searched).
+    keep: per-layer keep counts of a sparsity target (the epsilon is then searched);
+    structure: "units" removes whole input units (Dense) or channels (Conv) by the group-l1
+    program (``solver.structure``); pattern: (n, m) keeps n of every m inputs per output
+    unit (``solver.patterns``) on Net-Trim's solution, then refits.
     """
 
     per_neuron: bool
@@ -47,6 +51,8 @@ class SolveConfig(NamedTuple):
     refit: bool
     output_epsilon: float | None
     keep: tuple = ()  # per-layer nonzeros to keep (``network.targets``); () or None: epsilon rule
+    structure: str = "unstructured"  # or "units": group-l1 over input units / channels
+    pattern: tuple | None = None  # (n, m): an N:M support along the input axis, then a refit
 
 
 class LayerProblem(NamedTuple):
@@ -95,18 +101,48 @@ def solved_outcome(prob: LayerProblem, kernel, eps, fit, info, seconds, floor=No
                         floor=None if floor is None else float(floor), scan=scan)
 
 
-def solve_program(cfg: SolveConfig, i: int, A, Y, eps: float, V, program: str, device=None):
+def layer_groups(cfg: SolveConfig, spec) -> tuple | None:
+    """Group ids of ``spec``'s kernel-matrix rows under ``cfg.structure`` (None: plain l1):
+    one group per input unit (Dense) or input channel (Conv), the bias row ungrouped."""
+    if cfg.structure == "unstructured":
+        return None
+    bias = spec.bias is not None
+    if isinstance(spec, Conv):
+        kh, kw, channels, _ = spec.kernel.shape
+        ids = structure.channel_groups(int(channels), int(kh), int(kw), bias)
+    else:
+        ids = structure.row_groups(int(spec.kernel.shape[0]), bias)
+    return tuple(int(g) for g in ids)
+
+
+def solver_for(cfg: SolveConfig, spec, program: str, with_threshold: bool):
+    """The compiled solver of ``spec``'s program under ``cfg``."""
+    return jitted_solver(program, cfg.per_neuron, cfg.solver, with_threshold, cfg.opts,
+                         layer_groups(cfg, spec))
+
+
+def finish_kernel(cfg: SolveConfig, spec, A, Y, K, program: str, V=None):
+    """(kernel, misfit) of a solved layer: the N:M pattern applied (``cfg.pattern``, then
+    always refit on it), else ``refit_or_measure``."""
+    K = jnp.asarray(K)
+    if cfg.pattern is None:
+        return refit_or_measure(cfg.refit, A, Y, K, program, V)
+    mask = patterns.nm_mask(K, cfg.pattern[0], cfg.pattern[1], axis=0, bias=spec.bias is not None)
+    return refit_or_measure(True, A, Y, jnp.where(mask, K, 0), program, V)
+
+
+def solve_program(cfg: SolveConfig, i: int, spec, A, Y, eps: float, V, program: str, device=None):
     """(kernel, info, epsilon) of layer ``i``'s program: at ``eps``, or, when the run has a
     keep count for the layer, at the epsilon the search finds (starting from ``eps``)."""
     keep = cfg.keep[i] if cfg.keep else None
     if keep is None:
-        f = jitted_solver(program, cfg.per_neuron, cfg.solver, program == "relu", cfg.opts)
+        f = solver_for(cfg, spec, program, program == "relu")
         K, info = dispatch(f, A, Y, eps, V, device, cfg.per_neuron)()
         return K, info, eps
     from nettrim_jax.network.targets import solve_to_count
 
     found = solve_to_count(A, Y, V, program, keep, float(eps), per_neuron=cfg.per_neuron,
-                           solver=cfg.solver, opts=cfg.opts)
+                           solver=cfg.solver, opts=cfg.opts, groups=layer_groups(cfg, spec))
     return found.kernel, found.info, found.epsilon
 
 
@@ -138,9 +174,13 @@ def absolute_epsilon(e, target, relative: bool) -> float:
 
 
 @functools.lru_cache(maxsize=64)
-def jitted_solver(activation: str, per_neuron: bool, solver: str, with_threshold: bool, opts: tuple):
-    """``(X, Y, eps, V) -> (kernel, info)``, compiled once per setting."""
+def jitted_solver(activation: str, per_neuron: bool, solver: str, with_threshold: bool, opts: tuple,
+                  groups: tuple | None = None):
+    """``(X, Y, eps, V) -> (kernel, info)``, compiled once per setting (``groups``: the
+    group-l1 row ids, ``solver.structure``; None for plain l1)."""
     options = dict(opts)
+    if groups is not None:
+        options.update(structure="rows", groups=np.asarray(groups, np.int32))
 
     def f(X, Y, eps, thr):
         sol = solve_layer(X, Y, epsilon=eps, activation=activation,

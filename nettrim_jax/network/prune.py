@@ -52,6 +52,17 @@ class PruneResult(NamedTuple):
     masks: Any
     report: PruneReport
 
+    def compact(self) -> list:
+        """The pruned spec network with dead units and channels physically removed (same
+        outputs; ``network.compact``).  For an NNX / Linen chain, convert it first:
+        ``io.convert.to_network(io.convert.from_model(result.model, x)[0])``."""
+        from nettrim_jax.network.compact import compact_network
+
+        if not isinstance(self.model, list):
+            raise ValueError("compact() works on spec networks; convert an NNX/Linen chain with "
+                             "nettrim_jax.io.convert.from_model and to_network first")
+        return compact_network(self.model)
+
 
 class PruneState(NamedTuple):
     """Where a run stands: ``scheme`` and one entry per prunable layer, a ``LayerOutcome``
@@ -104,7 +115,8 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
           max_patches: int | None = 4096, seed: int = 0, scan="auto", devices=None,
           refit: bool = False, progress: bool = True,
           on_layer: Callable[[PruneState], None] | None = None, resume: PruneState | None = None,
-          sparsity=None, allocation: str = "scores", **solver_options) -> PruneResult:
+          sparsity=None, allocation: str = "scores", structure: str = "unstructured",
+          pattern=None, **solver_options) -> PruneResult:
     """Prune every Dense / Conv layer of ``model`` with Net-Trim (see the module doc).
 
     Args:
@@ -143,6 +155,12 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
         With ``output_epsilon`` the output layer keeps its budget instead of a target.
       allocation: how a global ``sparsity`` is split over layers: "scores" (one threshold on
         activation-weighted magnitudes) or "uniform".
+      structure: "unstructured" (||U||_1), or "units" (aliases "neurons", "channels"): the
+        group-l1 program over input rows, which removes whole input units of Dense layers
+        and input channels of Conv layers (certified like the l1 program; ``result.compact()``
+        then removes them physically).
+      pattern: "N:M" (e.g. "2:4"): at most N nonzeros in every M consecutive inputs of each
+        output unit, selected by magnitude from Net-Trim's solution and refit on that support.
       **solver_options: passed to ``solve_layer`` (max_iters, gap_tol, ...).
 
     Returns: ``PruneResult(model, masks, report)``.
@@ -159,6 +177,7 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
     checks.check_options(scheme, gamma, on_unsupported, solver, max_patches, scan)
     checks.check_epsilon_values(epsilon)
     sparsity = parse_sparsity(sparsity, allocation)
+    structure, pattern = checks.parse_structure(structure, pattern, per_neuron)
     if output_epsilon is not None:
         if scheme != "cascade":
             raise ValueError("output_epsilon applies to scheme='cascade' only (parallel layers "
@@ -188,7 +207,7 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
                       opts=tuple(sorted(solver_options.items())), relative=bool(relative),
                       max_patches=max_patches, seed=int(seed), gamma=float(gamma),
                       per_layer=per_layer, refit=bool(refit), output_epsilon=output_epsilon,
-                      keep=keep or ())
+                      keep=keep or (), structure=structure, pattern=pattern)
     bar = _bar(len(orig), progress, scheme, sum(o is not None for o in done))
 
     def finished(step: dict[int, LayerOutcome]):
@@ -214,7 +233,9 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
     report = _report(net, x, scheme, orig, new, programs, outcomes, float(gamma),
                      _options(epsilon, gamma, relative, output_epsilon, per_neuron, solver,
                               max_patches, seed, refit,
-                              {**solver_options, "sparsity": sparsity, "allocation": allocation if sparsity is not None else None}),
+                              {**solver_options, "sparsity": sparsity,
+                               "allocation": allocation if sparsity is not None else None,
+                               "structure": structure, "pattern": None if pattern is None else f"{pattern[0]}:{pattern[1]}"}),
                      t_start)
     return PruneResult(model=net.rebuild(new), masks=net.masks(new), report=report)
 

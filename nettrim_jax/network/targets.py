@@ -87,8 +87,10 @@ def keep_counts(names: Sequence[str], specs: Sequence, inputs: Sequence, program
 
 
 @functools.lru_cache(maxsize=64)
-def _warm_solver(activation: str, per_neuron: bool, solver: str, opts: tuple):
+def _warm_solver(activation: str, per_neuron: bool, solver: str, opts: tuple, groups: tuple | None):
     options = dict(opts)
+    if groups is not None:
+        options.update(structure="rows", groups=np.asarray(groups, np.int32))
 
     def f(X, Y, eps, thr, w0):
         sol = solve_layer(X, Y, epsilon=eps, activation=activation,
@@ -111,13 +113,14 @@ class CountedSolve(NamedTuple):
 
 
 def solve_to_count(A, Y, V, program: str, keep: int, eps0: float, *, per_neuron: bool, solver: str,
-                   opts: tuple, tol: int | None = None, max_solves: int = 10) -> CountedSolve:
+                   opts: tuple, tol: int | None = None, max_solves: int = 10,
+                   groups: tuple | None = None) -> CountedSolve:
     """The layer's program at the epsilon whose solution keeps ``keep`` nonzeros (within
     ``tol``, default 0.25% of the kernel's entries): secant steps on log(epsilon) vs
     log(nonzeros + 1), kept inside a bracket once one is found, starting from ``eps0`` and
     doubling or halving until the count is bracketed.  The solution with the count nearest
     ``keep`` is returned."""
-    f = _warm_solver(program, per_neuron, solver, opts)
+    f = _warm_solver(program, per_neuron, solver, opts, groups)
     size = int(A.shape[1] * Y.shape[1])
     tol = max(1, int(0.0025 * size)) if tol is None else tol
     norm_y = float(jnp.sqrt(jnp.sum(Y * Y))) or 1.0

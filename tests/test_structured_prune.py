@@ -1,0 +1,122 @@
+"""``prune(structure="units")``, ``pattern="N:M"`` and ``PruneResult.compact()`` on networks."""
+
+import json
+
+import numpy as np
+import pytest
+
+import nettrim_jax as nt
+from nettrim_jax.io import convert
+from nettrim_jax.network.specs import Flatten, Pool, apply_specs
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+OPTS = {"max_iters": 3000, "progress": False}
+
+
+def _mlp(seed=0):
+    rng = np.random.default_rng(seed)
+    sizes = (12, 24, 16, 4)
+    return [nt.Dense((rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32),
+                     (0.1 * rng.standard_normal(b)).astype(np.float32), "relu" if j < 2 else "linear")
+            for j, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
+
+
+def _cnn(seed=0):
+    rng = np.random.default_rng(seed)
+    return [nt.Conv((0.4 * rng.standard_normal((3, 3, 1, 4))).astype(np.float32), np.zeros(4, np.float32)),
+            Pool("max", (2, 2), (2, 2)),
+            nt.Conv((0.3 * rng.standard_normal((3, 3, 4, 6))).astype(np.float32), np.zeros(6, np.float32)),
+            Flatten(),
+            nt.Dense((0.1 * rng.standard_normal((4 * 4 * 6, 5))).astype(np.float32), None, "linear")]
+
+
+def _x(seed=1):
+    return np.random.default_rng(seed).standard_normal((200, 12)).astype(np.float32)
+
+
+@pytest.mark.parametrize("scheme", ["cascade", "parallel"])
+def test_units_remove_whole_rows_and_compact_keeps_outputs(scheme):
+    res = nt.prune(_mlp(), _x(), scheme=scheme, structure="units", epsilon=0.3, **OPTS)
+    assert res.report.options["structure"] == "units"
+    rows_zero = [int(np.sum(~np.any(np.asarray(s.kernel) != 0, axis=1))) for s in res.model]
+    assert sum(rows_zero[1:]) > 0  # whole input units of later layers removed
+    small = res.compact()
+    widths = [np.shape(s.kernel) for s in small]
+    assert widths[0][1] < 24 or widths[1][1] < 16
+    for a, b in zip(widths[:-1], widths[1:]):
+        assert a[1] == b[0]  # still a chain
+    x = _x(seed=5)
+    np.testing.assert_allclose(apply_specs(small, x), apply_specs(res.model, x), rtol=1e-5, atol=1e-5)
+
+
+def test_compact_conv_channels_through_pool_and_flatten():
+    net = _cnn()
+    k = np.asarray(net[2].kernel).copy()
+    k[:, :, 1, :] = 0  # nothing reads channel 1 of conv 0
+    net[2] = net[2]._replace(kernel=k)
+    d = np.asarray(net[4].kernel).copy()
+    d[np.arange(d.shape[0]) % 6 == 3] = 0  # nothing reads channel 3 of conv 1 after the flatten
+    net[4] = net[4]._replace(kernel=d)
+    res = nt.PruneResult(model=net, masks=None, report=None)
+    small = res.compact()
+    assert np.shape(small[0].kernel)[-1] == 3 and np.shape(small[2].kernel)[2] == 3
+    assert np.shape(small[2].kernel)[-1] == 5 and np.shape(small[4].kernel)[0] == 4 * 4 * 5
+    x = np.random.default_rng(0).standard_normal((7, 8, 8, 1)).astype(np.float32)
+    np.testing.assert_allclose(apply_specs(small, x), apply_specs(net, x), rtol=1e-5, atol=1e-5)
+
+
+def test_units_on_conv_layers_prunes_channels():
+    """Channel 1 of conv 0 barely reaches conv 1: the group program drops that input channel
+    of conv 1 whole, and compact() then removes channel 1 from both convolutions."""
+    x = np.random.default_rng(2).standard_normal((40, 8, 8, 1)).astype(np.float32)
+    net = _cnn()
+    k = np.asarray(net[2].kernel).copy()
+    k[:, :, 1, :] *= 0.01
+    net[2] = net[2]._replace(kernel=k)
+    res = nt.prune(net, x, structure="channels", scheme="parallel", epsilon=0.2, **OPTS)
+    pruned = np.asarray(res.model[2].kernel)
+    assert not np.any(pruned[:, :, 1, :])  # the whole input channel is zero
+    small = res.compact()
+    assert np.shape(small[0].kernel)[-1] <= 3 and np.shape(small[2].kernel)[2] <= 3
+    np.testing.assert_allclose(apply_specs(small, x), apply_specs(res.model, x), rtol=1e-4, atol=1e-5)
+
+
+def test_nm_pattern_holds_in_every_group():
+    res = nt.prune(_mlp(), _x(), pattern="2:4", epsilon=0.05, **OPTS)
+    for spec in res.model:
+        k = np.asarray(spec.kernel)
+        for i in range(0, k.shape[0], 4):
+            assert int((k[i:i + 4] != 0).sum(axis=0).max()) <= 2
+    assert res.report.options["pattern"] == "2:4"
+
+
+@pytest.mark.parametrize("kw, match", [({"structure": "rows?"}, "structure must be"),
+                                       ({"structure": "units", "per_neuron": True}, "per_neuron"),
+                                       ({"pattern": "4:2"}, ""), ({"pattern": "2:4", "structure": "units"},
+                                                                  "unstructured")])
+def test_bad_structure_values(kw, match):
+    with pytest.raises(ValueError, match=match) as e:
+        nt.prune(_mlp(), _x(), **kw, **OPTS)
+    assert "\n" not in str(e.value)
+
+
+def test_cli_structure_compact(tmp_path, capsys):
+    from nettrim_jax.cli import app
+    from nettrim_jax.io import checkpoint as ck
+
+    ck.save(tmp_path / "ck", convert.from_network(_mlp()), (12,))
+    np.save(tmp_path / "x.npy", _x())
+    rc = app.main(["prune", str(tmp_path / "ck"), "--data", str(tmp_path / "x.npy"), "--epsilon", "0.3",
+                   "--structure", "units", "--compact", "--out", str(tmp_path / "o"), "--max-iters", "3000", "-q"])
+    assert rc == 0, capsys.readouterr().err
+    small = ck.load(tmp_path / "o" / "model").layers
+    assert sum(np.shape(l["kernel"])[1] for l in small[:2]) < 40
+    x = _x(seed=9)
+    np.testing.assert_allclose(convert.apply(small, x), apply_specs(_prune_cli_reference(tmp_path), x),
+                               rtol=1e-4, atol=1e-4)
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rep["options"]["structure"] == "units"
+
+
+def _prune_cli_reference(tmp_path):
+    return nt.prune(_mlp(), _x(), structure="units", epsilon=0.3, **OPTS).model
