@@ -50,7 +50,8 @@ class SolveConfig(NamedTuple):
     per_layer: bool
     refit: bool
     output_epsilon: float | None
-    keep: tuple = ()  # per-layer nonzeros to keep (``network.targets``); () or None: epsilon rule
+    keep: list | tuple = ()  # per-layer nonzeros to keep (``network.targets``); (): epsilon rule
+    carry: bool = False  # a global target: a layer's miss is added to the next layer's count
     structure: str = "unstructured"  # or "units": group-l1 over input units / channels
     pattern: tuple | None = None  # (n, m): an N:M support along the input axis, then a refit
 
@@ -143,6 +144,9 @@ def solve_program(cfg: SolveConfig, i: int, spec, A, Y, eps: float, V, program: 
 
     found = solve_to_count(A, Y, V, program, keep, float(eps), per_neuron=cfg.per_neuron,
                            solver=cfg.solver, opts=cfg.opts, groups=layer_groups(cfg, spec))
+    later = [j for j in range(i + 1, len(cfg.keep)) if cfg.keep[j] is not None]
+    if cfg.carry and later and isinstance(cfg.keep, list):  # the network's count stays on target
+        cfg.keep[later[0]] = max(0, cfg.keep[later[0]] + keep - found.nnz)
     return found.kernel, found.info, found.epsilon
 
 

@@ -202,12 +202,13 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
         targeted = list(programs)
         if output_epsilon is not None:
             targeted[-1] = "skipped"  # the output layer keeps its own budget
-        keep = tuple(keep_counts(net.names, orig, net.first.inputs, targeted, sparsity, allocation))
+        keep = keep_counts(net.names, orig, net.first.inputs, targeted, sparsity, allocation)
     cfg = SolveConfig(per_neuron=bool(per_neuron), solver=solver,
                       opts=tuple(sorted(solver_options.items())), relative=bool(relative),
                       max_patches=max_patches, seed=int(seed), gamma=float(gamma),
                       per_layer=per_layer, refit=bool(refit), output_epsilon=output_epsilon,
-                      keep=keep or (), structure=structure, pattern=pattern)
+                      keep=keep or (), carry=not isinstance(sparsity, dict), structure=structure,
+                      pattern=pattern)
     bar = _bar(len(orig), progress, scheme, sum(o is not None for o in done))
 
     def finished(step: dict[int, LayerOutcome]):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -113,27 +114,40 @@ class CountedSolve(NamedTuple):
 
 
 def solve_to_count(A, Y, V, program: str, keep: int, eps0: float, *, per_neuron: bool, solver: str,
-                   opts: tuple, tol: int | None = None, max_solves: int = 10,
-                   groups: tuple | None = None) -> CountedSolve:
+                   opts: tuple, tol: int | None = None, max_solves: int = 12,
+                   groups: tuple | None = None, coarse_iters: int = 300) -> CountedSolve:
     """The layer's program at the epsilon whose solution keeps ``keep`` nonzeros (within
     ``tol``, default 0.25% of the kernel's entries): secant steps on log(epsilon) vs
     log(nonzeros + 1), kept inside a bracket once one is found, starting from ``eps0`` and
-    doubling or halving until the count is bracketed.  The solution with the count nearest
-    ``keep`` is returned."""
-    f = _warm_solver(program, per_neuron, solver, opts, groups)
+    stepping x2 (x4 when far) until the count is bracketed.  Solves far from the count (more
+    than 10 ``tol`` away) are capped at ``coarse_iters`` iterations: they only steer the
+    search; the returned solve always ran with the full options, warm-started from the
+    nearest one.  Returns the full solve with the count nearest ``keep``."""
+    full = _warm_solver(program, per_neuron, solver, opts, groups)
+    limit = dict(opts).get("max_iters", 5000)
+    coarse_opts = tuple(sorted({**dict(opts), "max_iters": min(limit, coarse_iters)}.items()))
+    coarse = _warm_solver(program, per_neuron, solver, coarse_opts, groups)
     size = int(A.shape[1] * Y.shape[1])
     tol = max(1, int(0.0025 * size)) if tol is None else tol
     norm_y = float(jnp.sqrt(jnp.sum(Y * Y))) or 1.0
     eps = eps0 if eps0 > 0 else 0.1 * norm_y
-    tried: list[tuple[float, int, np.ndarray, object]] = []
+    tried: list[tuple[float, int, np.ndarray, object, bool]] = []
     w0 = jnp.zeros((A.shape[1], Y.shape[1]), A.dtype)
     target = math.log(keep + 1)
     lo = hi = None  # (log eps, log nnz) with nnz > keep / nnz < keep
+    close = False
     for _ in range(max_solves):
-        K, info = jax.device_get(f(A, Y, jnp.asarray(eps, A.dtype), V, w0))
+        with warnings.catch_warnings():
+            if not close:
+                warnings.simplefilter("ignore", RuntimeWarning)
+            K, info = jax.device_get((full if close else coarse)(A, Y, jnp.asarray(eps, A.dtype), V, w0))
         n = int(np.count_nonzero(K))
-        tried.append((eps, n, K, info))
-        if abs(n - keep) <= tol:
+        tried.append((eps, n, K, info, close))
+        if abs(n - keep) <= 10 * tol and not close:
+            close = True  # from here on, full solves (this one again, warm)
+            w0 = jnp.asarray(K)
+            continue
+        if close and abs(n - keep) <= tol:
             break
         point = (math.log(eps), math.log(n + 1))
         if n > keep:
@@ -145,9 +159,15 @@ def solve_to_count(A, Y, V, program: str, keep: int, eps0: float, *, per_neuron:
             u = u0 + (target - v0) * (u1 - u0) / (v1 - v0) if v1 != v0 else 0.5 * (u0 + u1)
             u = min(max(u, u0 + 0.1 * (u1 - u0)), u1 - 0.1 * (u1 - u0))  # stay inside
         else:
-            u = math.log(eps) + (math.log(2.0) if n > keep else -math.log(2.0))
+            step = math.log(4.0) if abs(point[1] - target) > 1 else math.log(2.0)
+            u = math.log(eps) + (step if n > keep else -step)
         eps = math.exp(u)
         nearest = min(tried, key=lambda t: abs(math.log(t[0]) - u))
         w0 = jnp.asarray(nearest[2])
-    eps, n, K, info = min(tried, key=lambda t: abs(t[1] - keep))
+    finals = [t for t in tried if t[4]]
+    if not finals:  # never came close: one full solve at the nearest epsilon
+        eps, _, K0, _, _ = min(tried, key=lambda t: abs(t[1] - keep))
+        K, info = jax.device_get(full(A, Y, jnp.asarray(eps, A.dtype), V, jnp.asarray(K0)))
+        finals = [(eps, int(np.count_nonzero(K)), K, info, True)]
+    eps, n, K, info, _ = min(finals, key=lambda t: abs(t[1] - keep))
     return CountedSolve(K, info, float(eps), n, len(tried))
