@@ -33,7 +33,7 @@ import numpy as np
 from nettrim_jax import training
 from nettrim_jax.io.data import data_dir, load_idx_folder, load_mnist
 
-BASELINES = ("magnitude", "wanda", "sparsegpt")
+BASELINES = ("magnitude", "wanda", "sparsegpt", "alps")
 
 
 def load(name, root, n_train=None, n_test=None):
@@ -89,7 +89,7 @@ def evaluate_point(net, pruned, xcal, xft, yft, xte, yte, cfg, seed):
     ft = dict(steps=cfg["ft_steps"], learning_rate=cfg["ft_lr"], seed=seed)
     if cfg["ft_steps"]:
         acc["nettrim+ft"] = nets.accuracy(nets.finetune(pruned, xft, yft, **ft), xte, yte)
-    for method in BASELINES:
+    for method in cfg.get("baselines", BASELINES):
         b = nets.prune_baseline(net, xcal, keeps, method, seed=seed)
         assert nets.nnz(b) == keeps or method == "sparsegpt", (method, nets.nnz(b), keeps)
         acc[method] = nets.accuracy(b, xte, yte)
@@ -114,14 +114,21 @@ def run(dataset, kind, cfg, root, seed, log=print):
     schemes = cfg["schemes"] if kind == "fc" else cfg.get("lenet_schemes", cfg["schemes"])
     for scheme in schemes:
         base_scheme, _, variant = scheme.partition("+")
-        for e in cfg["epsilons"]:
+        targets = cfg["sparsities"] if cfg.get("sparsities") else cfg["epsilons"]
+        for e in targets:
             t0 = time.time()
-            eps = [e] * len(nets.layers_of(net)) if base_scheme == "cascade" else e
-            pruned, rep = nets.prune_nettrim(net, xcal, scheme=base_scheme, epsilon=eps, gamma=1.0,
-                                             refit=variant == "refit", **cfg["solver"])
+            if cfg.get("sparsities"):  # a sparsity target: prune finds the epsilons
+                pruned, rep = nets.prune_nettrim(net, xcal, scheme=base_scheme, sparsity=e,
+                                                 gamma=1.0, refit=variant == "refit", **cfg["solver"])
+            else:
+                eps = [e] * len(nets.layers_of(net)) if base_scheme == "cascade" else e
+                pruned, rep = nets.prune_nettrim(net, xcal, scheme=base_scheme, epsilon=eps, gamma=1.0,
+                                                 refit=variant == "refit", **cfg["solver"])
             t_prune = time.time() - t0
             keeps, acc = evaluate_point(net, pruned, xcal, xtr_in, ytr, xte_in, yte, cfg, seed)
-            rec = dict(dataset=dataset, net=kind, scheme=scheme, epsilon=e,
+            by_target = bool(cfg.get("sparsities"))
+            rec = dict(dataset=dataset, net=kind, scheme=scheme, epsilon=None if by_target else e,
+                       target=e if by_target else None, layer_epsilons=[l.epsilon for l in rep.layers],
                        sparsity=1 - sum(keeps) / sum(nets.sizes(net)), keeps=keeps,
                        sizes=nets.sizes(net), acc_original=base_acc, acc=acc,
                        rd=nets.relative_discrepancy(net, pruned, xcal),
@@ -129,7 +136,7 @@ def run(dataset, kind, cfg, root, seed, log=print):
                        iterations=[int(l.iterations) for l in rep.layers],
                        prune_seconds=t_prune)
             out.append(rec)
-            log(f"  {scheme:8s} e={e:<6g} sparsity {100 * rec['sparsity']:.1f}% keeps {keeps} "
+            log(f"  {scheme:8s} {'S' if by_target else 'e'}={e:<6g} sparsity {100 * rec['sparsity']:.1f}% keeps {keeps} "
                 f"conv {rec['converged']} {t_prune:.0f}s  "
                 + " ".join(f"{k}={100 * v:.2f}" for k, v in acc.items()))
     return out
@@ -142,7 +149,7 @@ def verdict(records, lo=0.80, hi=0.98):
         if not lo <= r["sparsity"] <= hi:
             continue
         checked += 1
-        best = max(BASELINES, key=lambda m: r["acc"][m])
+        best = max((m for m in BASELINES if m in r["acc"]), key=lambda m: r["acc"][m])
         if r["acc"]["nettrim"] < r["acc"][best]:
             losses.append((r, best))
     return checked, losses
@@ -153,7 +160,7 @@ def report(records, args, started, out, cfg):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = ["nettrim", "nettrim+ft", "magnitude", "magnitude+ft", "wanda", "sparsegpt"]
+    cols = ["nettrim", "nettrim+ft", "magnitude", "magnitude+ft", "wanda", "sparsegpt", "alps"]
     lines = ["# MNIST and Fashion-MNIST: Net-Trim vs baselines at equal per-layer sparsity", "",
              __doc__.split("\n\n")[1].replace("\n", " "), "",
              common.provenance(args, started, seconds=(
@@ -180,7 +187,7 @@ def report(records, args, started, out, cfg):
                   f" (original test accuracy {100 * recs[0]['acc_original']:.2f}%)", ""]
         body = []
         for r in recs:
-            nf = {c: r["acc"][c] for c in ("nettrim", *BASELINES)}
+            nf = {c: r["acc"][c] for c in ("nettrim", *BASELINES) if c in r["acc"]}
             top = max(nf.values())
             cells = []
             for c in cols:
@@ -189,7 +196,8 @@ def report(records, args, started, out, cfg):
                     continue
                 s = f"{100 * r['acc'][c]:.2f}"
                 cells.append(f"**{s}**" if c in nf and r["acc"][c] == top else s)
-            body.append([r["scheme"], f"{r['epsilon']:g}", f"{100 * r['sparsity']:.1f}",
+            body.append([r["scheme"], f"{r['epsilon']:g}" if r.get("target") is None else f"S={r['target']:g}",
+                         f"{100 * r['sparsity']:.1f}",
                          " / ".join(map(str, r["keeps"])), f"{r['rd']:.3f}", r["converged"]]
                         + cells)
         lines += [common.table(["scheme", "e", "sparsity %", "per-layer nnz", "rd (calib.)",
@@ -206,7 +214,7 @@ def report(records, args, started, out, cfg):
                 lines += [f"**{who} is below a baseline at {len(losses)} of {checked} points "
                           "between 80% and 98% sparsity:**", ""]
                 for r, best in losses:
-                    lines.append(f"- e={r['epsilon']:g}, sparsity {100 * r['sparsity']:.1f}%: "
+                    lines.append(f"- {r['scheme']}, sparsity {100 * r['sparsity']:.1f}%: "
                                  f"Net-Trim {100 * r['acc']['nettrim']:.2f}% "
                                  f"< {best} {100 * r['acc'][best]:.2f}%")
                 lines.append("")
@@ -218,7 +226,7 @@ def report(records, args, started, out, cfg):
                       f"ends above Net-Trim + fine-tuning at {len(worse)} of {len(ft)} points "
                       f"(by up to {100 * gap:.2f} points).", ""]
         schemes_here = list(dict.fromkeys(r["scheme"] for r in recs))
-        for c, style in zip(cols, ["-o", "--o", "-s", "--s", "-^", "-v"]):
+        for c, style in zip(cols, ["-o", "--o", "-s", "--s", "-^", "-v", "-x"]):
             for scheme in schemes_here:
                 if not c.startswith("nettrim") and scheme != schemes_here[0]:
                     continue  # baselines plotted once (at the first scheme's points) to keep it legible
@@ -264,6 +272,10 @@ def main(argv=None):
     ap.add_argument("--datasets", nargs="+", default=None)
     ap.add_argument("--nets", nargs="+", default=None, choices=["fc", "lenet"])
     ap.add_argument("--epsilons", nargs="+", type=float, default=None)
+    ap.add_argument("--sparsities", nargs="+", type=float, default=None,
+                    help="sweep sparsity targets (prune(sparsity=S)) instead of epsilons")
+    ap.add_argument("--baselines", nargs="+", default=None, choices=list(BASELINES))
+    ap.add_argument("--ft-steps", type=int, default=None, help="masked fine-tuning steps (0: none)")
     ap.add_argument("--schemes", nargs="+", default=None,
                     choices=["cascade", "parallel", "cascade+refit", "parallel+refit"])
     ap.add_argument("--n-cal", type=int, default=None, help="calibration images")
@@ -284,6 +296,12 @@ def main(argv=None):
     cfg = config(args.quick)
     if args.epsilons:
         cfg["epsilons"] = tuple(args.epsilons)
+    if args.sparsities:
+        cfg["sparsities"] = tuple(args.sparsities)
+    if args.baselines:
+        cfg["baselines"] = tuple(args.baselines)
+    if args.ft_steps is not None:
+        cfg["ft_steps"] = args.ft_steps
     if args.schemes:
         cfg["schemes"] = tuple(args.schemes)
     if args.n_cal:

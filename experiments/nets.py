@@ -196,7 +196,7 @@ def train_nnx(model, x, y, *, steps, learning_rate=3e-3, l1=0.0, seed=0, batch_s
     return model
 
 
-def prune_nettrim(net, x, *, scheme, epsilon, gamma=1.0, **options):
+def prune_nettrim(net, x, *, scheme, epsilon=0.05, gamma=1.0, **options):
     """``nettrim_jax.prune`` on a spec network, quietly; returns (pruned net, report)."""
     import warnings
     with warnings.catch_warnings():
