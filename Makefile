@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DATA   ?= $(if $(NETTRIM_DATA),$(NETTRIM_DATA),$(wildcard ../shared/data))
 
-.PHONY: install test demo bench experiments experiments-quick clean
+.PHONY: install lint test demo bench experiments experiments-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -14,7 +14,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check nettrim_jax tests experiments
+	$(VENV)/bin/mypy
+
+test: lint
 	NETTRIM_DATA=$(DATA) $(PY) -m pytest
 
 demo: $(STAMP)

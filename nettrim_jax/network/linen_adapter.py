@@ -10,17 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nettrim_jax.network import tracing
 from nettrim_jax.network.specs import Dense
-from nettrim_jax.network.tracing import (
-    ACTIVE,
-    Captured,
-    Recorder,
-    conv_mismatch,
-    conv_spec,
-    dense_mismatch,
-    first_forward,
-    path_name,
-)
 
 __all__ = ["LinenAdapter"]
 
@@ -41,37 +32,37 @@ class LinenAdapter:
             if context.method_name != "__call__" or not isinstance(mod, (nn.Dense, nn.Conv)):
                 return next_fun(*args, **kwargs)
             path = tuple(mod.scope.path)
-            if ACTIVE and args and mod.has_variable("params", "kernel"):
+            if tracing.ACTIVE and args and mod.has_variable("params", "kernel"):
                 kernel = mod.get_variable("params", "kernel")
                 if isinstance(mod, nn.Conv):
-                    problem = conv_mismatch(args[0], kernel, mod.feature_group_count)
+                    problem = tracing.conv_mismatch(args[0], kernel, mod.feature_group_count)
                 else:
-                    problem = dense_mismatch(args[0], int(jnp.shape(kernel)[0]))
-                ACTIVE[-1].check(path, problem)
+                    problem = tracing.dense_mismatch(args[0], int(jnp.shape(kernel)[0]))
+                tracing.ACTIVE[-1].check(path, problem)
             z = next_fun(*args, **kwargs)
             found.setdefault(path, mod)
-            return ACTIVE[-1].record(path, args[0], z) if ACTIVE else z
+            return tracing.ACTIVE[-1].record(path, args[0], z) if tracing.ACTIVE else z
 
         self._icpt = icpt
-        rec = Recorder(namer=path_name)
-        ACTIVE.append(rec)
+        rec = tracing.Recorder(namer=tracing.path_name)
+        tracing.ACTIVE.append(rec)
         try:
             with nn.intercept_methods(icpt):
-                out = first_forward(lambda: module.apply(variables, x), x)
+                out = tracing.first_forward(lambda: module.apply(variables, x), x)
         finally:
-            ACTIVE.pop()
+            tracing.ACTIVE.pop()
         self._paths = list(rec.keys)
-        self.names = [path_name(p) for p in self._paths]
-        self.first = Captured(out, rec.inputs, rec.preacts)
+        self.names = [tracing.path_name(p) for p in self._paths]
+        self.first = tracing.Captured(out, rec.inputs, rec.preacts)
         self.specs = []
         for path in self._paths:
             mod = found[path]
             p = self._get(variables["params"], path)
             bias = p.get("bias") if getattr(mod, "use_bias", True) else None
             if isinstance(mod, nn.Conv):
-                self.specs.append(conv_spec(p["kernel"], bias, mod.strides, mod.padding,
+                self.specs.append(tracing.conv_spec(p["kernel"], bias, mod.strides, mod.padding,
                                              mod.kernel_dilation, mod.input_dilation,
-                                             mod.feature_group_count, path_name(path)))
+                                             mod.feature_group_count, tracing.path_name(path)))
             else:
                 self.specs.append(Dense(kernel=p["kernel"], bias=bias, activation=None))
         self.unused: list[str] = []
@@ -101,16 +92,16 @@ class LinenAdapter:
             params = put(params, path, spec)
         return {**self.variables, "params": params}
 
-    def run(self, specs, x, override=None) -> Captured:
+    def run(self, specs, x, override=None) -> tracing.Captured:
         v = self._variables(specs)
-        rec = Recorder(override, path_name)
-        ACTIVE.append(rec)
+        rec = tracing.Recorder(override, tracing.path_name)
+        tracing.ACTIVE.append(rec)
         try:
             with nn.intercept_methods(self._icpt):
                 out = self.module.apply(v, x)
         finally:
-            ACTIVE.pop()
-        return Captured(out, rec.inputs, rec.preacts)
+            tracing.ACTIVE.pop()
+        return tracing.Captured(out, rec.inputs, rec.preacts)
 
     def rebuild(self, specs):
         """New Linen variables (a dict; other collections are passed through)."""

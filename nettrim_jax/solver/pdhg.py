@@ -32,13 +32,13 @@ from nettrim_jax.solver.prox import shrink
 class Options(NamedTuple):
     """Static solver settings (hashable, so they key the jit cache)."""
 
+    step: float = 0.95  # eta ||X|| < 1: the primal-dual step size fraction
+    restart_decay: float = 0.2  # restart when the KKT error fell by this factor
     max_iters: int = 20000
     check_every: int = 20
     eps_abs: float = 1e-7
     eps_rel: float = 1e-4
     gap_tol: float = 1e-3
-    step: float = 0.95
-    restart_decay: float = 0.2
     margin: float | None = None  # radius shrink; solve_layer: 1e-3 (f32), 1e-5 (f64)
     feas_tol: float | None = None  # ||violation||_F / eps: 1e-3 (f32), 1e-6 (f64)
 
