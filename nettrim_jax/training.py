@@ -259,8 +259,11 @@ def train_linen_classifier(module: nn.Module, variables, x, y, *, steps: int = 3
 
 
 def accuracy(model: nnx.Module | Callable, x, y, batch_size: int = 4096) -> float:
-    """Top-1 accuracy of ``model(x)`` logits against integer labels ``y`` (NNX modules are
-    evaluated in eval mode; their train/eval flag is restored)."""
+    """Top-1 accuracy of ``model(x)`` logits against integer labels ``y`` (an NNX module is
+    evaluated as a clone in eval mode, so dropout is off and the module itself is untouched)."""
+    if isinstance(model, nnx.Module):
+        model = nnx.clone(model)
+        model.eval()
     x = np.asarray(x)
     y = np.asarray(y)
     correct = 0
