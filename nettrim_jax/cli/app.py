@@ -29,7 +29,7 @@ import time
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 import numpy as np
 
@@ -287,6 +287,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nettrim: error: unexpected {type(e).__name__}: {_one_line(e)} "
               "(set NETTRIM_DEBUG=1 for a traceback)", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def run(argv: Sequence[str] | None = None) -> NoReturn:
+    """Process entry point (the ``nettrim`` script, ``python -m nettrim_jax.cli``): exit with
+    ``main``'s code.
+
+    After Ctrl-C the process ends with ``os._exit(130)`` once stdout/stderr are flushed,
+    skipping the interpreter's teardown: a SIGINT can interrupt the main thread while XLA
+    still compiles or runs a program on its own threads, and tearing down jax's client
+    under that work crashed the process (SIGSEGV) in most tries.  Everything worth keeping
+    (OUT/partial) is written atomically and fsynced before that point.
+    """
+    try:
+        code = main(argv)
+    except KeyboardInterrupt:  # a second Ctrl-C while main was handling the first
+        print("nettrim: interrupted", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    if code == EXIT_INTERRUPTED:
+        _exit_now(code)
+    sys.exit(code)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Flush stdout/stderr and end the process at once (no atexit, no teardown)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a further Ctrl-C cannot interrupt the flush
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken pipe: nothing more to say
+            pass
+    os._exit(code)
 
 
 def _one_line(e: BaseException) -> str:
