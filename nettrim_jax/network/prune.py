@@ -107,7 +107,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nettrim_jax.network.adapters import adapt
-from nettrim_jax.solver.layer import SOLVERS, solve_layer
+from nettrim_jax.solver.layer import SOLVERS, check_solver_options, solve_layer
 from nettrim_jax.solver.refit import refit_layer
 from nettrim_jax.network.specs import Conv, Dense, kernel_matrix, layer_rows, transition_gain, with_matrix
 
@@ -401,6 +401,7 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
     """
     # Input validation: everything below raises a one-line ValueError before any solve.
     _check_options(scheme, gamma, on_unsupported, solver, max_patches, scan)
+    check_solver_options(solver, solver_options)
     _check_epsilon_values(epsilon)
     if output_epsilon is not None:
         if scheme != "cascade":
@@ -563,6 +564,9 @@ def _check_calibration(x):
         raise ValueError(f"calibration data x must be numeric, got dtype {x.dtype}")
     if x.ndim == 0:
         raise ValueError("calibration data x must have a leading sample axis, got a scalar")
+    if x.ndim == 1:  # one sample of shape (N,) or N scalar samples: ambiguous, refused
+        raise ValueError(f"calibration data x of shape {tuple(x.shape)} has no sample axis: pass "
+                         f"shape (P, {x.shape[0]}) for samples of {x.shape[0]} features (x[None] for one)")
     if x.shape[0] == 0 or x.size == 0:
         raise ValueError(f"calibration data x is empty (shape {tuple(x.shape)}); "
                          "at least one sample is needed")
