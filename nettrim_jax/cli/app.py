@@ -10,7 +10,8 @@ Exit codes (stable; scripts may rely on them):
     1  runtime failure: an unexpected error inside nettrim or a library (a bug; please report)
     2  usage or input error: bad arguments, unreadable/corrupt/mismatched checkpoint or data,
        NaN/Inf, an empty calibration set, epsilon < 0, gamma < 1, unsupported layers, an OUT
-       folder that already holds a result (pass --force) or an unfinished one (--resume)
+       folder that already holds a result (pass --force) or an unfinished one (--resume),
+       an OUT that cannot be written (checked before any work), permission denied
     3  finished, results written, but with --strict some layer's solve did not converge
     130 interrupted (Ctrl-C); finished layers of a cascade run are kept for --resume
 
@@ -278,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nettrim: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (UsageError, CheckpointError, ValueError, FileNotFoundError) as e:
+    except (UsageError, CheckpointError, ValueError, FileNotFoundError, PermissionError) as e:
         _debug_traceback()
         print(f"nettrim: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
@@ -390,6 +391,26 @@ def _check_out(out: Path, args) -> None:
         raise UsageError(f"{out}: holds an unfinished run; pass --resume to continue it or --force to start over")
 
 
+def _check_writable(out: Path) -> None:
+    """Refuse an OUT that cannot be written, before any work: create and remove a probe file
+    in OUT, or in its nearest existing ancestor when OUT does not exist yet (nothing is left
+    behind either way)."""
+    import tempfile
+
+    base = out
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise UsageError(f"{out}: cannot create it: {base} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".nettrim-probe-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"{out}: cannot write there ({e.strerror or type(e).__name__}"
+                         f"{'' if base == out else f' in {base}'})") from None
+
+
 def cmd_prune(args, console: _Console) -> int:
     import shutil
 
@@ -416,6 +437,7 @@ def cmd_prune(args, console: _Console) -> int:
         raise UsageError("--resume applies to --scheme cascade only (parallel layers are independent; rerun)")
     out = Path(args.out)
     _check_out(out, args)
+    _check_writable(out)
     model = ck.load(args.checkpoint)
     x, y = load_calibration(args.data, model.input_shape, key=args.key, labels=args.labels,
                             split=args.split, samples=args.samples)
