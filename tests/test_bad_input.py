@@ -253,7 +253,8 @@ def test_prune_non_relu_hidden_activation():
 def test_prune_dead_layer_gives_zero_kernels():
     """Hidden units that never fire on the calibration data: the pruned layer is all zeros
     (kernel and bias), and so is everything it fed (its outputs are identically zero)."""
-    res = _prune(_net(bias=-100.0), _x(), max_iters=500)
+    with pytest.warns(RuntimeWarning, match="pruned to all zeros"):
+        res = _prune(_net(bias=-100.0), _x(), max_iters=500)
     for spec in res.model:
         assert not np.any(np.asarray(spec.kernel)) and not np.any(np.asarray(spec.bias))
     assert res.report.layers[0].converged and res.report.nnz_after == 0

@@ -89,3 +89,82 @@ def test_out_without_write_permission_is_refused_before_any_solve(setup, capsys,
     assert err.startswith("nettrim: error: /sys/nettrim-out: cannot write there (") and err.count("\n") == 1
     assert solves == []
     assert not os.path.exists("/sys/nettrim-out")
+
+
+# ----------------------------------------------------------------------------- item 7
+
+
+def test_warnings_print_as_one_clean_line(setup, capsys, monkeypatch):
+    def warn(args, console):
+        warnings.warn("first line\nsecond line", UserWarning)
+        return cli.EXIT_OK
+
+    monkeypatch.setattr(cli, "cmd_report", warn)
+    rc, _, err = _run(["report", setup], capsys)
+    assert rc == cli.EXIT_OK
+    assert err == "nettrim: warning: first line\n"
+
+
+def test_all_zero_result_warns_in_one_line(setup, tmp_path, capsys):
+    """--epsilon 1e9 prunes every weight: the run finishes (rc 0) but says so, one line per
+    layer, with no file path or source line."""
+    rc, _, err = _run(["prune", setup / "ckpt", "--data", setup / "calib.npz", "--epsilon", "1e9",
+                       "--max-iters", "400", "--out", tmp_path / "o"], capsys)
+    assert rc == cli.EXIT_OK, err
+    lines = [l for l in err.splitlines() if "warning" in l.lower()]
+    assert lines and all(l.startswith("nettrim: warning: layer ") and "pruned to all zeros" in l for l in lines)
+    assert ".py:" not in err and "warnings.warn" not in err
+
+
+@pytest.mark.parametrize("scheme", ["cascade", "parallel"])
+def test_report_records_every_shaping_option(setup, tmp_path, capsys, scheme):
+    extra = ["--refit", "--max-patches", "100", "--solver", "admm", "--samples", "120"]
+    if scheme == "cascade":
+        extra += ["--output-epsilon", "0.03"]
+    rc, _, err = _run(_prune_args(setup, tmp_path / "o", "--scheme", scheme, *extra), capsys)
+    assert rc == cli.EXIT_OK, err
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    want = {"scheme": scheme, "epsilon": 0.05, "gamma": 1.1, "refit": True, "solver": "admm",
+            "max_iters": 400, "max_patches": 100, "samples": 120, "seed": 0,
+            "output_epsilon": 0.03 if scheme == "cascade" else None}
+    assert {k: rep.get(k, "missing") for k in want} == want
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "refit `True`" in md and "max iterations `400`" in md
+
+
+# ----------------------------------------------------------------------------- item 10
+
+
+def test_report_on_a_missing_folder_says_so(tmp_path, capsys):
+    rc, _, err = _run(["report", tmp_path / "nope"], capsys)
+    assert rc == cli.EXIT_USAGE and err == f"nettrim: error: {tmp_path / 'nope'}: no such folder\n"
+
+
+@pytest.mark.parametrize("suffix, what", [(".npz", "not a valid .npz (zip) file"),
+                                          (".npy", "not a valid .npy file")])
+def test_data_file_of_the_wrong_format(setup, tmp_path, capsys, suffix, what):
+    bad = tmp_path / f"text{suffix}"
+    bad.write_text("0.1,0.2,0.3\n")
+    rc, _, err = _run(_prune_args(setup, tmp_path / "o", "--data", bad), capsys)
+    assert rc == cli.EXIT_USAGE and what in err and "pickle" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_pruned_folder_is_ignored_by_git():
+    from pathlib import Path
+
+    lines = (Path(__file__).resolve().parent.parent / ".gitignore").read_text().split()
+    assert "pruned/" in lines or "/pruned/" in lines
+
+
+def test_pyproject_license_is_an_spdx_string():
+    """The table form warns on every build with setuptools >= 77 (deprecated)."""
+    from pathlib import Path
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    meta = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    assert meta["project"]["license"] == "Apache-2.0"
+    assert "setuptools>=77" in meta["build-system"]["requires"]

@@ -116,6 +116,7 @@ def load_calibration(path: str | os.PathLike, input_shape: Sequence[int], *, key
         except ValueError as e:
             raise UsageError(str(e)) from None
     elif path.suffix in (".npy", ".npz"):
+        _check_container(path)
         try:
             loaded = np.load(path, allow_pickle=False)
         except ValueError as e:
@@ -173,6 +174,22 @@ def load_calibration(path: str | os.PathLike, input_shape: Sequence[int], *, key
             raise UsageError(f"labels of shape {y.shape} and dtype {y.dtype} do not match "
                              f"{x.shape[0]} samples (need integer class labels)")
     return x, y
+
+
+def _check_container(path: Path) -> None:
+    """A .npz must be a zip archive and a .npy must start with numpy's magic; otherwise
+    np.load falls back to unpickling and its error speaks of pickled data."""
+    import zipfile
+
+    if path.suffix == ".npz":
+        if not zipfile.is_zipfile(path):
+            raise UsageError(f"{path}: not a valid .npz (zip) file; corrupt or truncated, or not "
+                             "written by np.savez")
+        return
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise UsageError(f"{path}: not a valid .npy file (no NumPy header); corrupt or truncated, "
+                             "or not written by np.save")
 
 
 def accuracy(layers, x, y) -> float | None:
@@ -271,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         with warnings.catch_warnings():
+            warnings.showwarning = _show_warning  # restored on exit by catch_warnings
             # the per-layer table reports convergence; the solver's warning would repeat it
             warnings.filterwarnings("ignore", message="Net-Trim solve did not converge")
             if args.quiet:
@@ -323,6 +341,12 @@ def _exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the command line: ``nettrim: warning: <one line>`` on
+    stderr, without the file, line number and source line Python prints."""
+    print(f"nettrim: warning: {_one_line(message)}", file=sys.stderr, flush=True)
+
+
 def _one_line(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
     return " ".join(text.split("\n")[0].split()) if "\n" in text else text
@@ -339,6 +363,8 @@ def _debug_traceback():
 def cmd_report(args, console: _Console) -> int:
     out = Path(args.out)
     rj = out / REPORT_JSON
+    if not out.is_dir():
+        raise UsageError(f"{out}: no such folder" if not out.exists() else f"{out}: not a folder")
     if not rj.is_file():
         hint = " (an unfinished run: resume it with `nettrim prune ... --resume`)" \
             if (out / PARTIAL_DIR).is_dir() else ""
@@ -511,6 +537,8 @@ def cmd_prune(args, console: _Console) -> int:
         "output_epsilon": args.output_epsilon, "relative": True, "accuracy_on": acc_on,
         "accuracy_before": accuracy(model.layers, xe, ye), "accuracy_after": accuracy(pruned, xe, ye),
         "seconds": seconds, "layers": table, "prune_report": prune_report,
+        **_shaping_options(args.solver, args.max_iters, max_patches=args.max_patches, refit=args.refit,
+                           output_epsilon=args.output_epsilon, seed=0),
     }
     meta = {"pruned_from": str(args.checkpoint), "source_sha256": ck_sha, "scheme": args.scheme,
             "epsilon": args.epsilon, "gamma": args.gamma, "nnz_before": sum(r["nnz_before"] for r in table),
@@ -603,6 +631,9 @@ def cmd_demo(args, console: _Console) -> int:
         "epsilon": args.epsilon, "gamma": 1.1, "relative": True, "accuracy_on": f"{len(yte)} held-out samples",
         "accuracy_before": training.accuracy(model, xte, yte), "accuracy_after": training.accuracy(res.model, xte, yte),
         "seconds": seconds, "layers": table, "prune_report": rep,
+        **_shaping_options("admm", args.max_iters, max_patches=4096, refit=False, output_epsilon=None,
+                           seed=args.seed),
+        "training_steps": args.steps,
     }
     for name in (REPORT_JSON,):
         (out / name).unlink(missing_ok=True)
@@ -632,6 +663,19 @@ def _programs(layers) -> list:
     last weighted layer is linear, others follow their activation."""
     idx = [i for i, l in enumerate(layers) if l["type"] in ("dense", "conv")]
     return ["linear" if k == len(idx) - 1 else layers[i]["activation"] for k, i in enumerate(idx)]
+
+
+def _shaping_options(solver, max_iters, *, max_patches, refit, output_epsilon, seed) -> dict:
+    """Report fields for every option that shaped the result besides epsilon/gamma/samples:
+    the solver and its effective iteration cap (its default when not given), the conv patch
+    cap, refit, output_epsilon and the seed (conv patch subsampling; demo: also training)."""
+    from nettrim_jax.solver import admm, pdhg
+
+    solver = solver or "admm"
+    default = (admm.Options if solver == "admm" else pdhg.Options)().max_iters
+    return {"solver": solver, "max_iters": default if max_iters is None else int(max_iters),
+            "max_patches": max_patches, "refit": bool(refit), "output_epsilon": output_epsilon,
+            "seed": seed}
 
 
 def _solve_options(args) -> dict:
@@ -676,7 +720,7 @@ def cascade(original: Sequence[dict], x, *, epsilon: float, gamma: float = 1.1,
 
     from nettrim_jax.io import checkpoint as ck
     from nettrim_jax.solver.layer import solve_layer
-    from nettrim_jax.network.prune import output_layer_epsilon, refit_or_measure
+    from nettrim_jax.network.prune import output_layer_epsilon, refit_or_measure, warn_if_pruned_to_zero
     from nettrim_jax.network.specs import kernel_matrix, layer_rows, with_matrix
 
     if gamma < 1:
@@ -733,6 +777,7 @@ def cascade(original: Sequence[dict], x, *, epsilon: float, gamma: float = 1.1,
         misfit = float(misfit)
         new_spec = with_matrix(spec, K)
         current[i] = ck.from_network([new_spec])[0]
+        warn_if_pruned_to_zero(i, _nnz(original[i]), _nnz(current[i]))
         rows.append({"epsilon": eps, "misfit": misfit, "rows": int(A.shape[0]),
                      "subsampled": bool(A.shape[0] < full), "iterations": int(sol.info.iterations),
                      "converged": bool(sol.info.converged), "seconds": time.perf_counter() - t0})
@@ -809,9 +854,11 @@ def report_markdown(report: dict) -> str:
     lines = []
     title = report.get("title") or "Net-Trim report"
     lines += [f"# {title}", ""]
-    keys = [("scheme", "scheme"), ("epsilon", "epsilon"), ("gamma", "gamma"), ("samples", "samples"),
-            ("checkpoint", "checkpoint"), ("data", "data")]
-    meta = [f"{label} `{report[k]}`" for k, label in keys if report.get(k) is not None]
+    keys = [("scheme", "scheme"), ("epsilon", "epsilon"), ("gamma", "gamma"),
+            ("output_epsilon", "output epsilon"), ("refit", "refit"), ("solver", "solver"),
+            ("max_iters", "max iterations"), ("samples", "samples"), ("checkpoint", "checkpoint"),
+            ("data", "data")]
+    meta = [f"{label} `{report[k]}`" for k, label in keys if report.get(k) not in (None, False)]
     if meta:
         lines += [", ".join(meta), ""]
     lines += ["| layer | type | kernel | nonzeros before | nonzeros after | kept | discrepancy "

@@ -129,7 +129,11 @@ class LayerReport(NamedTuple):
     misfit: achieved program misfit (absolute, same norm as epsilon);
     discrepancy: ||Z_l - Z_hat_l||_F / ||Z_l||_F along the pruned network on the calibration
     data (Z: post-ReLU output for ReLU layers, pre-activation otherwise);
-    iterations, converged: solver outcome; seconds: wall time of this layer's solve.
+    iterations, converged: solver outcome; seconds: wall time of this layer's solve.  For
+      ``scheme="parallel"`` the solves overlap (all are dispatched, then gathered): a layer's
+      seconds are its own dispatch (compile, enqueue) plus the wait for its result and its
+      refit once the layers before it were gathered, so the per-layer figures add up to the
+      wall time and a layer finished during an earlier layer's wait shows little.
     """
 
     name: str
@@ -183,7 +187,8 @@ class PruneReport(NamedTuple):
         lines.append("")
         # the bound assumes every program was met; an unconverged solve may exceed it
         held = "<=" if self.output_error <= self.bound else "> (some layer missed its program)"
-        lines.append(f"{self.scheme} Net-Trim (gamma={self.gamma:g}): nonzeros {self.nnz_before} -> "
+        gamma = f" (gamma={self.gamma:g})" if self.scheme == "cascade" else ""  # parallel: unused
+        lines.append(f"{self.scheme} Net-Trim{gamma}: nonzeros {self.nnz_before} -> "
                      f"{self.nnz_after} ({100 * keep:.1f}% kept); output discrepancy "
                      f"{self.output_discrepancy:.4f}; output error {self.output_error:.4g} "
                      f"{held} bound {self.bound:.4g}; {self.seconds:.1f} s")
@@ -204,6 +209,16 @@ class PruneResult(NamedTuple):
 
 def _fro(a) -> float:
     return float(jnp.sqrt(jnp.sum(jnp.square(a))))
+
+
+def warn_if_pruned_to_zero(name, nnz_before: int, nnz_after: int) -> None:
+    """One-line RuntimeWarning when a layer that had weights kept none (kernel and bias all
+    zero): its output no longer depends on the input, which a too-large epsilon (or a
+    layer dead on the calibration data) does silently."""
+    if nnz_before > 0 and nnz_after == 0:
+        warnings.warn(f"layer {name} was pruned to all zeros (kernel and bias): its output no longer "
+                      "depends on the input; epsilon too large, or the layer is dead on this data?",
+                      RuntimeWarning, stacklevel=3)
 
 
 def _nnz(spec) -> int:
@@ -479,6 +494,7 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
             nnz_before=_nnz(orig[i]), nnz_after=_nnz(new[i]), epsilon=r["epsilon"],
             misfit=r["misfit"], discrepancy=disc, iterations=r["iterations"],
             converged=r["converged"], seconds=r["seconds"]))
+        warn_if_pruned_to_zero(net.names[i], _nnz(orig[i]), _nnz(new[i]))
     out0 = jnp.concatenate([_flat(o) for o in jax.tree.leaves(base.output)])
     out1 = jnp.concatenate([_flat(o) for o in jax.tree.leaves(final.output)])
     last0, last1 = base.preacts[-1], final.preacts[-1]
@@ -669,9 +685,9 @@ def _parallel(net, x, orig, base, programs, eps_list, cfg, devices, bar):
         jobs.append((p * n * probs[i].target.shape[1], i))
     # largest problem first onto the least-loaded device
     load = [0.0] * len(devices)
-    placed = {}
-    t0 = time.perf_counter()
+    placed, spent = {}, {}  # spent[i]: seconds charged to layer i (LayerReport.seconds)
     for cost, i in sorted(jobs, key=lambda t: (-t[0], t[1])):
+        t0 = time.perf_counter()
         d = int(np.argmin(load))
         load[d] += cost
         pr = probs[i]
@@ -679,6 +695,7 @@ def _parallel(net, x, orig, base, programs, eps_list, cfg, devices, bar):
         dev = devices[d]
         placed[i] = _dispatch(f, pr.rows, pr.target, eps[i], jnp.zeros((), pr.rows.dtype),
                               dev, cfg["per_neuron"])  # asynchronous dispatch
+        spent[i] = time.perf_counter() - t0
     new = list(orig)
     rows = [None] * L
     for i in range(L):
@@ -687,10 +704,11 @@ def _parallel(net, x, orig, base, programs, eps_list, cfg, devices, bar):
             if bar is not None:
                 bar.update(1)
             continue
+        t0 = time.perf_counter()
         K, info = placed[i]()
         pr = probs[i]
         K, misfit = refit_or_measure(cfg["refit"], pr.rows, pr.target, jnp.asarray(K), programs[i])
-        seconds = time.perf_counter() - t0
+        seconds = spent[i] + time.perf_counter() - t0
         new[i] = with_matrix(orig[i], K)
         rows[i] = _row_info(orig[i], pr, _full_rows(orig[i], base.inputs[i]), eps[i],
                             misfit, info, seconds)
