@@ -168,3 +168,61 @@ def test_pyproject_license_is_an_spdx_string():
     meta = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
     assert meta["project"]["license"] == "Apache-2.0"
     assert "setuptools>=77" in meta["build-system"]["requires"]
+
+
+# ----------------------------------------------------------------------------- item 8
+
+DEMO = ["demo", "--steps", "20", "--calibration", "100", "--max-iters", "100", "--no-plot", "-q"]
+
+
+def _siblings(folder):
+    return sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}."))
+
+
+def test_demo_refuses_a_foreign_non_empty_folder(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    rc, _, err = _run([*DEMO, "--out", out], capsys)
+    assert rc == cli.EXIT_USAGE and err.count("\n") == 1
+    assert "not empty and not an earlier demo output; pass --force" in err
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"] and _siblings(out) == []
+
+
+def test_demo_reruns_over_its_own_output_and_force_replaces(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc, stdout, err = _run([*DEMO, "--out", out], capsys)
+    assert rc == cli.EXIT_OK, err
+    assert f"report: {out / 'report.md'}" in stdout  # the final paths, not the staging folder
+    assert json.loads((out / "report.json").read_text())["command"] == "demo"
+    rc, _, err = _run([*DEMO, "--out", out, "--seed", "1"], capsys)  # its own output: replaced
+    assert rc == cli.EXIT_OK, err
+    assert json.loads((out / "report.json").read_text())["seed"] == 1
+    (out / "report.json").write_text("{}")  # no longer recognisable as a demo output
+    rc, _, err = _run([*DEMO, "--out", out], capsys)
+    assert rc == cli.EXIT_USAGE
+    rc, _, err = _run([*DEMO, "--out", out, "--force"], capsys)
+    assert rc == cli.EXIT_OK, err
+    assert json.loads((out / "report.json").read_text())["command"] == "demo" and _siblings(out) == []
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_interrupted_demo_leaves_no_half_filled_folder(tmp_path, capsys, monkeypatch, existing):
+    import nettrim_jax.network.prune as prune_mod
+
+    out = tmp_path / "demo"
+    if existing:
+        out.mkdir()
+        (out / "report.json").write_text(json.dumps({"command": "demo", "layers": []}))
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prune_mod, "prune", interrupted)  # after training and the first files
+    rc, _, err = _run([*DEMO, "--out", out], capsys)
+    assert rc == cli.EXIT_INTERRUPTED
+    assert _siblings(out) == []
+    if existing:
+        assert sorted(p.name for p in out.iterdir()) == ["report.json"]
+    else:
+        assert not out.exists()

@@ -22,6 +22,7 @@ a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -232,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prune on the first N training samples (default: all)")
     d.add_argument("--max-iters", type=int, default=None, help="solver iteration cap per layer")
     d.add_argument("--no-plot", action="store_true", help="skip the figure")
+    d.add_argument("--force", action="store_true",
+                   help="replace a non-empty --out folder that is not an earlier demo output "
+                        "(its contents are deleted)")
 
     q = sub.add_parser("prune", parents=[common], help="prune a saved model on calibration data",
                        description="Prune a nettrim checkpoint on calibration data; writes OUT/model "
@@ -551,8 +555,9 @@ def cmd_prune(args, console: _Console) -> int:
     return EXIT_OK
 
 
-def _finish(out: Path, layers, input_shape, meta, report, console, plot=False) -> None:
-    """Write OUT/model, OUT/report.md, OUT/report.json (last: it marks the run finished)."""
+def _finish(out: Path, layers, input_shape, meta, report, console, plot=False, shown=None) -> None:
+    """Write OUT/model, OUT/report.md, OUT/report.json (last: it marks the run finished);
+    the printed paths name ``shown`` instead of ``out`` when given (a staged folder)."""
     from nettrim_jax.io import checkpoint as ck
 
     ck.save(out / MODEL_DIR, layers, input_shape, meta)
@@ -562,6 +567,7 @@ def _finish(out: Path, layers, input_shape, meta, report, console, plot=False) -
         plot_report(report, out / REPORT_PNG)
     ck.atomic_write_json(out / REPORT_JSON, report)
     console.say(md)
+    out = out if shown is None else Path(shown)
     print(f"pruned checkpoint: {out / MODEL_DIR}")
     print(f"report: {out / REPORT_MD}, {out / REPORT_JSON}" + (f", {out / REPORT_PNG}" if plot else ""))
 
@@ -570,14 +576,6 @@ def _finish(out: Path, layers, input_shape, meta, report, console, plot=False) -
 
 
 def cmd_demo(args, console: _Console) -> int:
-    import shutil
-
-    import jax
-
-    from nettrim_jax.io import checkpoint as ck
-    from nettrim_jax import training
-    from nettrim_jax.network.prune import prune
-
     if not args.epsilon >= 0:
         raise UsageError(f"--epsilon must be >= 0, got {args.epsilon}")
     if args.steps < 1:
@@ -585,8 +583,63 @@ def cmd_demo(args, console: _Console) -> int:
     if args.calibration is not None and args.calibration < 1:
         raise UsageError(f"--calibration must be >= 1, got {args.calibration}")
     out = Path(args.out)
+    _check_demo_out(out, args.force)
+    _check_writable(out)
+    with _staged_folder(out) as work:
+        return _demo(args, console, out, work)
+
+
+def _check_demo_out(out: Path, force: bool) -> None:
+    """Refuse an --out that is a file, or a non-empty folder that is not an earlier demo
+    output (unless --force): the demo replaces the whole folder."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: exists and is not a folder")
+    if force or not out.is_dir() or not any(out.iterdir()) or _is_demo_output(out):
+        return
+    raise UsageError(f"{out}: not empty and not an earlier demo output; pass --force to replace "
+                     "it or pick another --out")
+
+
+def _is_demo_output(out: Path) -> bool:
+    try:
+        return json.loads((out / REPORT_JSON).read_text("utf-8")).get("command") == "demo"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+@contextlib.contextmanager
+def _staged_folder(out: Path):
+    """Yield a new hidden sibling folder of ``out`` to fill; on a clean exit it replaces
+    ``out`` (the old folder is moved aside, then deleted), on any exception (Ctrl-C
+    included) it is deleted and ``out`` is left as it was: no half-filled folder."""
+    import shutil
+    import tempfile
+
+    out = out.resolve()  # "." or "a/.." have no name to make siblings from
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        yield work
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / out.name)
+        os.replace(work, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _demo(args, console: _Console, out: Path, work: Path) -> int:
+    """The demo proper: writes into ``work``, which becomes ``out`` once it returns."""
+    import jax
+
+    from nettrim_jax.io import checkpoint as ck
+    from nettrim_jax import training
+    from nettrim_jax.network.prune import prune
+
     t_all = time.perf_counter()
     if args.dataset == "digits":
         try:
@@ -608,9 +661,9 @@ def cmd_demo(args, console: _Console) -> int:
                               seed=args.seed)
     layers, input_shape = ck.from_flax(model)
     xtr, ytr = xtr[:args.calibration], ytr[:args.calibration]
-    ck.save(out / "original", layers, input_shape, {"dataset": args.dataset, "sizes": list(sizes)})
-    np.savez(out / "calibration.npz", x=xtr, y=ytr)
-    np.savez(out / "test.npz", x=xte, y=yte)
+    ck.save(work / "original", layers, input_shape, {"dataset": args.dataset, "sizes": list(sizes)})
+    np.savez(work / "calibration.npz", x=xtr, y=ytr)
+    np.savez(work / "test.npz", x=xte, y=yte)
 
     console.note(f"pruning with cascade Net-Trim (epsilon {args.epsilon}, gamma 1.1) on the {len(ytr)} training samples")
     t0 = time.perf_counter()
@@ -635,12 +688,9 @@ def cmd_demo(args, console: _Console) -> int:
                            seed=args.seed),
         "training_steps": args.steps,
     }
-    for name in (REPORT_JSON,):
-        (out / name).unlink(missing_ok=True)
-    shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
-    _finish(out, pruned, input_shape, {"pruned_from": str(out / "original"), "scheme": "cascade",
-                                       "epsilon": args.epsilon, "gamma": 1.1},
-            report, console, plot=not args.no_plot and _has_matplotlib(console))
+    _finish(work, pruned, input_shape, {"pruned_from": str(out / "original"), "scheme": "cascade",
+                                        "epsilon": args.epsilon, "gamma": 1.1},
+            report, console, plot=not args.no_plot and _has_matplotlib(console), shown=out)
     console.note(f"done in {time.perf_counter() - t_all:.1f} s; next: nettrim report {out} --plot, or "
                  f"nettrim prune {out / 'original'} --data {out / 'calibration.npz'} --epsilon 0.05 --out pruned")
     return EXIT_OK
