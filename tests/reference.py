@@ -27,7 +27,8 @@ def planted_sparse(p, n, m, s, seed=0):
 
 
 def reference(x, y, eps, activation="relu", threshold=0.0, per_neuron=False):
-    """Optimal value and kernel of Net-Trim's program, solved by Clarabel to 1e-10."""
+    """Optimal value and kernel of Net-Trim's program, solved by Clarabel to 1e-10; fails the
+    calling test unless Clarabel reports an optimal status."""
     import cvxpy as cp
 
     n, m = x.shape[1], y.shape[1]
@@ -50,4 +51,6 @@ def reference(x, y, eps, activation="relu", threshold=0.0, per_neuron=False):
         cons.append(cp.norm(d, "fro") <= float(eps))
     prob = cp.Problem(cp.Minimize(cp.sum(cp.abs(u))), cons)
     prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
+    # anything but OPTIMAL (OPTIMAL_INACCURATE, INFEASIBLE, a stalled solve) is no reference
+    assert prob.status == cp.OPTIMAL, f"reference solve ended {prob.status!r}, not optimal"
     return prob.value, u.value
