@@ -77,6 +77,7 @@ def test_prune_cascade_writes_checkpoint_and_report(setup, tmp_path, capsys):
     assert "| 0 | dense | 8x16 |" in md
 
 
+@pytest.mark.filterwarnings("ignore:Net-Trim solve did not converge:RuntimeWarning")  # FAST: 400 iterations
 def test_cli_cascade_matches_library_prune(setup):
     """The resumable driver solves the same programs as ``prune(scheme="cascade", scan=False)``."""
     from nettrim_jax import prune
@@ -96,6 +97,7 @@ def test_cli_cascade_matches_library_prune(setup):
         assert r["epsilon"] == pytest.approx(l.epsilon, rel=1e-3)
 
 
+@pytest.mark.filterwarnings("ignore:Net-Trim solve did not converge:RuntimeWarning")  # FAST: 400 iterations
 def test_cli_refit_matches_library_and_lowers_misfit(setup, tmp_path, capsys):
     """``--refit``: the same supports as without it, lower misfits, and the library's result."""
     from nettrim_jax import prune
@@ -119,6 +121,8 @@ def test_cli_refit_matches_library_and_lowers_misfit(setup, tmp_path, capsys):
         rows[0]["misfit"], rel=1e-2)
 
 
+@pytest.mark.filterwarnings("ignore:Net-Trim solve did not converge:RuntimeWarning")  # FAST: 400 iterations
+@pytest.mark.filterwarnings("ignore:output_epsilon .* is below what any kernel can reach:RuntimeWarning")
 def test_cli_output_epsilon_matches_library(setup, tmp_path, capsys):
     """``--output-epsilon``: the driver gives the output layer the library's epsilon_L and
     kernel, within the budget; the option is part of the report and refused for parallel."""
@@ -145,6 +149,7 @@ def test_cli_output_epsilon_matches_library(setup, tmp_path, capsys):
     assert rc == cli.EXIT_USAGE and "--output-epsilon applies to --scheme cascade only" in err
 
 
+@pytest.mark.filterwarnings("ignore:Net-Trim solve did not converge:RuntimeWarning")  # FAST: 400 iterations
 def test_interrupted_cascade_resumes_from_last_finished_layer(setup, tmp_path, capsys, monkeypatch):
     import nettrim_jax.solver.layer as layer_mod
 
@@ -426,6 +431,7 @@ def test_demo_runs(tmp_path, capsys):
     np.testing.assert_array_equal(ck.load(out / "original").layers[0]["kernel"].shape, (64, 64))
 
 
+@pytest.mark.filterwarnings("ignore:Net-Trim solve did not converge:RuntimeWarning")  # FAST: 400 iterations
 def test_conv_checkpoint_cascade_matches_library(tmp_path, capsys):
     """Conv -> maxpool -> flatten -> dense through checkpoint, CLI cascade and back, against
     ``prune(scheme="cascade", scan=False)`` on the same spec network."""

@@ -129,6 +129,7 @@ def _ls_residual(A, Y):
     return _fro(A @ coef - Y)
 
 
+@pytest.mark.filterwarnings("ignore:Net-Trim solve did not converge:RuntimeWarning")  # max_iters=100
 def test_cascade_output_epsilon_refits_the_output_layer(trained, cascade, calib):
     """output_epsilon: the hidden layers are the plain cascade's, the output layer gets the
     budget itself (not gamma x the propagated error), so the output error falls below the
