@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DATA   ?= $(if $(NETTRIM_DATA),$(NETTRIM_DATA),$(wildcard ../shared/data))
 
-.PHONY: install lint test demo bench experiments experiments-quick clean
+.PHONY: install lint test demo bench experiments experiments-quick dist clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -37,6 +37,14 @@ experiments: $(STAMP)
 
 experiments-quick: $(STAMP)
 	for e in $(EXPERIMENTS); do NETTRIM_DATA=$(DATA) $(PY) experiments/$$e.py --quick || exit 1; done
+
+# A wheel in dist/ (the package is not on PyPI): pip install it, or upload it to Colab for
+# experiments/notebooks/nettrim_colab.ipynb.  Needs only pip (no venv): the build backend is
+# fetched into an isolated build environment.
+dist:
+	rm -rf dist build
+	python3 -m pip wheel . --no-deps -w dist
+	@ls dist/*.whl
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -64,6 +64,28 @@ def test_layer_bad_epsilon(eps):
         solve_layer(x, y, epsilon=eps)
 
 
+@pytest.mark.parametrize("eps, match", [("1", "epsilon must be a number, got '1'"),
+                                         (None, "epsilon must be a number, got None"),
+                                         (1 + 2j, "epsilon must be a real number")])
+def test_layer_epsilon_of_wrong_type(eps, match):
+    x, y = _problem()
+    with pytest.raises(ValueError, match=match):
+        solve_layer(x, y, epsilon=eps)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(max_iters=0), "max_iters must be >= 1"), (dict(max_iters="10"), "max_iters must be an integer"),
+    (dict(check_every=0), "check_every must be >= 1"), (dict(gap_tol=float("nan")), "gap_tol must be >= 0"),
+    (dict(eps_rel=-1.0), "eps_rel must be >= 0"), (dict(relaxation=2.0), "relaxation must be > 0.0 and < 2.0"),
+    (dict(margin=1.0), "margin must be >= 0.0 and < 1.0"), (dict(adaptive_rho=1), "adaptive_rho must be True or False"),
+    (dict(feas_tol=-1e-3), "feas_tol must be >= 0"),
+])
+def test_layer_bad_solver_options(kw, match):
+    x, y = _problem()
+    with pytest.raises(ValueError, match=match):
+        solve_layer(x, y, epsilon=0.1, **kw)
+
+
 @pytest.mark.parametrize("act", ["tanh", "sigmoid", "gelu", "", None])
 def test_layer_unsupported_activation(act):
     x, y = _problem()
@@ -166,10 +188,28 @@ def test_prune_empty_calibration_set(shape):
     (dict(output_epsilon="x"), "output_epsilon must be a number"),
     (dict(output_epsilon=0.02, scheme="parallel"), "output_epsilon applies to scheme='cascade' only"),
     (dict(output_epsilon=0.02, activations={"1": "skip"}), "output_epsilon needs a linear output layer"),
+    (dict(max_iters=0), r"^max_iters must be >= 1, got 0$"),
+    (dict(max_iters=2.5), "max_iters must be an integer"),
+    (dict(check_every=0), "check_every must be >= 1"),
+    (dict(gap_tol=-1e-3), "gap_tol must be >= 0"),
+    (dict(solver="pdhg", step=1.5), "step must be > 0.0 and < 1.0"),
 ])
 def test_prune_bad_parameters(kw, match):
-    with pytest.raises(ValueError, match=match):
-        _prune(_net(), _x(), **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # refused before any solve: no unconverged warnings
+        with pytest.raises(ValueError, match=match):
+            _prune(_net(), _x(), **kw)
+
+
+def test_prune_one_dimensional_sample_is_refused():
+    """A (64,) x is one sample or 64 scalar samples: ambiguous, so refused with the fix."""
+    from nettrim_jax import Dense
+
+    rng = np.random.default_rng(0)
+    net = [Dense(rng.standard_normal((64, 8)).astype(np.float32), None, "relu"),
+           Dense(rng.standard_normal((8, 3)).astype(np.float32), None, "linear")]
+    with pytest.raises(ValueError, match=r"shape \(64,\) has no sample axis: pass shape \(P, 64\)"):
+        _prune(net, rng.standard_normal(64).astype(np.float32))
 
 
 def test_prune_unsupported_layer_item():
@@ -213,7 +253,8 @@ def test_prune_non_relu_hidden_activation():
 def test_prune_dead_layer_gives_zero_kernels():
     """Hidden units that never fire on the calibration data: the pruned layer is all zeros
     (kernel and bias), and so is everything it fed (its outputs are identically zero)."""
-    res = _prune(_net(bias=-100.0), _x(), max_iters=500)
+    with pytest.warns(RuntimeWarning, match="pruned to all zeros"):
+        res = _prune(_net(bias=-100.0), _x(), max_iters=500)
     for spec in res.model:
         assert not np.any(np.asarray(spec.kernel)) and not np.any(np.asarray(spec.bias))
     assert res.report.layers[0].converged and res.report.nnz_after == 0

@@ -204,3 +204,29 @@ def test_save_refuses_bad_weights(tmp_path):
     layers = _layers()
     with pytest.raises(CheckpointError, match="expects 16 inputs, but the previous layer gives 64"):
         ckpt.save(tmp_path / "ck", layers[:3] + layers[4:], (8, 8, 1))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_get_the_mode_open_would_give(tmp_path, umask):
+    """mkstemp creates 0600; atomic writes must leave what a plain open() leaves."""
+    old = os.umask(umask)
+    try:
+        with open(tmp_path / "plain.txt", "w") as f:
+            f.write("x")
+        ck = ckpt.save(tmp_path / "ck", _layers(), (8, 8, 1))
+        ckpt.atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    want = 0o666 & ~umask
+    assert (os.stat(tmp_path / "plain.txt").st_mode & 0o777) == want
+    written = [tmp_path / "a.txt", *sorted(p for p in ck.iterdir() if p.is_file())]
+    assert len(written) == 3  # model.json + weights
+    assert {p.name: oct(os.stat(p).st_mode & 0o777) for p in written} == {p.name: oct(want) for p in written}
+
+
+def test_rewrite_keeps_an_existing_files_mode(tmp_path):
+    target = tmp_path / "a.txt"
+    target.write_text("old")
+    os.chmod(target, 0o640)
+    ckpt.atomic_write_text(target, "new")
+    assert target.read_text() == "new" and (os.stat(target).st_mode & 0o777) == 0o640

@@ -16,6 +16,8 @@ from nettrim_jax.io import checkpoint as ck
 from nettrim_jax.io import convert
 
 FAST = ["--max-iters", "400", "-q"]
+# FAST runs stop at 400 iterations: unconverged solves are expected and reported in the tables
+pytestmark = pytest.mark.filterwarnings("ignore:Net-Trim solve did not converge:RuntimeWarning")
 
 
 def _mlp_layers(seed=0):

@@ -28,6 +28,19 @@ def test_notebook_matches_generator():
     assert all(not c.get("outputs") for c in committed.cells if c.cell_type == "code"), "commit it without outputs"
 
 
+def test_install_cell_installs_what_exists():
+    """nettrim-jax is not on PyPI: the install cell must take an uploaded wheel (``make dist``)
+    or the repository URL, and say so; never ``pip install nettrim-jax`` from the index."""
+    install = [c.source for c in _generator().build().cells if "%pip install" in c.source]
+    assert len(install) == 1
+    cell = install[0]
+    assert "pip install -q nettrim-jax" not in cell
+    assert 'glob.glob("nettrim_jax-*.whl")' in cell and "make dist" in cell
+    assert 'REPO = "git+https://' in cell and "%pip install -q {source}" in cell
+    makefile = (NB_DIR.parent.parent / "Makefile").read_text()
+    assert "\ndist:" in makefile and "pip wheel . --no-deps -w dist" in makefile
+
+
 @pytest.fixture
 def kernel_name(tmp_path, monkeypatch):
     """A kernelspec running *this* interpreter (the one with nettrim_jax installed), found

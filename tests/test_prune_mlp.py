@@ -129,6 +129,7 @@ def _ls_residual(A, Y):
     return _fro(A @ coef - Y)
 
 
+@pytest.mark.filterwarnings("ignore:Net-Trim solve did not converge:RuntimeWarning")  # max_iters=100
 def test_cascade_output_epsilon_refits_the_output_layer(trained, cascade, calib):
     """output_epsilon: the hidden layers are the plain cascade's, the output layer gets the
     budget itself (not gamma x the propagated error), so the output error falls below the
@@ -249,45 +250,55 @@ def _random_specs(seed=3, sizes=(20, 16, 12, 5)):
     return W, specs, x
 
 
-def test_per_neuron_programs():
+# Layer 1, unit 8 of _random_specs() is active on a single sample (P = 200, N = 17): ADMM's
+# per-neuron program for it does not converge (its misfit cycles around the budget: 1.0019 of
+# it after 5000 iterations; solver='pdhg' certifies the layer).  Every other unit is checked.
+DEGENERATE = (1, 8)
+
+
+@pytest.fixture(scope="module")
+def per_neuron():
     W, specs, x = _random_specs()
     # small units converge slowly in per-neuron mode: give the solver more iterations
     res = _prune(specs, x, scheme="parallel", epsilon=EPS, per_neuron=True, max_iters=5000)
     U = [(np.asarray(l.kernel, np.float64), np.asarray(l.bias, np.float64)) for l in res.model]
     xs, ys = _forward(W, x)
-    checked = 0
+    units = []  # per layer: (active samples, misfit, budget, largest z off Omega) per unit
     for l in range(len(W)):
         z = xs[l] @ U[l][0] + U[l][1]
         relu = l < len(W) - 1
         omega = ys[l] > 0 if relu else np.ones(ys[l].shape, bool)
         # per-unit budgets eps_m = eps_l ||y_m|| / ||Y_l||_F: each unit's program (misfit on
-        # Omega, and z <= 0 off Omega) within its own.  Units active on < 20 samples are
-        # left to test_per_neuron_degenerate_unit (solver bug: a 17-sample unit ends at 1.03).
+        # Omega, and z <= 0 off Omega) within its own
         share = EPS * np.linalg.norm(ys[l], axis=0)
-        ok = omega.sum(0) >= 20
         err = np.linalg.norm(np.where(omega, z - ys[l], 0), axis=0)
-        assert np.all(err[ok] <= share[ok] * (1 + SLACK) + 1e-6), (l, err / share)
-        if relu:
-            assert np.max(np.where(omega, -np.inf, z)[:, ok]) <= 1e-3 * np.abs(ys[l]).max()
-        checked += int(ok.sum())
-    assert checked >= 24
+        off = np.max(np.where(omega, -np.inf, z), axis=0) if relu else np.full(z.shape[1], -np.inf)
+        units.append((omega.sum(0), err, share, off, np.abs(ys[l]).max()))
+    return res, units
+
+
+def _unit_ok(units, l, m):
+    active, err, share, off, scale = units[l]
+    return err[m] <= share[m] * (1 + SLACK) + 1e-6 and off[m] <= 1e-3 * scale
+
+
+def test_per_neuron_programs(per_neuron):
+    res, units = per_neuron
+    assert units[DEGENERATE[0]][0][DEGENERATE[1]] == 1  # the known unit is still the degenerate one
+    failed = [(l, m, float(units[l][1][m] / units[l][2][m]))
+              for l in range(len(units)) for m in range(len(units[l][1]))
+              if (l, m) != DEGENERATE and not _unit_ok(units, l, m)]
+    assert failed == []
+    assert sum(len(u[1]) for u in units) == 16 + 12 + 5  # all units but DEGENERATE were checked
     assert res.report.nnz_after < 0.9 * res.report.nnz_before
 
 
-@pytest.mark.xfail(strict=False, reason=(
+@pytest.mark.xfail(strict=True, reason=(
     "solve_layer(per_neuron=True): a unit with a single active sample (P = 200, N = 17) is not "
-    "certified converged by ADMM: its misfit cycles between 0.99 and 1.01 of the budget and "
-    "its gap between 5e-4 and 1e-2 for 40000 iterations whatever rho does; "
-    "solver='pdhg' certifies the layer in 14920.  Known limitation on degenerate per-neuron programs"))
-def test_per_neuron_degenerate_unit():
-    W, _, x = _random_specs()
-    xs, ys = _forward(W, x)
-    X = np.concatenate([xs[1], np.ones((xs[1].shape[0], 1))], 1).astype(np.float32)
-    Y = ys[1].astype(np.float32)
-    assert ((Y > 0).sum(0) == 1).any()
-    eps = EPS * np.linalg.norm(Y)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        sol = nt.solve_layer(X, Y, epsilon=eps, per_neuron=True, max_iters=10000)
-    assert float(sol.info.residual) <= 1 + SLACK
-    assert bool(sol.info.converged), sol.info
+    "converged by ADMM: its misfit cycles around the budget (1.0019 after 5000 iterations) and "
+    "its gap between 5e-4 and 1e-2 whatever rho does; solver='pdhg' certifies the layer.  Known "
+    "limitation on degenerate per-neuron programs; strict, so a fix is noticed"))
+def test_per_neuron_degenerate_unit(per_neuron):
+    res, units = per_neuron
+    assert _unit_ok(units, *DEGENERATE), units[DEGENERATE[0]][1][DEGENERATE[1]] / units[DEGENERATE[0]][2][DEGENERATE[1]]
+    assert res.report.layers[DEGENERATE[0]].converged

@@ -23,7 +23,10 @@ CELLS = [
 trained ReLU network layer by layer with a convex program: the sparsest kernel whose outputs stay
 within `epsilon` of the original layer's on calibration data.  This notebook
 
-1. installs `nettrim-jax` (skipped when it is already importable, e.g. run from the repository),
+1. installs `nettrim-jax` (skipped when it is already importable, e.g. run from the repository).
+   The package is not on PyPI: the install cell takes a wheel you uploaded to the runtime
+   (build it with `make dist`, then drag `dist/nettrim_jax-*.whl` into Colab's *Files* panel),
+   else the git repository at `REPO`, a placeholder to edit to the repository's URL,
 2. detects the accelerator (TPU, GPU or CPU; in Colab pick *Runtime > Change runtime type*),
 3. trains a small Flax NNX MLP on scikit-learn's 8x8 digits,
 4. prunes it with **parallel** Net-Trim, whose independent layer problems are spread over
@@ -37,10 +40,18 @@ import os
 # spread over; this must happen before JAX starts and has no effect on TPU / GPU backends.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")"""),
     ("code", """\
+import glob
+
+# nettrim-jax is not published on PyPI.  Install an uploaded wheel (`make dist` builds
+# dist/nettrim_jax-*.whl; upload it to this runtime), else the repository at REPO:
+REPO = "git+https://github.com/YOUR-ORG/nettrim-jax.git"  # placeholder: edit to the repository's URL
 try:
     import nettrim_jax
 except ImportError:  # a fresh Colab runtime
-    %pip install -q nettrim-jax scikit-learn matplotlib safetensors
+    wheels = sorted(glob.glob("nettrim_jax-*.whl") + glob.glob("/content/nettrim_jax-*.whl"))
+    source = wheels[-1] if wheels else REPO
+    print("installing nettrim-jax from", source)
+    %pip install -q {source} scikit-learn matplotlib safetensors
     import nettrim_jax
 print("nettrim-jax", nettrim_jax.__version__)"""),
     ("code", """\

@@ -1,5 +1,3 @@
-import sys
+from nettrim_jax.cli.app import run
 
-from nettrim_jax.cli.app import main
-
-sys.exit(main())
+run()

@@ -10,7 +10,8 @@ Exit codes (stable; scripts may rely on them):
     1  runtime failure: an unexpected error inside nettrim or a library (a bug; please report)
     2  usage or input error: bad arguments, unreadable/corrupt/mismatched checkpoint or data,
        NaN/Inf, an empty calibration set, epsilon < 0, gamma < 1, unsupported layers, an OUT
-       folder that already holds a result (pass --force) or an unfinished one (--resume)
+       folder that already holds a result (pass --force) or an unfinished one (--resume),
+       an OUT that cannot be written (checked before any work), permission denied
     3  finished, results written, but with --strict some layer's solve did not converge
     130 interrupted (Ctrl-C); finished layers of a cascade run are kept for --resume
 
@@ -26,6 +27,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Sequence
+from typing import NoReturn
 
 from nettrim_jax.cli.calibration import UsageError, load_calibration, one_line
 from nettrim_jax.cli.commands import REPORT_PNG, cmd_demo, cmd_prune, cmd_report
@@ -95,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prune on the first N training samples (default: all)")
     d.add_argument("--max-iters", type=int, default=None, help="solver iteration cap per layer")
     d.add_argument("--no-plot", action="store_true", help="skip the figure")
+    d.add_argument("--force", action="store_true",
+                   help="replace a non-empty --out folder that is not an earlier demo output "
+                        "(its contents are deleted)")
 
     q = sub.add_parser("prune", parents=[common], help="prune a saved model on calibration data",
                        description="Prune a nettrim checkpoint on calibration data; writes OUT/model "
@@ -162,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         with warnings.catch_warnings():
+            warnings.showwarning = _show_warning  # restored on exit by catch_warnings
             # the per-layer table reports convergence; the solver's warning would repeat it
             warnings.filterwarnings("ignore", message="Net-Trim solve did not converge")
             if args.quiet:
@@ -170,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nettrim: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (UsageError, CheckpointError, ValueError, FileNotFoundError) as e:
+    except (UsageError, CheckpointError, ValueError, FileNotFoundError, PermissionError) as e:
         _debug_traceback()
         print(f"nettrim: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
@@ -179,6 +185,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nettrim: error: unexpected {type(e).__name__}: {one_line(e)} "
               "(set NETTRIM_DEBUG=1 for a traceback)", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def run(argv: Sequence[str] | None = None) -> NoReturn:
+    """Process entry point (the ``nettrim`` script, ``python -m nettrim_jax.cli``): exit with
+    ``main``'s code.
+
+    After Ctrl-C the process ends with ``os._exit(130)`` once stdout/stderr are flushed,
+    skipping the interpreter's teardown: a SIGINT can interrupt the main thread while XLA
+    still compiles or runs a program on its own threads, and tearing down jax's client
+    under that work crashed the process (SIGSEGV) in most tries.  Everything worth keeping
+    (OUT/partial.state) is written atomically and fsynced before that point.
+    """
+    try:
+        code = main(argv)
+    except KeyboardInterrupt:  # a second Ctrl-C while main was handling the first
+        print("nettrim: interrupted", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    if code == EXIT_INTERRUPTED:
+        _exit_now(code)
+    sys.exit(code)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Flush stdout/stderr and end the process at once (no atexit, no teardown)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a further Ctrl-C cannot interrupt the flush
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken pipe: nothing more to say
+            pass
+    os._exit(code)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the command line: ``nettrim: warning: <one line>`` on
+    stderr, without the file, line number and source line Python prints."""
+    print(f"nettrim: warning: {one_line(message)}", file=sys.stderr, flush=True)
 
 
 def _debug_traceback():

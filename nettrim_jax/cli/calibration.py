@@ -33,6 +33,22 @@ def _pick(arrays: dict, names: Sequence[str], path, what, key=None):
     return None
 
 
+def _check_container(path: Path) -> None:
+    """A .npz must be a zip archive and a .npy must start with numpy's magic; otherwise
+    np.load falls back to unpickling and its error speaks of pickled data."""
+    import zipfile
+
+    if path.suffix == ".npz":
+        if not zipfile.is_zipfile(path):
+            raise UsageError(f"{path}: not a valid .npz (zip) file; corrupt or truncated, or not "
+                             "written by np.savez")
+        return
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise UsageError(f"{path}: not a valid .npy file (no NumPy header); corrupt or truncated, "
+                             "or not written by np.save")
+
+
 def load_calibration(path: str | os.PathLike, input_shape: Sequence[int], *, key: str | None = None,
                      labels: str | None = None, split: str = "train", samples: int | None = None):
     """Calibration inputs (and labels if any) for a model with per-sample ``input_shape``.
@@ -59,6 +75,7 @@ def load_calibration(path: str | os.PathLike, input_shape: Sequence[int], *, key
         except ValueError as e:
             raise UsageError(str(e)) from None
     elif path.suffix in (".npy", ".npz"):
+        _check_container(path)
         try:
             loaded = np.load(path, allow_pickle=False)
         except ValueError as e:

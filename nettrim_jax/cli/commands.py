@@ -9,6 +9,7 @@ data, samples, accuracy before and after).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -69,6 +70,8 @@ def render(report: dict) -> str:
 def cmd_report(args, console) -> int:
     out = Path(args.out)
     rj = out / REPORT_JSON
+    if not out.is_dir():
+        raise UsageError(f"{out}: no such folder" if not out.exists() else f"{out}: not a folder")
     if not rj.is_file():
         hint = " (an unfinished run: resume it with `nettrim prune ... --resume`)" \
             if (out / PARTIAL).is_file() else ""
@@ -89,8 +92,9 @@ def cmd_report(args, console) -> int:
     return EXIT_OK
 
 
-def _finish(out: Path, layers, input_shape, meta, report: dict, console, plot=False) -> None:
-    """Write OUT/model, OUT/report.md, OUT/report.json (last: it marks the run finished)."""
+def _finish(out: Path, layers, input_shape, meta, report: dict, console, plot=False, shown=None) -> None:
+    """Write OUT/model, OUT/report.md, OUT/report.json (last: it marks the run finished);
+    the printed paths name ``shown`` instead of ``out`` when given (a staged folder)."""
     from nettrim_jax.io import checkpoint as ck
     from nettrim_jax.io.atomic import atomic_write_json, atomic_write_text
 
@@ -104,6 +108,7 @@ def _finish(out: Path, layers, input_shape, meta, report: dict, console, plot=Fa
     atomic_write_json(out / REPORT_JSON, report)
     (out / PARTIAL).unlink(missing_ok=True)
     console.say(md)
+    out = out if shown is None else Path(shown)
     print(f"pruned checkpoint: {out / MODEL_DIR}")
     print(f"report: {out / REPORT_MD}, {out / REPORT_JSON}" + (f", {out / REPORT_PNG}" if plot else ""))
 
@@ -160,6 +165,27 @@ def _check_out(out: Path, args) -> None:
         raise UsageError(f"{out}: holds an unfinished run; pass --resume to continue it or --force to start over")
 
 
+def check_writable(out: Path) -> None:
+    """Refuse an OUT that cannot be written, before any work: create and remove a probe file
+    in OUT, or in its nearest existing ancestor when OUT does not exist yet (nothing is left
+    behind either way)."""
+    import os
+    import tempfile
+
+    base = out
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise UsageError(f"{out}: cannot create it: {base} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".nettrim-probe-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"{out}: cannot write there ({e.strerror or type(e).__name__}"
+                         f"{'' if base == out else f' in {base}'})") from None
+
+
 def _resume_state(out: Path, fp: dict, console, total: int):
     from nettrim_jax.io.state import load_state
 
@@ -183,6 +209,7 @@ def cmd_prune(args, console) -> int:
     _check_args(args)  # every check happens before anything is written
     out = Path(args.out)
     _check_out(out, args)
+    check_writable(out)
     model = ck.load(args.checkpoint)
     x, y = load_calibration(args.data, model.input_shape, key=args.key, labels=args.labels,
                             split=args.split, samples=args.samples)
@@ -250,12 +277,6 @@ def _demo_data(args):
 
 
 def cmd_demo(args, console) -> int:
-    import jax
-
-    from nettrim_jax import prune, training
-    from nettrim_jax.io import checkpoint as ck
-    from nettrim_jax.io.convert import from_model
-
     if not args.epsilon >= 0:
         raise UsageError(f"--epsilon must be >= 0, got {args.epsilon}")
     if args.steps < 1:
@@ -263,8 +284,63 @@ def cmd_demo(args, console) -> int:
     if args.calibration is not None and args.calibration < 1:
         raise UsageError(f"--calibration must be >= 1, got {args.calibration}")
     out = Path(args.out)
+    _check_demo_out(out, args.force)
+    check_writable(out)
+    with _staged_folder(out) as work:
+        return _demo(args, console, out, work)
+
+
+def _check_demo_out(out: Path, force: bool) -> None:
+    """Refuse an --out that is a file, or a non-empty folder that is not an earlier demo
+    output (unless --force): the demo replaces the whole folder."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: exists and is not a folder")
+    if force or not out.is_dir() or not any(out.iterdir()) or _is_demo_output(out):
+        return
+    raise UsageError(f"{out}: not empty and not an earlier demo output; pass --force to replace "
+                     "it or pick another --out")
+
+
+def _is_demo_output(out: Path) -> bool:
+    try:
+        return (json.loads((out / REPORT_JSON).read_text("utf-8")).get("run") or {}).get("command") == "demo"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+@contextlib.contextmanager
+def _staged_folder(out: Path):
+    """Yield a new hidden sibling folder of ``out`` to fill; on a clean exit it replaces
+    ``out`` (the old folder is moved aside, then deleted), on any exception (Ctrl-C
+    included) it is deleted and ``out`` is left as it was: no half-filled folder."""
+    import os
+    import tempfile
+
+    out = out.resolve()  # "." or "a/.." have no name to make siblings from
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        yield work
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / out.name)
+        os.replace(work, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _demo(args, console, out: Path, work: Path) -> int:
+    """The demo proper: writes into ``work``, which becomes ``out`` once it returns."""
+    import jax
+
+    from nettrim_jax import prune, training
+    from nettrim_jax.io import checkpoint as ck
+    from nettrim_jax.io.convert import from_model
+
     t_all = time.perf_counter()
     xtr, ytr, xte, yte, sizes, what = _demo_data(args)
     console.note(f"training a {'-'.join(map(str, sizes))} ReLU MLP on {what} "
@@ -274,9 +350,9 @@ def cmd_demo(args, console) -> int:
                               learning_rate=1e-2 if args.dataset == "spirals" else 3e-3, seed=args.seed)
     layers, input_shape = from_model(model, xtr[:8])
     xtr, ytr = xtr[:args.calibration], ytr[:args.calibration]
-    ck.save(out / "original", layers, input_shape, {"dataset": args.dataset, "sizes": list(sizes)})
-    np.savez(out / "calibration.npz", x=xtr, y=ytr)
-    np.savez(out / "test.npz", x=xte, y=yte)
+    ck.save(work / "original", layers, input_shape, {"dataset": args.dataset, "sizes": list(sizes)})
+    np.savez(work / "calibration.npz", x=xtr, y=ytr)
+    np.savez(work / "test.npz", x=xte, y=yte)
 
     console.note(f"pruning with cascade Net-Trim (epsilon {args.epsilon}, gamma 1.1) on the {len(ytr)} training samples")
     t0 = time.perf_counter()
@@ -286,11 +362,11 @@ def cmd_demo(args, console) -> int:
     run = {"command": "demo", "title": f"nettrim demo: {'-'.join(map(str, sizes))} MLP on {what}, cascade Net-Trim",
            "data": what, "samples": len(ytr), "accuracy_on": f"{len(yte)} held-out samples",
            "accuracy_before": training.accuracy(model, xte, yte),
-           "accuracy_after": training.accuracy(res.model, xte, yte), "seconds": time.perf_counter() - t0}
-    (out / REPORT_JSON).unlink(missing_ok=True)
-    _finish(out, pruned, input_shape, {"pruned_from": str(out / "original"), "scheme": "cascade",
-                                       "epsilon": args.epsilon, "gamma": 1.1},
-            _report_dict(res, run), console, plot=not args.no_plot and _has_matplotlib(console))
+           "accuracy_after": training.accuracy(res.model, xte, yte), "seconds": time.perf_counter() - t0,
+           "training_steps": args.steps, "seed": args.seed}
+    _finish(work, pruned, input_shape, {"pruned_from": str(out / "original"), "scheme": "cascade",
+                                        "epsilon": args.epsilon, "gamma": 1.1},
+            _report_dict(res, run), console, plot=not args.no_plot and _has_matplotlib(console), shown=out)
     console.note(f"done in {time.perf_counter() - t_all:.1f} s; next: nettrim report {out} --plot, or "
                  f"nettrim prune {out / 'original'} --data {out / 'calibration.npz'} --epsilon 0.05 --out pruned")
     return EXIT_OK

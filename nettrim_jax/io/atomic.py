@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from nettrim_jax.io.data import creation_mode
+
 __all__ = ["atomic_open", "atomic_write_text", "atomic_write_json", "atomic_write_bytes"]
 
 
@@ -34,13 +36,15 @@ def _fsync_dir(path: Path) -> None:
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     """Open a temporary sibling of ``path``; on a clean exit it is fsynced and renamed onto
-    ``path``.  On any exception (or KeyboardInterrupt) the temporary file is removed and
-    ``path`` is left untouched."""
+    ``path``.  The file gets the permissions ``open(path, mode)`` would give (``path``'s own
+    if it exists, else 0o666 minus the umask), not mkstemp's 0o600.  On any exception (or
+    KeyboardInterrupt) the temporary file is removed and ``path`` is left untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
+            os.fchmod(f.fileno(), creation_mode(path))  # mkstemp makes 0o600
             yield f
             f.flush()
             os.fsync(f.fileno())

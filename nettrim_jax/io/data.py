@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import os
 import shutil
+import stat
 import struct
 import tempfile
 import urllib.request
@@ -89,6 +90,7 @@ def download(root: str | os.PathLike, name: str = "mnist", base_url: str | None 
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(base.rstrip("/") + "/" + fname,
                                                                    timeout=60) as src:
+                os.fchmod(out.fileno(), creation_mode(target))
                 shutil.copyfileobj(src, out)
             problem = verify_file(Path(tmp), size, digest)
             if problem:
@@ -98,6 +100,31 @@ def download(root: str | os.PathLike, name: str = "mnist", base_url: str | None 
             if os.path.exists(tmp):
                 os.unlink(tmp)
     return folder
+
+
+def creation_mode(path: str | os.PathLike) -> int:
+    """Permission bits a plain ``open(path, "w")`` would leave: an existing file keeps its
+    own; a new one gets 0o666 minus the process umask.  For files written through a
+    ``mkstemp`` temporary (created 0o600) and renamed onto ``path``."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process umask.  Linux shows it in /proc; elsewhere it is read by setting and
+    restoring it (a brief window in which another thread's new files would get 0o022)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def verify_file(path: Path, size: int, digest: str) -> str | None:

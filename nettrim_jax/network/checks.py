@@ -81,6 +81,9 @@ def check_calibration(x):
         raise ValueError(f"calibration data x must be numeric, got dtype {x.dtype}")
     if x.ndim == 0:
         raise ValueError("calibration data x must have a leading sample axis, got a scalar")
+    if x.ndim == 1:  # one sample of shape (N,) or N scalar samples: ambiguous, refused
+        raise ValueError(f"calibration data x of shape {tuple(x.shape)} has no sample axis: pass "
+                         f"shape (P, {x.shape[0]}) for samples of {x.shape[0]} features (x[None] for one)")
     if x.shape[0] == 0 or x.size == 0:
         raise ValueError(f"calibration data x is empty (shape {tuple(x.shape)}); "
                          "at least one sample is needed")

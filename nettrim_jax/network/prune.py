@@ -40,6 +40,7 @@ from nettrim_jax.network.problems import LayerOutcome, SolveConfig, fro
 from nettrim_jax.network.report import LayerReport, PruneReport
 from nettrim_jax.network.specs import Conv, kernel_matrix, with_matrix
 from nettrim_jax.network.targets import keep_counts, parse_sparsity
+from nettrim_jax.solver.layer import check_solver_options
 
 __all__ = ["prune", "PruneResult", "PruneState"]
 
@@ -175,6 +176,7 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
     override the forward pass contradicts, and a ``resume`` state that does not fit.
     """
     checks.check_options(scheme, gamma, on_unsupported, solver, max_patches, scan)
+    check_solver_options(solver, solver_options)
     checks.check_epsilon_values(epsilon)
     sparsity = parse_sparsity(sparsity, allocation)
     structure, pattern = checks.parse_structure(structure, pattern, per_neuron)
@@ -241,6 +243,16 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
     return PruneResult(model=net.rebuild(new), masks=net.masks(new), report=report)
 
 
+def warn_if_pruned_to_zero(name, nnz_before: int, nnz_after: int) -> None:
+    """One-line RuntimeWarning when a layer that had weights kept none (kernel and bias all
+    zero): its output no longer depends on the input, which a too-large epsilon (or a
+    layer dead on the calibration data) does silently."""
+    if nnz_before > 0 and nnz_after == 0:
+        warnings.warn(f"layer {name} was pruned to all zeros (kernel and bias): its output no longer "
+                      "depends on the input; epsilon too large, or the layer is dead on this data?",
+                      RuntimeWarning, stacklevel=4)
+
+
 def _bar(total, progress, scheme, initial):
     if not progress:
         return None
@@ -264,6 +276,7 @@ def _report(net, x, scheme, orig, new, programs, outcomes, gamma, options, t_sta
             nnz_after=_nnz(new[i]), epsilon=out.epsilon, misfit=out.misfit,
             discrepancy=fro(z0 - z1) / max(fro(z0), 1e-30), iterations=out.iterations,
             converged=out.converged, seconds=out.seconds))
+        warn_if_pruned_to_zero(net.names[i], layers[-1].nnz_before, layers[-1].nnz_after)
     out0, out1 = model_output(base), model_output(final)
     last0, last1 = base.preacts[-1], final.preacts[-1]
     if programs[-1] == "relu":

@@ -26,6 +26,20 @@ def check_finite(name, x):
         raise ValueError(f"{name} contains NaN or Inf values")
 
 
+def _check_number(name, value) -> None:
+    """Raise a one-line ValueError unless ``value`` is a real number or an array of them."""
+    if isinstance(value, (str, bytes)) or value is None:
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not is_concrete(value):
+        return
+    try:
+        kind = np.asarray(value).dtype.kind
+    except (TypeError, ValueError):
+        kind = "O"
+    if kind not in "fiub":
+        raise ValueError(f"{name} must be a real number or an array of them, got {value!r}")
+
+
 def validate(X, Y, epsilon, activation, threshold, per_neuron, solver, warm_kernel_shape=None):
     """Raise a one-line ``ValueError`` for anything wrong with a layer problem (shapes, NaN/Inf,
     epsilon < 0 or of the wrong shape, an unknown activation or solver, a non-ReLU Y for the
@@ -46,6 +60,7 @@ def validate(X, Y, epsilon, activation, threshold, per_neuron, solver, warm_kern
         raise ValueError(f"empty problem: X {jnp.shape(X)}, Y {jnp.shape(Y)}")
     check_finite("X", X)
     check_finite("Y", Y)
+    _check_number("epsilon", epsilon)
     eshape = jnp.shape(epsilon)
     if eshape not in ((), (m,)) or (eshape == (m,) and not per_neuron):
         vector = f" or an (M,) = ({m},) vector" if per_neuron else ""
