@@ -10,6 +10,7 @@ import pytest
 
 from nettrim_jax.cli import app as cli
 from nettrim_jax.io import checkpoint as ck
+from nettrim_jax.io import convert
 
 FAST = ["--max-iters", "400", "-q"]
 
@@ -28,7 +29,7 @@ def setup(tmp_path_factory):
     layers = _layers()
     ck.save(root / "ckpt", layers, (8,))
     x = np.random.default_rng(1).standard_normal((150, 8)).astype(np.float32)
-    y = np.argmax(ck.apply(layers, x), -1).astype(np.int32)
+    y = np.argmax(convert.apply(layers, x), -1).astype(np.int32)
     np.savez(root / "calib.npz", x=x, y=y)
     return root
 
@@ -46,8 +47,7 @@ def _prune_args(root, out, *extra):
 
 @pytest.fixture
 def solves(monkeypatch):
-    """Counts layer solves (the CLI's cascade and prune both call solver.layer.solve_layer)."""
-    import nettrim_jax.network.prune as prune_mod
+    """Counts layer solves (every route of prune reaches solver.layer.solve_layer)."""
     import nettrim_jax.solver.layer as layer_mod
 
     calls = []
@@ -58,7 +58,8 @@ def solves(monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(layer_mod, "solve_layer", counted)
-    monkeypatch.setattr(prune_mod, "solve_layer", counted)
+    for mod in ("problems", "cascade", "targets"):
+        monkeypatch.setattr(f"nettrim_jax.network.{mod}.solve_layer", counted)
     return calls
 
 
@@ -124,12 +125,12 @@ def test_report_records_every_shaping_option(setup, tmp_path, capsys):
     rc, _, err = _run(_prune_args(setup, tmp_path / "o", "--scheme", scheme, *extra), capsys)
     assert rc == cli.EXIT_OK, err
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
-    want = {"scheme": scheme, "epsilon": 0.05, "gamma": 1.1, "refit": True, "solver": "admm",
-            "max_iters": 400, "max_patches": 100, "samples": 120, "seed": 0,
-            "output_epsilon": 0.03}
-    assert {k: rep.get(k, "missing") for k in want} == want
+    want = {"epsilon": 0.05, "gamma": 1.1, "refit": True, "solver": "admm",
+            "max_iters": 400, "max_patches": 100, "seed": 0, "output_epsilon": 0.03}
+    assert {k: rep["options"].get(k, "missing") for k in want} == want
+    assert rep["scheme"] == scheme and rep["run"]["samples"] == 120
     md = (tmp_path / "o" / "report.md").read_text()
-    assert "refit `True`" in md and "max iterations `400`" in md
+    assert "refit `True`" in md and "max_iters `400`" in md
 
 
 # ----------------------------------------------------------------------------- item 10
@@ -194,21 +195,21 @@ def test_demo_reruns_over_its_own_output_and_force_replaces(tmp_path, capsys):
     rc, stdout, err = _run([*DEMO, "--out", out], capsys)
     assert rc == cli.EXIT_OK, err
     assert f"report: {out / 'report.md'}" in stdout  # the final paths, not the staging folder
-    assert json.loads((out / "report.json").read_text())["command"] == "demo"
+    assert json.loads((out / "report.json").read_text())["run"]["command"] == "demo"
     rc, _, err = _run([*DEMO, "--out", out, "--seed", "1"], capsys)  # its own output: replaced
     assert rc == cli.EXIT_OK, err
-    assert json.loads((out / "report.json").read_text())["seed"] == 1
+    assert json.loads((out / "report.json").read_text())["run"]["seed"] == 1
     (out / "report.json").write_text("{}")  # no longer recognisable as a demo output
     rc, _, err = _run([*DEMO, "--out", out], capsys)
     assert rc == cli.EXIT_USAGE
     rc, _, err = _run([*DEMO, "--out", out, "--force"], capsys)
     assert rc == cli.EXIT_OK, err
-    assert json.loads((out / "report.json").read_text())["command"] == "demo" and _siblings(out) == []
+    assert json.loads((out / "report.json").read_text())["run"]["command"] == "demo" and _siblings(out) == []
 
 
 @pytest.mark.parametrize("existing", [False, True])
 def test_interrupted_demo_leaves_no_half_filled_folder(tmp_path, capsys, monkeypatch, existing):
-    import nettrim_jax.network.prune as prune_mod
+    import nettrim_jax
 
     out = tmp_path / "demo"
     if existing:
@@ -218,7 +219,7 @@ def test_interrupted_demo_leaves_no_half_filled_folder(tmp_path, capsys, monkeyp
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prune_mod, "prune", interrupted)  # after training and the first files
+    monkeypatch.setattr(nettrim_jax, "prune", interrupted)  # after training and the first files
     rc, _, err = _run([*DEMO, "--out", out], capsys)
     assert rc == cli.EXIT_INTERRUPTED
     assert _siblings(out) == []

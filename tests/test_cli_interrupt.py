@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from nettrim_jax.io import checkpoint as ck
+from nettrim_jax.io.state import load_state
 
 TRIES = 8
-DELAYS = np.linspace(0.15, 0.9, TRIES)  # seconds after OUT/partial appears
+DELAYS = np.linspace(0.15, 0.9, TRIES)  # seconds after OUT/partial.state appears
 
 
 def _layers(sizes=(8, 48, 48, 48, 3), seed=0):
@@ -35,7 +36,7 @@ def _interrupt_once(root, out, delay):
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while not (out / "partial" / "model.json").exists():
+        while not (out / "partial.state").exists():
             assert p.poll() is None, f"finished before the first layer was saved: {p.communicate()}"
             assert time.monotonic() < deadline, "no partial state after 120 s"
             time.sleep(0.01)
@@ -59,8 +60,16 @@ def test_real_sigint_exits_130_and_keeps_partial_state(tmp_path):
         out = tmp_path / f"out{t}"
         rc, err = _interrupt_once(tmp_path, out, float(delay))
         results.append((float(delay), rc, err.strip().splitlines()[-1:]))
-        part = ck.load(out / "partial")  # intact: loads and checks
-        assert 1 <= len(part.metadata["rows"]) <= len(layers)
+        state, _ = load_state(out / "partial.state")  # intact: loads and checks
+        assert 1 <= state.finished <= len(layers)
         assert not (out / "report.json").exists()
     assert [rc for _, rc, _ in results] == [130] * TRIES, [(round(d, 2), rc) for d, rc, _ in results]
     assert all(last == ["nettrim: interrupted"] for _, _, last in results), results
+    # resumed after the real SIGINT: bit for bit the weights of an uninterrupted run
+    base = [sys.executable, "-m", "nettrim_jax.cli", "prune", str(tmp_path / "ckpt"), "--data",
+            str(tmp_path / "calib.npz"), "--epsilon", "0.05", "-q"]
+    subprocess.run(base + ["--out", str(tmp_path / "out0"), "--resume"], check=True, timeout=300)
+    subprocess.run(base + ["--out", str(tmp_path / "whole")], check=True, timeout=300)
+    for a, b in zip(ck.load(tmp_path / "out0" / "model").layers, ck.load(tmp_path / "whole" / "model").layers):
+        np.testing.assert_array_equal(a["kernel"], b["kernel"])
+        np.testing.assert_array_equal(a["bias"], b["bias"])

@@ -303,7 +303,8 @@ def _check_demo_out(out: Path, force: bool) -> None:
 
 def _is_demo_output(out: Path) -> bool:
     try:
-        return (json.loads((out / REPORT_JSON).read_text("utf-8")).get("run") or {}).get("command") == "demo"
+        stored = json.loads((out / REPORT_JSON).read_text("utf-8"))
+        return (stored.get("run") or stored).get("command") == "demo"
     except (OSError, ValueError, AttributeError):
         return False
 
