@@ -291,8 +291,9 @@ def solve_reduced(red: Reduced, epsilon, *, per_neuron: bool = False, solver: st
     epsilon = jnp.asarray(epsilon, dtype)
     eps_orig = column_radii(red, epsilon, per_neuron)
     eps_red = reduced_radius(red, eps_orig, per_neuron)
-    if scaling.is_concrete(eps_red) and bool(np.any(np.isnan(np.asarray(eps_red)))):
-        floor = np.sqrt(np.asarray(red.c if per_neuron else jnp.sum(red.c)))
+    radius = sharding.host_value(eps_red)
+    if radius is not None and bool(np.any(np.isnan(radius))):
+        floor = np.sqrt(sharding.host_value(red.c if per_neuron else jnp.sum(red.c)))
         raise ValueError(f"infeasible linear program: epsilon {np.asarray(eps_orig)} is below the "
                          f"least-squares misfit {floor} (no kernel fits Y that closely)")
     opts = layer._options(solver, dtype, solver_options)
@@ -320,8 +321,9 @@ def solve_reduced(red: Reduced, epsilon, *, per_neuron: bool = False, solver: st
     else:
         col = _direct_misfit(data[0], data[1], kernel)
     info = _report(red, kernel, dual_direction(state), eps_orig, col, info, per_neuron=per_neuron)
-    if scaling.is_concrete(info.converged):
-        layer._warn_unconverged(info.converged, info.iterations, info.gap, info.residual)
+    summary = [sharding.host_value(a) for a in (info.converged, info.iterations, info.gap, info.residual)]
+    if all(v is not None for v in summary):
+        layer._warn_unconverged(*summary)
     return layer.LayerSolution(kernel=kernel, info=info, state=ReducedState(solved))
 
 

@@ -263,8 +263,9 @@ def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
         kernel, info, state = _solve(X, Y, epsilon, threshold, w0, warm, rho0,
                                      activation=activation, per_neuron=per_neuron,
                                      solver=solver, opts=opts)
-    if is_concrete(info.converged):
-        _warn_unconverged(info.converged, info.iterations, info.gap, info.residual)
+    summary = [sharding.host_value(a) for a in (info.converged, info.iterations, info.gap, info.residual)]
+    if all(v is not None for v in summary):
+        _warn_unconverged(*summary)
     else:
         jax.debug.callback(_warn_unconverged, info.converged, info.iterations, info.gap,
                            info.residual)

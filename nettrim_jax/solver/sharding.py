@@ -65,3 +65,16 @@ def place(mesh: Mesh, a, kind: str, dtype):
         return jax.device_put(a.astype(dtype), sharding)
     host = np.asarray(a, dtype)
     return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+
+def host_value(a):
+    """``a`` as a numpy array on this host, or None when it is traced or only partly here.
+    A fully replicated global array (a scalar result under ``jax.distributed``) is read from
+    this process's own copy."""
+    if isinstance(a, jax.core.Tracer):
+        return None
+    if not isinstance(a, jax.Array) or a.is_fully_addressable:
+        return np.asarray(a)
+    if a.is_fully_replicated:
+        return np.asarray(a.addressable_data(0))
+    return None
