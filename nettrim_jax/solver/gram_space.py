@@ -1,7 +1,8 @@
 """Linear Net-Trim programs in Gram space: per-iteration cost independent of the row count P.
 
 For the linear program  minimize ||U||_1  s.t.  ||XU - Y||_F <= eps  with X (P, N), Y (P, M):
-factor X^T X + delta I = R^T R (R (N, N) upper triangular; delta >= 0 a ridge, below) and set
+factor X^T X + delta I = R^T R (R (N, N) upper triangular; delta a ridge, 0 unless X^T X is
+numerically singular: ``reduce``) and set
 Q = R^-T X^T Y (N, M), B = R^-1 Q (the ridge least-squares kernel) and, per column,
 c_m = ||y_m||^2 - ||q_m||^2.  For every U (exact identity, any delta):
 
@@ -128,28 +129,41 @@ def from_data(X, Y, chunk_rows: int | None = None, dtype=None) -> GramStats:
 
 
 def default_ridge(xtx) -> jnp.ndarray:
-    """N * unit roundoff * max diagonal of X^T X: the Cholesky of X^T X + ridge I succeeds
-    in floating point even for rank-deficient X (a dead input unit, a constant feature
-    next to the bias column), and for full-rank X it changes R by about one ulp."""
+    """N * unit roundoff * max diagonal of X^T X: the jitter at which the Cholesky of
+    X^T X + ridge I succeeds in floating point even for rank-deficient X (a dead input unit,
+    a feature repeated or constant next to the bias column)."""
     n = xtx.shape[0]
     return n * jnp.finfo(xtx.dtype).eps * jnp.maximum(jnp.max(jnp.diagonal(xtx)), jnp.finfo(xtx.dtype).tiny)
 
 
-@jax.jit
-def _reduce(stats: GramStats, ridge) -> Reduced:
+def _factor(stats: GramStats, ridge) -> Reduced:
     n = stats.xtx.shape[0]
     g = 0.5 * (stats.xtx + stats.xtx.T) + ridge * jnp.eye(n, dtype=stats.xtx.dtype)
     r = jnp.linalg.cholesky(g).T  # upper, R^T R = g
     q = jax.scipy.linalg.solve_triangular(r, stats.xty, trans="T", lower=False)
     b = jax.scipy.linalg.solve_triangular(r, q, lower=False)
     c = stats.yty - jnp.sum(q * q, axis=0)
-    return Reduced(r=r, q=q, b=b, c=jnp.maximum(c, 0), yty=stats.yty, ridge=ridge)
+    return Reduced(r=r, q=q, b=b, c=jnp.maximum(c, 0), yty=stats.yty, ridge=jnp.asarray(ridge, g.dtype))
+
+
+@jax.jit
+def _reduce(stats: GramStats, ridge) -> Reduced:
+    """ridge < 0 means automatic: none when every Cholesky pivot squared is above
+    ``default_ridge`` (X well conditioned at this precision), else ``default_ridge``."""
+    jitter = default_ridge(stats.xtx)
+    plain = _factor(stats, jnp.where(ridge < 0, 0, ridge))
+    pivots = jnp.diagonal(plain.r)
+    ok = (ridge >= 0) | (jnp.all(jnp.isfinite(plain.r)) & jnp.all(pivots * pivots > jitter))
+    return jax.lax.cond(ok, lambda: plain, lambda: _factor(stats, jitter))
 
 
 def reduce(stats: GramStats, ridge=None) -> Reduced:
-    """Factor the statistics into the N-row problem; ``ridge`` defaults to ``default_ridge``."""
-    ridge = default_ridge(stats.xtx) if ridge is None else jnp.asarray(ridge, stats.xtx.dtype)
-    red = _reduce(stats, ridge)
+    """Factor the statistics into the N-row problem.  ``ridge`` None: no ridge unless X^T X is
+    (numerically) singular, then ``default_ridge``; a number: that ridge."""
+    ridge = -1.0 if ridge is None else ridge
+    if ridge != -1.0 and float(ridge) < 0:
+        raise ValueError(f"ridge must be >= 0, got {ridge}")
+    red = _reduce(stats, jnp.asarray(ridge, stats.xtx.dtype))
     if scaling.is_concrete(red.r) and not bool(jnp.all(jnp.isfinite(red.r))):
         raise ValueError("Cholesky of X^T X + ridge I failed (non-finite factor); pass a larger ridge")
     return red
@@ -338,7 +352,8 @@ def solve_layer_gram(stats, epsilon, *, per_neuron: bool = False, solver: str = 
       per_neuron, solver, rho, **solver_options: as in ``solve_layer``.
       warm_start: an (N, M) kernel or a previous ``LayerSolution`` (a Gram-space one's
         solver state is reused, any other's kernel).
-      ridge: delta in R^T R = X^T X + delta I (default ``default_ridge``).
+      ridge: delta in R^T R = X^T X + delta I (default: 0, or ``default_ridge`` when X^T X
+        is numerically singular; see ``reduce``).
 
     Returns:
       ``LayerSolution(kernel (N, M), info, state)`` (state: ``ReducedState``).  ``info`` is in the original
