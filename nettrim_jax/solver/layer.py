@@ -123,8 +123,11 @@ def _solve(X, Y, epsilon, threshold, w0, warm, rho0, *, activation, per_neuron, 
     sy = y_scale(Y)
     x = X / sx
     y = Y / sy
-    omega = (y > 0) if activation == "relu" else jnp.ones(y.shape, bool)
-    v = jnp.broadcast_to(threshold / sy, y.shape)
+    # A scalar threshold and the linear program's all-true mask stay (1, M) rows that
+    # broadcast, rather than (P, M) arrays the loop would carry (memory: see bench_scale.md).
+    omega = (y > 0) if activation == "relu" else jnp.ones((1, m), bool)
+    v = threshold / sy
+    v = jnp.broadcast_to(v.reshape((1,) * (2 - v.ndim) + v.shape), (v.shape[0] if v.ndim == 2 else 1, m))
     radius = _column_radii(jnp.where(omega, y, 0), epsilon / sy, per_neuron)
     w_init = w0 * (sx / sy)
 
