@@ -44,3 +44,24 @@ def test_two_processes_equal_one_process():
     assert {r["case"] for r in rows} == {"relu-coupled-same", "relu-coupled-own",
                                          "linear-pn-same", "linear-pn-own"}
     assert all(r["ok"] for r in rows) and np.all([r["residual"] <= 1 + 1e-3 for r in rows])
+
+
+def test_mesh_argument_is_checked_and_a_1x1_mesh_changes_nothing():
+    import jax
+    import pytest
+    from jax.sharding import Mesh
+
+    import nettrim_jax as nt
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 8)).astype(np.float32)
+    y = np.maximum(x @ rng.standard_normal((8, 3)).astype(np.float32), 0)
+    dev = np.array(jax.devices()[:1])
+    with pytest.raises(ValueError, match="axes must be named"):
+        nt.solve_layer(x, y, epsilon=1.0, mesh=Mesh(dev.reshape(1, 1), ("rows", "units")))
+    with pytest.raises(ValueError, match="must be a jax.sharding.Mesh"):
+        nt.solve_layer(x, y, epsilon=1.0, mesh="samples")
+    eps = 0.1 * float(np.linalg.norm(y))
+    a = nt.solve_layer(x, y, epsilon=eps)
+    b = nt.solve_layer(x, y, epsilon=eps, mesh=Mesh(dev.reshape(1, 1), ("samples", "units")))
+    np.testing.assert_allclose(np.asarray(a.kernel), np.asarray(b.kernel), rtol=1e-5, atol=1e-6)
