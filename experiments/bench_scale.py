@@ -44,6 +44,19 @@ import common  # noqa: E402
 CHUNK = 10_000
 
 DOCS = """
+## Reading the table
+
+- Gram-space solve time is nearly flat in P (the iterations run on N rows); what grows with P
+  is the one pass over the rows that accumulates X^T X, X^T Y, ||Y||^2 (2 P N (N + M) flops,
+  7.7 s for 10^6 x 256 rows on this CPU).  Its per-iteration time is 4-6x the floor of three
+  N x N x M products because the solve is only 50-80 iterations long and each solve also
+  scales, factors (N^3) and certifies once.
+- The direct and ReLU solves run at 1.3-1.6x the floor of their three products (X^T B, X U,
+  (X^T X + I)^-1 C) once P >= 10^4; at P = 10^3 fixed costs dominate.
+- 8 forced host devices share the same 2 cores: that row pair measures partitioning overhead
+  (none measurable), not a speed-up.  Timings were taken while three other sessions used the
+  same two cores; expect +-30% between runs.
+
 ## Large layers: Gram space, meshes, several processes
 
 **Linear layers in Gram space.** For `activation="linear"` the program on P rows equals one on
@@ -105,7 +118,9 @@ negligible for P >> N).  The ReLU ADMM solve thus needs about 6.5 + 3 P x M arra
 (the scaled X and, on CPUs, a contiguous X^T) on top of its inputs; sharding over "samples"
 divides all of it by the axis size.  The 3 P x M `state` arrays are the warm-start state
 returned in `LayerSolution.state`: drop it (`sol._replace(state=None)`) when no warm start
-follows.  Per-neuron mode adds about 3 P x M (column-major copies for `vmap`); PDHG keeps
+follows.  The table is for the P-row solve; the Gram path (linear layers with P > 2N) keeps
+no P-sized array once the statistics are accumulated (peak RSS above: 586 MB at P = 10^3,
+624 MB at P = 10^6).  Per-neuron mode adds about 3 P x M (column-major copies for `vmap`); PDHG keeps
 running averages and needs more, so ADMM is the memory choice.  The only avoidable P x M array
 found was a scalar threshold broadcast to (P, M) inside the loop; it is now kept as a (1, M) row.
 
