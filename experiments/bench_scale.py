@@ -14,7 +14,8 @@ Cholesky; data generation excluded), solve_s (compiled, steady state: the second
 identical calls), total_s = setup_s + solve_s, iterations, per_iter_ms = solve_s /
 iterations (so it includes per-solve setup such as the direct path's factorization),
 floor_ms = the products an ADMM iteration cannot avoid (direct: X^T B, X U, (X^T X + I)^-1 C;
-Gram: the same with R (N, N) in place of X), jitted and timed in a loop, and peak_MB.
+Gram: the same with R (N, N) in place of X), jitted and timed in a loop, and peak_MB (host
+peak RSS on CPU; on GPU/TPU the device's peak_bytes_in_use).
 
 Usage: python experiments/bench_scale.py [--quick] [--big] [--out DIR]
   --quick  CI size (about 2 minutes on 2 CPU cores).
@@ -233,6 +234,10 @@ def run_case(case: dict) -> dict:
                residual=float(sol.info.residual), gap=float(sol.info.gap),
                per_iter_ms=1e3 * solve / max(it, 1), floor_ms=floor,
                peak_MB=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
+    if stats and "peak_bytes_in_use" in stats:  # accelerators: the device's own peak, not host RSS
+        row["peak_MB"] = stats["peak_bytes_in_use"] / 2 ** 20
+        row["peak_kind"] = "device"
     return row
 
 
