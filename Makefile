@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DATA   ?= $(if $(NETTRIM_DATA),$(NETTRIM_DATA),$(wildcard ../shared/data))
 
-.PHONY: install lint test demo bench experiments experiments-quick dist clean
+.PHONY: install lint test demo bench bench-scale multiprocess-check gpu-check experiments experiments-quick dist clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,6 +28,17 @@ bench: $(STAMP)
 	# Clarabel on the full-size problem needs more than 24 GiB (OOM-killed at 23.7 GB here):
 	# drop --skip-clarabel-full on a bigger machine.
 	NETTRIM_DATA=$(DATA) $(PY) experiments/bench_layer.py --skip-clarabel-full
+
+bench-scale: $(STAMP)
+	# Full mode: about 15-25 minutes on 2 CPU cores; N = M = 4096 only with --big (a GPU).
+	$(PY) experiments/bench_scale.py
+
+multiprocess-check: $(STAMP)
+	# Two local processes under jax.distributed (gloo CPU collectives) against one process.
+	$(PY) experiments/multiprocess_check.py
+
+gpu-check: $(STAMP)
+	bash experiments/gpu_check.sh $(DATA)
 
 EXPERIMENTS := sample_complexity spirals mnist few_samples
 

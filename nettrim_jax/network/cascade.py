@@ -200,7 +200,8 @@ def solve_cascade(net: Adapter, x, programs: Sequence[str], eps_list: Sequence, 
         if out.kernel is not None:
             state.new[k] = with_matrix(state.orig[k], jnp.asarray(out.kernel))
     # a target searches each layer's epsilon; structure and patterns go through the loop
-    use_scan = scan in ("auto", True) and not cfg.keep and cfg.structure == "unstructured" and cfg.pattern is None
+    use_scan = (scan in ("auto", True) and not cfg.keep and cfg.structure == "unstructured"
+                and cfg.pattern is None and cfg.mesh is None)
     runs = scan_runs(state.orig, state.base, programs, cfg.per_neuron) if use_scan else []
     if scan is True and not runs:
         warnings.warn("scan=True but no run of stackable layers was found; using the loop", stacklevel=3)

@@ -65,7 +65,8 @@ def solve_parallel(orig: Sequence, base: Captured, programs: Sequence[str], eps_
         load[d] += cost
         pr = probs[i]
         zero = jnp.zeros((), pr.inputs.dtype)
-        if cfg.keep and cfg.keep[i] is not None:  # a sparsity target: searched when gathered
+        if cfg.mesh is not None or (cfg.keep and cfg.keep[i] is not None):
+            # a mesh shards each layer in turn; a sparsity target is searched: both when gathered
             placed[i] = lambda i=i, pr=pr, zero=zero: solve_program(cfg, i, orig[i], pr.inputs, pr.target,
                                                                     eps[i], zero, programs[i])
             continue

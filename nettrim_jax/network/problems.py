@@ -37,7 +37,8 @@ class SolveConfig(NamedTuple):
     keep: per-layer keep counts of a sparsity target (the epsilon is then searched);
     structure: "units" removes whole input units (Dense) or channels (Conv) by the group-l1
     program (``solver.structure``); pattern: (n, m) keeps n of every m inputs per output
-    unit (``solver.patterns``) on Net-Trim's solution, then refits.
+    unit (``solver.patterns``) on Net-Trim's solution, then refits; mesh: each layer's solve
+    is split over the mesh (``solve_layer(mesh=)``: rows over "samples", units over "units").
     """
 
     per_neuron: bool
@@ -54,6 +55,7 @@ class SolveConfig(NamedTuple):
     carry: bool = False  # a global target: a layer's miss is added to the next layer's count
     structure: str = "unstructured"  # or "units": group-l1 over input units / channels
     pattern: tuple | None = None  # (n, m): an N:M support along the input axis, then a refit
+    mesh: Any = None  # a jax.sharding.Mesh ("samples", "units"): every layer sharded over it
 
 
 class LayerProblem(NamedTuple):
@@ -136,6 +138,8 @@ def solve_program(cfg: SolveConfig, i: int, spec, A, Y, eps: float, V, program: 
     """(kernel, info, epsilon) of layer ``i``'s program: at ``eps``, or, when the run has a
     keep count for the layer, at the epsilon the search finds (starting from ``eps``)."""
     keep = cfg.keep[i] if cfg.keep else None
+    if keep is None and cfg.mesh is not None:
+        return (*_mesh_solve(cfg, spec, A, Y, eps, V, program), eps)
     if keep is None:
         f = solver_for(cfg, spec, program, program == "relu")
         K, info = dispatch(f, A, Y, eps, V, device, cfg.per_neuron)()
@@ -148,6 +152,22 @@ def solve_program(cfg: SolveConfig, i: int, spec, A, Y, eps: float, V, program: 
     if cfg.carry and later and isinstance(cfg.keep, list):  # the network's count stays on target
         cfg.keep[later[0]] = max(0, cfg.keep[later[0]] + keep - found.nnz)
     return found.kernel, found.info, found.epsilon
+
+
+def _mesh_solve(cfg: SolveConfig, spec, A, Y, eps, V, program: str):
+    """(kernel as numpy, info) of a solve split over ``cfg.mesh``."""
+    from nettrim_jax.solver.sharding import host_value
+
+    groups = layer_groups(cfg, spec)
+    extra: dict[str, Any] = {} if groups is None else {"structure": "rows", "groups": np.asarray(groups, np.int32)}
+    sol = solve_layer(A, Y, epsilon=eps, activation=program, threshold=V if program == "relu" else None,
+                      per_neuron=cfg.per_neuron, solver=cfg.solver, mesh=cfg.mesh, **extra, **dict(cfg.opts))
+    kernel = host_value(sol.kernel)
+    if kernel is None:  # spans processes: gather the kernel (N x M) to every host
+        from jax.experimental import multihost_utils
+
+        kernel = np.asarray(multihost_utils.process_allgather(sol.kernel, tiled=True))
+    return kernel, jax.tree.map(lambda a: host_value(a), sol.info)
 
 
 def build_problem(spec, X, Z, program: str, max_patches: int | None, seed: int) -> LayerProblem:

@@ -117,7 +117,7 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
           refit: bool = False, progress: bool = True,
           on_layer: Callable[[PruneState], None] | None = None, resume: PruneState | None = None,
           sparsity=None, allocation: str = "scores", structure: str = "unstructured",
-          pattern=None, **solver_options) -> PruneResult:
+          pattern=None, mesh=None, **solver_options) -> PruneResult:
     """Prune every Dense / Conv layer of ``model`` with Net-Trim (see the module doc).
 
     Args:
@@ -160,6 +160,9 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
         group-l1 program over input rows, which removes whole input units of Dense layers
         and input channels of Conv layers (certified like the l1 program; ``result.compact()``
         then removes them physically).
+      mesh: a ``jax.sharding.Mesh`` with axes ("samples", "units"): every layer's solve is
+        split over it (rows of X over "samples", output units over "units"), one layer at a
+        time in either scheme; under ``jax.distributed`` it may span processes.
       pattern: "N:M" (e.g. "2:4"): at most N nonzeros in every M consecutive inputs of each
         output unit, selected by magnitude from Net-Trim's solution and refit on that support.
       **solver_options: passed to ``solve_layer`` (max_iters, gap_tol, ...).
@@ -210,7 +213,7 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
                       max_patches=max_patches, seed=int(seed), gamma=float(gamma),
                       per_layer=per_layer, refit=bool(refit), output_epsilon=output_epsilon,
                       keep=keep or (), carry=not isinstance(sparsity, dict), structure=structure,
-                      pattern=pattern)
+                      pattern=pattern, mesh=mesh)
     bar = _bar(len(orig), progress, scheme, sum(o is not None for o in done))
 
     def finished(step: dict[int, LayerOutcome]):

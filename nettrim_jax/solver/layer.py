@@ -19,15 +19,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nettrim_jax.solver import admm, constraints, gram, pdhg
+from nettrim_jax.solver import admm, constraints, gram, pdhg, sharding
 from nettrim_jax.solver import structure as structures
-from nettrim_jax.solver.scaling import is_concrete, validate, x_scale, y_scale
+from nettrim_jax.solver.scaling import validate, x_scale, y_scale
 
 # ADMM's starting penalty in the solver's scaled units.  Measured on MNIST first layers
 # (P = 1000-5000), a second layer, a linear layer and a per-neuron problem: iterations to a
 # certified 1e-3 gap at rho0 = 2 were 0.21-0.58x those at the earlier sqrt(N / P), and
 # within 1.8x of the best fixed rho among 1.5, 2, 2.5 and 4 on each.
 ADMM_RHO0 = 2.0
+
+# float32 matmul precision inside the solve.  GPUs (TF32) and TPUs (bf16 passes) otherwise run
+# float32 products with a 10-bit (TF32) or 8-bit mantissa, a relative error near 1e-3 per
+# product: the misfit ||XU - Y|| would then be off by about 1e-3 ||Y||, which is larger than
+# the stopping test's margin (1e-3 epsilon, epsilon a few percent of ||Y||), so a kernel
+# could be certified feasible that is not.  "highest" keeps full float32 products; on CPUs
+# it changes nothing (their float32 GEMMs are exact float32 already).
+MATMUL_PRECISION = "highest"
 
 
 class LayerInfo(NamedTuple):
@@ -160,12 +168,16 @@ def _column_radii(y_omega, epsilon, per_neuron):
 def _solve(X, Y, epsilon, threshold, w0, warm, rho0, groups=None, *, activation, per_neuron, solver,
            opts):
     dtype = X.dtype
+    m = Y.shape[1]
     sx = x_scale(X, solver)
     sy = y_scale(Y)
     x = X / sx
     y = Y / sy
-    omega = (y > 0) if activation == "relu" else jnp.ones(y.shape, bool)
-    v = jnp.broadcast_to(threshold / sy, y.shape)
+    # A scalar threshold and the linear program's all-true mask stay (1, M) rows that
+    # broadcast, rather than (P, M) arrays the loop would carry (memory: see bench_scale.md).
+    omega = (y > 0) if activation == "relu" else jnp.ones((1, m), bool)
+    v = threshold / sy
+    v = jnp.broadcast_to(v.reshape((1,) * (2 - v.ndim) + v.shape), (v.shape[0] if v.ndim == 2 else 1, m))
     radius = _column_radii(jnp.where(omega, y, 0), epsilon / sy, per_neuron)
     w_init = w0 * (sx / sy)
 
@@ -229,8 +241,8 @@ def _warn_unconverged(converged, iterations, gap, residual):
 
 def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
                 per_neuron: bool = False, solver: str = "admm", warm_start=None,
-                rho=None, structure: str = "unstructured", groups=None,
-                **solver_options) -> LayerSolution:
+                rho=None, structure: str = "unstructured", groups=None, gram_space="auto",
+                mesh=None, **solver_options) -> LayerSolution:
     """Solve Net-Trim's program for one layer.
 
     Args:
@@ -254,6 +266,14 @@ def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
         form one group (a conv channel: ``structure.channel_groups``), rows with id < 0
         keep the entrywise l1 (the bias row: ``structure.row_groups``).  Default: every
         row its own group, the last (bias) row included.
+      gram_space: linear programs only: solve the equivalent N-row problem of
+        ``gram_space`` (per-iteration cost independent of P).  "auto" (default) does so when
+        P > 2N; True forces it, False never uses it.  Its ``state`` is for that problem
+        (a warm start from it works for the Gram path; the direct path uses its kernel).
+      mesh: a ``jax.sharding.Mesh`` with axes "samples" and "units": rows of X and Y are
+        split over "samples", output units over "units" (``sharding``); works across
+        processes under ``jax.distributed``.  The result is the unsharded one to the
+        solver's tolerance.
       **solver_options: fields of ``admm.Options`` / ``pdhg.Options`` (max_iters,
         check_every, eps_abs, eps_rel, gap_tol, relaxation, adaptive_rho, margin,
         feas_tol; see their docstrings).
@@ -267,12 +287,24 @@ def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
     validate(X, Y, epsilon, activation, threshold, per_neuron, solver,
              None if warm_kernel is None else jnp.shape(warm_kernel))
     groups = structures.parse(structure, groups, jnp.shape(X)[1], per_neuron)
-    X = jnp.asarray(X)
-    dtype = jnp.result_type(X.dtype, jnp.asarray(Y).dtype, jnp.float32)
-    X = X.astype(dtype)
+    if gram_space not in ("auto", True, False):
+        raise ValueError(f"gram_space must be 'auto', True or False, got {gram_space!r}")
+    if gram_space is True and (activation != "linear" or groups is not None):
+        raise ValueError("gram_space=True applies only to activation='linear' with the l1 objective")
+    dtype = jnp.result_type(*(jax.dtypes.canonicalize_dtype(_dtype_of(a)) for a in (X, Y)), jnp.float32)
+    p, n = jnp.shape(X)
+    m = jnp.shape(Y)[1]
+    if mesh is not None:
+        sharding.check_mesh(mesh, p, m)
+        mesh = sharding.auto_axes(mesh)
+        X, Y = sharding.place(mesh, X, "rows", dtype), sharding.place(mesh, Y, "outputs", dtype)
+    X = jnp.asarray(X, dtype)
     Y = jnp.asarray(Y, dtype)
-    p, n = X.shape
-    m = Y.shape[1]
+    if gram_space is True or (gram_space == "auto" and activation == "linear" and p > 2 * n
+                              and groups is None):  # the Gram certificate is the l1 one
+        with jax.default_matmul_precision(MATMUL_PRECISION):
+            return gram_space_solve(X, Y, epsilon, per_neuron=per_neuron, solver=solver,
+                                    warm_start=warm_start, rho=rho, mesh=mesh, **solver_options)
     epsilon = jnp.asarray(epsilon, dtype)
     threshold = jnp.zeros((), dtype) if threshold is None else jnp.asarray(threshold, dtype)
     opts = _options(solver, dtype, solver_options)
@@ -290,15 +322,25 @@ def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
     rho0 = None if rho is None else jnp.asarray(rho, dtype)
     if groups is not None:
         groups = jnp.asarray(groups)
-    kernel, info, state = _solve(X, Y, epsilon, threshold, w0, warm, rho0, groups,
-                                 activation=activation, per_neuron=per_neuron,
-                                 solver=solver, opts=opts)
-    if is_concrete(info.converged):
-        _warn_unconverged(info.converged, info.iterations, info.gap, info.residual)
+    if mesh is not None:
+        w0 = sharding.place(mesh, w0, "kernel", dtype)
+        if jnp.ndim(threshold) == 2 and jnp.shape(threshold) == (p, m):
+            threshold = sharding.place(mesh, threshold, "outputs", dtype)
+    with jax.default_matmul_precision(MATMUL_PRECISION):
+        kernel, info, state = _solve(X, Y, epsilon, threshold, w0, warm, rho0, groups,
+                                     activation=activation, per_neuron=per_neuron,
+                                     solver=solver, opts=opts)
+    summary = [sharding.host_value(a) for a in (info.converged, info.iterations, info.gap, info.residual)]
+    if all(v is not None for v in summary):
+        _warn_unconverged(*summary)
     else:
         jax.debug.callback(_warn_unconverged, info.converged, info.iterations, info.gap,
                            info.residual)
     return LayerSolution(kernel=kernel, info=info, state=state)
+
+
+def _dtype_of(a):
+    return a.dtype if hasattr(a, "dtype") else np.asarray(a).dtype
 
 
 def _state_fits(state, solver, per_neuron, n, m) -> bool:
@@ -323,3 +365,15 @@ def _extra_rescale(state, kw, ky):
     if isinstance(state, admm.State):
         return dict(u=state.u * kw, xu=state.xu * ky)
     return pdhg.rescale_extra(state, kw, ky)
+
+
+def gram_space_solve(X, Y, epsilon, *, per_neuron, solver, warm_start, rho, mesh, **solver_options):
+    """The linear program through ``gram_space`` with X (P, N), Y (P, M) at hand: statistics
+    in one pass, c from the least-squares residual, misfit reported from ||XU - Y||."""
+    from nettrim_jax.solver import gram_space
+
+    red = gram_space.reduce(gram_space.from_data(X, Y))
+    red = gram_space.exact_constant(red, X, Y)
+    return gram_space.solve_reduced(red, epsilon, per_neuron=per_neuron, solver=solver,
+                                    warm_start=warm_start, rho=rho, data=(X, Y), mesh=mesh,
+                                    **solver_options)

@@ -18,7 +18,9 @@ SOLVERS = ("admm", "pdhg")
 
 
 def is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+    """True when x's values can be read on this host: not traced, and not a global array
+    whose shards live partly in other processes (``jax.distributed``)."""
+    return not isinstance(x, jax.core.Tracer) and getattr(x, "is_fully_addressable", True)
 
 
 def check_finite(name, x):
