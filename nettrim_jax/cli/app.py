@@ -7,7 +7,7 @@
 Exit codes (stable; scripts may rely on them):
 
     0  success
-    1  runtime failure: an unexpected error inside nettrim or a library (a bug; please report)
+    1  internal error: an unexpected error inside nettrim or a library (a bug; please report)
     2  usage or input error: bad arguments, unreadable/corrupt/mismatched checkpoint or data,
        NaN/Inf, an empty calibration set, epsilon < 0, gamma < 1, unsupported layers, an OUT
        folder that already holds a result (pass --force) or an unfinished one (--resume),
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="nettrim", description="Net-Trim convex pruning of trained ReLU networks.",
-        epilog="exit codes: 0 ok, 1 runtime failure, 2 usage/input error, "
+        epilog="exit codes: 0 ok, 1 internal error (a bug), 2 bad usage or input, "
                "3 not converged (--strict), 130 interrupted", parents=[common])
     p.add_argument("--version", action="version", version=f"nettrim-jax {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -98,8 +98,12 @@ def _finish(out: Path, layers, input_shape, meta, report: dict, console, plot=Fa
     from nettrim_jax.io import checkpoint as ck
     from nettrim_jax.io.atomic import atomic_write_json, atomic_write_text
 
-    ck.save(out / MODEL_DIR, layers, input_shape, meta)
-    md = render(report)
+    ck.save(out / MODEL_DIR, layers, input_shape, meta, compress=True)
+    stored = sum(p.stat().st_size for p in (out / MODEL_DIR).glob("weights-*.safetensors"))
+    dense = sum(int(np.asarray(layer[k]).nbytes) for layer in layers for k in ("kernel", "bias")
+                if layer.get(k) is not None)
+    report.setdefault("run", {}).update(weights_bytes=stored, dense_bytes=dense)
+    md = render(report) + f"Pruned weights file: {stored} bytes ({dense} bytes dense).\n"
     atomic_write_text(out / REPORT_MD, md)
     if plot:
         from nettrim_jax.cli.plot import plot_report
@@ -109,7 +113,7 @@ def _finish(out: Path, layers, input_shape, meta, report: dict, console, plot=Fa
     (out / PARTIAL).unlink(missing_ok=True)
     console.say(md)
     out = out if shown is None else Path(shown)
-    print(f"pruned checkpoint: {out / MODEL_DIR}")
+    print(f"pruned checkpoint: {out / MODEL_DIR} ({stored / 1024:.1f} KiB; {dense / 1024:.1f} KiB dense)")
     print(f"report: {out / REPORT_MD}, {out / REPORT_JSON}" + (f", {out / REPORT_PNG}" if plot else ""))
 
 

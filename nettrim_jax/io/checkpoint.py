@@ -22,6 +22,9 @@ Layers are plain dicts (JSON-able fields plus numpy arrays)::
     {"type": "maxpool" | "avgpool", "window": [wh, ww], "strides": [sh, sw], "padding": ...}
 
 Inputs are channels-last (NHWC) as in Flax; ``input_shape`` excludes the batch axis.
+``save(..., compress=True)`` stores each kernel without its zeros where that is smaller: its
+nonzero values under the kernel's tensor name and, under ``<name>.index``, int32 flat indices
+or a packed bitmask (``io.sparse``); ``model.json`` then names the index tensor (version 2).
 ``io.convert`` turns models into layer dicts (``from_model``), layer dicts into the spec
 network ``prune`` takes (``to_network``), runs them (``apply``) and writes a checkpoint's
 weights back into one's own model (``load_into``).  Writes go through ``io.atomic``.
@@ -40,11 +43,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from nettrim_jax.io import sparse
 from nettrim_jax.io.atomic import atomic_open, atomic_write_json
 from nettrim_jax.io.data import file_sha256 as _sha256
 
 FORMAT = "nettrim-jax-checkpoint"
-VERSION = 1
+VERSION = 2  # the newest format read and written (2: kernels may be stored without zeros)
 MODEL_FILE = "model.json"
 PARAM_TYPES = ("dense", "conv")
 OP_TYPES = ("flatten", "maxpool", "avgpool")
@@ -226,7 +230,7 @@ def validate_layers(layers: Sequence[dict], input_shape, where: str = "model") -
 
 
 def save(path: str | os.PathLike, layers: Sequence[dict], input_shape: Sequence[int],
-         metadata: dict | None = None) -> Path:
+         metadata: dict | None = None, compress: bool = False) -> Path:
     """Write a checkpoint directory atomically (see the module docstring).
 
     Args:
@@ -235,6 +239,8 @@ def save(path: str | os.PathLike, layers: Sequence[dict], input_shape: Sequence[
       layers: layer dicts; tensors may be numpy or JAX arrays.
       input_shape: per-sample input shape.
       metadata: JSON-able dict stored in ``model.json``.
+      compress: store each kernel without its zeros where that is smaller (``io.sparse``:
+        the nonzero values plus int32 indices or a bitmask; format version 2).
     Returns:
       the directory path.
     Raises:
@@ -260,8 +266,14 @@ def save(path: str | os.PathLike, layers: Sequence[dict], input_shape: Sequence[
                 continue
             key = f"{i}.{name}"
             a = np.ascontiguousarray(layer[name])
-            tensors[key] = a
             d[name] = {"tensor": key, "shape": list(a.shape), "dtype": a.dtype.name}
+            packed = sparse.compress(a) if compress and name == "kernel" else None
+            if packed is not None and sparse.compressed_nbytes(packed) < a.nbytes:
+                tensors[key] = np.ascontiguousarray(packed.values)
+                tensors[f"{key}.index"] = np.ascontiguousarray(packed.index)
+                d[name]["index"] = f"{key}.index"
+            else:
+                tensors[key] = a
         desc.append(d)
     blob = st_save(tensors, metadata={"format": FORMAT})
     digest = hashlib.sha256(blob).hexdigest()
@@ -272,7 +284,7 @@ def save(path: str | os.PathLike, layers: Sequence[dict], input_shape: Sequence[
             f.write(blob)
     model = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": 2 if any(isinstance(v, dict) and "index" in v for d in desc for v in d.values()) else 1,
         "input_shape": [int(a) for a in input_shape],
         "layers": desc,
         "weights": {"file": wname, "sha256": digest},
@@ -362,6 +374,14 @@ def load(path: str | os.PathLike) -> Checkpoint:
             if key not in tensors:
                 raise CheckpointError(f"{wpath}: tensor {key!r} (layer {i} {name}) is missing")
             a = tensors[key]
+            if "index" in ref:  # stored without its zeros (io.sparse)
+                if ref["index"] not in tensors:
+                    raise CheckpointError(f"{wpath}: tensor {ref['index']!r} (layer {i} {name} index) is missing")
+                try:
+                    a = sparse.decompress(sparse.Compressed(tensors[ref["index"]], a, tuple(ref.get("shape", []))))
+                except (TypeError, ValueError) as e:
+                    raise CheckpointError(f"{wpath}: layer {i} {name}: damaged sparse tensor ({e})") from None
+                used.add(ref["index"])
             if list(a.shape) != list(ref.get("shape", [])):
                 raise CheckpointError(f"{wpath}: tensor {key!r} has shape {list(a.shape)}, but "
                                       f"{MODEL_FILE} declares {ref.get('shape')}")
