@@ -133,8 +133,7 @@ def test_interrupted_cascade_resumes_from_last_finished_layer(setup, tmp_path, c
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    for mod in ("cascade", "parallel"):
-        monkeypatch.setattr(f"nettrim_jax.network.{mod}.dispatch", interrupt_second)
+    monkeypatch.setattr(problems, "dispatch", interrupt_second)
     rc, _, err = _run(_prune_args(root, out), capsys)
     assert rc == cli.EXIT_INTERRUPTED
     assert (out / "partial.state").is_file() and not (out / "report.json").exists()
