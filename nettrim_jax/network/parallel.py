@@ -39,9 +39,12 @@ __all__ = ["solve_parallel"]
 
 def solve_parallel(orig: Sequence, base: Captured, programs: Sequence[str], eps_list: Sequence,
                    cfg: SolveConfig, devices=None, done: Sequence[LayerOutcome | None] = (),
-                   on_layer: Callable[[int, LayerOutcome], None] | None = None) -> list[LayerOutcome]:
+                   on_layer: Callable[[int, LayerOutcome], None] | None = None,
+                   prebuilt: dict | None = None) -> list[LayerOutcome]:
     """One ``LayerOutcome`` per layer.  ``done[i]`` (if given and not None) is a finished
-    layer taken as it is; ``on_layer(i, outcome)`` is called as each layer is gathered."""
+    layer taken as it is; ``on_layer(i, outcome)`` is called as each layer is gathered;
+    ``prebuilt[i]``: layer i's ``LayerProblem`` built by the caller (an affine epilogue's)."""
+    prebuilt = prebuilt or {}
     devices = list(devices) if devices is not None else jax.devices()
     L = len(orig)
     done = list(done) + [None] * (L - len(done))
@@ -49,8 +52,8 @@ def solve_parallel(orig: Sequence, base: Captured, programs: Sequence[str], eps_
     for i in range(L):
         if programs[i] == "skipped" or done[i] is not None:
             continue
-        probs[i] = build_problem(orig[i], base.inputs[i], base.preacts[i], programs[i],
-                                 cfg.max_patches, cfg.seed + i)
+        probs[i] = prebuilt[i] if i in prebuilt else build_problem(
+            orig[i], base.inputs[i], base.preacts[i], programs[i], cfg.max_patches, cfg.seed + i)
         eps[i] = absolute_epsilon(eps_list[i], probs[i].target, cfg.relative)
         p, n = probs[i].inputs.shape
         jobs.append((p * n * probs[i].target.shape[1], i))
@@ -60,10 +63,11 @@ def solve_parallel(orig: Sequence, base: Captured, programs: Sequence[str], eps_
         d = int(np.argmin(load))
         load[d] += cost
         pr = probs[i]
-        f = jitted_solver(programs[i], cfg.per_neuron, cfg.solver, False, cfg.opts)
+        f = jitted_solver(programs[i], cfg.per_neuron, cfg.solver, pr.threshold is not None, cfg.opts,
+                          pr.omega is not None)
         started[i] = time.perf_counter()
-        placed[i] = dispatch(f, pr.inputs, pr.target, eps[i], jnp.zeros((), pr.inputs.dtype),
-                             devices[d], cfg.per_neuron)
+        V = jnp.zeros((), pr.inputs.dtype) if pr.threshold is None else pr.threshold
+        placed[i] = dispatch(f, pr.inputs, pr.target, eps[i], V, devices[d], cfg.per_neuron, pr.omega)
     outcomes: list[LayerOutcome] = []
     for i in range(L):
         prior = done[i]
@@ -76,7 +80,10 @@ def solve_parallel(orig: Sequence, base: Captured, programs: Sequence[str], eps_
         else:
             K, info = placed[i]()
             pr = probs[i]
-            K, fit = refit_or_measure(cfg.refit, pr.inputs, pr.target, jnp.asarray(K), programs[i])
+            V = None if pr.threshold is None else pr.threshold
+            K, fit = refit_or_measure(cfg.refit, pr.inputs, pr.target, jnp.asarray(K), programs[i], V,
+                                      pr.omega)
+            K = K if pr.flip is None else K * pr.flip
             out = solved_outcome(pr, K, eps[i], fit, info, time.perf_counter() - started[i])
         outcomes.append(out)
         if on_layer is not None and prior is None:

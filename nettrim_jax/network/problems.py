@@ -49,12 +49,19 @@ class SolveConfig(NamedTuple):
 
 class LayerProblem(NamedTuple):
     """inputs: (P, N[+1]) program rows (ones column if the layer has a bias); target: (P, M);
-    subset: indices of the patch rows used (None: all); full_rows: all patch rows."""
+    subset: indices of the patch rows used (None: all); full_rows: all patch rows.
+
+    A layer behind an affine epilogue (``network.epilogues``) also has omega: (P, M) bool
+    Omega (else Y > 0); threshold: (P, M) V off Omega (else 0); flip: (M,) +-1 signs of
+    the kernel columns the program is solved for (kernel = solved kernel * flip)."""
 
     inputs: Any
     target: Any
     subset: Any
     full_rows: int
+    omega: Any = None
+    threshold: Any = None
+    flip: Any = None
 
 
 class LayerOutcome(NamedTuple):
@@ -121,20 +128,22 @@ def absolute_epsilon(e, target, relative: bool) -> float:
 
 
 @functools.lru_cache(maxsize=64)
-def jitted_solver(activation: str, per_neuron: bool, solver: str, with_threshold: bool, opts: tuple):
-    """``(X, Y, eps, V) -> (kernel, info)``, compiled once per setting."""
+def jitted_solver(activation: str, per_neuron: bool, solver: str, with_threshold: bool, opts: tuple,
+                  with_omega: bool = False):
+    """``(X, Y, eps, V[, omega]) -> (kernel, info)``, compiled once per setting."""
     options = dict(opts)
 
-    def f(X, Y, eps, thr):
+    def f(X, Y, eps, thr, omega=None):
         sol = solve_layer(X, Y, epsilon=eps, activation=activation,
                           threshold=thr if with_threshold else None,
-                          per_neuron=per_neuron, solver=solver, **options)
+                          per_neuron=per_neuron, solver=solver,
+                          omega=omega if with_omega else None, **options)
         return sol.kernel, sol.info
 
     return jax.jit(f)
 
 
-def dispatch(f, A, Y, eps, V, device=None, per_neuron: bool = False):
+def dispatch(f, A, Y, eps, V, device=None, per_neuron: bool = False, omega=None):
     """Start ``f(A, Y, eps, V)`` (asynchronously, on ``device`` if given); returns a thunk
     giving numpy ``(kernel, info)``.
 
@@ -142,7 +151,12 @@ def dispatch(f, A, Y, eps, V, device=None, per_neuron: bool = False):
     is identically zero (a dead ReLU unit, Omega empty) has the optimal kernel column 0; its
     own program needs no solve, and a per-neuron vmap would otherwise wait on it.  (In
     coupled mode the columns share one ball, so they stay in: the solver's scaling uses all
-    columns, and the scan path must see the same problem.)"""
+    columns, and the scan path must see the same problem.)  With an explicit ``omega`` (an
+    affine epilogue) every column is solved: 0 need not be feasible off Omega."""
+    if omega is not None:
+        wargs = (A, Y, jnp.asarray(eps, A.dtype), V, omega)
+        res = f(*(jax.device_put(wargs, device) if device is not None else wargs))
+        return lambda: jax.device_get(res)
     live = np.asarray(jnp.any(Y != 0, axis=0)) if per_neuron else np.ones(Y.shape[1], bool)
     n_live = int(live.sum())
     m = Y.shape[1]
@@ -164,20 +178,23 @@ def dispatch(f, A, Y, eps, V, device=None, per_neuron: bool = False):
     return finish
 
 
-def misfit(A, Y, K, program: str):
-    """The program's misfit of kernel K: ||(AK - Y)_Omega||_F (relu) or ||AK - Y||_F."""
+def misfit(A, Y, K, program: str, omega=None):
+    """The program's misfit of kernel K: ||(AK - Y)_Omega||_F (relu; Omega = ``omega`` or
+    Y > 0) or ||AK - Y||_F."""
     out = A @ K
-    r = jnp.where(Y > 0, out - Y, 0) if program == "relu" else out - Y
+    mask = (Y > 0) if omega is None else omega
+    r = jnp.where(mask, out - Y, 0) if program == "relu" else out - Y
     return jnp.sqrt(jnp.sum(r * r))
 
 
-def refit_or_measure(refit: bool, A, Y, K, program: str, V=None):
+def refit_or_measure(refit: bool, A, Y, K, program: str, V=None, omega=None):
     """(kernel, misfit) of a solved layer: with ``refit``, the kernel refit on its support
     (``refit_layer``) and its sqrt(misfit^2 + excess^2); otherwise K and its misfit.
     Traceable, so the scan path calls it too."""
     if not refit:
-        return K, misfit(A, Y, K, program)
-    K2, info = refit_layer(A, Y, K, activation=program, threshold=V if program == "relu" else None)
+        return K, misfit(A, Y, K, program, omega)
+    K2, info = refit_layer(A, Y, K, activation=program, threshold=V if program == "relu" else None,
+                           omega=omega if program == "relu" else None)
     return K2, info.error_after
 
 

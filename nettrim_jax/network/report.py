@@ -26,7 +26,10 @@ class LayerReport(NamedTuple):
     same norm as epsilon); discrepancy: ||Z_l - Z_hat_l||_F / ||Z_l||_F along the pruned
     network on the calibration data (Z: post-ReLU output for ReLU layers, pre-activation
     otherwise); iterations, converged: solver outcome; seconds: wall time of this layer's
-    solve (parallel scheme: from dispatch until its result was ready; layers overlap).
+    solve (parallel scheme: from dispatch until its result was ready; layers overlap);
+    reason: why this program ("relu", "linear (output layer)", "relu via affine epilogue
+    relu(a*z + c)", "linear (followed by an op with no Net-Trim program)", "... (override)";
+    ``activations.LayerChoice``; "" in reports written before it existed).
     """
 
     name: str
@@ -44,6 +47,7 @@ class LayerReport(NamedTuple):
     iterations: int
     converged: bool
     seconds: float
+    reason: str = ""
 
 
 class PruneReport(NamedTuple):
@@ -78,7 +82,8 @@ class PruneReport(NamedTuple):
     @classmethod
     def from_dict(cls, d: dict) -> PruneReport:
         """Inverse of ``to_dict`` (extra keys, such as the command line's ``run``, ignored)."""
-        layers = tuple(LayerReport(**{k: row[k] for k in LayerReport._fields}) for row in d["layers"])
+        layers = tuple(LayerReport(**{k: row[k] for k in LayerReport._fields if k in row})
+                       for row in d["layers"])
         fields = {k: d[k] for k in cls._fields if k in d and k != "layers"}
         return cls(layers=layers, **fields)
 
@@ -93,6 +98,15 @@ def _plain(x: Any):
     if hasattr(x, "tolist"):
         return x.tolist()
     return str(x)
+
+
+def _program(layer: LayerReport) -> str:
+    """The program column: the program, and its reason when that says more."""
+    if not layer.reason or layer.reason == layer.activation:
+        return layer.activation
+    if layer.reason.startswith(layer.activation):
+        return layer.reason
+    return f"{layer.activation}: {layer.reason}"
 
 
 def _option_line(options: dict) -> str:
@@ -113,7 +127,7 @@ def render_markdown(report: PruneReport, title: str | None = None, notes: Sequen
               "discrepancy | iters | converged | s |", "|" + "---|" * 13]
     for layer in report.layers:
         lines.append(
-            f"| {layer.name} | {layer.kind} | {layer.activation} | {layer.N} | {layer.M} | "
+            f"| {layer.name} | {layer.kind} | {_program(layer)} | {layer.N} | {layer.M} | "
             f"{layer.rows}{'*' if layer.subsampled else ''} | {layer.nnz_before} | {layer.nnz_after} | "
             f"{layer.epsilon:.4g} | {layer.discrepancy:.4f} | {layer.iterations} | "
             f"{'yes' if layer.converged else 'NO'} | {layer.seconds:.2f} |")

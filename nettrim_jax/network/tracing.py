@@ -119,11 +119,17 @@ class Recorder:
         self.keys: list = []
         self.override = override
         self.namer = namer
+        self.plans: dict = {}  # key -> projections.Plan for LinearGeneral / Einsum layers
+        self.refused: dict = {}  # key -> why the layer is left unpruned (not a projection)
 
     def check(self, key, problem):
         """Raise ``InputShapeError`` if the layer's input does not fit (``problem`` not None)."""
         if problem is not None:
             raise InputShapeError(f"layer {self.namer(key)!r} {problem}")
+
+    def refuse(self, key, reason: str):
+        """Note a layer that is left unpruned, with the one-line reason."""
+        self.refused.setdefault(key, reason)
 
     def record(self, key, x, z):
         if key in self.keys:

@@ -108,14 +108,17 @@ def _column_radii(y_omega, epsilon, per_neuron):
 
 
 @functools.partial(jax.jit, static_argnames=("activation", "per_neuron", "solver", "opts"))
-def _solve(X, Y, epsilon, threshold, w0, warm, rho0, groups=None, *, activation, per_neuron, solver,
-           opts):
+def _solve(X, Y, epsilon, threshold, w0, warm, rho0, groups=None, mask=None, *, activation,
+           per_neuron, solver, opts):
     dtype = X.dtype
     sx = x_scale(X, solver)
     sy = y_scale(Y)
     x = X / sx
     y = Y / sy
-    omega = (y > 0) if activation == "relu" else jnp.ones(y.shape, bool)
+    if activation != "relu":
+        omega = jnp.ones(y.shape, bool)
+    else:
+        omega = (y > 0) if mask is None else mask
     v = jnp.broadcast_to(threshold / sy, y.shape)
     radius = _column_radii(jnp.where(omega, y, 0), epsilon / sy, per_neuron)
     w_init = w0 * (sx / sy)
@@ -180,7 +183,7 @@ def _warn_unconverged(converged, iterations, gap, residual):
 
 def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
                 per_neuron: bool = False, solver: str = "admm", warm_start=None,
-                rho=None, structure: str = "unstructured", groups=None,
+                rho=None, structure: str = "unstructured", groups=None, omega=None,
                 **solver_options) -> LayerSolution:
     """Solve Net-Trim's program for one layer.
 
@@ -205,6 +208,9 @@ def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
         form one group (a conv channel: ``structure.channel_groups``), rows with id < 0
         keep the entrywise l1 (the bias row: ``structure.row_groups``).  Default: every
         row its own group, the last (bias) row included.
+      omega: (P, M) bool, relu only: Omega given explicitly instead of {Y > 0} (Y may
+        then have any sign on it: the program of a layer behind an affine epilogue,
+        ``network.epilogues``); entries of Y off Omega are ignored.
       **solver_options: fields of ``admm.Options`` / ``pdhg.Options`` (max_iters,
         check_every, eps_abs, eps_rel, gap_tol, relaxation, adaptive_rho, margin,
         feas_tol; see their docstrings).
@@ -215,7 +221,13 @@ def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
       done only when the inputs are concrete.
     """
     warm_kernel = warm_start.kernel if isinstance(warm_start, LayerSolution) else warm_start
-    validate(X, Y, epsilon, activation, threshold, per_neuron, solver,
+    if omega is not None:
+        if activation != "relu" or jnp.shape(omega) != jnp.shape(Y):
+            raise ValueError(f"omega applies to activation='relu' only and must have Y's shape "
+                             f"{tuple(jnp.shape(Y))}, got {tuple(jnp.shape(omega))}")
+        omega = jnp.asarray(omega, bool)
+        Y = jnp.where(omega, Y, 0)
+    validate(X, Y if omega is None else jnp.abs(Y), epsilon, activation, threshold, per_neuron, solver,
              None if warm_kernel is None else jnp.shape(warm_kernel))
     groups = structures.parse(structure, groups, jnp.shape(X)[1], per_neuron)
     X = jnp.asarray(X)
@@ -241,7 +253,7 @@ def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
     rho0 = None if rho is None else jnp.asarray(rho, dtype)
     if groups is not None:
         groups = jnp.asarray(groups)
-    kernel, info, state = _solve(X, Y, epsilon, threshold, w0, warm, rho0, groups,
+    kernel, info, state = _solve(X, Y, epsilon, threshold, w0, warm, rho0, groups, omega,
                                  activation=activation, per_neuron=per_neuron,
                                  solver=solver, opts=opts)
     if is_concrete(info.converged):

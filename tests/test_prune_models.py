@@ -1,0 +1,99 @@
+"""Real Flax models (issue 12): nnx.MultiHeadAttention's LinearGeneral projections and
+Einsum projections are pruned (exact at epsilon 0); a BatchNorm + residual ResNet gets the
+exact ReLU program through its affine epilogues, every conv; layers with no program get the
+linear program by default, with the reason in the report."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import nettrim_jax as nt
+from nettrim_jax.models import ResNet, TinyLM
+from nettrim_jax.network.projections import NotAProjection, einsum_plan
+
+
+def _quiet(fn):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return fn()
+
+
+def test_einsum_plans():
+    p = einsum_plan("...d,dhk->...hk", (6, 2, 3))
+    x = jax.random.normal(jax.random.key(0), (4, 5, 6))
+    k = jax.random.normal(jax.random.key(1), (6, 2, 3))
+    z = jnp.einsum("...d,dhk->...hk", x, k)
+    np.testing.assert_allclose(p.rows(x) @ p.matrix(k), p.cols(z), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(p.unmatrix(p.matrix(k), k.shape), k)
+    np.testing.assert_array_equal(p.uncols(p.cols(z), z.shape), z)
+    q = einsum_plan("bhk,khd->bd", (3, 2, 5))  # contracts two axes, kernel axes reordered
+    x2 = jax.random.normal(jax.random.key(2), (4, 2, 3))
+    k2 = jax.random.normal(jax.random.key(3), (3, 2, 5))
+    np.testing.assert_allclose(q.rows(x2) @ q.matrix(k2), jnp.einsum("bhk,khd->bd", x2, k2),
+                               rtol=1e-5, atol=1e-5)
+    for bad in ("bd,bdk->bk", "bcd,dk->cbk", "bd,de->b", "bd,dd->bd"):
+        with pytest.raises(NotAProjection):
+            einsum_plan(bad, (3, 3, 3) if ",bdk" in bad else (3, 3))
+
+
+def test_attention_projections_pruned_and_exact_at_epsilon_zero():
+    """Every projection of nnx.MultiHeadAttention (q, k, v, out: LinearGeneral) and the MLP
+    is pruned (linear program where GELU/softmax/LayerNorm follow, reason stated); at
+    epsilon 0 the pruned LM's logits equal the original's."""
+    m = TinyLM(20, 8, 2, 8, mlp="gelu", rngs=nnx.Rngs(0))
+    t = jax.random.randint(jax.random.key(1), (4, 8), 0, 20)
+    res = _quiet(lambda: nt.prune(m, t, epsilon=0.0, scheme="parallel", progress=False, max_iters=2000))
+    rows = {l.name: l for l in res.report.layers}
+    assert list(rows) == ["attn/query", "attn/key", "attn/value", "attn/out", "fc1", "fc2", "head"]
+    assert all(l.activation == "linear" for l in rows.values())
+    assert rows["fc1"].reason == "linear (followed by an op with no Net-Trim program)"
+    assert rows["attn/query"].N == 9 and rows["attn/query"].M == 8 and rows["attn/query"].rows == 32
+    assert rows["attn/out"].N == 9  # (heads, head_dim) contracted: 8 inputs + bias
+    np.testing.assert_allclose(res.model(t), m(t), rtol=0, atol=2e-3 * float(jnp.max(jnp.abs(m(t)))))
+    assert res.model.attn.query.kernel.get_value().shape == (8, 2, 4)
+
+
+def _resnet():
+    m = ResNet(4, 10, rngs=nnx.Rngs(0))
+    bns = (m.bn, m.block1.bn1, m.block1.bn2, m.block2.bn1, m.block2.bn2)
+    for j, bn in enumerate(bns):  # trained-looking statistics; some negative BN scales
+        k = jax.random.key(10 + j)
+        bn.scale.set_value(jax.random.normal(k, bn.scale.get_value().shape))
+        bn.bias.set_value(0.3 * jax.random.normal(jax.random.fold_in(k, 1), (4,)))
+        bn.mean.set_value(0.1 * jax.random.normal(jax.random.fold_in(k, 2), (4,)))
+        bn.var.set_value(0.5 + jax.random.uniform(jax.random.fold_in(k, 3), (4,)))
+    m.eval()
+    return m
+
+
+@pytest.mark.parametrize("scheme", ["cascade", "parallel"])
+def test_resnet_every_conv_gets_the_relu_program_exact_at_epsilon_zero(scheme):
+    m = _resnet()
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+    res = _quiet(lambda: nt.prune(m, x, epsilon=0.0, scheme=scheme, progress=False, max_iters=2000))
+    layers = res.report.layers
+    assert [l.activation for l in layers] == ["relu"] * 5 + ["linear"]
+    assert all(l.reason.startswith("relu via affine epilogue relu(a*z + c)") for l in layers[:5])
+    assert any("flipped" in l.reason for l in layers[:5])  # negative BN scales were handled
+    out0 = m(x)
+    np.testing.assert_allclose(res.model(x), out0, rtol=0, atol=2e-3 * float(jnp.max(jnp.abs(out0))))
+    assert res.report.nnz_after < res.report.nnz_before
+    assert np.isinf(res.report.bound)
+    d = res.report.to_dict()
+    assert nt.network.report.PruneReport.from_dict(d).layers == layers
+    assert "relu via affine epilogue" in res.report.to_markdown()
+
+
+def test_resnet_epilogue_programs_hold_at_positive_epsilon():
+    """epsilon 0.05: each conv's achieved misfit is within its epsilon, and the model output
+    moves by a few percent, not more."""
+    m = _resnet()
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+    res = _quiet(lambda: nt.prune(m, x, epsilon=0.05, scheme="parallel", progress=False, max_iters=2000))
+    for l in res.report.layers:
+        assert l.misfit <= 1.01 * l.epsilon + 1e-6
+    assert res.report.output_discrepancy < 0.2
