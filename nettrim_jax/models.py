@@ -21,9 +21,9 @@ __all__ = ["ResNet", "TinyLM", "resnet_factory", "lm_factory"]
 class Block(nnx.Module):
     def __init__(self, c: int, rngs: nnx.Rngs):
         self.conv1 = nnx.Conv(c, c, (3, 3), rngs=rngs)
-        self.bn1 = nnx.BatchNorm(c, rngs=rngs)
+        self.bn1 = nnx.BatchNorm(c, momentum=0.9, rngs=rngs)
         self.conv2 = nnx.Conv(c, c, (3, 3), rngs=rngs)
-        self.bn2 = nnx.BatchNorm(c, rngs=rngs)
+        self.bn2 = nnx.BatchNorm(c, momentum=0.9, rngs=rngs)
 
     def __call__(self, x):
         h = nnx.relu(self.bn1(self.conv1(x)))
@@ -33,7 +33,7 @@ class Block(nnx.Module):
 class ResNet(nnx.Module):
     def __init__(self, channels: int = 8, classes: int = 10, *, rngs: nnx.Rngs):
         self.stem = nnx.Conv(1, channels, (3, 3), strides=(2, 2), rngs=rngs)
-        self.bn = nnx.BatchNorm(channels, rngs=rngs)
+        self.bn = nnx.BatchNorm(channels, momentum=0.9, rngs=rngs)
         self.block1 = Block(channels, rngs)
         self.block2 = Block(channels, rngs)
         self.head = nnx.Linear(channels, classes, rngs=rngs)

@@ -19,9 +19,9 @@ SparseGPT-style methods reconstruct); "error" and "skip" refuse or keep the laye
 Every choice comes with its reason (``LayerChoice``), shown in the report.
 
 A user override (``activations={name: "relu" | "linear" | "skip"}``) is checked against the
-same tests: an override the forward pass contradicts (say "relu" for a layer whose
-negative outputs reach the next layer) would prune against the wrong target, so it is
-refused.  Limitation: an activation that also zeroes negatives but is not ReLU (ReLU6, say)
+same tests: an override the forward pass contradicts ("relu" for a layer whose negative
+outputs reach the next layer) would prune against the wrong target, so it is refused;
+"linear" (the linear program on z itself) is always accepted.  Limitation: an activation that also zeroes negatives but is not ReLU (ReLU6, say)
 is taken for ReLU.  Plain specs declare their activation.
 """
 
@@ -123,7 +123,7 @@ def _checked_override(adapter, specs, x, i, base, name, value) -> str:
     prog = _OVERRIDES.get(value) if isinstance(value, str) else None
     if prog is None:
         raise ValueError(f"activations[{name!r}] must be 'relu', 'linear' or 'skip', got {value!r}")
-    if prog == "skipped" or i == len(specs) - 1 and prog == "linear":
+    if prog in ("skipped", "linear"):  # the linear program fits z itself: always a valid choice
         return prog
     sees, relu, linear = _tests(adapter, specs, x, i, base)
     if prog == "relu" and not relu:
@@ -131,9 +131,6 @@ def _checked_override(adapter, specs, x, i, base, name, value) -> str:
                          "changes when this layer's negative outputs change, so its output does not "
                          "reach the next layer through a ReLU alone; pruning against relu(z) would "
                          "be wrong (use 'linear' if an affine map follows, or 'skip')")
-    if prog == "linear" and not (sees and linear):
-        raise ValueError(f"activations[{name!r}]='linear' contradicts the model: the next layer does "
-                         "not see this layer's output through an affine map (use 'skip')")
     return prog
 
 

@@ -98,6 +98,15 @@ def _nonfinite(a) -> int:
     return int(jnp.sum(~jnp.isfinite(a))) if jnp.issubdtype(a.dtype, jnp.inexact) else 0
 
 
+def check_layers(net):
+    """At least one prunable layer on the forward pass."""
+    if not net.names:
+        refused = getattr(net, "refused", {})
+        why = f" ({len(refused)} left unpruned: {next(iter(refused.values()))})" if refused else ""
+        raise ValueError("the model has no prunable layer on its forward pass (Linear, Conv, "
+                         f"LinearGeneral / DenseGeneral, projection Einsum){why}")
+
+
 def check_weights(net):
     """No NaN/Inf in any prunable layer's kernel or bias (named by layer)."""
     for name, spec in zip(net.names, net.specs):

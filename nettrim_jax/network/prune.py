@@ -163,6 +163,7 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
     t_start = time.perf_counter()
     x = checks.check_calibration(x)
     net = adapt(model, x)  # first forward pass: shape mismatches -> InputShapeError
+    checks.check_layers(net)
     checks.check_weights(net)
     checks.check_forward(net)
     for name in net.unused:

@@ -57,7 +57,8 @@ class PruneReport(NamedTuple):
     layers: tuple of ``LayerReport``; nnz_before / nnz_after: the pruned layers' nonzero
     weights; output_discrepancy: relative, model output; output_error: absolute
     ||Y_L - Y_hat_L||_F of the last prunable layer; bound: the scheme's a priori bound on
-    ``output_error`` (``nettrim_jax.network.bounds``); seconds: total; options: every
+    ``output_error`` (``nettrim_jax.network.bounds``; inf, None in JSON, when some layer has
+    an affine epilogue: not derived there); seconds: total; options: every
     setting that shaped the result (epsilon, gamma, relative, output_epsilon, refit,
     per_neuron, solver, max_patches, seed, solver options), JSON-able.
     """
@@ -77,6 +78,8 @@ class PruneReport(NamedTuple):
         """JSON-able dict (numbers as Python floats/ints; layers as dicts)."""
         d = self._asdict()
         d["layers"] = [dict(layer._asdict()) for layer in self.layers]
+        if d["bound"] == float("inf"):
+            d["bound"] = None  # no a priori bound (affine epilogues); JSON has no inf
         return json.loads(json.dumps(d, default=_plain))
 
     @classmethod
@@ -85,6 +88,8 @@ class PruneReport(NamedTuple):
         layers = tuple(LayerReport(**{k: row[k] for k in LayerReport._fields if k in row})
                        for row in d["layers"])
         fields = {k: d[k] for k in cls._fields if k in d and k != "layers"}
+        if "bound" in fields and fields["bound"] is None:
+            fields["bound"] = float("inf")
         return cls(layers=layers, **fields)
 
     def to_markdown(self, title: str | None = None, notes: Sequence[str] = ()) -> str:
@@ -134,10 +139,12 @@ def render_markdown(report: PruneReport, title: str | None = None, notes: Sequen
     keep = report.nnz_after / max(1, report.nnz_before)
     # the bound assumes every program was met; an unconverged solve may exceed it
     held = "<=" if report.output_error <= report.bound else "> (some layer missed its program)"
+    bound = (f"{held} bound {report.bound:.4g}" if report.bound != float("inf")
+             else "(no a priori bound through affine epilogues)")
     scheme = f"{report.scheme} Net-Trim" + (f" (gamma={report.gamma:g})" if report.scheme == "cascade" else "")
     lines += ["", f"{scheme}: nonzeros {report.nnz_before} -> {report.nnz_after} ({100 * keep:.1f}% kept); "
                   f"output discrepancy {report.output_discrepancy:.4f}; output error "
-                  f"{report.output_error:.4g} {held} bound {report.bound:.4g}; {report.seconds:.1f} s"]
+                  f"{report.output_error:.4g} {bound}; {report.seconds:.1f} s"]
     if any(layer.subsampled for layer in report.layers):
         lines.append("* conv rows sampled (max_patches): the epsilon guarantee holds on the sampled rows.")
     lines += list(notes)
