@@ -97,3 +97,31 @@ def test_resnet_epilogue_programs_hold_at_positive_epsilon():
     for l in res.report.layers:
         assert l.misfit <= 1.01 * l.epsilon + 1e-6
     assert res.report.output_discrepancy < 0.2
+
+
+def test_linen_dense_general_and_einsum_projections():
+    """Linen: DenseGeneral (two output axes, then contracting two axes) and a projection
+    Einsum are pruned as dense programs; a batched einsum is left unpruned with its reason;
+    epsilon 0 keeps the outputs."""
+    import flax.linen as nn
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.relu(nn.DenseGeneral((2, 3), name="split")(x))
+            h = nn.DenseGeneral(4, axis=(-2, -1), name="merge")(h)
+            h = nn.Einsum((4, 5), "...d,de->...e", name="proj")(nn.relu(h))
+            w = nn.Einsum((6, 5, 5), "bte,bef->btf", use_bias=False, name="batched")
+            return w(h)
+
+    x = jax.random.normal(jax.random.key(0), (6, 7, 3))
+    module = Net()
+    variables = module.init(jax.random.key(1), x)
+    with pytest.warns(UserWarning, match="'batched' left unpruned: einsum 'bte,bef->btf' shares"):
+        res = _quiet(lambda: nt.prune((module, variables), x, epsilon=0.0, scheme="parallel",
+                                      progress=False, max_iters=3000))
+    assert [(l.name, l.activation, l.N, l.M) for l in res.report.layers] == [
+        ("split", "relu", 4, 6), ("merge", "relu", 7, 4), ("proj", "linear", 5, 5)]
+    out0 = module.apply(variables, x)
+    np.testing.assert_allclose(module.apply(res.model, x), out0, rtol=0,
+                               atol=5e-3 * float(jnp.max(jnp.abs(out0))))

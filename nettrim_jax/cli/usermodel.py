@@ -77,7 +77,8 @@ def restore(model, params: str | os.PathLike):
                          f"({type(e).__name__}: {one_line(e)})") from None
     want = jax.tree.map(lambda a: (tuple(np.shape(a)), str(np.asarray(a).dtype)), template)
     got = jax.tree.map(lambda a: (tuple(np.shape(a)), str(np.asarray(a).dtype)), state)
-    if jax.tree.structure(want) != jax.tree.structure(got) or jax.tree.leaves(want) != jax.tree.leaves(got):
+    same = str(jax.tree.structure(want)) == str(jax.tree.structure(got))
+    if not same or jax.tree.leaves(want) != jax.tree.leaves(got):
         raise UsageError(f"--params {params}: its arrays do not match the model built by --model "
                          "(different shapes or structure)")
     if isinstance(model, nnx.Module):

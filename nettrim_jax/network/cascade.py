@@ -174,7 +174,7 @@ class _Cascade:
         elif i == self.first:
             eps, floor = floor, None
         else:
-            W = epi.flipped_kernel(kernel_matrix(spec), pr)
+            W = epi.to_program(kernel_matrix(spec), pr)
             e, thr = _gamma_epsilon(pr.inputs, pr.target, W, prog, cfg.gamma, floor, pr.omega, V)
             eps = float(e)
             if prog == "relu":
@@ -182,7 +182,7 @@ class _Cascade:
         f = jitted_solver(prog, cfg.per_neuron, cfg.solver, prog == "relu", cfg.opts, pr.omega is not None)
         K, info = dispatch(f, pr.inputs, pr.target, eps, V, None, cfg.per_neuron, pr.omega)()
         K, fit = refit_or_measure(cfg.refit, pr.inputs, pr.target, jnp.asarray(K), prog, V, pr.omega)
-        K = epi.flipped_kernel(K, pr)
+        K = epi.from_program(K, pr)
         self.new[i] = with_matrix(spec, K)
         return solved_outcome(pr, K, eps, fit, info, time.perf_counter() - t0, floor=floor)
 

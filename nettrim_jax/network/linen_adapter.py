@@ -1,7 +1,9 @@
 """``prune``'s view of a Linen ``(module, variables)`` pair.
 
-``flax.linen.intercept_methods`` intercepts ``nn.Dense`` / ``nn.Conv`` ``__call__``; new
-weights go in through a modified copy of ``variables``.
+``flax.linen.intercept_methods`` intercepts ``nn.Dense`` / ``nn.Conv`` / ``nn.DenseGeneral``
+/ ``nn.Einsum`` ``__call__``; the last two are recorded as dense programs through a
+``projections.Plan`` (an Einsum that is not a plain projection is left unpruned, with its
+reason in ``refused``).  New weights go in through a modified copy of ``variables``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nettrim_jax.network.projections import NotAProjection, einsum_plan, linear_general_plan
 from nettrim_jax.network.specs import Dense
 from nettrim_jax.network.tracing import (
     ACTIVE,
@@ -23,6 +26,18 @@ from nettrim_jax.network.tracing import (
 )
 
 __all__ = ["LinenAdapter"]
+
+PROJECTIONS = (nn.DenseGeneral, nn.Einsum)
+
+
+def _plan(mod, kernel, args, kwargs):
+    """The ``projections.Plan`` of a DenseGeneral / Einsum call (raises NotAProjection)."""
+    shape = tuple(jnp.shape(kernel))
+    if isinstance(mod, nn.DenseGeneral):
+        feats = (mod.features,) if isinstance(mod.features, int) else tuple(mod.features)
+        return linear_general_plan(shape, mod.axis, len(feats), tuple(mod.batch_dims))
+    s = args[1] if len(args) > 1 else kwargs.get("einsum_str")
+    return einsum_plan(s if s is not None else mod.einsum_str, shape)
 
 
 class LinenAdapter:
@@ -38,9 +53,21 @@ class LinenAdapter:
 
         def icpt(next_fun, args, kwargs, context):
             mod = context.module
-            if context.method_name != "__call__" or not isinstance(mod, (nn.Dense, nn.Conv)):
+            if context.method_name != "__call__" or not isinstance(mod, (nn.Dense, nn.Conv, *PROJECTIONS)):
                 return next_fun(*args, **kwargs)
             path = tuple(mod.scope.path)
+            if isinstance(mod, PROJECTIONS):
+                if not (ACTIVE and args and mod.has_variable("params", "kernel")):
+                    return next_fun(*args, **kwargs)
+                try:
+                    plan = _plan(mod, mod.get_variable("params", "kernel"), args, kwargs)
+                except NotAProjection as e:
+                    ACTIVE[-1].refuse(path, str(e))
+                    return next_fun(*args, **kwargs)
+                ACTIVE[-1].plans[path] = plan
+                z = next_fun(*args, **kwargs)
+                found.setdefault(path, mod)
+                return plan.uncols(ACTIVE[-1].record(path, plan.rows(args[0]), plan.cols(z)), z.shape)
             if ACTIVE and args and mod.has_variable("params", "kernel"):
                 kernel = mod.get_variable("params", "kernel")
                 if isinstance(mod, nn.Conv):
@@ -61,14 +88,20 @@ class LinenAdapter:
         finally:
             ACTIVE.pop()
         self._paths = list(rec.keys)
+        self._plans = {k: rec.plans[k] for k in rec.keys if k in rec.plans}
         self.names = [path_name(p) for p in self._paths]
         self.first = Captured(out, rec.inputs, rec.preacts)
+        self.refused = {path_name(k): why for k, why in rec.refused.items() if k not in rec.keys}
         self.specs = []
         for path in self._paths:
             mod = found[path]
             p = self._get(variables["params"], path)
             bias = p.get("bias") if getattr(mod, "use_bias", True) else None
-            if isinstance(mod, nn.Conv):
+            plan = self._plans.get(path)
+            if plan is not None:
+                self.specs.append(Dense(kernel=plan.matrix(p["kernel"]), activation=None,
+                                        bias=None if bias is None else jnp.reshape(bias, (plan.M,))))
+            elif isinstance(mod, nn.Conv):
                 self.specs.append(conv_spec(p["kernel"], bias, mod.strides, mod.padding,
                                              mod.kernel_dilation, mod.input_dilation,
                                              mod.feature_group_count, path_name(path)))
@@ -85,20 +118,23 @@ class LinenAdapter:
     def _variables(self, specs):
         params = dict(self.variables["params"])  # copied path by path below; input untouched
 
-        def put(tree, path, spec):
+        def put(tree, path, spec, plan=None):
             tree = dict(tree)
             if len(path) == 1:
                 leaf = dict(tree[path[0]])
-                leaf["kernel"] = jnp.asarray(spec.kernel, jnp.asarray(leaf["kernel"]).dtype)
+                old = jnp.asarray(leaf["kernel"])
+                kernel = spec.kernel if plan is None else plan.unmatrix(spec.kernel, old.shape)
+                leaf["kernel"] = jnp.asarray(kernel, old.dtype)
                 if "bias" in leaf and spec.bias is not None:
-                    leaf["bias"] = jnp.asarray(spec.bias, jnp.asarray(leaf["bias"]).dtype)
+                    b = jnp.asarray(leaf["bias"])
+                    leaf["bias"] = jnp.reshape(jnp.asarray(spec.bias, b.dtype), b.shape)
                 tree[path[0]] = leaf
             else:
-                tree[path[0]] = put(tree[path[0]], path[1:], spec)
+                tree[path[0]] = put(tree[path[0]], path[1:], spec, plan)
             return tree
 
         for path, spec in zip(self._paths, specs):
-            params = put(params, path, spec)
+            params = put(params, path, spec, self._plans.get(path))
         return {**self.variables, "params": params}
 
     def run(self, specs, x, override=None) -> Captured:

@@ -83,7 +83,7 @@ def solve_parallel(orig: Sequence, base: Captured, programs: Sequence[str], eps_
             V = None if pr.threshold is None else pr.threshold
             K, fit = refit_or_measure(cfg.refit, pr.inputs, pr.target, jnp.asarray(K), programs[i], V,
                                       pr.omega)
-            K = K if pr.flip is None else K * pr.flip
+            K = K if pr.scale is None else K / pr.scale
             out = solved_outcome(pr, K, eps[i], fit, info, time.perf_counter() - started[i])
         outcomes.append(out)
         if on_layer is not None and prior is None:

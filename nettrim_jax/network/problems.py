@@ -52,8 +52,8 @@ class LayerProblem(NamedTuple):
     subset: indices of the patch rows used (None: all); full_rows: all patch rows.
 
     A layer behind an affine epilogue (``network.epilogues``) also has omega: (P, M) bool
-    Omega (else Y > 0); threshold: (P, M) V off Omega (else 0); flip: (M,) +-1 signs of
-    the kernel columns the program is solved for (kernel = solved kernel * flip)."""
+    Omega (else Y > 0); threshold: (P, M) V off Omega (else 0); scale: (M,) column scales
+    of the kernel the program is solved for (kernel = solved kernel / scale)."""
 
     inputs: Any
     target: Any
@@ -61,7 +61,7 @@ class LayerProblem(NamedTuple):
     full_rows: int
     omega: Any = None
     threshold: Any = None
-    flip: Any = None
+    scale: Any = None
 
 
 class LayerOutcome(NamedTuple):
