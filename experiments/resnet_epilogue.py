@@ -1,6 +1,6 @@
 """ResNet (BatchNorm + residual) on Fashion-MNIST: Net-Trim through the affine epilogues
 (exact ReLU program, the default) against the linear program forced on every conv
-(``activations={conv: "linear"}``), parallel scheme, no fine-tuning, over an epsilon grid;
+(``activations={conv: "linear"}``), ``--scheme`` parallel (default) or cascade, no fine-tuning, over an epsilon grid;
 accuracy compared at matched sparsity (the linear-forced curve interpolated at each
 epilogue point's kept fraction)."""
 
@@ -10,12 +10,10 @@ import json
 import time
 import warnings
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
-
 from common import out_dir, parser, provenance, quiet_solver_warnings, table
+from flax import nnx
 
 import nettrim_jax as nt
 from nettrim_jax.io.data import load_mnist
@@ -31,7 +29,9 @@ def accuracy(model, x, y, batch=1000):
 
 
 def main():
-    args = parser(__doc__).parse_args()
+    p = parser(__doc__)
+    p.add_argument("--scheme", choices=("parallel", "cascade"), default="parallel")
+    args = p.parse_args()
     started = time.time()
     quiet_solver_warnings()
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -50,7 +50,7 @@ def main():
     for mode in ("epilogue", "linear-forced"):
         over = None if mode == "epilogue" else {c: "linear" for c in convs}
         for eps in eps_grid:
-            res = nt.prune(model, xcal, epsilon=eps, scheme="parallel", activations=over,
+            res = nt.prune(model, xcal, epsilon=eps, scheme=args.scheme, activations=over,
                            progress=False, max_iters=1500 if args.quick else 3000)
             rep = res.report
             acc = accuracy(res.model, xte, yte)
@@ -67,13 +67,14 @@ def main():
     out = out_dir(args)
     text = ["# ResNet (BatchNorm + residual) on Fashion-MNIST: affine epilogues vs linear forced", "",
             f"Unpruned test accuracy {100 * base:.2f}% ({steps} Adam steps, {ntest} test images; "
-            f"calibration {ncal} training images; parallel Net-Trim, no fine-tuning).", "",
+            f"calibration {ncal} training images; {args.scheme} Net-Trim, no fine-tuning).", "",
             table(["mode", "epsilon", "weights kept", "test acc", "conv programs"], rows), "",
             "Matched sparsity (linear-forced accuracy interpolated at the epilogue run's kept fraction):", "",
             table(["kept", "epilogue (ReLU program)", "linear forced"], match), "",
             provenance(args, started)]
-    (out / "resnet_epilogue.md").write_text("\n".join(text) + "\n")
-    (out / "resnet_epilogue.json").write_text(json.dumps({"base": base, "runs": recs}, indent=1))
+    stem = "resnet_epilogue" + ("" if args.scheme == "parallel" else f"_{args.scheme}")
+    (out / f"{stem}.md").write_text("\n".join(text) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps({"base": base, "runs": recs}, indent=1))
     print("\n".join(text))
 
 

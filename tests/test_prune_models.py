@@ -125,3 +125,44 @@ def test_linen_dense_general_and_einsum_projections():
     out0 = module.apply(variables, x)
     np.testing.assert_allclose(module.apply(res.model, x), out0, rtol=0,
                                atol=5e-3 * float(jnp.max(jnp.abs(out0))))
+
+
+@pytest.mark.parametrize("groups", [2, 4])
+def test_grouped_and_depthwise_conv_block_programs(groups):
+    """feature_group_count 2 and 4 (depthwise: 4 in-channels, 4 groups) with stride 2 and
+    dilation 2: the block-diagonal program keeps every weight inside its group (the layer
+    still runs as a grouped conv), behind a BatchNorm epilogue, exact at epsilon 0."""
+    from nettrim_jax.network.specs import Conv, apply_layer, kernel_matrix, program_rows, with_matrix
+
+    class G(nnx.Module):
+        def __init__(self, rngs):
+            self.a = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+            self.g = nnx.Conv(4, 8, (3, 3), strides=2, kernel_dilation=2, feature_group_count=groups, rngs=rngs)
+            self.bn = nnx.BatchNorm(8, rngs=rngs)
+            self.head = nnx.Linear(8, 3, rngs=rngs)
+
+        def __call__(self, x):
+            h = nnx.relu(self.bn(self.g(nnx.relu(self.a(x)))))
+            return self.head(h.mean(axis=(1, 2)))
+
+    m = G(nnx.Rngs(0))
+    m.bn.scale.set_value(jnp.linspace(-1.4, 2.1, 8))  # no zero scale
+    m.bn.bias.set_value(jnp.linspace(-0.3, 0.3, 8))
+    m.eval()
+    x = jax.random.normal(jax.random.key(0), (3, 9, 9, 1))
+    spec = Conv(kernel=m.g.kernel.get_value(), bias=m.g.bias.get_value(), strides=(2, 2),
+                dilation=(2, 2), groups=groups)
+    h = jax.random.normal(jax.random.key(1), (3, 9, 9, 4))
+    z = apply_layer(spec, h)
+    k = kernel_matrix(spec)
+    assert k.shape == (4 // groups * 9 * groups + groups, 8 // groups)
+    from nettrim_jax.network.specs import from_targets
+    np.testing.assert_allclose(from_targets(spec, program_rows(spec, h) @ k, 8), z.reshape(-1, 8),
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(with_matrix(spec, k).kernel, spec.kernel)
+    res = _quiet(lambda: nt.prune(m, x, epsilon=0.0, scheme="parallel", progress=False, max_iters=3000))
+    g = {l.name: l for l in res.report.layers}["g"]
+    assert g.activation == "relu" and g.reason.startswith("relu via affine epilogue")
+    assert res.model.g.kernel.get_value().shape == m.g.kernel.get_value().shape
+    out0 = m(x)
+    np.testing.assert_allclose(res.model(x), out0, rtol=0, atol=5e-3 * float(jnp.max(jnp.abs(out0))))

@@ -10,7 +10,8 @@ original ReLU output and Omega = {Y > 0}:
     on Omega:   X U_a + c = Y       <=>  X U_a = Y - c                (target T)
     off Omega:  X U_a + c <= 0      <=>  X U_a <= -c                  (threshold V)
 
-The program is solved for U_a (``LayerProblem.scale`` = a; the layer's kernel is U_a / a,
+The program is solved for U_a (``LayerProblem.scale``: a laid out as the kernel matrix;
+the layer's kernel is U_a / a,
 same zeros) with an explicit Omega (T may be negative on it) and the per-entry V; the
 original kernel W * a meets it with zero misfit.  Misfits and epsilons are in the units of
 the ReLU's input, i.e. of what the next layer sees (relative epsilons: relative to
@@ -45,6 +46,7 @@ from flax import nnx
 
 from nettrim_jax.network.adapters import Adapter, Captured
 from nettrim_jax.network.problems import LayerProblem, build_problem
+from nettrim_jax.network.specs import kernel_matrix, program_targets
 
 __all__ = ["Epilogue", "relu_taps", "detect_epilogue", "epilogue_problem", "offsets"]
 
@@ -161,13 +163,16 @@ def epilogue_problem(spec, X, Y, c, ep: Epilogue, max_patches: int | None, seed:
     rows (and a conv's patch subset) are ``build_problem``'s."""
     m = int(Y.shape[-1])
     base = build_problem(spec, X, jnp.zeros_like(Y).reshape(-1, m), "linear", max_patches, seed)
-    Y, c = Y.reshape(-1, m), c.reshape(-1, m)
+    Y, c = program_targets(spec, Y.reshape(-1, m)), program_targets(spec, c.reshape(-1, m))
     if base.subset is not None:
         Y, c = Y[base.subset], c[base.subset]
     omega = Y > 0
     target = jnp.where(omega, Y - c, 0)
-    return base._replace(target=target, omega=omega, threshold=-c,
-                         scale=jnp.asarray(ep.scale, target.dtype))
+    a = jnp.asarray(ep.scale, target.dtype)
+    # a laid out like the kernel matrix (a grouped conv's blocks each get their channels' a)
+    scale = kernel_matrix(spec._replace(kernel=jnp.broadcast_to(a, jnp.shape(spec.kernel)),
+                                        bias=None if spec.bias is None else a))
+    return base._replace(target=target, omega=omega, threshold=-c, scale=scale)
 
 
 def to_program(kernel_mat, pr: LayerProblem):

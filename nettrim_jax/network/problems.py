@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nettrim_jax.network.specs import Conv, layer_rows, with_ones
+from nettrim_jax.network.specs import Conv, program_rows, program_targets
 from nettrim_jax.solver.layer import solve_layer
 from nettrim_jax.solver.refit import refit_layer
 
@@ -102,16 +102,14 @@ def solved_outcome(prob: LayerProblem, kernel, eps, fit, info, seconds, floor=No
 
 def build_problem(spec, X, Z, program: str, max_patches: int | None, seed: int) -> LayerProblem:
     """The program of ``spec`` on inputs ``X`` (model layout) against pre-activation ``Z``."""
-    A = layer_rows(spec, X)
-    Zr = Z.reshape(-1, Z.shape[-1])
+    A = program_rows(spec, X)  # the bias column(s) included
+    Zr = program_targets(spec, Z)
     full = int(A.shape[0])
     subset = None
     if isinstance(spec, Conv) and max_patches is not None and full > max_patches:
         rng = np.random.default_rng(seed)
         subset = np.sort(rng.choice(full, size=int(max_patches), replace=False))
         A, Zr = A[subset], Zr[subset]
-    if spec.bias is not None:
-        A = with_ones(A)
     Y = jax.nn.relu(Zr) if program == "relu" else Zr
     return LayerProblem(A, Y, subset, full)
 
