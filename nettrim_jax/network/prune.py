@@ -104,7 +104,7 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
           max_patches: int | None = 4096, seed: int = 0, scan="auto", devices=None,
           refit: bool = False, progress: bool = True,
           on_layer: Callable[[PruneState], None] | None = None, resume: PruneState | None = None,
-          **solver_options) -> PruneResult:
+          fold_batchnorm: bool = False, **solver_options) -> PruneResult:
     """Prune every Dense / Conv layer of ``model`` with Net-Trim (see the module doc).
 
     Args:
@@ -140,6 +140,10 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
         ``lax.scan`` run of layers), e.g. to save it.
       resume: a ``PruneState`` from an interrupted run with the same model, data and
         settings: its finished layers are taken as they are.
+      fold_batchnorm: NNX models: fold each inference BatchNorm that directly follows a
+        pruned Linear / Conv into it (``network.folding``; same zeros, the BatchNorm becomes
+        the identity or a shift); default False keeps the BatchNorms and returns the
+        unfolded kernels.  Other model kinds keep their BatchNorms (with a warning).
       **solver_options: passed to ``solve_layer`` (max_iters, gap_tol, ...).
 
     Returns: ``PruneResult(model, masks, report)``.
@@ -209,7 +213,22 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
     report = _report(net, x, scheme, orig, new, choices, outcomes, float(gamma),
                      _options(epsilon, gamma, relative, output_epsilon, per_neuron, solver,
                               max_patches, seed, refit, solver_options), t_start)
-    return PruneResult(model=net.rebuild(new), masks=net.masks(new), report=report)
+    pruned = net.rebuild(new)
+    if fold_batchnorm:
+        pruned, report = _fold(pruned, x, net, report)
+    return PruneResult(model=pruned, masks=net.masks(new), report=report)
+
+
+def _fold(model, x, net, report):
+    from flax import nnx
+
+    from nettrim_jax.network.folding import fold_batchnorm
+
+    if not isinstance(model, nnx.Module):
+        warnings.warn("fold_batchnorm applies to nnx.Module models only; BatchNorms kept", stacklevel=3)
+        return model, report
+    model, folded = fold_batchnorm(model, x, list(net.names))
+    return model, report._replace(options={**report.options, "fold_batchnorm": folded})
 
 
 def _bar(total, progress, scheme, initial):
