@@ -225,13 +225,17 @@ def test_prune_unsupported_activation_name(act):
 
 
 def test_prune_non_relu_hidden_activation():
-    """A tanh hidden layer (spec or NNX module) has no Net-Trim program: a clear error, or
-    with on_unsupported="skip" the layer is kept as it is, with a warning."""
+    """A tanh hidden layer (spec or NNX module) has no Net-Trim program: by default the linear
+    program on its pre-activation (said in the report); with on_unsupported="error" a clear
+    error, with "skip" the layer is kept as it is, with a warning."""
     import jax.numpy as jnp
     from flax import nnx
 
+    res = _prune(_net(act=jnp.tanh), _x(), max_iters=500)
+    assert res.report.layers[0].activation == "linear"
+    assert res.report.layers[0].reason == "linear (followed by an op with no Net-Trim program)"
     with pytest.raises(ValueError, match="no program for"):
-        _prune(_net(act=jnp.tanh), _x())
+        _prune(_net(act=jnp.tanh), _x(), on_unsupported="error")
 
     class TanhMLP(nnx.Module):
         def __init__(self, rngs):
@@ -242,7 +246,7 @@ def test_prune_non_relu_hidden_activation():
             return self.b(jnp.tanh(self.a(x)))
 
     with pytest.raises(ValueError, match="layer 'a' is followed by an activation"):
-        _prune(TanhMLP(nnx.Rngs(0)), _x())
+        _prune(TanhMLP(nnx.Rngs(0)), _x(), on_unsupported="error")
     net = _net(act=jnp.tanh)
     with pytest.warns(UserWarning, match="skipping it"):
         res = _prune(net, _x(), on_unsupported="skip", max_iters=500)

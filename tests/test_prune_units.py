@@ -133,7 +133,7 @@ def test_activation_detection_and_unsupported_error_path():
     x = jax.random.normal(jax.random.key(0), (200, 5))
     net = _TanhNet(nnx.Rngs(0))
     with pytest.raises(ValueError, match="no program"):
-        nt.prune(net, x, **FAST)
+        nt.prune(net, x, on_unsupported="error", **FAST)
     with pytest.warns(UserWarning, match="skipping"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -168,7 +168,7 @@ def test_plain_specs_with_callables_and_declared_activations():
     layers[0] = layers[0]._replace(activation=jax.nn.gelu)
     x = jax.random.normal(jax.random.key(2), (100, 6))
     with pytest.raises(ValueError, match="no program"):
-        nt.prune(layers, x, **FAST)
+        nt.prune(layers, x, on_unsupported="error", **FAST)
     net = [lambda t: t * 2.0, *_random_mlp((6, 8, 4))]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

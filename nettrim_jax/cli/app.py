@@ -2,6 +2,7 @@
 
     nettrim demo [--dataset digits|spirals] [--out DIR]
     nettrim prune CHECKPOINT --data DATA --scheme cascade|parallel --epsilon E --out OUT [--resume]
+    nettrim prune --model pkg.module:factory --params ORBAX_DIR --data DATA --epsilon E --out OUT
     nettrim report OUT [--plot [PNG]] [--json]
 
 Exit codes (stable; scripts may rely on them):
@@ -104,7 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("prune", parents=[common], help="prune a saved model on calibration data",
                        description="Prune a nettrim checkpoint on calibration data; writes OUT/model "
                                    "(pruned checkpoint), OUT/report.md and OUT/report.json.")
-    q.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint folder (model.json + weights)")
+    q.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?", default=None,
+                   help="checkpoint folder (model.json + weights); or use --model/--params")
+    q.add_argument("--model", metavar="PKG.MODULE:FACTORY", default=None,
+                   help="your own Flax model: a function returning an nnx.Module (or a Linen "
+                        "(module, variables) pair); its state is read from --params")
+    q.add_argument("--params", metavar="DIR", default=None,
+                   help="with --model: an Orbax checkpoint of nnx.state(model) (StandardCheckpointer); "
+                        "the pruned state is written the same way to OUT/model")
     q.add_argument("--data", required=True,
                    help=".npy / .npz file or a folder of MNIST IDX files with calibration inputs")
     q.add_argument("--key", help="array name in a .npz file holding the inputs")

@@ -49,7 +49,7 @@ def _check_container(path: Path) -> None:
                              "or not written by np.save")
 
 
-def load_calibration(path: str | os.PathLike, input_shape: Sequence[int], *, key: str | None = None,
+def load_calibration(path: str | os.PathLike, input_shape: Sequence[int] | None, *, key: str | None = None,
                      labels: str | None = None, split: str = "train", samples: int | None = None):
     """Calibration inputs (and labels if any) for a model with per-sample ``input_shape``.
 
@@ -57,7 +57,9 @@ def load_calibration(path: str | os.PathLike, input_shape: Sequence[int], *, key
     x/X/inputs/images/data, or its only array; labels under y/labels/targets if present), or
     a folder of MNIST-format IDX files (images scaled to [0, 1]).  Arrays are used as they
     are (cast to float32): preprocess them as for training.  Samples are reshaped to
-    ``input_shape`` when the sizes agree ((P, 28, 28) -> (P, 784) or (P, 28, 28, 1)).
+    ``input_shape`` when the sizes agree ((P, 28, 28) -> (P, 784) or (P, 28, 28, 1)); with
+    ``input_shape=None`` (a user's own model, ``--model``) they are used as they are and
+    integer arrays (token ids) stay integers.
 
     Returns ``(x (P, *input_shape) float32, y (P,) int or None)``; raises UsageError.
     """
@@ -117,11 +119,14 @@ def load_calibration(path: str | os.PathLike, input_shape: Sequence[int], *, key
             raise UsageError(f"--samples must be >= 1, got {samples}")
         x = x[:samples]
         y = None if y is None else np.asarray(y)[:samples]
-    x = x.astype(np.float32)
+    if input_shape is None and x.dtype.kind in "iu":
+        x = x.astype(np.int32)  # a user model's token ids stay integers
+    else:
+        x = x.astype(np.float32)
     bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
     if bad:
         raise UsageError(f"{path}: inputs contain {bad} NaN or Inf values")
-    want = tuple(int(a) for a in input_shape)
+    want = x.shape[1:] if input_shape is None else tuple(int(a) for a in input_shape)
     if x.shape[1:] != want:
         if math.prod(x.shape[1:]) != math.prod(want):
             raise UsageError(f"{path}: samples have shape {x.shape[1:]} ({math.prod(x.shape[1:])} values) "

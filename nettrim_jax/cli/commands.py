@@ -204,7 +204,25 @@ def _resume_state(out: Path, fp: dict, console, total: int):
     return state
 
 
+def _finish_user_model(out: Path, report: dict, dest: Path, console) -> None:
+    """``--model`` runs: OUT/report.md, OUT/report.json (the state is already in ``dest``)."""
+    from nettrim_jax.io.atomic import atomic_write_json, atomic_write_text
+
+    md = render(report)
+    atomic_write_text(out / REPORT_MD, md)
+    atomic_write_json(out / REPORT_JSON, report)
+    console.say(md)
+    print(f"pruned state (Orbax): {dest}")
+    print(f"report: {out / REPORT_MD}, {out / REPORT_JSON}")
+
+
 def cmd_prune(args, console) -> int:
+    if getattr(args, "model", None):
+        from nettrim_jax.cli.usermodel import cmd_prune_model
+
+        return cmd_prune_model(args, console, lambda out, rep, dest: _finish_user_model(out, rep, dest, console))
+    if not args.checkpoint:
+        raise UsageError("pass a CHECKPOINT folder (model.json) or --model pkg.module:factory --params DIR")
     from nettrim_jax import prune
     from nettrim_jax.io import checkpoint as ck
     from nettrim_jax.io.convert import from_network, to_network

@@ -12,26 +12,45 @@ probe w = z + (random noise of z's spread), which has negative entries whatever 
 * anything else (tanh, GELU, max-pooling directly on an un-ReLU'd output, ...) ->
   "unsupported".
 
+"unsupported" layers next get an affine-epilogue check (``network.epilogues``: relu(a z + c),
+BatchNorm / scale / residual before the ReLU): the exact ReLU program.  Otherwise, by
+default (``on_unsupported="linear"``), the linear program on the pre-activation (what
+SparseGPT-style methods reconstruct); "error" and "skip" refuse or keep the layer instead.
+Every choice comes with its reason (``LayerChoice``), shown in the report.
+
 A user override (``activations={name: "relu" | "linear" | "skip"}``) is checked against the
-same tests: an override the forward pass contradicts (say "relu" for a layer whose
-negative outputs reach the next layer) would prune against the wrong target, so it is
-refused.  Limitation: an activation that also zeroes negatives but is not ReLU (ReLU6, say)
+same tests: an override the forward pass contradicts ("relu" for a layer whose negative
+outputs reach the next layer) would prune against the wrong target, so it is refused;
+"linear" (the linear program on z itself) is always accepted.  Limitation: an activation that also zeroes negatives but is not ReLU (ReLU6, say)
 is taken for ReLU.  Plain specs declare their activation.
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from nettrim_jax.network.adapters import Adapter, Captured
 
-__all__ = ["detect_activation", "choose_programs", "PROGRAMS"]
+__all__ = ["detect_activation", "choose_programs", "choose_layers", "LayerChoice", "PROGRAMS",
+           "ON_UNSUPPORTED"]
 
 PROGRAMS = ("relu", "linear", "skipped")
+ON_UNSUPPORTED = ("linear", "error", "skip")
 _OVERRIDES = {"relu": "relu", "linear": "linear", "skip": "skipped"}
+
+
+class LayerChoice(NamedTuple):
+    """program: "relu" | "linear" | "skipped"; reason: why, for the report ("relu",
+    "linear (output layer)", "relu via affine epilogue relu(a*z + c)", "linear (followed by
+    an op with no Net-Trim program)", ...); epilogue: ``epilogues.Epilogue`` or None."""
+
+    program: str
+    reason: str
+    epilogue: Any = None
 
 
 def _flat(a):
@@ -104,7 +123,7 @@ def _checked_override(adapter, specs, x, i, base, name, value) -> str:
     prog = _OVERRIDES.get(value) if isinstance(value, str) else None
     if prog is None:
         raise ValueError(f"activations[{name!r}] must be 'relu', 'linear' or 'skip', got {value!r}")
-    if prog == "skipped" or i == len(specs) - 1 and prog == "linear":
+    if prog in ("skipped", "linear"):  # the linear program fits z itself: always a valid choice
         return prog
     sees, relu, linear = _tests(adapter, specs, x, i, base)
     if prog == "relu" and not relu:
@@ -112,37 +131,57 @@ def _checked_override(adapter, specs, x, i, base, name, value) -> str:
                          "changes when this layer's negative outputs change, so its output does not "
                          "reach the next layer through a ReLU alone; pruning against relu(z) would "
                          "be wrong (use 'linear' if an affine map follows, or 'skip')")
-    if prog == "linear" and not (sees and linear):
-        raise ValueError(f"activations[{name!r}]='linear' contradicts the model: the next layer does "
-                         "not see this layer's output through an affine map (use 'skip')")
     return prog
 
 
 def choose_programs(adapter: Adapter, x, base: Captured, overrides: dict | None,
-                    on_unsupported: str) -> list[str]:
-    """One program per prunable layer: a checked override, else "linear" for the last layer,
-    else the declared activation (plain specs), else the detected one.  "unsupported" raises
-    (``on_unsupported="error"``) or becomes "skipped" with a warning."""
+                    on_unsupported: str = "linear") -> list[str]:
+    """The programs of ``choose_layers``."""
+    return [c.program for c in choose_layers(adapter, x, base, overrides, on_unsupported)]
+
+
+_REASONS = {"relu": "relu", "linear": "linear (affine map to the next layer)"}
+
+
+def choose_layers(adapter: Adapter, x, base: Captured, overrides: dict | None,
+                  on_unsupported: str = "linear") -> list[LayerChoice]:
+    """One ``LayerChoice`` per prunable layer: a checked override, else "linear" for the last
+    layer, else the declared activation (plain specs), else the detected one; an
+    "unsupported" Flax layer gets its affine epilogue if it has one (exact ReLU program),
+    else ``on_unsupported``: "linear" (default: the linear program), "error" (raise) or
+    "skip" (keep the layer, with a warning)."""
+    from nettrim_jax.network.epilogues import detect_epilogue
+
     overrides = dict(overrides or {})
     unknown = set(overrides) - set(adapter.names)
     if unknown:
         raise ValueError(f"activations= names {sorted(unknown)} are not layers; layers: {adapter.names}")
     specs = adapter.specs
     last = len(specs) - 1
-    programs = []
+    choices = []
     for i, (name, spec) in enumerate(zip(adapter.names, specs)):
+        declared = _declared(spec.activation)
         if name in overrides:
             prog = _checked_override(adapter, specs, x, i, base, name, overrides[name])
+            choice = LayerChoice(prog, f"{prog} (override)")
         elif i == last:
-            prog = "linear"
+            choice = LayerChoice("linear", "linear (output layer)")
         else:
-            prog = _declared(spec.activation) or detect_activation(adapter, specs, x, i, base)
-        if prog == "unsupported":
+            prog = declared or detect_activation(adapter, specs, x, i, base)
+            choice = LayerChoice(prog, _REASONS.get(prog, ""))
+            if prog == "unsupported" and declared is None:
+                ep = detect_epilogue(adapter, specs, x, i)
+                if ep is not None:
+                    choice = LayerChoice("relu", ep.describe(), ep)
+        if choice.program == "unsupported":
             msg = (f"layer {name!r} is followed by an activation Net-Trim has no program for "
-                   "(only ReLU and linear); pass on_unsupported='skip' or activations={name: 'skip'}")
+                   "(only ReLU, affine epilogues into a ReLU, and linear)")
             if on_unsupported == "error":
-                raise ValueError(msg)
-            warnings.warn(msg + "; skipping it", stacklevel=3)
-            prog = "skipped"
-        programs.append(prog)
-    return programs
+                raise ValueError(msg + "; pass on_unsupported='linear' or 'skip', or activations={name: 'skip'}")
+            if on_unsupported == "skip":
+                warnings.warn(msg + "; skipping it", stacklevel=3)
+                choice = LayerChoice("skipped", "skipped (no program for what follows)")
+            else:
+                choice = LayerChoice("linear", "linear (followed by an op with no Net-Trim program)")
+        choices.append(choice)
+    return choices

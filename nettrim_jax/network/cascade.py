@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from nettrim_jax.network import epilogues as epi
 from nettrim_jax.network.adapters import Adapter, Captured
 from nettrim_jax.network.problems import (
     LayerOutcome,
@@ -81,12 +82,13 @@ def scan_runs(orig: Sequence, base: Captured, programs: Sequence[str], per_neuro
     return runs
 
 
-def _gamma_epsilon(A, Y, W, program, gamma, floor):
+def _gamma_epsilon(A, Y, W, program, gamma, floor, omega=None, low=0):
     """(epsilon_l, V_l): gamma x the original kernel's misfit on the pruned inputs (at least
-    ``floor``), and the off-support bound max(A W, 0) that keeps W feasible."""
+    ``floor``), and the off-support bound max(A W, low) that keeps W feasible (Omega =
+    ``omega`` or Y > 0; ``low`` the program's own threshold, 0 unless an affine epilogue)."""
     out = A @ W
-    r = jnp.where(Y > 0, out - Y, 0) if program == "relu" else out - Y
-    return jnp.maximum(gamma * jnp.sqrt(jnp.sum(r * r)), floor), jnp.maximum(out, 0)
+    r = jnp.where(Y > 0 if omega is None else omega, out - Y, 0) if program == "relu" else out - Y
+    return jnp.maximum(gamma * jnp.sqrt(jnp.sum(r * r)), floor), jnp.maximum(out, low)
 
 
 @functools.lru_cache(maxsize=16)
@@ -111,8 +113,9 @@ def _scan_solver(per_neuron, solver, opts, gamma, bias, refit=False):
 class _Cascade:
     """The loop over layers; ``new`` holds the pruned specs so far."""
 
-    def __init__(self, net: Adapter, x, programs, eps_list, cfg: SolveConfig):
+    def __init__(self, net: Adapter, x, programs, eps_list, cfg: SolveConfig, epilogues=None):
         self.net, self.x, self.programs, self.eps_list, self.cfg = net, x, programs, eps_list, cfg
+        self.epilogues = list(epilogues) if epilogues is not None else [None] * len(programs)
         self.orig = list(net.specs)
         self.base = net.first
         solved = [i for i, p in enumerate(programs) if p != "skipped"]
@@ -155,9 +158,15 @@ class _Cascade:
         cfg, spec, prog = self.cfg, self.orig[i], self.programs[i]
         t0 = time.perf_counter()
         # the same patch subset for X_hat and the original target
-        pr = build_problem(spec, Xh, self.base.preacts[i], prog, cfg.max_patches, cfg.seed + i)
+        ep = self.epilogues[i]
+        if ep is None:
+            pr = build_problem(spec, Xh, self.base.preacts[i], prog, cfg.max_patches, cfg.seed + i)
+        else:  # target: the original ReLU output; offsets c: measured on the pruned prefix
+            c, _ = epi.offsets(self.net, self.new, self.x, i, ep)
+            _, u0 = epi.offsets(self.net, self.orig, self.x, i, ep)
+            pr = epi.epilogue_problem(spec, Xh, jax.nn.relu(u0), c, ep, cfg.max_patches, cfg.seed + i)
         floor = self.floor_of(i, pr.target)
-        V = jnp.zeros((), pr.inputs.dtype)
+        V = jnp.zeros((), pr.inputs.dtype) if pr.threshold is None else pr.threshold
         if cfg.output_epsilon is not None and i == len(self.orig) - 1:  # linear (checked)
             floor = None  # the bound restarts at the output layer's own epsilon
             eps = output_layer_epsilon(pr.inputs, pr.target,
@@ -165,21 +174,24 @@ class _Cascade:
         elif i == self.first:
             eps, floor = floor, None
         else:
-            e, thr = _gamma_epsilon(pr.inputs, pr.target, kernel_matrix(spec), prog, cfg.gamma, floor)
+            W = epi.to_program(kernel_matrix(spec), pr)
+            e, thr = _gamma_epsilon(pr.inputs, pr.target, W, prog, cfg.gamma, floor, pr.omega, V)
             eps = float(e)
             if prog == "relu":
                 V = thr
-        K, info, eps = solve_program(cfg, i, spec, pr.inputs, pr.target, eps, V, prog)
+        K, info, eps = solve_program(cfg, i, spec, pr.inputs, pr.target, eps, V, prog, omega=pr.omega)
         if cfg.keep and cfg.keep[i] is not None and floor is not None:
             floor = eps  # the found epsilon bounds this layer like a floor (network.bounds)
-        K, fit = finish_kernel(cfg, spec, pr.inputs, pr.target, K, prog, V)
+        K, fit = finish_kernel(cfg, spec, pr.inputs, pr.target, K, prog, V, pr.omega)
+        K = epi.from_program(K, pr)
         self.new[i] = with_matrix(spec, K)
         return solved_outcome(pr, K, eps, fit, info, time.perf_counter() - t0, floor=floor)
 
 
 def solve_cascade(net: Adapter, x, programs: Sequence[str], eps_list: Sequence, cfg: SolveConfig,
                   scan="auto", done: Sequence[LayerOutcome | None] = (),
-                  on_layers: Callable[[dict[int, LayerOutcome]], None] | None = None) -> list[LayerOutcome]:
+                  on_layers: Callable[[dict[int, LayerOutcome]], None] | None = None,
+                  epilogues: Sequence | None = None) -> list[LayerOutcome]:
     """One ``LayerOutcome`` per layer.
 
     ``done``: outcomes of a finished prefix of layers (an interrupted run), taken as they
@@ -193,7 +205,7 @@ def solve_cascade(net: Adapter, x, programs: Sequence[str], eps_list: Sequence, 
         raise ValueError("resume: a cascade continues after a finished prefix of layers; "
                          "this state has a gap")
     finished: list[LayerOutcome] = [o for o in done[:prefix] if o is not None]
-    state = _Cascade(net, x, programs, eps_list, cfg)
+    state = _Cascade(net, x, programs, eps_list, cfg, epilogues)
     outcomes: list[LayerOutcome | None] = [None] * L
     for k, out in enumerate(finished):
         outcomes[k] = out

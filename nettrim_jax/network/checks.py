@@ -21,8 +21,8 @@ def check_options(scheme, gamma, on_unsupported, solver, max_patches, scan):
     if not (np.isfinite(g) and g >= 1):
         raise ValueError(f"gamma must be >= 1 and finite (the original weights must stay "
                          f"feasible), got {gamma}")
-    if on_unsupported not in ("error", "skip"):
-        raise ValueError(f"on_unsupported must be 'error' or 'skip', got {on_unsupported!r}")
+    if on_unsupported not in ("linear", "error", "skip"):
+        raise ValueError(f"on_unsupported must be 'linear', 'error' or 'skip', got {on_unsupported!r}")
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
     if max_patches is not None and (isinstance(max_patches, bool) or
@@ -99,6 +99,15 @@ def check_calibration(x):
 def _nonfinite(a) -> int:
     a = jnp.asarray(a)
     return int(jnp.sum(~jnp.isfinite(a))) if jnp.issubdtype(a.dtype, jnp.inexact) else 0
+
+
+def check_layers(net):
+    """At least one prunable layer on the forward pass."""
+    if not net.names:
+        refused = getattr(net, "refused", {})
+        why = f" ({len(refused)} left unpruned: {next(iter(refused.values()))})" if refused else ""
+        raise ValueError("the model has no prunable layer on its forward pass (Linear, Conv, "
+                         f"LinearGeneral / DenseGeneral, projection Einsum){why}")
 
 
 def check_weights(net):

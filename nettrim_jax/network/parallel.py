@@ -42,9 +42,12 @@ __all__ = ["solve_parallel"]
 
 def solve_parallel(orig: Sequence, base: Captured, programs: Sequence[str], eps_list: Sequence,
                    cfg: SolveConfig, devices=None, done: Sequence[LayerOutcome | None] = (),
-                   on_layer: Callable[[int, LayerOutcome], None] | None = None) -> list[LayerOutcome]:
+                   on_layer: Callable[[int, LayerOutcome], None] | None = None,
+                   prebuilt: dict | None = None) -> list[LayerOutcome]:
     """One ``LayerOutcome`` per layer.  ``done[i]`` (if given and not None) is a finished
-    layer taken as it is; ``on_layer(i, outcome)`` is called as each layer is gathered."""
+    layer taken as it is; ``on_layer(i, outcome)`` is called as each layer is gathered;
+    ``prebuilt[i]``: layer i's ``LayerProblem`` built by the caller (an affine epilogue's)."""
+    prebuilt = prebuilt or {}
     devices = list(devices) if devices is not None else jax.devices()
     L = len(orig)
     done = list(done) + [None] * (L - len(done))
@@ -52,8 +55,8 @@ def solve_parallel(orig: Sequence, base: Captured, programs: Sequence[str], eps_
     for i in range(L):
         if programs[i] == "skipped" or done[i] is not None:
             continue
-        probs[i] = build_problem(orig[i], base.inputs[i], base.preacts[i], programs[i],
-                                 cfg.max_patches, cfg.seed + i)
+        probs[i] = prebuilt[i] if i in prebuilt else build_problem(
+            orig[i], base.inputs[i], base.preacts[i], programs[i], cfg.max_patches, cfg.seed + i)
         eps[i] = absolute_epsilon(eps_list[i], probs[i].target, cfg.relative)
         p, n = probs[i].inputs.shape
         jobs.append((p * n * probs[i].target.shape[1], i))
@@ -65,13 +68,14 @@ def solve_parallel(orig: Sequence, base: Captured, programs: Sequence[str], eps_
         load[d] += cost
         pr = probs[i]
         zero = jnp.zeros((), pr.inputs.dtype)
+        V = zero if pr.threshold is None else pr.threshold
         if cfg.mesh is not None or (cfg.keep and cfg.keep[i] is not None):
             # a mesh shards each layer in turn; a sparsity target is searched: both when gathered
-            placed[i] = lambda i=i, pr=pr, zero=zero: solve_program(cfg, i, orig[i], pr.inputs, pr.target,
-                                                                    eps[i], zero, programs[i])
+            placed[i] = lambda i=i, pr=pr, V=V: solve_program(cfg, i, orig[i], pr.inputs, pr.target,
+                                                              eps[i], V, programs[i], omega=pr.omega)
             continue
-        f = solver_for(cfg, orig[i], programs[i], False)
-        placed[i] = dispatch(f, pr.inputs, pr.target, eps[i], zero, devices[d], cfg.per_neuron)
+        f = solver_for(cfg, orig[i], programs[i], pr.threshold is not None, pr.omega is not None)
+        placed[i] = dispatch(f, pr.inputs, pr.target, eps[i], V, devices[d], cfg.per_neuron, pr.omega)
         spent[i] = time.perf_counter() - t0
     outcomes: list[LayerOutcome] = []
     for i in range(L):
@@ -87,7 +91,8 @@ def solve_parallel(orig: Sequence, base: Captured, programs: Sequence[str], eps_
             got = placed[i]()
             K, info, e = got if len(got) == 3 else (*got, eps[i])
             pr = probs[i]
-            K, fit = finish_kernel(cfg, orig[i], pr.inputs, pr.target, K, programs[i])
+            K, fit = finish_kernel(cfg, orig[i], pr.inputs, pr.target, K, programs[i], pr.threshold, pr.omega)
+            K = K if pr.scale is None else K / pr.scale
             out = solved_outcome(pr, K, e, fit, info, spent.get(i, 0.0) + time.perf_counter() - t0)
         outcomes.append(out)
         if on_layer is not None and prior is None:

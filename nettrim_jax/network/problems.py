@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nettrim_jax.network.specs import Conv, layer_rows, with_ones
+from nettrim_jax.network.specs import Conv, program_rows, program_targets
 from nettrim_jax.solver import patterns, structure
 from nettrim_jax.solver.layer import solve_layer
 from nettrim_jax.solver.refit import refit_layer
@@ -60,12 +60,19 @@ class SolveConfig(NamedTuple):
 
 class LayerProblem(NamedTuple):
     """inputs: (P, N[+1]) program rows (ones column if the layer has a bias); target: (P, M);
-    subset: indices of the patch rows used (None: all); full_rows: all patch rows."""
+    subset: indices of the patch rows used (None: all); full_rows: all patch rows.
+
+    A layer behind an affine epilogue (``network.epilogues``) also has omega: (P, M) bool
+    Omega (else Y > 0); threshold: (P, M) V off Omega (else 0); scale: (M,) column scales
+    of the kernel the program is solved for (kernel = solved kernel / scale)."""
 
     inputs: Any
     target: Any
     subset: Any
     full_rows: int
+    omega: Any = None
+    threshold: Any = None
+    scale: Any = None
 
 
 class LayerOutcome(NamedTuple):
@@ -118,50 +125,53 @@ def layer_groups(cfg: SolveConfig, spec) -> tuple | None:
     return tuple(int(g) for g in ids)
 
 
-def solver_for(cfg: SolveConfig, spec, program: str, with_threshold: bool):
+def solver_for(cfg: SolveConfig, spec, program: str, with_threshold: bool, with_omega: bool = False):
     """The compiled solver of ``spec``'s program under ``cfg``."""
     return jitted_solver(program, cfg.per_neuron, cfg.solver, with_threshold, cfg.opts,
-                         layer_groups(cfg, spec))
+                         with_omega, groups=layer_groups(cfg, spec))
 
 
-def finish_kernel(cfg: SolveConfig, spec, A, Y, K, program: str, V=None):
+def finish_kernel(cfg: SolveConfig, spec, A, Y, K, program: str, V=None, omega=None):
     """(kernel, misfit) of a solved layer: the N:M pattern applied (``cfg.pattern``, then
     always refit on it), else ``refit_or_measure``."""
     K = jnp.asarray(K)
     if cfg.pattern is None:
-        return refit_or_measure(cfg.refit, A, Y, K, program, V)
+        return refit_or_measure(cfg.refit, A, Y, K, program, V, omega)
     mask = patterns.nm_mask(K, cfg.pattern[0], cfg.pattern[1], axis=0, bias=spec.bias is not None)
-    return refit_or_measure(True, A, Y, jnp.where(mask, K, 0), program, V)
+    return refit_or_measure(True, A, Y, jnp.where(mask, K, 0), program, V, omega)
 
 
-def solve_program(cfg: SolveConfig, i: int, spec, A, Y, eps: float, V, program: str, device=None):
+def solve_program(cfg: SolveConfig, i: int, spec, A, Y, eps: float, V, program: str, device=None,
+                  omega=None):
     """(kernel, info, epsilon) of layer ``i``'s program: at ``eps``, or, when the run has a
-    keep count for the layer, at the epsilon the search finds (starting from ``eps``)."""
+    keep count for the layer, at the epsilon the search finds (starting from ``eps``).
+    ``omega``: Omega of a layer behind an affine epilogue (``network.epilogues``)."""
     keep = cfg.keep[i] if cfg.keep else None
     if keep is None and cfg.mesh is not None:
-        return (*_mesh_solve(cfg, spec, A, Y, eps, V, program), eps)
+        return (*_mesh_solve(cfg, spec, A, Y, eps, V, program, omega), eps)
     if keep is None:
-        f = solver_for(cfg, spec, program, program == "relu")
-        K, info = dispatch(f, A, Y, eps, V, device, cfg.per_neuron)()
+        f = solver_for(cfg, spec, program, program == "relu", omega is not None)
+        K, info = dispatch(f, A, Y, eps, V, device, cfg.per_neuron, omega)()
         return K, info, eps
     from nettrim_jax.network.targets import solve_to_count
 
     found = solve_to_count(A, Y, V, program, keep, float(eps), per_neuron=cfg.per_neuron,
-                           solver=cfg.solver, opts=cfg.opts, groups=layer_groups(cfg, spec))
+                           solver=cfg.solver, opts=cfg.opts, groups=layer_groups(cfg, spec), omega=omega)
     later = [j for j in range(i + 1, len(cfg.keep)) if cfg.keep[j] is not None]
     if cfg.carry and later and isinstance(cfg.keep, list):  # the network's count stays on target
         cfg.keep[later[0]] = max(0, cfg.keep[later[0]] + keep - found.nnz)
     return found.kernel, found.info, found.epsilon
 
 
-def _mesh_solve(cfg: SolveConfig, spec, A, Y, eps, V, program: str):
+def _mesh_solve(cfg: SolveConfig, spec, A, Y, eps, V, program: str, omega=None):
     """(kernel as numpy, info) of a solve split over ``cfg.mesh``."""
     from nettrim_jax.solver.sharding import host_value
 
     groups = layer_groups(cfg, spec)
     extra: dict[str, Any] = {} if groups is None else {"structure": "rows", "groups": np.asarray(groups, np.int32)}
     sol = solve_layer(A, Y, epsilon=eps, activation=program, threshold=V if program == "relu" else None,
-                      per_neuron=cfg.per_neuron, solver=cfg.solver, mesh=cfg.mesh, **extra, **dict(cfg.opts))
+                      per_neuron=cfg.per_neuron, solver=cfg.solver, mesh=cfg.mesh, omega=omega,
+                      **extra, **dict(cfg.opts))
     kernel = host_value(sol.kernel)
     if kernel is None:  # spans processes: gather the kernel (N x M) to every host
         from jax.experimental import multihost_utils
@@ -172,16 +182,14 @@ def _mesh_solve(cfg: SolveConfig, spec, A, Y, eps, V, program: str):
 
 def build_problem(spec, X, Z, program: str, max_patches: int | None, seed: int) -> LayerProblem:
     """The program of ``spec`` on inputs ``X`` (model layout) against pre-activation ``Z``."""
-    A = layer_rows(spec, X)
-    Zr = Z.reshape(-1, Z.shape[-1])
+    A = program_rows(spec, X)  # the bias column(s) included
+    Zr = program_targets(spec, Z)
     full = int(A.shape[0])
     subset = None
     if isinstance(spec, Conv) and max_patches is not None and full > max_patches:
         rng = np.random.default_rng(seed)
         subset = np.sort(rng.choice(full, size=int(max_patches), replace=False))
         A, Zr = A[subset], Zr[subset]
-    if spec.bias is not None:
-        A = with_ones(A)
     Y = jax.nn.relu(Zr) if program == "relu" else Zr
     return LayerProblem(A, Y, subset, full)
 
@@ -199,23 +207,24 @@ def absolute_epsilon(e, target, relative: bool) -> float:
 
 @functools.lru_cache(maxsize=64)
 def jitted_solver(activation: str, per_neuron: bool, solver: str, with_threshold: bool, opts: tuple,
-                  groups: tuple | None = None):
-    """``(X, Y, eps, V) -> (kernel, info)``, compiled once per setting (``groups``: the
-    group-l1 row ids, ``solver.structure``; None for plain l1)."""
+                  with_omega: bool = False, groups: tuple | None = None):
+    """``(X, Y, eps, V[, omega]) -> (kernel, info)``, compiled once per setting (``groups``:
+    the group-l1 row ids, ``solver.structure``; None for plain l1)."""
     options = dict(opts)
     if groups is not None:
         options.update(structure="rows", groups=np.asarray(groups, np.int32))
 
-    def f(X, Y, eps, thr):
+    def f(X, Y, eps, thr, omega=None):
         sol = solve_layer(X, Y, epsilon=eps, activation=activation,
                           threshold=thr if with_threshold else None,
-                          per_neuron=per_neuron, solver=solver, **options)
+                          per_neuron=per_neuron, solver=solver,
+                          omega=omega if with_omega else None, **options)
         return sol.kernel, sol.info
 
     return jax.jit(f)
 
 
-def dispatch(f, A, Y, eps, V, device=None, per_neuron: bool = False):
+def dispatch(f, A, Y, eps, V, device=None, per_neuron: bool = False, omega=None):
     """Start ``f(A, Y, eps, V)`` (asynchronously, on ``device`` if given); returns a thunk
     giving numpy ``(kernel, info)``.
 
@@ -223,7 +232,12 @@ def dispatch(f, A, Y, eps, V, device=None, per_neuron: bool = False):
     is identically zero (a dead ReLU unit, Omega empty) has the optimal kernel column 0; its
     own program needs no solve, and a per-neuron vmap would otherwise wait on it.  (In
     coupled mode the columns share one ball, so they stay in: the solver's scaling uses all
-    columns, and the scan path must see the same problem.)"""
+    columns, and the scan path must see the same problem.)  With an explicit ``omega`` (an
+    affine epilogue) every column is solved: 0 need not be feasible off Omega."""
+    if omega is not None:
+        wargs = (A, Y, jnp.asarray(eps, A.dtype), V, omega)
+        res = f(*(jax.device_put(wargs, device) if device is not None else wargs))
+        return lambda: jax.device_get(res)
     live = np.asarray(jnp.any(Y != 0, axis=0)) if per_neuron else np.ones(Y.shape[1], bool)
     n_live = int(live.sum())
     m = Y.shape[1]
@@ -245,20 +259,23 @@ def dispatch(f, A, Y, eps, V, device=None, per_neuron: bool = False):
     return finish
 
 
-def misfit(A, Y, K, program: str):
-    """The program's misfit of kernel K: ||(AK - Y)_Omega||_F (relu) or ||AK - Y||_F."""
+def misfit(A, Y, K, program: str, omega=None):
+    """The program's misfit of kernel K: ||(AK - Y)_Omega||_F (relu; Omega = ``omega`` or
+    Y > 0) or ||AK - Y||_F."""
     out = A @ K
-    r = jnp.where(Y > 0, out - Y, 0) if program == "relu" else out - Y
+    mask = (Y > 0) if omega is None else omega
+    r = jnp.where(mask, out - Y, 0) if program == "relu" else out - Y
     return jnp.sqrt(jnp.sum(r * r))
 
 
-def refit_or_measure(refit: bool, A, Y, K, program: str, V=None):
+def refit_or_measure(refit: bool, A, Y, K, program: str, V=None, omega=None):
     """(kernel, misfit) of a solved layer: with ``refit``, the kernel refit on its support
     (``refit_layer``) and its sqrt(misfit^2 + excess^2); otherwise K and its misfit.
     Traceable, so the scan path calls it too."""
     if not refit:
-        return K, misfit(A, Y, K, program)
-    K2, info = refit_layer(A, Y, K, activation=program, threshold=V if program == "relu" else None)
+        return K, misfit(A, Y, K, program, omega)
+    K2, info = refit_layer(A, Y, K, activation=program, threshold=V if program == "relu" else None,
+                           omega=omega if program == "relu" else None)
     return K2, info.error_after
 
 

@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from nettrim_jax.network import checks
-from nettrim_jax.network.activations import choose_programs, model_output
+from nettrim_jax.network import epilogues as epi
+from nettrim_jax.network.activations import choose_layers, model_output
 from nettrim_jax.network.adapters import adapt
 from nettrim_jax.network.bounds import output_bound
 from nettrim_jax.network.cascade import solve_cascade
@@ -112,12 +113,12 @@ def _options(epsilon, gamma, relative, output_epsilon, per_neuron, solver, max_p
 
 def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1,
           relative: bool = True, output_epsilon=None, per_neuron: bool = False,
-          solver: str = "admm", activations: dict | None = None, on_unsupported: str = "error",
+          solver: str = "admm", activations: dict | None = None, on_unsupported: str = "linear",
           max_patches: int | None = 4096, seed: int = 0, scan="auto", devices=None,
           refit: bool = False, progress: bool = True,
           on_layer: Callable[[PruneState], None] | None = None, resume: PruneState | None = None,
           sparsity=None, allocation: str = "scores", structure: str = "unstructured",
-          pattern=None, mesh=None, **solver_options) -> PruneResult:
+          pattern=None, mesh=None, fold_batchnorm: bool = False, **solver_options) -> PruneResult:
     """Prune every Dense / Conv layer of ``model`` with Net-Trim (see the module doc).
 
     Args:
@@ -135,7 +136,10 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
       solver: "admm" | "pdhg" (see ``solve_layer``).
       activations: {layer name: "relu" | "linear" | "skip"} overrides, checked against the
         forward pass (``network.activations``).
-      on_unsupported: "error" | "skip" for layers followed by another activation.
+      on_unsupported: for layers followed by an op with no Net-Trim program (GELU, tanh,
+        softmax, LayerNorm, ...; not a ReLU behind an affine epilogue, which gets the exact
+        ReLU program): "linear" (default: the linear program on the pre-activation), "error"
+        or "skip" (keep the layer).  The report's ``reason`` says what each layer got.
       max_patches: cap on conv program rows (uniform random subset, ``seed``); None = all.
       scan: cascade only: "auto"/True use ``lax.scan`` over runs of stacked square Dense
         ReLU layers, False always loops.
@@ -165,6 +169,10 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
         time in either scheme; under ``jax.distributed`` it may span processes.
       pattern: "N:M" (e.g. "2:4"): at most N nonzeros in every M consecutive inputs of each
         output unit, selected by magnitude from Net-Trim's solution and refit on that support.
+      fold_batchnorm: NNX models: fold each inference BatchNorm that directly follows a
+        pruned Linear / Conv into it (``network.folding``; same zeros, the BatchNorm becomes
+        the identity or a shift); default False keeps the BatchNorms and returns the
+        unfolded kernels.  Other model kinds keep their BatchNorms (with a warning).
       **solver_options: passed to ``solve_layer`` (max_iters, gap_tol, ...).
 
     Returns: ``PruneResult(model, masks, report)``.
@@ -191,14 +199,19 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
     t_start = time.perf_counter()
     x = checks.check_calibration(x)
     net = adapt(model, x)  # first forward pass: shape mismatches -> InputShapeError
+    checks.check_layers(net)
     checks.check_weights(net)
     checks.check_forward(net)
     for name in net.unused:
         warnings.warn(f"layer {name!r} is not called by the forward pass; left unchanged", stacklevel=2)
+    for name, why in getattr(net, "refused", {}).items():
+        warnings.warn(f"layer {name!r} left unpruned: {why}", stacklevel=2)
     orig = list(net.specs)
     done = _check_resume(resume, scheme, orig)
     eps_list, per_layer = checks.epsilon_list(epsilon, len(orig))
-    programs = choose_programs(net, x, net.first, activations, on_unsupported)
+    choices = choose_layers(net, x, net.first, activations, on_unsupported)
+    programs = [c.program for c in choices]
+    eps_of = [c.epilogue for c in choices]
     if output_epsilon is not None and programs[-1] != "linear":
         raise ValueError(f"output_epsilon needs a linear output layer to refit; layer "
                          f"{net.names[-1]!r} has program {programs[-1]!r}")
@@ -227,23 +240,39 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
     try:
         if scheme == "parallel":
             outcomes = solve_parallel(orig, net.first, programs, eps_list, cfg, devices, done,
-                                      on_layer=lambda i, out: finished({i: out}))
+                                      on_layer=lambda i, out: finished({i: out}),
+                                      prebuilt=_epilogue_problems(net, x, orig, eps_of, done, cfg))
         else:
             outcomes = solve_cascade(net, x, programs, eps_list, cfg, scan,
-                                     done, on_layers=finished)
+                                     done, on_layers=finished, epilogues=eps_of)
     finally:
         if bar is not None:
             bar.close()
     new = [spec if out.kernel is None else with_matrix(spec, jnp.asarray(out.kernel))
            for spec, out in zip(orig, outcomes)]
-    report = _report(net, x, scheme, orig, new, programs, outcomes, float(gamma),
+    report = _report(net, x, scheme, orig, new, choices, outcomes, float(gamma),
                      _options(epsilon, gamma, relative, output_epsilon, per_neuron, solver,
                               max_patches, seed, refit,
                               {**solver_options, "sparsity": sparsity,
                                "allocation": allocation if sparsity is not None else None,
                                "structure": structure, "pattern": None if pattern is None else f"{pattern[0]}:{pattern[1]}"}),
                      t_start)
-    return PruneResult(model=net.rebuild(new), masks=net.masks(new), report=report)
+    pruned = net.rebuild(new)
+    if fold_batchnorm:
+        pruned, report = _fold(pruned, x, net, report)
+    return PruneResult(model=pruned, masks=net.masks(new), report=report)
+
+
+def _fold(model, x, net, report):
+    from flax import nnx
+
+    from nettrim_jax.network.folding import fold_batchnorm
+
+    if not isinstance(model, nnx.Module):
+        warnings.warn("fold_batchnorm applies to nnx.Module models only; BatchNorms kept", stacklevel=3)
+        return model, report
+    model, folded = fold_batchnorm(model, x, list(net.names))
+    return model, report._replace(options={**report.options, "fold_batchnorm": folded})
 
 
 def warn_if_pruned_to_zero(name, nnz_before: int, nnz_after: int) -> None:
@@ -264,21 +293,42 @@ def _bar(total, progress, scheme, initial):
     return tqdm(total=total, initial=initial, desc=f"Net-Trim ({scheme})", unit="layer", leave=False)
 
 
-def _report(net, x, scheme, orig, new, programs, outcomes, gamma, options, t_start) -> PruneReport:
-    """Evaluate the pruned network on the calibration data and assemble the report."""
+def _epilogue_problems(net, x, orig, eps_of, done, cfg) -> dict:
+    """Parallel scheme: the programs of layers behind an affine epilogue, on the original
+    network (``network.epilogues``)."""
+    out = {}
+    for i, ep in enumerate(eps_of):
+        if ep is not None and done[i] is None:
+            c, u = epi.offsets(net, orig, x, i, ep)
+            out[i] = epi.epilogue_problem(orig[i], net.first.inputs[i], jax.nn.relu(u), c, ep,
+                                          cfg.max_patches, cfg.seed + i)
+    return out
+
+
+def _report(net, x, scheme, orig, new, choices, outcomes, gamma, options, t_start) -> PruneReport:
+    """Evaluate the pruned network on the calibration data and assemble the report.  Layers
+    behind an affine epilogue report their discrepancy on relu(a z + c), and the a priori
+    bound is not derived for them (inf)."""
     base = net.first
     final = net.run(new, x)
     layers = []
+    programs = [c.program for c in choices]
+    tapped = any(c.epilogue is not None for c in choices)
+    relus0 = epi.run_tapped(net, orig, x)[1] if tapped else []
+    relus1 = epi.run_tapped(net, new, x)[1] if tapped else []
     for i, (spec, prog, out) in enumerate(zip(orig, programs, outcomes)):
         z0, z1 = base.preacts[i], final.preacts[i]
-        if prog == "relu":
+        if choices[i].epilogue is not None:
+            k = choices[i].epilogue.relu_call
+            z0, z1 = jax.nn.relu(relus0[k]), jax.nn.relu(relus1[k])
+        elif prog == "relu":
             z0, z1 = jax.nn.relu(z0), jax.nn.relu(z1)
         layers.append(LayerReport(
             name=net.names[i], kind="conv" if isinstance(spec, Conv) else "dense", activation=prog,
             N=out.N, M=out.M, rows=out.rows, subsampled=out.subsampled, nnz_before=_nnz(spec),
             nnz_after=_nnz(new[i]), epsilon=out.epsilon, misfit=out.misfit,
             discrepancy=fro(z0 - z1) / max(fro(z0), 1e-30), iterations=out.iterations,
-            converged=out.converged, seconds=out.seconds))
+            converged=out.converged, seconds=out.seconds, reason=choices[i].reason))
         warn_if_pruned_to_zero(net.names[i], layers[-1].nnz_before, layers[-1].nnz_after)
     out0, out1 = model_output(base), model_output(final)
     last0, last1 = base.preacts[-1], final.preacts[-1]
@@ -289,5 +339,7 @@ def _report(net, x, scheme, orig, new, programs, outcomes, gamma, options, t_sta
         nnz_before=sum(layer.nnz_before for layer in layers),
         nnz_after=sum(layer.nnz_after for layer in layers),
         output_discrepancy=fro(out0 - out1) / max(fro(out0), 1e-30),
-        output_error=fro(last0 - last1), bound=output_bound(scheme, orig, programs, outcomes, gamma),
+        output_error=fro(last0 - last1),
+        bound=(float("inf") if any(c.epilogue is not None for c in choices)
+               else output_bound(scheme, orig, programs, outcomes, gamma)),
         seconds=time.perf_counter() - t_start, options=options)

@@ -26,7 +26,10 @@ class LayerReport(NamedTuple):
     same norm as epsilon); discrepancy: ||Z_l - Z_hat_l||_F / ||Z_l||_F along the pruned
     network on the calibration data (Z: post-ReLU output for ReLU layers, pre-activation
     otherwise); iterations, converged: solver outcome; seconds: wall time of this layer's
-    solve (parallel scheme: from dispatch until its result was ready; layers overlap).
+    solve (parallel scheme: from dispatch until its result was ready; layers overlap);
+    reason: why this program ("relu", "linear (output layer)", "relu via affine epilogue
+    relu(a*z + c)", "linear (followed by an op with no Net-Trim program)", "... (override)";
+    ``activations.LayerChoice``; "" in reports written before it existed).
     """
 
     name: str
@@ -44,6 +47,7 @@ class LayerReport(NamedTuple):
     iterations: int
     converged: bool
     seconds: float
+    reason: str = ""
 
 
 class PruneReport(NamedTuple):
@@ -53,7 +57,8 @@ class PruneReport(NamedTuple):
     layers: tuple of ``LayerReport``; nnz_before / nnz_after: the pruned layers' nonzero
     weights; output_discrepancy: relative, model output; output_error: absolute
     ||Y_L - Y_hat_L||_F of the last prunable layer; bound: the scheme's a priori bound on
-    ``output_error`` (``nettrim_jax.network.bounds``); seconds: total; options: every
+    ``output_error`` (``nettrim_jax.network.bounds``; inf, None in JSON, when some layer has
+    an affine epilogue: not derived there); seconds: total; options: every
     setting that shaped the result (epsilon, gamma, relative, output_epsilon, refit,
     per_neuron, solver, max_patches, seed, solver options), JSON-able.
     """
@@ -73,13 +78,18 @@ class PruneReport(NamedTuple):
         """JSON-able dict (numbers as Python floats/ints; layers as dicts)."""
         d = self._asdict()
         d["layers"] = [dict(layer._asdict()) for layer in self.layers]
+        if d["bound"] == float("inf"):
+            d["bound"] = None  # no a priori bound (affine epilogues); JSON has no inf
         return json.loads(json.dumps(d, default=_plain))
 
     @classmethod
     def from_dict(cls, d: dict) -> PruneReport:
         """Inverse of ``to_dict`` (extra keys, such as the command line's ``run``, ignored)."""
-        layers = tuple(LayerReport(**{k: row[k] for k in LayerReport._fields}) for row in d["layers"])
+        layers = tuple(LayerReport(**{k: row[k] for k in LayerReport._fields if k in row})
+                       for row in d["layers"])
         fields = {k: d[k] for k in cls._fields if k in d and k != "layers"}
+        if "bound" in fields and fields["bound"] is None:
+            fields["bound"] = float("inf")
         return cls(layers=layers, **fields)
 
     def to_markdown(self, title: str | None = None, notes: Sequence[str] = ()) -> str:
@@ -93,6 +103,15 @@ def _plain(x: Any):
     if hasattr(x, "tolist"):
         return x.tolist()
     return str(x)
+
+
+def _program(layer: LayerReport) -> str:
+    """The program column: the program, and its reason when that says more."""
+    if not layer.reason or layer.reason == layer.activation:
+        return layer.activation
+    if layer.reason.startswith(layer.activation):
+        return layer.reason
+    return f"{layer.activation}: {layer.reason}"
 
 
 def _option_line(options: dict) -> str:
@@ -113,17 +132,19 @@ def render_markdown(report: PruneReport, title: str | None = None, notes: Sequen
               "discrepancy | iters | converged | s |", "|" + "---|" * 13]
     for layer in report.layers:
         lines.append(
-            f"| {layer.name} | {layer.kind} | {layer.activation} | {layer.N} | {layer.M} | "
+            f"| {layer.name} | {layer.kind} | {_program(layer)} | {layer.N} | {layer.M} | "
             f"{layer.rows}{'*' if layer.subsampled else ''} | {layer.nnz_before} | {layer.nnz_after} | "
             f"{layer.epsilon:.4g} | {layer.discrepancy:.4f} | {layer.iterations} | "
             f"{'yes' if layer.converged else 'NO'} | {layer.seconds:.2f} |")
     keep = report.nnz_after / max(1, report.nnz_before)
     # the bound assumes every program was met; an unconverged solve may exceed it
     held = "<=" if report.output_error <= report.bound else "> (some layer missed its program)"
+    bound = (f"{held} bound {report.bound:.4g}" if report.bound != float("inf")
+             else "(no a priori bound through affine epilogues)")
     scheme = f"{report.scheme} Net-Trim" + (f" (gamma={report.gamma:g})" if report.scheme == "cascade" else "")
     lines += ["", f"{scheme}: nonzeros {report.nnz_before} -> {report.nnz_after} ({100 * keep:.1f}% kept); "
                   f"output discrepancy {report.output_discrepancy:.4f}; output error "
-                  f"{report.output_error:.4g} {held} bound {report.bound:.4g}; {report.seconds:.1f} s"]
+                  f"{report.output_error:.4g} {bound}; {report.seconds:.1f} s"]
     if any(layer.subsampled for layer in report.layers):
         lines.append("* conv rows sampled (max_patches): the epsilon guarantee holds on the sampled rows.")
     lines += list(notes)

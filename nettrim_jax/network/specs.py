@@ -3,12 +3,14 @@
 API::
 
     Dense(kernel (N, M), bias (M,) | None = None, activation="relu")
-    Conv(kernel (kh, kw, I, O) HWIO, bias (O,) | None = None, activation="relu",
-         strides=(1, 1), padding="SAME", dilation=(1, 1))
+    Conv(kernel (kh, kw, I / groups, O) HWIO, bias (O,) | None = None, activation="relu",
+         strides=(1, 1), padding="SAME", dilation=(1, 1), groups=1)
     apply_layer(spec, x) -> pre-activation z          # Dense: (..., N) -> (..., M); Conv: NHWC
     apply_activation(spec_or_name, z)
     apply_specs(specs, x) -> network output           # a sequence of specs and plain callables
     layer_rows(spec, x) -> (P, N') inputs of the dense program (patches for Conv), no bias column
+    program_rows(spec, x) -> layer_rows with the bias column(s) when the layer has a bias
+    program_targets(spec, z) -> (P, M') the program's target rows of an output z
     kernel_matrix(spec) -> (N' [+1], M) dense-program kernel, bias as the last row
     with_matrix(spec, mat) -> spec with kernel (and bias) taken from a dense-program kernel
 
@@ -24,6 +26,15 @@ Conv layers become a dense program on image patches: ``lax.conv_general_dilated_
 with NHWC/HWIO dimension numbers returns features ordered (I, kh, kw) (channel-major), so
 the matching kernel matrix is ``kernel.transpose(2, 0, 1, 3).reshape(I * kh * kw, O)``; every
 output pixel of every image is one row of the program, all rows sharing the kernel.
+
+Grouped convolutions (``groups`` G > 1, depthwise included) are one block-diagonal program:
+group g's patch columns (its I/G input channels) feed only its O/G outputs, so the rows are
+stacked group-major, (G * P, G * n_g) with group g's patches in column block g, the target is
+(G * P, O/G) (group g's output channels in row block g) and the kernel matrix is the G
+per-group (n_g, O/G) kernels stacked, (G * n_g [+ G], O/G); with a bias, each row block has
+its own ones column (bias rows last, one per group).  The solution is exactly the G
+separate programs sharing one misfit ball (the coupled program's Frobenius norm over all
+rows); rows cost G times the memory of an ungrouped layer's.
 """
 
 from __future__ import annotations
@@ -36,7 +47,7 @@ import jax.numpy as jnp
 from jax import lax
 
 __all__ = ["Dense", "Conv", "apply_layer", "apply_activation", "apply_specs", "layer_rows",
-           "kernel_matrix", "with_matrix", "is_spec", "Flatten", "Pool", "normalize_padding", "pair", "with_ones"]
+           "program_rows", "program_targets", "from_targets", "kernel_matrix", "with_matrix", "is_spec", "Flatten", "Pool", "normalize_padding", "pair", "with_ones"]
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -65,6 +76,7 @@ class Conv(NamedTuple):
     strides: tuple = (1, 1)
     padding: Any = "SAME"
     dilation: tuple = (1, 1)
+    groups: int = 1
 
 
 class Flatten(NamedTuple):
@@ -140,7 +152,7 @@ def apply_layer(spec, x):
     elif isinstance(spec, Conv):
         strides, padding, dilation = _conv_args(spec)
         z = lax.conv_general_dilated(x, spec.kernel, strides, padding, rhs_dilation=dilation,
-                                     dimension_numbers=_DN)
+                                     dimension_numbers=_DN, feature_group_count=spec.groups)
     else:
         raise TypeError(f"not a layer spec: {type(spec).__name__}")
     return z if spec.bias is None else z + spec.bias
@@ -185,7 +197,50 @@ def layer_rows(spec, x):
     kh, kw = spec.kernel.shape[:2]
     p = lax.conv_general_dilated_patches(x, (kh, kw), strides, padding, rhs_dilation=dilation,
                                          dimension_numbers=_DN)
-    return p.reshape(-1, p.shape[-1])
+    p = p.reshape(-1, p.shape[-1])
+    g = _groups(spec)
+    if g == 1:
+        return p
+    rows, n = p.shape[0], p.shape[1] // g
+    blocks = p.reshape(rows, g, n).transpose(1, 0, 2)  # (G, P, n_g)
+    eye = jnp.eye(g, dtype=p.dtype)
+    return (eye[:, None, :, None] * blocks[:, :, None, :]).reshape(g * rows, g * n)
+
+
+def _groups(spec) -> int:
+    return int(getattr(spec, "groups", 1) or 1)
+
+
+def program_rows(spec, x):
+    """``layer_rows`` with the bias column(s) when ``spec`` has a bias (one ones column; a
+    grouped conv: one indicator column per group)."""
+    rows = layer_rows(spec, x)
+    if spec.bias is None:
+        return rows
+    g = _groups(spec)
+    if g == 1:
+        return with_ones(rows)
+    ind = jnp.repeat(jnp.eye(g, dtype=rows.dtype), rows.shape[0] // g, axis=0)
+    return jnp.concatenate([rows, ind], axis=1)
+
+
+def program_targets(spec, z):
+    """(P, M) target rows of an output ``z`` (..., M); a grouped conv: (G * P, M / G),
+    group-major."""
+    m = z.shape[-1]
+    zr = z.reshape(-1, m)
+    g = _groups(spec)
+    if g == 1:
+        return zr
+    return zr.reshape(-1, g, m // g).transpose(1, 0, 2).reshape(-1, m // g)
+
+
+def from_targets(spec, t, m: int):
+    """Inverse of ``program_targets`` on rows: (G * P, M / G) -> (P, M)."""
+    g = _groups(spec)
+    if g == 1:
+        return t
+    return t.reshape(g, -1, m // g).transpose(1, 0, 2).reshape(-1, m)
 
 
 def with_ones(rows):
@@ -196,11 +251,15 @@ def with_ones(rows):
 def kernel_matrix(spec):
     """(N' [+1], M) kernel of the dense program, with the bias as the last row if present."""
     k = spec.kernel
+    g = _groups(spec)
     if isinstance(spec, Conv):
         kh, kw, i, o = k.shape
         k = jnp.transpose(k, (2, 0, 1, 3)).reshape(i * kh * kw, o)
+        if g > 1:  # (n_g, G * O_g) -> (G * n_g, O_g), group g's block in row block g
+            k = k.reshape(i * kh * kw, g, o // g).transpose(1, 0, 2).reshape(g * i * kh * kw, o // g)
     if spec.bias is not None:
-        k = jnp.concatenate([k, jnp.reshape(spec.bias, (1, -1)).astype(k.dtype)], axis=0)
+        b = jnp.reshape(spec.bias, (g, -1)).astype(k.dtype)
+        k = jnp.concatenate([k, b], axis=0)
     return k
 
 
@@ -208,10 +267,13 @@ def with_matrix(spec, mat):
     """Inverse of ``kernel_matrix``: a spec of the same geometry with weights from ``mat``."""
     k = spec.kernel
     bias = None
+    g = _groups(spec)
     if spec.bias is not None:
-        mat, bias = mat[:-1], mat[-1].astype(jnp.asarray(spec.bias).dtype)
+        mat, bias = mat[:-g], mat[-g:].reshape(-1).astype(jnp.asarray(spec.bias).dtype)
     if isinstance(spec, Conv):
         kh, kw, i, o = k.shape
+        if g > 1:
+            mat = mat.reshape(g, i * kh * kw, o // g).transpose(1, 0, 2).reshape(i * kh * kw, o)
         mat = jnp.transpose(mat.reshape(i, kh, kw, o), (1, 2, 0, 3))
     return spec._replace(kernel=mat.astype(jnp.asarray(k).dtype), bias=bias)
 

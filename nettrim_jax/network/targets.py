@@ -88,15 +88,16 @@ def keep_counts(names: Sequence[str], specs: Sequence, inputs: Sequence, program
 
 
 @functools.lru_cache(maxsize=64)
-def _warm_solver(activation: str, per_neuron: bool, solver: str, opts: tuple, groups: tuple | None):
+def _warm_solver(activation: str, per_neuron: bool, solver: str, opts: tuple, groups: tuple | None,
+                 with_omega: bool = False):
     options = dict(opts)
     if groups is not None:
         options.update(structure="rows", groups=np.asarray(groups, np.int32))
 
-    def f(X, Y, eps, thr, w0):
+    def f(X, Y, eps, thr, w0, omega=None):
         sol = solve_layer(X, Y, epsilon=eps, activation=activation,
                           threshold=thr if activation == "relu" else None, per_neuron=per_neuron,
-                          solver=solver, warm_start=w0, **options)
+                          solver=solver, warm_start=w0, omega=omega if with_omega else None, **options)
         return sol.kernel, sol.info
 
     return jax.jit(f)
@@ -115,7 +116,7 @@ class CountedSolve(NamedTuple):
 
 def solve_to_count(A, Y, V, program: str, keep: int, eps0: float, *, per_neuron: bool, solver: str,
                    opts: tuple, tol: int | None = None, max_solves: int = 12,
-                   groups: tuple | None = None, coarse_iters: int = 300) -> CountedSolve:
+                   groups: tuple | None = None, coarse_iters: int = 300, omega=None) -> CountedSolve:
     """The layer's program at the epsilon whose solution keeps ``keep`` nonzeros (within
     ``tol``, default 0.25% of the kernel's entries): secant steps on log(epsilon) vs
     log(nonzeros + 1), kept inside a bracket once one is found, starting from ``eps0`` and
@@ -123,10 +124,10 @@ def solve_to_count(A, Y, V, program: str, keep: int, eps0: float, *, per_neuron:
     than 10 ``tol`` away) are capped at ``coarse_iters`` iterations: they only steer the
     search; the returned solve always ran with the full options, warm-started from the
     nearest one.  Returns the full solve with the count nearest ``keep``."""
-    full = _warm_solver(program, per_neuron, solver, opts, groups)
+    full = _warm_solver(program, per_neuron, solver, opts, groups, omega is not None)
     limit = dict(opts).get("max_iters", 5000)
     coarse_opts = tuple(sorted({**dict(opts), "max_iters": min(limit, coarse_iters)}.items()))
-    coarse = _warm_solver(program, per_neuron, solver, coarse_opts, groups)
+    coarse = _warm_solver(program, per_neuron, solver, coarse_opts, groups, omega is not None)
     size = int(A.shape[1] * Y.shape[1])
     tol = max(1, int(0.0025 * size)) if tol is None else tol
     norm_y = float(jnp.sqrt(jnp.sum(Y * Y))) or 1.0
@@ -140,7 +141,7 @@ def solve_to_count(A, Y, V, program: str, keep: int, eps0: float, *, per_neuron:
         with warnings.catch_warnings():
             if not close:
                 warnings.simplefilter("ignore", RuntimeWarning)
-            K, info = jax.device_get((full if close else coarse)(A, Y, jnp.asarray(eps, A.dtype), V, w0))
+            K, info = jax.device_get((full if close else coarse)(A, Y, jnp.asarray(eps, A.dtype), V, w0, omega))
         n = int(np.count_nonzero(K))
         tried.append((eps, n, K, info, close))
         if abs(n - keep) <= 10 * tol and not close:
@@ -167,7 +168,7 @@ def solve_to_count(A, Y, V, program: str, keep: int, eps0: float, *, per_neuron:
     finals = [t for t in tried if t[4]]
     if not finals:  # never came close: one full solve at the nearest epsilon
         eps, _, K0, _, _ = min(tried, key=lambda t: abs(t[1] - keep))
-        K, info = jax.device_get(full(A, Y, jnp.asarray(eps, A.dtype), V, jnp.asarray(K0)))
+        K, info = jax.device_get(full(A, Y, jnp.asarray(eps, A.dtype), V, jnp.asarray(K0), omega))
         finals = [(eps, int(np.count_nonzero(K)), K, info, True)]
     eps, n, K, info, _ = min(finals, key=lambda t: abs(t[1] - keep))
     return CountedSolve(K, info, float(eps), n, len(tried))

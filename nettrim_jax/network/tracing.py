@@ -119,11 +119,17 @@ class Recorder:
         self.keys: list = []
         self.override = override
         self.namer = namer
+        self.plans: dict = {}  # key -> projections.Plan for LinearGeneral / Einsum layers
+        self.refused: dict = {}  # key -> why the layer is left unpruned (not a projection)
 
     def check(self, key, problem):
         """Raise ``InputShapeError`` if the layer's input does not fit (``problem`` not None)."""
         if problem is not None:
             raise InputShapeError(f"layer {self.namer(key)!r} {problem}")
+
+    def refuse(self, key, reason: str):
+        """Note a layer that is left unpruned, with the one-line reason."""
+        self.refused.setdefault(key, reason)
 
     def record(self, key, x, z):
         if key in self.keys:
@@ -141,11 +147,9 @@ class Recorder:
 def conv_spec(kernel, bias, strides, padding, kernel_dilation, input_dilation, groups, where):
     if pair(input_dilation) != (1, 1):
         raise NotImplementedError(f"{where}: input (lhs) dilation is not supported")
-    if groups not in (None, 1):
-        raise NotImplementedError(f"{where}: grouped convolutions are not supported")
     if jnp.ndim(kernel) != 4:
         raise NotImplementedError(f"{where}: only 2-D convolutions are supported")
     if isinstance(padding, str) and padding.upper() not in ("SAME", "VALID"):
         raise NotImplementedError(f"{where}: padding {padding!r} is not supported")
     return Conv(kernel=kernel, bias=bias, activation=None, strides=pair(strides),
-                padding=padding, dilation=pair(kernel_dilation))
+                padding=padding, dilation=pair(kernel_dilation), groups=int(groups or 1))

@@ -165,8 +165,8 @@ def _column_radii(y_omega, epsilon, per_neuron):
 
 
 @functools.partial(jax.jit, static_argnames=("activation", "per_neuron", "solver", "opts"))
-def _solve(X, Y, epsilon, threshold, w0, warm, rho0, groups=None, *, activation, per_neuron, solver,
-           opts):
+def _solve(X, Y, epsilon, threshold, w0, warm, rho0, groups=None, mask=None, *, activation,
+           per_neuron, solver, opts):
     dtype = X.dtype
     m = Y.shape[1]
     sx = x_scale(X, solver)
@@ -175,7 +175,10 @@ def _solve(X, Y, epsilon, threshold, w0, warm, rho0, groups=None, *, activation,
     y = Y / sy
     # A scalar threshold and the linear program's all-true mask stay (1, M) rows that
     # broadcast, rather than (P, M) arrays the loop would carry (memory: see bench_scale.md).
-    omega = (y > 0) if activation == "relu" else jnp.ones((1, m), bool)
+    if activation != "relu":
+        omega = jnp.ones((1, m), bool)
+    else:
+        omega = (y > 0) if mask is None else mask
     v = threshold / sy
     v = jnp.broadcast_to(v.reshape((1,) * (2 - v.ndim) + v.shape), (v.shape[0] if v.ndim == 2 else 1, m))
     radius = _column_radii(jnp.where(omega, y, 0), epsilon / sy, per_neuron)
@@ -241,7 +244,7 @@ def _warn_unconverged(converged, iterations, gap, residual):
 
 def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
                 per_neuron: bool = False, solver: str = "admm", warm_start=None,
-                rho=None, structure: str = "unstructured", groups=None, gram_space="auto",
+                rho=None, structure: str = "unstructured", groups=None, omega=None, gram_space="auto",
                 mesh=None, **solver_options) -> LayerSolution:
     """Solve Net-Trim's program for one layer.
 
@@ -274,6 +277,9 @@ def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
         split over "samples", output units over "units" (``sharding``); works across
         processes under ``jax.distributed``.  The result is the unsharded one to the
         solver's tolerance.
+      omega: (P, M) bool, relu only: Omega given explicitly instead of {Y > 0} (Y may
+        then have any sign on it: the program of a layer behind an affine epilogue,
+        ``network.epilogues``); entries of Y off Omega are ignored.
       **solver_options: fields of ``admm.Options`` / ``pdhg.Options`` (max_iters,
         check_every, eps_abs, eps_rel, gap_tol, relaxation, adaptive_rho, margin,
         feas_tol; see their docstrings).
@@ -284,7 +290,13 @@ def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
       done only when the inputs are concrete.
     """
     warm_kernel = warm_start.kernel if isinstance(warm_start, LayerSolution) else warm_start
-    validate(X, Y, epsilon, activation, threshold, per_neuron, solver,
+    if omega is not None:
+        if activation != "relu" or jnp.shape(omega) != jnp.shape(Y):
+            raise ValueError(f"omega applies to activation='relu' only and must have Y's shape "
+                             f"{tuple(jnp.shape(Y))}, got {tuple(jnp.shape(omega))}")
+        omega = jnp.asarray(omega, bool)
+        Y = jnp.where(omega, Y, 0)
+    validate(X, Y if omega is None else jnp.abs(Y), epsilon, activation, threshold, per_neuron, solver,
              None if warm_kernel is None else jnp.shape(warm_kernel))
     groups = structures.parse(structure, groups, jnp.shape(X)[1], per_neuron)
     if gram_space not in ("auto", True, False):
@@ -326,8 +338,10 @@ def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
         w0 = sharding.place(mesh, w0, "kernel", dtype)
         if jnp.ndim(threshold) == 2 and jnp.shape(threshold) == (p, m):
             threshold = sharding.place(mesh, threshold, "outputs", dtype)
+        if omega is not None:
+            omega = sharding.place(mesh, omega, "outputs", bool)
     with jax.default_matmul_precision(MATMUL_PRECISION):
-        kernel, info, state = _solve(X, Y, epsilon, threshold, w0, warm, rho0, groups,
+        kernel, info, state = _solve(X, Y, epsilon, threshold, w0, warm, rho0, groups, omega,
                                      activation=activation, per_neuron=per_neuron,
                                      solver=solver, opts=opts)
     summary = [sharding.host_value(a) for a in (info.converged, info.iterations, info.gap, info.residual)]

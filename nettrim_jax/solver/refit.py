@@ -81,13 +81,13 @@ def _cg(apply, b, u0, iters):
 
 
 @functools.partial(jax.jit, static_argnames=("relu", "rounds", "cg_iters"))
-def _refit(X, Y, kernel, threshold, *, relu, rounds, cg_iters):
+def _refit(X, Y, kernel, threshold, mask=None, *, relu, rounds, cg_iters):
     # Scaled as the solver scales them (X to unit rms singular value, Y to unit rms) for CG.
     sx = scaling.x_scale(X, "admm")
     sy = scaling.y_scale(Y)
     x, y = X / sx, Y / sy
     v = jnp.broadcast_to(threshold / sy, y.shape)
-    omega = (y > 0) if relu else jnp.ones(y.shape, bool)
+    omega = ((y > 0) if mask is None else mask) if relu else jnp.ones(y.shape, bool)
     support = kernel != 0
     u0 = kernel * (sx / sy)
     before = _objective(x @ u0, y, omega, v, relu)
@@ -116,7 +116,7 @@ def _refit(X, Y, kernel, threshold, *, relu, rounds, cg_iters):
 
 
 def refit_layer(X, Y, kernel, *, activation: str = "relu", threshold=None, rounds: int = 4,
-                cg_iters: int = 60):
+                cg_iters: int = 60, omega=None):
     """Refit ``kernel`` on its support to the layer response (module docstring).
 
     Args:
@@ -126,11 +126,16 @@ def refit_layer(X, Y, kernel, *, activation: str = "relu", threshold=None, round
       activation: "relu" or "linear".
       threshold: V, the bound on XU outside Omega = {Y > 0} (relu only); default 0.
       rounds: active-set (semismooth Newton) rounds; cg_iters: CG iterations per round.
+      omega: (P, M) bool, relu only: Omega given explicitly (Y may then have any sign on
+        it, as for an affine epilogue, ``network.epilogues``); default Y > 0.
 
     Returns:
       (kernel (N, M), ``RefitInfo``).  Works under ``jax.jit``.
     """
-    scaling.validate(X, Y, 0.0, activation, threshold, False, "admm", jnp.shape(kernel))
+    if omega is not None:
+        omega = jnp.asarray(omega, bool)
+        Y = jnp.where(omega, Y, 0)  # the program sees Y only on Omega
+    scaling.validate(X, Y if omega is None else jnp.abs(Y), 0.0, activation, threshold, False, "admm", jnp.shape(kernel))
     X = jnp.asarray(X)
     dtype = jnp.result_type(X.dtype, jnp.asarray(Y).dtype, jnp.float32)
     X, Y = X.astype(dtype), jnp.asarray(Y, dtype)
@@ -139,5 +144,5 @@ def refit_layer(X, Y, kernel, *, activation: str = "relu", threshold=None, round
     threshold = jnp.zeros((), dtype) if threshold is None else jnp.asarray(threshold, dtype)
     if rounds < 1 or cg_iters < 1:
         raise ValueError(f"rounds and cg_iters must be >= 1, got {rounds} and {cg_iters}")
-    return _refit(X, Y, kernel, threshold, relu=activation == "relu", rounds=rounds,
+    return _refit(X, Y, kernel, threshold, omega, relu=activation == "relu", rounds=rounds,
                   cg_iters=cg_iters)

@@ -1,0 +1,100 @@
+"""``nettrim prune --model pkg.module:factory --params ORBAX_DIR``: the user's own NNX model
+(a BatchNorm ResNet) pruned from an Orbax checkpoint, written back as one; bad factory
+paths, mismatched checkpoints and unprunable layers: one-line errors, exit 2, nothing in
+--out."""
+
+import sys
+import textwrap
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+
+from nettrim_jax.cli.app import main
+from nettrim_jax.models import resnet_factory
+
+FACTORY = "nettrim_jax.models:resnet_factory"
+
+
+def _save(path, state):
+    c = ocp.StandardCheckpointer()
+    c.save(path.absolute(), state)
+    c.wait_until_finished()
+    return path
+
+
+@pytest.fixture()
+def saved(tmp_path):
+    m = resnet_factory()
+    m.head.kernel.set_value(m.head.kernel.get_value() + 0.5)  # not the factory's own weights
+    ckpt = _save(tmp_path / "ckpt", nnx.state(m))
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    return m, ckpt, tmp_path / "x.npy", x
+
+
+def _run(*argv):
+    return main(["prune", "-q", *map(str, argv)])
+
+
+def test_prune_user_model_from_orbax(saved, tmp_path, capsys):
+    m, ckpt, data, x = saved
+    out = tmp_path / "out"
+    rc = _run("--model", FACTORY, "--params", ckpt, "--data", data, "--epsilon", "0.1",
+              "--scheme", "parallel", "--max-iters", "300", "--out", out)
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["model", "report.json", "report.md"]
+    restored = ocp.StandardCheckpointer().restore((out / "model").absolute(), nnx.state(resnet_factory()))
+    pruned = resnet_factory()
+    nnx.update(pruned, restored)
+    k0, k1 = m.block1.conv1.kernel.get_value(), pruned.block1.conv1.kernel.get_value()
+    assert np.count_nonzero(k1) < np.count_nonzero(k0)
+    np.testing.assert_array_equal(pruned.bn.scale.get_value(), m.bn.scale.get_value())  # BN kept
+    import json
+
+    rep = json.loads((out / "report.json").read_text())
+    assert [l["activation"] for l in rep["layers"]] == ["relu"] * 5 + ["linear"]
+    assert rep["bound"] is None and "relu via affine epilogue" in (out / "report.md").read_text()
+
+
+def test_bad_model_paths_and_checkpoints(saved, tmp_path, capsys, monkeypatch):
+    _, ckpt, data, _ = saved
+    small = _save(tmp_path / "small", nnx.state(nnx.Linear(3, 2, rngs=nnx.Rngs(0))))
+    (tmp_path / "nonet.py").write_text(textwrap.dedent("""
+        from flax import nnx
+        class Pool(nnx.Module):
+            def __init__(self):
+                self.ln = nnx.LayerNorm(1, rngs=nnx.Rngs(0))
+            def __call__(self, x):
+                return self.ln(x).mean(axis=(1, 2))
+        def make():
+            return Pool()
+        def number():
+            return 3
+        def dilated():
+            return nnx.Conv(1, 4, (3, 3), input_dilation=2, padding=((1, 1), (1, 1)), rngs=nnx.Rngs(0))
+    """))
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    import importlib
+
+    nonet = importlib.import_module("nonet")
+    cases = [
+        ("nettrim_jax.models", ckpt, "expected 'package.module:factory'"),
+        ("no_such_pkg.mod:f", ckpt, "cannot import 'no_such_pkg.mod'"),
+        ("nettrim_jax.models:nope", ckpt, "has no callable 'nope'"),
+        ("nonet:number", ckpt, "returned int, not an nnx.Module"),
+        (FACTORY, small, "does not match the model"),
+        (FACTORY, tmp_path / "missing", "no such checkpoint folder"),
+        ("nonet:make", _save(tmp_path / "pool", nnx.state(nonet.make())), "no prunable layer"),
+        ("nonet:dilated", _save(tmp_path / "g", nnx.state(nonet.dilated())),
+         "input (lhs) dilation is not supported"),
+    ]
+    for factory, params, msg in cases:
+        out = tmp_path / "out-bad"
+        rc = _run("--model", factory, "--params", params, "--data", data, "--epsilon", "0.1",
+                  "--out", out)
+        err = capsys.readouterr().err.strip()
+        assert rc == 2, (factory, err)
+        assert msg in err and len(err.splitlines()) == 1, (factory, err)
+        assert not out.exists()
