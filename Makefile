@@ -16,6 +16,7 @@ install: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nettrim_jax tests experiments
+	$(VENV)/bin/ruff format --check nettrim_jax
 	$(VENV)/bin/mypy
 
 test: lint

@@ -8,7 +8,20 @@ from nettrim_jax.network.specs import Conv, Dense
 from nettrim_jax.solver.layer import LayerInfo, LayerSolution, solve_layer
 from nettrim_jax.solver.refit import RefitInfo, refit_layer
 
-__all__ = ["LayerInfo", "LayerSolution", "solve_layer", "refit_layer", "RefitInfo",
-           "prune", "PruneResult", "PruneState", "PruneReport", "LayerReport", "Dense", "Conv", "masked",
-           "CheckpointError"]
+__all__ = [
+    "LayerInfo",
+    "LayerSolution",
+    "solve_layer",
+    "refit_layer",
+    "RefitInfo",
+    "prune",
+    "PruneResult",
+    "PruneState",
+    "PruneReport",
+    "LayerReport",
+    "Dense",
+    "Conv",
+    "masked",
+    "CheckpointError",
+]
 __version__ = "0.1.0"

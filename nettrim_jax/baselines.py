@@ -31,8 +31,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["keep_count", "mask_of", "sparsity_of", "magnitude", "magnitude_global", "wanda",
-           "sparsegpt", "alps", "reconstruction_error"]
+__all__ = [
+    "keep_count",
+    "mask_of",
+    "sparsity_of",
+    "magnitude",
+    "magnitude_global",
+    "wanda",
+    "sparsegpt",
+    "alps",
+    "reconstruction_error",
+]
 
 
 def keep_count(size: int, sparsity: float) -> int:
@@ -56,8 +65,7 @@ def sparsity_of(kernel) -> float:
 def _check_keep(kernel, keep: int) -> int:
     keep = int(keep)
     if not 0 <= keep <= kernel.size:
-        raise ValueError(f"keep must be in [0, {kernel.size}] for a kernel of shape "
-                         f"{kernel.shape}, got {keep}")
+        raise ValueError(f"keep must be in [0, {kernel.size}] for a kernel of shape {kernel.shape}, got {keep}")
     return keep
 
 
@@ -86,7 +94,7 @@ def magnitude_global(kernels, sparsity: float):
     mask = _top_mask(flat, keep_count(flat.size, sparsity))
     out, start = [], 0
     for k in kernels:
-        out.append(jnp.where(mask[start:start + k.size].reshape(k.shape), k, 0))
+        out.append(jnp.where(mask[start : start + k.size].reshape(k.shape), k, 0))
         start += k.size
     return out
 
@@ -211,8 +219,7 @@ def _check_layer(kernel, X):
     if kernel.ndim != 2:
         raise ValueError(f"kernel must be 2-D (N_in, M_out), got shape {kernel.shape}")
     if X.ndim != 2 or X.shape[1] != kernel.shape[0]:
-        raise ValueError(f"X must be (P, {kernel.shape[0]}) for a kernel of shape "
-                         f"{kernel.shape}, got {X.shape}")
+        raise ValueError(f"X must be (P, {kernel.shape[0]}) for a kernel of shape {kernel.shape}, got {X.shape}")
     if not (bool(jnp.all(jnp.isfinite(kernel))) and bool(jnp.all(jnp.isfinite(X)))):
         raise ValueError("kernel and X must be finite (found NaN or inf)")
 
@@ -282,8 +289,7 @@ def _alps_admm(a, b0, y, rho0, *, keep, max_iter, update_iter, switch_iter):
 
     def round_(c):
         b, d, v, prev, rho, started, it, _ = c
-        b, d, v, mask = jax.lax.fori_loop(0, update_iter, lambda _, s: admm_step(rho, s),
-                                          (b, d, v, prev))
+        b, d, v, mask = jax.lax.fori_loop(0, update_iter, lambda _, s: admm_step(rho, s), (b, d, v, prev))
         it = it + update_iter
         change = jnp.sum(mask != prev).astype(dt)
         rho, started, reset, stop = _rho_update(rho, started, change, keep)
@@ -296,8 +302,16 @@ def _alps_admm(a, b0, y, rho0, *, keep, max_iter, update_iter, switch_iter):
     def go_on(c):
         return (~c[-1]) & (c[-2] + update_iter <= max_iter)
 
-    init = (b0, d_init, jnp.zeros_like(b0), m_init, jnp.asarray(rho0, dt), jnp.asarray(False),
-            jnp.asarray(0), jnp.asarray(False))
+    init = (
+        b0,
+        d_init,
+        jnp.zeros_like(b0),
+        m_init,
+        jnp.asarray(rho0, dt),
+        jnp.asarray(False),
+        jnp.asarray(0),
+        jnp.asarray(False),
+    )
     out = jax.lax.while_loop(go_on, round_, init)
     return (*_top_k_project(out[0], keep), out[-2])
 
@@ -333,9 +347,19 @@ def _alps_pcg(a, y, b, mask, rtol, *, iters):
     return jnp.where(mask, b, 0), k
 
 
-def alps(kernel, X, keep: int, *, rho: float = 0.1, max_iter: int = 300, update_iter: int = 3,
-         switch_iter: int = 30, damp: float = 0.01, cg_iters: int = 10,
-         cg_rtol: float = 1e-4) -> jnp.ndarray:
+def alps(
+    kernel,
+    X,
+    keep: int,
+    *,
+    rho: float = 0.1,
+    max_iter: int = 300,
+    update_iter: int = 3,
+    switch_iter: int = 30,
+    damp: float = 0.01,
+    cg_iters: int = 10,
+    cg_rtol: float = 1e-4,
+) -> jnp.ndarray:
     """ALPS one-shot pruning: ADMM on the l0-constrained reconstruction, then a PCG refit.
 
     Solves min_W ||X W_hat - X W||_F^2 (+ the ridge term below) s.t. ||W||_0 <= keep over
@@ -379,17 +403,25 @@ def alps(kernel, X, keep: int, *, rho: float = 0.1, max_iter: int = 300, update_
     X = jnp.asarray(X, kernel.dtype)
     _check_layer(kernel, X)
     keep = _check_keep(kernel, keep)
-    if not (rho > 0 and damp >= 0 and cg_rtol >= 0 and min(max_iter, update_iter) >= 1
-            and cg_iters >= 0 and switch_iter >= 0):
-        raise ValueError("alps needs rho > 0, damp >= 0, max_iter, update_iter >= 1, "
-                         "switch_iter, cg_iters, cg_rtol >= 0")
+    if not (
+        rho > 0
+        and damp >= 0
+        and cg_rtol >= 0
+        and min(max_iter, update_iter) >= 1
+        and cg_iters >= 0
+        and switch_iter >= 0
+    ):
+        raise ValueError(
+            "alps needs rho > 0, damp >= 0, max_iter, update_iter >= 1, switch_iter, cg_iters, cg_rtol >= 0"
+        )
     if keep == kernel.size:
         return kernel
     if keep == 0:
         return jnp.zeros_like(kernel)
     a, b0, y, s = _alps_problem(kernel, X, damp)
-    b, mask, _ = _alps_admm(a, b0, y, rho, keep=keep, max_iter=int(max_iter),
-                         update_iter=int(update_iter), switch_iter=int(switch_iter))
+    b, mask, _ = _alps_admm(
+        a, b0, y, rho, keep=keep, max_iter=int(max_iter), update_iter=int(update_iter), switch_iter=int(switch_iter)
+    )
     b, _ = _alps_pcg(a, y, b, mask, cg_rtol, iters=int(cg_iters))
     return jnp.where(mask, b / s[:, None], 0)
 

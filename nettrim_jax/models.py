@@ -45,8 +45,7 @@ class ResNet(nnx.Module):
 
 
 class TinyLM(nnx.Module):
-    def __init__(self, vocab: int, d: int = 32, heads: int = 4, seq: int = 32, mlp: str = "relu",
-                 *, rngs: nnx.Rngs):
+    def __init__(self, vocab: int, d: int = 32, heads: int = 4, seq: int = 32, mlp: str = "relu", *, rngs: nnx.Rngs):
         self.tok = nnx.Embed(vocab, d, rngs=rngs)
         self.pos = nnx.Embed(seq, d, rngs=rngs)
         self.ln1 = nnx.LayerNorm(d, rngs=rngs)

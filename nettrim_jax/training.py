@@ -36,8 +36,17 @@ import optax
 from flax import nnx
 
 __all__ = [
-    "MLP", "CNN", "make_mlp", "make_cnn", "LinenMLP", "LinenCNN", "TrainResult",
-    "train_classifier", "train_linen_classifier", "accuracy", "load_digits_split",
+    "MLP",
+    "CNN",
+    "make_mlp",
+    "make_cnn",
+    "LinenMLP",
+    "LinenCNN",
+    "TrainResult",
+    "train_classifier",
+    "train_linen_classifier",
+    "accuracy",
+    "load_digits_split",
 ]
 
 
@@ -82,14 +91,27 @@ class CNN(nnx.Module):
     padding and stride 1.
     """
 
-    def __init__(self, in_channels: int = 1, channels: Sequence[int] = (4, 8), hidden: int = 32,
-                 num_classes: int = 10, image_size: int = 8, *, rngs: nnx.Rngs,
-                 kernel_size: int = 3, dropout: float = 0.0):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        channels: Sequence[int] = (4, 8),
+        hidden: int = 32,
+        num_classes: int = 10,
+        image_size: int = 8,
+        *,
+        rngs: nnx.Rngs,
+        kernel_size: int = 3,
+        dropout: float = 0.0,
+    ):
         chans = (int(in_channels),) + tuple(int(c) for c in channels)
         self.image_size = int(image_size)
         self.in_channels = int(in_channels)
-        self.convs = nnx.List([nnx.Conv(a, b, (kernel_size, kernel_size), padding="SAME", rngs=rngs)
-                               for a, b in zip(chans[:-1], chans[1:])])
+        self.convs = nnx.List(
+            [
+                nnx.Conv(a, b, (kernel_size, kernel_size), padding="SAME", rngs=rngs)
+                for a, b in zip(chans[:-1], chans[1:])
+            ]
+        )
         side = self.image_size
         for _ in channels:
             side = side // 2
@@ -117,8 +139,15 @@ def make_mlp(sizes: Sequence[int], seed: int = 0, dropout: float = 0.0) -> MLP:
     return MLP(sizes, rngs=nnx.Rngs(seed), dropout=dropout)
 
 
-def make_cnn(in_channels: int = 1, channels: Sequence[int] = (4, 8), hidden: int = 32,
-             num_classes: int = 10, image_size: int = 8, seed: int = 0, **kw) -> CNN:
+def make_cnn(
+    in_channels: int = 1,
+    channels: Sequence[int] = (4, 8),
+    hidden: int = 32,
+    num_classes: int = 10,
+    image_size: int = 8,
+    seed: int = 0,
+    **kw,
+) -> CNN:
     return CNN(in_channels, channels, hidden, num_classes, image_size, rngs=nnx.Rngs(seed), **kw)
 
 
@@ -156,8 +185,7 @@ class LinenCNN(nn.Module):
         if x.ndim == 2:
             x = x.reshape(x.shape[0], self.image_size, self.image_size, 1)
         for i, c in enumerate(self.channels):
-            x = nn.relu(nn.Conv(c, (self.kernel_size, self.kernel_size), padding="SAME",
-                                name=f"Conv_{i}")(x))
+            x = nn.relu(nn.Conv(c, (self.kernel_size, self.kernel_size), padding="SAME", name=f"Conv_{i}")(x))
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(self.hidden, name="Dense_0")(x))
@@ -184,14 +212,22 @@ def _batches(n, batch_size, steps, seed):
     for _ in range(steps):
         if pos + bs > n:
             perm, pos = rng.permutation(n), 0
-        idx.append(perm[pos:pos + bs])
+        idx.append(perm[pos : pos + bs])
         pos += bs
     return np.stack(idx)
 
 
-def train_classifier(model: nnx.Module, x, y, *, steps: int = 300, batch_size: int = 128,
-                     learning_rate: float = 3e-3, optimizer: optax.GradientTransformation | None = None,
-                     seed: int = 0) -> TrainResult:
+def train_classifier(
+    model: nnx.Module,
+    x,
+    y,
+    *,
+    steps: int = 300,
+    batch_size: int = 128,
+    learning_rate: float = 3e-3,
+    optimizer: optax.GradientTransformation | None = None,
+    seed: int = 0,
+) -> TrainResult:
     """Train an NNX classifier with softmax cross-entropy, in place.
 
     Args:
@@ -228,10 +264,18 @@ def train_classifier(model: nnx.Module, x, y, *, steps: int = 300, batch_size: i
     return TrainResult(model, np.asarray(jnp.stack(losses)) if losses else np.zeros(0))
 
 
-def train_linen_classifier(module: nn.Module, variables, x, y, *, steps: int = 300,
-                           batch_size: int = 128, learning_rate: float = 3e-3,
-                           optimizer: optax.GradientTransformation | None = None,
-                           seed: int = 0) -> TrainResult:
+def train_linen_classifier(
+    module: nn.Module,
+    variables,
+    x,
+    y,
+    *,
+    seed: int = 0,
+    steps: int = 300,
+    batch_size: int = 128,
+    learning_rate: float = 3e-3,
+    optimizer: optax.GradientTransformation | None = None,
+) -> TrainResult:
     """Linen counterpart of ``train_classifier``: returns new ``variables`` (``{"params": ...}``);
     the optimizer acts on ``variables["params"]``."""
     tx = optimizer if optimizer is not None else optax.adam(learning_rate)
@@ -268,8 +312,8 @@ def accuracy(model: nnx.Module | Callable, x, y, batch_size: int = 4096) -> floa
     y = np.asarray(y)
     correct = 0
     for s in range(0, x.shape[0], batch_size):
-        logits = model(jnp.asarray(x[s:s + batch_size]))
-        correct += int(np.sum(np.asarray(jnp.argmax(logits, -1)) == y[s:s + batch_size]))
+        logits = model(jnp.asarray(x[s : s + batch_size]))
+        correct += int(np.sum(np.asarray(jnp.argmax(logits, -1)) == y[s : s + batch_size]))
     return correct / max(1, x.shape[0])
 
 

@@ -63,8 +63,7 @@ class _Console:
     def progress(self, iterable=None, **kw):
         from tqdm.auto import tqdm
 
-        return tqdm(iterable, disable=True if self.quiet else None, file=sys.stderr,
-                    dynamic_ncols=True, **kw)
+        return tqdm(iterable, disable=True if self.quiet else None, file=sys.stderr, dynamic_ncols=True, **kw)
 
 
 # ----------------------------------------------------------------------------- main
@@ -77,89 +76,161 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or tables")
 
     p = argparse.ArgumentParser(
-        prog="nettrim", description="Net-Trim convex pruning of trained ReLU networks.",
+        prog="nettrim",
+        description="Net-Trim convex pruning of trained ReLU networks.",
         epilog="exit codes: 0 ok, 1 internal error (a bug), 2 bad usage or input, "
-               "3 not converged (--strict), 130 interrupted", parents=[common])
+        "3 not converged (--strict), 130 interrupted",
+        parents=[common],
+    )
     p.add_argument("--version", action="version", version=f"nettrim-jax {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    d = sub.add_parser("demo", parents=[common], help="train, prune and plot a small network (no download)",
-                       description="Train a small ReLU network on embedded data, prune it with cascade "
-                                   "Net-Trim, print the per-layer table and write a plot.")
-    d.add_argument("--dataset", choices=("digits", "spirals"), default="digits",
-                   help="scikit-learn's 8x8 digits (64-64-32-10 MLP) or the nested spirals (2-64-64-2)")
+    d = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="train, prune and plot a small network (no download)",
+        description="Train a small ReLU network on embedded data, prune it with cascade "
+        "Net-Trim, print the per-layer table and write a plot.",
+    )
+    d.add_argument(
+        "--dataset",
+        choices=("digits", "spirals"),
+        default="digits",
+        help="scikit-learn's 8x8 digits (64-64-32-10 MLP) or the nested spirals (2-64-64-2)",
+    )
     d.add_argument("--out", default="nettrim-demo", help="output folder (default ./nettrim-demo)")
-    d.add_argument("--epsilon", type=float, default=0.05,
-                   help="relative misfit of the first layer, ||XU - Y||_F <= epsilon ||Y||_F; later "
-                        "layers get gamma = 1.1 times the original weights' misfit (default 0.05)")
+    d.add_argument(
+        "--epsilon",
+        type=float,
+        default=0.05,
+        help="relative misfit of the first layer, ||XU - Y||_F <= epsilon ||Y||_F; later "
+        "layers get gamma = 1.1 times the original weights' misfit (default 0.05)",
+    )
     d.add_argument("--steps", type=int, default=400, help="training steps (default 400)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--calibration", type=int, default=None,
-                   help="prune on the first N training samples (default: all)")
+    d.add_argument("--calibration", type=int, default=None, help="prune on the first N training samples (default: all)")
     d.add_argument("--max-iters", type=int, default=None, help="solver iteration cap per layer")
     d.add_argument("--no-plot", action="store_true", help="skip the figure")
-    d.add_argument("--force", action="store_true",
-                   help="replace a non-empty --out folder that is not an earlier demo output "
-                        "(its contents are deleted)")
+    d.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a non-empty --out folder that is not an earlier demo output (its contents are deleted)",
+    )
 
-    q = sub.add_parser("prune", parents=[common], help="prune a saved model on calibration data",
-                       description="Prune a nettrim checkpoint on calibration data; writes OUT/model "
-                                   "(pruned checkpoint), OUT/report.md and OUT/report.json.")
-    q.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?", default=None,
-                   help="checkpoint folder (model.json + weights); or use --model/--params")
-    q.add_argument("--model", metavar="PKG.MODULE:FACTORY", default=None,
-                   help="your own Flax model: a function returning an nnx.Module (or a Linen "
-                        "(module, variables) pair); its state is read from --params")
-    q.add_argument("--params", metavar="DIR", default=None,
-                   help="with --model: an Orbax checkpoint of nnx.state(model) (StandardCheckpointer); "
-                        "the pruned state is written the same way to OUT/model")
-    q.add_argument("--data", required=True,
-                   help=".npy / .npz file or a folder of MNIST IDX files with calibration inputs")
+    q = sub.add_parser(
+        "prune",
+        parents=[common],
+        help="prune a saved model on calibration data",
+        description="Prune a nettrim checkpoint on calibration data; writes OUT/model "
+        "(pruned checkpoint), OUT/report.md and OUT/report.json.",
+    )
+    q.add_argument(
+        "checkpoint",
+        metavar="CHECKPOINT",
+        nargs="?",
+        default=None,
+        help="checkpoint folder (model.json + weights); or use --model/--params",
+    )
+    q.add_argument(
+        "--model",
+        metavar="PKG.MODULE:FACTORY",
+        default=None,
+        help="your own Flax model: a function returning an nnx.Module (or a Linen "
+        "(module, variables) pair); its state is read from --params",
+    )
+    q.add_argument(
+        "--params",
+        metavar="DIR",
+        default=None,
+        help="with --model: an Orbax checkpoint of nnx.state(model) (StandardCheckpointer); "
+        "the pruned state is written the same way to OUT/model",
+    )
+    q.add_argument(
+        "--data", required=True, help=".npy / .npz file or a folder of MNIST IDX files with calibration inputs"
+    )
     q.add_argument("--key", help="array name in a .npz file holding the inputs")
     q.add_argument("--labels", help=".npy file of integer labels (for the accuracy columns)")
     q.add_argument("--split", choices=("train", "test"), default="train", help="IDX split (default train)")
     q.add_argument("--samples", type=int, help="use the first N samples only")
     q.add_argument("--scheme", choices=("cascade", "parallel"), default="cascade")
-    q.add_argument("--epsilon", type=float, default=None,
-                   help="relative misfit ||XU - Y||_F <= epsilon ||Y||_F: of every layer (parallel) "
-                        "or of the first layer (cascade; later layers follow --gamma); "
-                        "give this or --sparsity")
-    q.add_argument("--sparsity", type=float, default=None,
-                   help="target fraction of weights removed (0 <= S < 1); each layer's epsilon is "
-                        "searched to hit it (prune's sparsity=)")
-    q.add_argument("--structure", choices=("unstructured", "units", "neurons", "channels"), default="unstructured",
-                   help="units/neurons/channels: structured Net-Trim, whole input units and channels removed")
+    q.add_argument(
+        "--epsilon",
+        type=float,
+        default=None,
+        help="relative misfit ||XU - Y||_F <= epsilon ||Y||_F: of every layer (parallel) "
+        "or of the first layer (cascade; later layers follow --gamma); "
+        "give this or --sparsity",
+    )
+    q.add_argument(
+        "--sparsity",
+        type=float,
+        default=None,
+        help="target fraction of weights removed (0 <= S < 1); each layer's epsilon is "
+        "searched to hit it (prune's sparsity=)",
+    )
+    q.add_argument(
+        "--structure",
+        choices=("unstructured", "units", "neurons", "channels"),
+        default="unstructured",
+        help="units/neurons/channels: structured Net-Trim, whole input units and channels removed",
+    )
     q.add_argument("--pattern", default=None, metavar="N:M", help="N:M sparsity (e.g. 2:4), refit on the pattern")
-    q.add_argument("--compact", action="store_true",
-                   help="save the pruned model with dead units and channels physically removed")
-    q.add_argument("--allocation", choices=("scores", "uniform"), default="scores",
-                   help="how --sparsity is split over layers (default scores)")
-    q.add_argument("--gamma", type=float, default=1.1,
-                   help="cascade: epsilon_l = gamma x the original weights' misfit on the pruned inputs (>= 1; default 1.1)")
+    q.add_argument(
+        "--compact", action="store_true", help="save the pruned model with dead units and channels physically removed"
+    )
+    q.add_argument(
+        "--allocation",
+        choices=("scores", "uniform"),
+        default="scores",
+        help="how --sparsity is split over layers (default scores)",
+    )
+    q.add_argument(
+        "--gamma",
+        type=float,
+        default=1.1,
+        help="cascade: epsilon_l = gamma x the original weights' misfit on the pruned inputs (>= 1; default 1.1)",
+    )
     q.add_argument("--solver", choices=("admm", "pdhg"), default=None)
     q.add_argument("--max-iters", type=int, default=None, help="solver iteration cap per layer")
-    q.add_argument("--max-patches", type=int, default=4096,
-                   help="conv layers: at most this many random patch rows per program (default 4096)")
-    q.add_argument("--eval-data", help="labelled .npz / IDX folder for the accuracy columns "
-                                       "(default: the calibration data, if it has labels)")
+    q.add_argument(
+        "--max-patches",
+        type=int,
+        default=4096,
+        help="conv layers: at most this many random patch rows per program (default 4096)",
+    )
+    q.add_argument(
+        "--eval-data",
+        help="labelled .npz / IDX folder for the accuracy columns (default: the calibration data, if it has labels)",
+    )
     q.add_argument("--out", required=True, help="output folder")
     q.add_argument("--resume", action="store_true", help="continue an interrupted cascade run in OUT")
     q.add_argument("--force", action="store_true", help="overwrite a result already in OUT")
     q.add_argument("--strict", action="store_true", help="exit 3 if some layer did not converge")
-    q.add_argument("--refit", action="store_true",
-                   help="refit each layer's kept weights on Net-Trim's support (nettrim_jax.refit_layer)")
-    q.add_argument("--output-epsilon", type=float, default=None,
-                   help="cascade: relative misfit budget of the (linear) output layer, which is then refit "
-                        "toward the original outputs from the pruned features instead of following "
-                        "--gamma; bounds the output error (prune's output_epsilon)")
+    q.add_argument(
+        "--refit",
+        action="store_true",
+        help="refit each layer's kept weights on Net-Trim's support (nettrim_jax.refit_layer)",
+    )
+    q.add_argument(
+        "--output-epsilon",
+        type=float,
+        default=None,
+        help="cascade: relative misfit budget of the (linear) output layer, which is then refit "
+        "toward the original outputs from the pruned features instead of following "
+        "--gamma; bounds the output error (prune's output_epsilon)",
+    )
 
-    r = sub.add_parser("report", parents=[common], help="print a stored report",
-                       description="Print OUT/report.md (or the JSON); --plot writes the per-layer "
-                                   "sparsity and discrepancy figure.")
+    r = sub.add_parser(
+        "report",
+        parents=[common],
+        help="print a stored report",
+        description="Print OUT/report.md (or the JSON); --plot writes the per-layer sparsity and discrepancy figure.",
+    )
     r.add_argument("out", metavar="OUT", help="a folder written by `nettrim prune` or `nettrim demo`")
     r.add_argument("--json", action="store_true", help="print the JSON report instead")
-    r.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
-                   help=f"write the figure (default OUT/{REPORT_PNG})")
+    r.add_argument(
+        "--plot", nargs="?", const="", default=None, metavar="PNG", help=f"write the figure (default OUT/{REPORT_PNG})"
+    )
     return p
 
 
@@ -190,8 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 1
         _debug_traceback()
-        print(f"nettrim: error: unexpected {type(e).__name__}: {one_line(e)} "
-              "(set NETTRIM_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(
+            f"nettrim: error: unexpected {type(e).__name__}: {one_line(e)} (set NETTRIM_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
 
 

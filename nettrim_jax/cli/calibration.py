@@ -40,17 +40,24 @@ def _check_container(path: Path) -> None:
 
     if path.suffix == ".npz":
         if not zipfile.is_zipfile(path):
-            raise UsageError(f"{path}: not a valid .npz (zip) file; corrupt or truncated, or not "
-                             "written by np.savez")
+            raise UsageError(f"{path}: not a valid .npz (zip) file; corrupt or truncated, or not written by np.savez")
         return
     with open(path, "rb") as f:
         if f.read(6) != b"\x93NUMPY":
-            raise UsageError(f"{path}: not a valid .npy file (no NumPy header); corrupt or truncated, "
-                             "or not written by np.save")
+            raise UsageError(
+                f"{path}: not a valid .npy file (no NumPy header); corrupt or truncated, or not written by np.save"
+            )
 
 
-def load_calibration(path: str | os.PathLike, input_shape: Sequence[int] | None, *, key: str | None = None,
-                     labels: str | None = None, split: str = "train", samples: int | None = None):
+def load_calibration(
+    path: str | os.PathLike,
+    input_shape: Sequence[int] | None,
+    *,
+    key: str | None = None,
+    labels: str | None = None,
+    split: str = "train",
+    samples: int | None = None,
+):
     """Calibration inputs (and labels if any) for a model with per-sample ``input_shape``.
 
     ``path`` is a ``.npy`` file (inputs), a ``.npz`` file (inputs under ``key`` or one of
@@ -81,8 +88,9 @@ def load_calibration(path: str | os.PathLike, input_shape: Sequence[int] | None,
         try:
             loaded = np.load(path, allow_pickle=False)
         except ValueError as e:
-            raise UsageError(f"{path}: cannot read ({str(e).splitlines()[0]}); object/pickled arrays "
-                             "are refused") from None
+            raise UsageError(
+                f"{path}: cannot read ({str(e).splitlines()[0]}); object/pickled arrays are refused"
+            ) from None
         except Exception as e:  # noqa: BLE001 - OSError, EOFError, zipfile.BadZipFile, ...
             raise UsageError(f"{path}: cannot read ({one_line(e)}); the file is corrupt or truncated") from None
         if path.suffix == ".npy":
@@ -97,8 +105,9 @@ def load_calibration(path: str | os.PathLike, input_shape: Sequence[int] | None,
             x = _pick(arrays, ("x", "X", "inputs", "images", "data"), path, "inputs", key)
             if x is None:
                 if len(arrays) != 1:
-                    raise UsageError(f"{path}: cannot tell which array holds the inputs among "
-                                     f"{sorted(arrays)}; pass --key")
+                    raise UsageError(
+                        f"{path}: cannot tell which array holds the inputs among {sorted(arrays)}; pass --key"
+                    )
                 x = next(iter(arrays.values()))
             y = _pick(arrays, ("y", "labels", "targets"), path, "labels")
     else:
@@ -129,12 +138,16 @@ def load_calibration(path: str | os.PathLike, input_shape: Sequence[int] | None,
     want = x.shape[1:] if input_shape is None else tuple(int(a) for a in input_shape)
     if x.shape[1:] != want:
         if math.prod(x.shape[1:]) != math.prod(want):
-            raise UsageError(f"{path}: samples have shape {x.shape[1:]} ({math.prod(x.shape[1:])} values) "
-                             f"but the model expects input shape {want} ({math.prod(want)} values)")
+            raise UsageError(
+                f"{path}: samples have shape {x.shape[1:]} ({math.prod(x.shape[1:])} values) "
+                f"but the model expects input shape {want} ({math.prod(want)} values)"
+            )
         x = x.reshape((x.shape[0],) + want)
     if y is not None:
         y = np.asarray(y)
         if y.ndim != 1 or y.shape[0] != x.shape[0] or y.dtype.kind not in "iu":
-            raise UsageError(f"labels of shape {y.shape} and dtype {y.dtype} do not match "
-                             f"{x.shape[0]} samples (need integer class labels)")
+            raise UsageError(
+                f"labels of shape {y.shape} and dtype {y.dtype} do not match "
+                f"{x.shape[0]} samples (need integer class labels)"
+            )
     return x, y

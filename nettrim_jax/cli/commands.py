@@ -42,6 +42,26 @@ def solver_options(args) -> dict:
     return {} if getattr(args, "max_iters", None) is None else {"max_iters": args.max_iters}
 
 
+def prune_options(args) -> dict:
+    """``nettrim prune``'s options as ``nettrim_jax.prune`` keywords (with ``--sparsity`` and
+    no ``--epsilon``, epsilon 0.05 only seeds the search)."""
+    return {
+        "scheme": args.scheme,
+        "epsilon": 0.05 if args.epsilon is None else args.epsilon,
+        "gamma": args.gamma,
+        "sparsity": args.sparsity,
+        "allocation": args.allocation,
+        "structure": args.structure,
+        "pattern": args.pattern,
+        "solver": args.solver or "admm",
+        "max_patches": args.max_patches,
+        "refit": args.refit,
+        "output_epsilon": args.output_epsilon,
+        "progress": not args.quiet,
+        **solver_options(args),
+    }
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -62,8 +82,10 @@ def render(report: dict) -> str:
     run = report.get("run") or {}
     notes = []
     if run.get("accuracy_before") is not None:
-        notes.append(f"Accuracy ({run.get('accuracy_on', 'evaluation set')}): "
-                     f"{run['accuracy_before']:.4f} before, {run['accuracy_after']:.4f} after.")
+        notes.append(
+            f"Accuracy ({run.get('accuracy_on', 'evaluation set')}): "
+            f"{run['accuracy_before']:.4f} before, {run['accuracy_after']:.4f} after."
+        )
     return PruneReport.from_dict(report).to_markdown(run.get("title"), notes)
 
 
@@ -73,8 +95,7 @@ def cmd_report(args, console) -> int:
     if not out.is_dir():
         raise UsageError(f"{out}: no such folder" if not out.exists() else f"{out}: not a folder")
     if not rj.is_file():
-        hint = " (an unfinished run: resume it with `nettrim prune ... --resume`)" \
-            if (out / PARTIAL).is_file() else ""
+        hint = " (an unfinished run: resume it with `nettrim prune ... --resume`)" if (out / PARTIAL).is_file() else ""
         raise UsageError(f"{out}: no {REPORT_JSON}{hint}")
     report = read_report(rj)
     if args.json:
@@ -100,8 +121,9 @@ def _finish(out: Path, layers, input_shape, meta, report: dict, console, plot=Fa
 
     ck.save(out / MODEL_DIR, layers, input_shape, meta, compress=True)
     stored = sum(p.stat().st_size for p in (out / MODEL_DIR).glob("weights-*.safetensors"))
-    dense = sum(int(np.asarray(layer[k]).nbytes) for layer in layers for k in ("kernel", "bias")
-                if layer.get(k) is not None)
+    dense = sum(
+        int(np.asarray(layer[k]).nbytes) for layer in layers for k in ("kernel", "bias") if layer.get(k) is not None
+    )
     report.setdefault("run", {}).update(weights_bytes=stored, dense_bytes=dense)
     md = render(report) + f"Pruned weights file: {stored} bytes ({dense} bytes dense).\n"
     atomic_write_text(out / REPORT_MD, md)
@@ -126,18 +148,30 @@ def _report_dict(result, run: dict) -> dict:
 
 def _fingerprint(args, ckpt_sha: str, x) -> dict:
     """What a resumed run must share with the interrupted one."""
-    return {"checkpoint_sha256": ckpt_sha,
-            "data_sha256": hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest(),
-            "scheme": args.scheme, "epsilon": args.epsilon, "gamma": args.gamma, "solver": args.solver,
-            "max_iters": args.max_iters, "max_patches": args.max_patches,
-            "refit": bool(args.refit), "output_epsilon": args.output_epsilon,
-            "sparsity": args.sparsity, "allocation": args.allocation, "structure": args.structure,
-            "pattern": args.pattern}
+    return {
+        "checkpoint_sha256": ckpt_sha,
+        "data_sha256": hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest(),
+        "scheme": args.scheme,
+        "epsilon": args.epsilon,
+        "gamma": args.gamma,
+        "solver": args.solver,
+        "max_iters": args.max_iters,
+        "max_patches": args.max_patches,
+        "refit": bool(args.refit),
+        "output_epsilon": args.output_epsilon,
+        "sparsity": args.sparsity,
+        "allocation": args.allocation,
+        "structure": args.structure,
+        "pattern": args.pattern,
+    }
 
 
 def _check_args(args) -> None:
-    for flag, value, low in (("--max-iters", args.max_iters, 1), ("--max-patches", args.max_patches, 1),
-                             ("--samples", args.samples, 1)):
+    for flag, value, low in (
+        ("--max-iters", args.max_iters, 1),
+        ("--max-patches", args.max_patches, 1),
+        ("--samples", args.samples, 1),
+    ):
         if value is not None and value < low:
             raise UsageError(f"{flag} must be >= {low}, got {value}")
     if args.epsilon is None and args.sparsity is None:
@@ -186,8 +220,9 @@ def check_writable(out: Path) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise UsageError(f"{out}: cannot write there ({e.strerror or type(e).__name__}"
-                         f"{'' if base == out else f' in {base}'})") from None
+        raise UsageError(
+            f"{out}: cannot write there ({e.strerror or type(e).__name__}{'' if base == out else f' in {base}'})"
+        ) from None
 
 
 def _resume_state(out: Path, fp: dict, console, total: int):
@@ -198,8 +233,10 @@ def _resume_state(out: Path, fp: dict, console, total: int):
     state, saved = load_state(out / PARTIAL)
     if saved != fp:
         diff = sorted(k for k in fp if not isinstance(saved, dict) or saved.get(k) != fp[k])
-        raise UsageError(f"{out / PARTIAL}: made with different inputs or settings ({', '.join(diff)}); "
-                         "rerun with --force to start over")
+        raise UsageError(
+            f"{out / PARTIAL}: made with different inputs or settings ({', '.join(diff)}); "
+            "rerun with --force to start over"
+        )
     console.note(f"resuming after {state.finished} of {total} finished layer(s)")
     return state
 
@@ -233,8 +270,9 @@ def cmd_prune(args, console) -> int:
     _check_out(out, args)
     check_writable(out)
     model = ck.load(args.checkpoint)
-    x, y = load_calibration(args.data, model.input_shape, key=args.key, labels=args.labels,
-                            split=args.split, samples=args.samples)
+    x, y = load_calibration(
+        args.data, model.input_shape, key=args.key, labels=args.labels, split=args.split, samples=args.samples
+    )
     if args.eval_data:
         xe, ye = load_calibration(args.eval_data, model.input_shape, key=args.key, split="test")
         if ye is None:
@@ -253,25 +291,39 @@ def cmd_prune(args, console) -> int:
     out.mkdir(parents=True, exist_ok=True)
     target = f"sparsity {args.sparsity}" if args.sparsity is not None else f"epsilon {args.epsilon}"
     gamma = f", gamma {args.gamma}" if args.scheme == "cascade" else ""
-    console.note(f"pruning {total} layer(s) of {args.checkpoint} on {x.shape[0]} samples "
-                 f"({args.scheme}, {target}{gamma})")
+    console.note(
+        f"pruning {total} layer(s) of {args.checkpoint} on {x.shape[0]} samples ({args.scheme}, {target}{gamma})"
+    )
     t0 = time.perf_counter()
-    epsilon = 0.05 if args.epsilon is None else args.epsilon  # with --sparsity: the search's start
-    res = prune(to_network(model.layers), x, scheme=args.scheme, epsilon=epsilon, gamma=args.gamma,
-                sparsity=args.sparsity, allocation=args.allocation, structure=args.structure,
-                pattern=args.pattern,
-                solver=args.solver or "admm", max_patches=args.max_patches, refit=args.refit,
-                output_epsilon=args.output_epsilon, progress=not args.quiet, resume=resume,
-                on_layer=lambda state: save_state(out / PARTIAL, state, fp), **solver_options(args))
+    res = prune(
+        to_network(model.layers),
+        x,
+        resume=resume,
+        on_layer=lambda state: save_state(out / PARTIAL, state, fp),
+        **prune_options(args),
+    )
     seconds = time.perf_counter() - t0
     pruned = from_network(res.compact() if args.compact else res.model)
-    run = {"command": "prune", "title": f"Net-Trim ({args.scheme}) of {args.checkpoint}",
-           "checkpoint": str(args.checkpoint), "data": str(args.data), "samples": int(x.shape[0]),
-           "accuracy_on": acc_on, "accuracy_before": accuracy(model.layers, xe, ye),
-           "accuracy_after": accuracy(pruned, xe, ye), "seconds": seconds}
-    meta = {"pruned_from": str(args.checkpoint), "source_sha256": ck_sha, "scheme": args.scheme,
-            "epsilon": args.epsilon, "gamma": args.gamma, "nnz_before": res.report.nnz_before,
-            "nnz_after": res.report.nnz_after}
+    run = {
+        "command": "prune",
+        "title": f"Net-Trim ({args.scheme}) of {args.checkpoint}",
+        "checkpoint": str(args.checkpoint),
+        "data": str(args.data),
+        "samples": int(x.shape[0]),
+        "accuracy_on": acc_on,
+        "accuracy_before": accuracy(model.layers, xe, ye),
+        "accuracy_after": accuracy(pruned, xe, ye),
+        "seconds": seconds,
+    }
+    meta = {
+        "pruned_from": str(args.checkpoint),
+        "source_sha256": ck_sha,
+        "scheme": args.scheme,
+        "epsilon": args.epsilon,
+        "gamma": args.gamma,
+        "nnz_before": res.report.nnz_before,
+        "nnz_after": res.report.nnz_after,
+    }
     _finish(out, pruned, model.input_shape, meta, _report_dict(res, run), console)
     if args.strict and not all(layer.converged for layer in res.report.layers):
         console.note("some layer did not converge (--strict): exit 3")
@@ -289,8 +341,9 @@ def _demo_data(args):
         try:
             xtr, ytr, xte, yte = training.load_digits_split(seed=args.seed)
         except ImportError:
-            raise UsageError("the digits demo needs scikit-learn (pip install scikit-learn); "
-                             "or run `nettrim demo --dataset spirals`") from None
+            raise UsageError(
+                "the digits demo needs scikit-learn (pip install scikit-learn); or run `nettrim demo --dataset spirals`"
+            ) from None
         return xtr, ytr, xte, yte, (64, 64, 32, 10), "scikit-learn digits 8x8"
     from nettrim_jax.io.data import nested_spirals
 
@@ -319,8 +372,9 @@ def _check_demo_out(out: Path, force: bool) -> None:
         raise UsageError(f"{out}: exists and is not a folder")
     if force or not out.is_dir() or not any(out.iterdir()) or _is_demo_output(out):
         return
-    raise UsageError(f"{out}: not empty and not an earlier demo output; pass --force to replace "
-                     "it or pick another --out")
+    raise UsageError(
+        f"{out}: not empty and not an earlier demo output; pass --force to replace it or pick another --out"
+    )
 
 
 def _is_demo_output(out: Path) -> bool:
@@ -366,32 +420,54 @@ def _demo(args, console, out: Path, work: Path) -> int:
 
     t_all = time.perf_counter()
     xtr, ytr, xte, yte, sizes, what = _demo_data(args)
-    console.note(f"training a {'-'.join(map(str, sizes))} ReLU MLP on {what} "
-                 f"({len(ytr)} train / {len(yte)} test, {args.steps} steps, {jax.default_backend()})")
+    console.note(
+        f"training a {'-'.join(map(str, sizes))} ReLU MLP on {what} "
+        f"({len(ytr)} train / {len(yte)} test, {args.steps} steps, {jax.default_backend()})"
+    )
     model = training.make_mlp(sizes, seed=args.seed)
-    training.train_classifier(model, xtr, ytr, steps=args.steps,
-                              learning_rate=1e-2 if args.dataset == "spirals" else 3e-3, seed=args.seed)
+    training.train_classifier(
+        model, xtr, ytr, steps=args.steps, learning_rate=1e-2 if args.dataset == "spirals" else 3e-3, seed=args.seed
+    )
     layers, input_shape = from_model(model, xtr[:8])
-    xtr, ytr = xtr[:args.calibration], ytr[:args.calibration]
+    xtr, ytr = xtr[: args.calibration], ytr[: args.calibration]
     ck.save(work / "original", layers, input_shape, {"dataset": args.dataset, "sizes": list(sizes)})
     np.savez(work / "calibration.npz", x=xtr, y=ytr)
     np.savez(work / "test.npz", x=xte, y=yte)
 
-    console.note(f"pruning with cascade Net-Trim (epsilon {args.epsilon}, gamma 1.1) on the {len(ytr)} training samples")
+    console.note(
+        f"pruning with cascade Net-Trim (epsilon {args.epsilon}, gamma 1.1) on the {len(ytr)} training samples"
+    )
     t0 = time.perf_counter()
-    res = prune(model, xtr, scheme="cascade", epsilon=args.epsilon, gamma=1.1, progress=not args.quiet,
-                **solver_options(args))
+    res = prune(
+        model, xtr, scheme="cascade", epsilon=args.epsilon, gamma=1.1, progress=not args.quiet, **solver_options(args)
+    )
     pruned, _ = from_model(res.model, xtr[:8])
-    run = {"command": "demo", "title": f"nettrim demo: {'-'.join(map(str, sizes))} MLP on {what}, cascade Net-Trim",
-           "data": what, "samples": len(ytr), "accuracy_on": f"{len(yte)} held-out samples",
-           "accuracy_before": training.accuracy(model, xte, yte),
-           "accuracy_after": training.accuracy(res.model, xte, yte), "seconds": time.perf_counter() - t0,
-           "training_steps": args.steps, "seed": args.seed}
-    _finish(work, pruned, input_shape, {"pruned_from": str(out / "original"), "scheme": "cascade",
-                                        "epsilon": args.epsilon, "gamma": 1.1},
-            _report_dict(res, run), console, plot=not args.no_plot and _has_matplotlib(console), shown=out)
-    console.note(f"done in {time.perf_counter() - t_all:.1f} s; next: nettrim report {out} --plot, or "
-                 f"nettrim prune {out / 'original'} --data {out / 'calibration.npz'} --epsilon 0.05 --out pruned")
+    run = {
+        "command": "demo",
+        "title": f"nettrim demo: {'-'.join(map(str, sizes))} MLP on {what}, cascade Net-Trim",
+        "data": what,
+        "samples": len(ytr),
+        "accuracy_on": f"{len(yte)} held-out samples",
+        "accuracy_before": training.accuracy(model, xte, yte),
+        "accuracy_after": training.accuracy(res.model, xte, yte),
+        "seconds": time.perf_counter() - t0,
+        "training_steps": args.steps,
+        "seed": args.seed,
+    }
+    _finish(
+        work,
+        pruned,
+        input_shape,
+        {"pruned_from": str(out / "original"), "scheme": "cascade", "epsilon": args.epsilon, "gamma": 1.1},
+        _report_dict(res, run),
+        console,
+        plot=not args.no_plot and _has_matplotlib(console),
+        shown=out,
+    )
+    console.note(
+        f"done in {time.perf_counter() - t_all:.1f} s; next: nettrim report {out} --plot, or "
+        f"nettrim prune {out / 'original'} --data {out / 'calibration.npz'} --epsilon 0.05 --out pruned"
+    )
     return EXIT_OK
 
 

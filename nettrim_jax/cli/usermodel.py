@@ -49,8 +49,10 @@ def load_factory(spec: str):
         raise UsageError(f"--model {spec!r}: the factory failed ({type(e).__name__}: {one_line(e)})") from None
     linen = isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], nn.Module)
     if not (isinstance(model, nnx.Module) or linen):
-        raise UsageError(f"--model {spec!r}: the factory returned {type(model).__name__}, not an "
-                         "nnx.Module or a Linen (module, variables) pair")
+        raise UsageError(
+            f"--model {spec!r}: the factory returned {type(model).__name__}, not an "
+            "nnx.Module or a Linen (module, variables) pair"
+        )
     return model
 
 
@@ -73,14 +75,16 @@ def restore(model, params: str | os.PathLike):
     try:
         state = ocp.StandardCheckpointer().restore(path, template)
     except Exception as e:  # noqa: BLE001 - orbax raises many kinds for a mismatch
-        raise UsageError(f"--params {params}: does not match the model built by --model "
-                         f"({type(e).__name__}: {one_line(e)})") from None
+        raise UsageError(
+            f"--params {params}: does not match the model built by --model ({type(e).__name__}: {one_line(e)})"
+        ) from None
     want = jax.tree.map(lambda a: (tuple(np.shape(a)), str(np.asarray(a).dtype)), template)
     got = jax.tree.map(lambda a: (tuple(np.shape(a)), str(np.asarray(a).dtype)), state)
     same = str(jax.tree.structure(want)) == str(jax.tree.structure(got))
     if not same or jax.tree.leaves(want) != jax.tree.leaves(got):
-        raise UsageError(f"--params {params}: its arrays do not match the model built by --model "
-                         "(different shapes or structure)")
+        raise UsageError(
+            f"--params {params}: its arrays do not match the model built by --model (different shapes or structure)"
+        )
     if isinstance(model, nnx.Module):
         nnx.update(model, state)
         return model
@@ -121,7 +125,7 @@ def cmd_prune_model(args, console, finish) -> int:
     from flax import nnx
 
     from nettrim_jax import prune
-    from nettrim_jax.cli.commands import _check_out, _report_dict, solver_options
+    from nettrim_jax.cli.commands import _check_out, _report_dict, prune_options
 
     if not args.params:
         raise UsageError("--model needs --params DIR (an Orbax checkpoint of the model's state)")
@@ -132,22 +136,26 @@ def cmd_prune_model(args, console, finish) -> int:
     out = Path(args.out)
     _check_out(out, args)
     model = restore(load_factory(args.model), args.params)
-    x, y = load_calibration(args.data, None, key=args.key, labels=args.labels, split=args.split,
-                            samples=args.samples)
+    x, y = load_calibration(args.data, None, key=args.key, labels=args.labels, split=args.split, samples=args.samples)
     t0 = time.perf_counter()
     try:
-        res = prune(model, x, scheme=args.scheme, epsilon=args.epsilon, gamma=args.gamma,
-                    solver=args.solver or "admm", max_patches=args.max_patches, refit=args.refit,
-                    output_epsilon=args.output_epsilon, progress=not args.quiet, **solver_options(args))
+        res = prune(model, x, **prune_options(args))
     except NotImplementedError as e:
         raise UsageError(f"--model {args.model}: {one_line(e)}") from None
     seconds = time.perf_counter() - t0
     pruned = res.model if isinstance(res.model, nnx.Module) else (model[0], res.model)
-    run = {"command": "prune", "title": f"Net-Trim ({args.scheme}) of {args.model}",
-           "model": args.model, "params": str(args.params), "data": str(args.data),
-           "samples": int(x.shape[0]), "accuracy_on": "calibration data",
-           "accuracy_before": _accuracy(model, x, y), "accuracy_after": _accuracy(pruned, x, y),
-           "seconds": seconds}
+    run = {
+        "command": "prune",
+        "title": f"Net-Trim ({args.scheme}) of {args.model}",
+        "model": args.model,
+        "params": str(args.params),
+        "data": str(args.data),
+        "samples": int(x.shape[0]),
+        "accuracy_on": "calibration data",
+        "accuracy_before": _accuracy(model, x, y),
+        "accuracy_after": _accuracy(pruned, x, y),
+        "seconds": seconds,
+    }
     out.mkdir(parents=True, exist_ok=True)
     state = nnx.state(pruned) if isinstance(pruned, nnx.Module) else pruned[1]
     dest = save_state(out, state)

@@ -86,8 +86,11 @@ def _fail(where, msg) -> CheckpointError:
 def _pair(v, what, where, i):
     if isinstance(v, int):
         v = [v, v]
-    if (not isinstance(v, (list, tuple)) or len(v) != 2
-            or not all(isinstance(a, int) and not isinstance(a, bool) and a >= 1 for a in v)):
+    if (
+        not isinstance(v, (list, tuple))
+        or len(v) != 2
+        or not all(isinstance(a, int) and not isinstance(a, bool) and a >= 1 for a in v)
+    ):
         raise _fail(where, f"layer {i}: {what} must be two positive integers, got {v!r}")
     return [int(a) for a in v]
 
@@ -97,9 +100,13 @@ def _padding(v, where, i):
         if v.upper() not in ("SAME", "VALID"):
             raise _fail(where, f"layer {i}: padding must be 'SAME', 'VALID' or [[lo, hi], [lo, hi]], got {v!r}")
         return v.upper()
-    ok = (isinstance(v, (list, tuple)) and len(v) == 2
-          and all(isinstance(p, (list, tuple)) and len(p) == 2
-                  and all(isinstance(a, int) and a >= 0 for a in p) for p in v))
+    ok = (
+        isinstance(v, (list, tuple))
+        and len(v) == 2
+        and all(
+            isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(a, int) and a >= 0 for a in p) for p in v
+        )
+    )
     if not ok:
         raise _fail(where, f"layer {i}: padding must be 'SAME', 'VALID' or [[lo, hi], [lo, hi]], got {v!r}")
     return [[int(a) for a in p] for p in v]
@@ -130,19 +137,24 @@ def infer_shapes(layers: Sequence[dict], input_shape: Sequence[int], where: str 
         if t == "dense":
             kshape = _kshape(layer)
             if len(shape) != 1:
-                raise _fail(where, f"layer {i} (dense) needs flat input, but gets shape {shape}; "
-                                   "insert a flatten layer")
+                raise _fail(
+                    where, f"layer {i} (dense) needs flat input, but gets shape {shape}; insert a flatten layer"
+                )
             if kshape[0] != shape[0]:
-                raise _fail(where, f"layer {i} (dense) kernel {kshape} expects {kshape[0]} inputs, "
-                                   f"but the previous layer gives {shape[0]}")
+                raise _fail(
+                    where,
+                    f"layer {i} (dense) kernel {kshape} expects {kshape[0]} inputs, "
+                    f"but the previous layer gives {shape[0]}",
+                )
             shape = (kshape[1],)
         elif t == "conv":
             kshape = _kshape(layer)
             if len(shape) != 3:
                 raise _fail(where, f"layer {i} (conv) needs (H, W, C) input, gets shape {shape}")
             if kshape[2] != shape[2]:
-                raise _fail(where, f"layer {i} (conv) kernel {kshape} expects {kshape[2]} input "
-                                   f"channels, but gets {shape[2]}")
+                raise _fail(
+                    where, f"layer {i} (conv) kernel {kshape} expects {kshape[2]} input channels, but gets {shape[2]}"
+                )
             s, d, pad = layer["strides"], layer["dilation"], layer["padding"]
             pads = [pad, pad] if isinstance(pad, str) else pad
             hw = [_out_len(shape[a], kshape[a], s[a], pads[a], d[a]) for a in range(2)]
@@ -175,8 +187,11 @@ def validate_layers(layers: Sequence[dict], input_shape, where: str = "model") -
     chaining).  Returns new dicts with numpy tensors; raises CheckpointError."""
     if not isinstance(layers, (list, tuple)) or not layers:
         raise _fail(where, "the model has no layers")
-    if (not isinstance(input_shape, (list, tuple)) or not input_shape
-            or not all(isinstance(a, (int, np.integer)) and a >= 1 for a in input_shape)):
+    if (
+        not isinstance(input_shape, (list, tuple))
+        or not input_shape
+        or not all(isinstance(a, (int, np.integer)) and a >= 1 for a in input_shape)
+    ):
         raise _fail(where, f"input_shape must be a list of positive integers, got {input_shape!r}")
     clean = []
     for i, layer in enumerate(layers):
@@ -184,14 +199,14 @@ def validate_layers(layers: Sequence[dict], input_shape, where: str = "model") -
             raise _fail(where, f"layer {i} is not a dict with a 'type'")
         t = layer["type"]
         if t not in PARAM_TYPES + OP_TYPES:
-            raise _fail(where, f"layer {i} has unsupported type {t!r}; "
-                               f"supported: {', '.join(PARAM_TYPES + OP_TYPES)}")
+            raise _fail(where, f"layer {i} has unsupported type {t!r}; supported: {', '.join(PARAM_TYPES + OP_TYPES)}")
         c = {"type": t}
         if t in PARAM_TYPES:
             act = layer.get("activation", "relu")
             if act not in ACTIVATIONS:
-                raise _fail(where, f"layer {i} ({t}) has unsupported activation {act!r}; "
-                                   f"supported: {', '.join(ACTIVATIONS)}")
+                raise _fail(
+                    where, f"layer {i} ({t}) has unsupported activation {act!r}; supported: {', '.join(ACTIVATIONS)}"
+                )
             c["activation"] = act
             rank = 2 if t == "dense" else 4
             for name in ("kernel", "bias"):
@@ -211,8 +226,7 @@ def validate_layers(layers: Sequence[dict], input_shape, where: str = "model") -
                     raise _fail(where, f"layer {i} {name} contains NaN or Inf values")
                 c[name] = a
             if c["bias"] is not None and c["bias"].shape[0] != c["kernel"].shape[-1]:
-                raise _fail(where, f"layer {i} ({t}) bias {c['bias'].shape} does not match "
-                                   f"kernel {c['kernel'].shape}")
+                raise _fail(where, f"layer {i} ({t}) bias {c['bias'].shape} does not match kernel {c['kernel'].shape}")
             if t == "conv":
                 c["strides"] = _pair(layer.get("strides", 1), "strides", where, i)
                 c["dilation"] = _pair(layer.get("dilation", 1), "dilation", where, i)
@@ -229,8 +243,13 @@ def validate_layers(layers: Sequence[dict], input_shape, where: str = "model") -
 # ----------------------------------------------------------------------------- save / load
 
 
-def save(path: str | os.PathLike, layers: Sequence[dict], input_shape: Sequence[int],
-         metadata: dict | None = None, compress: bool = False) -> Path:
+def save(
+    path: str | os.PathLike,
+    layers: Sequence[dict],
+    input_shape: Sequence[int],
+    metadata: dict | None = None,
+    compress: bool = False,
+) -> Path:
     """Write a checkpoint directory atomically (see the module docstring).
 
     Args:
@@ -314,15 +333,20 @@ def _read_model_json(path: Path) -> dict:
     except UnicodeDecodeError:
         raise CheckpointError(f"{mfile}: not UTF-8 text (corrupt file)") from None
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{mfile}: invalid JSON at line {e.lineno} column {e.colno} "
-                              f"({e.msg}); the file is corrupt or truncated") from None
+        raise CheckpointError(
+            f"{mfile}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg}); the file is corrupt or truncated"
+        ) from None
     if not isinstance(model, dict) or model.get("format") != FORMAT:
-        raise CheckpointError(f"{mfile}: not a {FORMAT} file (format field is "
-                              f"{model.get('format') if isinstance(model, dict) else None!r})")
+        raise CheckpointError(
+            f"{mfile}: not a {FORMAT} file (format field is "
+            f"{model.get('format') if isinstance(model, dict) else None!r})"
+        )
     v = model.get("version")
     if not isinstance(v, int) or v > VERSION or v < 1:
-        raise CheckpointError(f"{mfile}: unsupported format version {v!r} "
-                              f"(this nettrim-jax reads versions 1 to {VERSION}); upgrade nettrim-jax")
+        raise CheckpointError(
+            f"{mfile}: unsupported format version {v!r} "
+            f"(this nettrim-jax reads versions 1 to {VERSION}); upgrade nettrim-jax"
+        )
     for key, typ in (("layers", list), ("input_shape", list), ("weights", dict)):
         if not isinstance(model.get(key), typ):
             raise CheckpointError(f"{mfile}: missing or malformed field {key!r}")
@@ -383,11 +407,13 @@ def load(path: str | os.PathLike) -> Checkpoint:
                     raise CheckpointError(f"{wpath}: layer {i} {name}: damaged sparse tensor ({e})") from None
                 used.add(ref["index"])
             if list(a.shape) != list(ref.get("shape", [])):
-                raise CheckpointError(f"{wpath}: tensor {key!r} has shape {list(a.shape)}, but "
-                                      f"{MODEL_FILE} declares {ref.get('shape')}")
+                raise CheckpointError(
+                    f"{wpath}: tensor {key!r} has shape {list(a.shape)}, but {MODEL_FILE} declares {ref.get('shape')}"
+                )
             if a.dtype.name != ref.get("dtype"):
-                raise CheckpointError(f"{wpath}: tensor {key!r} has dtype {a.dtype.name}, but "
-                                      f"{MODEL_FILE} declares {ref.get('dtype')}")
+                raise CheckpointError(
+                    f"{wpath}: tensor {key!r} has dtype {a.dtype.name}, but {MODEL_FILE} declares {ref.get('dtype')}"
+                )
             layer[name] = a
             used.add(key)
         layers.append(layer)
@@ -396,8 +422,12 @@ def load(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{wpath}: tensors {extra} are not described in {MODEL_FILE}")
     layers = validate_layers(layers, model["input_shape"], where=str(wpath))
     meta = model.get("metadata") or {}
-    return Checkpoint(layers=layers, input_shape=tuple(model["input_shape"]),
-                      metadata=meta if isinstance(meta, dict) else {}, path=path)
+    return Checkpoint(
+        layers=layers,
+        input_shape=tuple(model["input_shape"]),
+        metadata=meta if isinstance(meta, dict) else {},
+        path=path,
+    )
 
 
 def describe(path: str | os.PathLike) -> dict:

@@ -42,15 +42,28 @@ def to_network(layers: Sequence[dict]) -> list:
             net.append(Dense(np.asarray(layer["kernel"]), _arr(layer["bias"]), layer["activation"]))
         elif t == "conv":
             pad = layer["padding"]
-            net.append(Conv(np.asarray(layer["kernel"]), _arr(layer["bias"]), layer["activation"],
-                            tuple(layer["strides"]), pad if isinstance(pad, str) else tuple(map(tuple, pad)),
-                            tuple(layer["dilation"])))
+            net.append(
+                Conv(
+                    np.asarray(layer["kernel"]),
+                    _arr(layer["bias"]),
+                    layer["activation"],
+                    tuple(layer["strides"]),
+                    pad if isinstance(pad, str) else tuple(map(tuple, pad)),
+                    tuple(layer["dilation"]),
+                )
+            )
         elif t == "flatten":
             net.append(Flatten())
         else:
             pad = layer["padding"]
-            net.append(Pool(t[:3], tuple(layer["window"]), tuple(layer["strides"]),
-                            pad if isinstance(pad, str) else tuple(map(tuple, pad))))
+            net.append(
+                Pool(
+                    t[:3],
+                    tuple(layer["window"]),
+                    tuple(layer["strides"]),
+                    pad if isinstance(pad, str) else tuple(map(tuple, pad)),
+                )
+            )
     return net
 
 
@@ -60,8 +73,9 @@ def _activation(a, i) -> str:
     if a is None:
         return "linear"
     name = getattr(a, "__name__", repr(a))
-    raise CheckpointError(f"model: layer {i} has activation {name!r}; a checkpoint stores only "
-                          f"{', '.join(ACTIVATIONS)}")
+    raise CheckpointError(
+        f"model: layer {i} has activation {name!r}; a checkpoint stores only {', '.join(ACTIVATIONS)}"
+    )
 
 
 def _padding(pad):
@@ -74,35 +88,60 @@ def from_network(network: Sequence) -> list:
     out = []
     for i, item in enumerate(network):
         if isinstance(item, Dense):
-            out.append({"type": "dense", "activation": _activation(item.activation, i),
-                        "kernel": np.asarray(item.kernel), "bias": _arr(item.bias)})
+            out.append(
+                {
+                    "type": "dense",
+                    "activation": _activation(item.activation, i),
+                    "kernel": np.asarray(item.kernel),
+                    "bias": _arr(item.bias),
+                }
+            )
         elif isinstance(item, Conv):
-            out.append({"type": "conv", "activation": _activation(item.activation, i),
-                        "kernel": np.asarray(item.kernel), "bias": _arr(item.bias),
-                        "strides": list(pair(item.strides)), "dilation": list(pair(item.dilation)),
-                        "padding": _padding(item.padding)})
+            out.append(
+                {
+                    "type": "conv",
+                    "activation": _activation(item.activation, i),
+                    "kernel": np.asarray(item.kernel),
+                    "bias": _arr(item.bias),
+                    "strides": list(pair(item.strides)),
+                    "dilation": list(pair(item.dilation)),
+                    "padding": _padding(item.padding),
+                }
+            )
         elif isinstance(item, Flatten):
             out.append({"type": "flatten"})
         elif isinstance(item, Pool):
-            out.append({"type": f"{item.kind}pool", "window": list(pair(item.window)),
-                        "strides": list(pair(item.strides)), "padding": _padding(item.padding)})
+            out.append(
+                {
+                    "type": f"{item.kind}pool",
+                    "window": list(pair(item.window)),
+                    "strides": list(pair(item.strides)),
+                    "padding": _padding(item.padding),
+                }
+            )
         else:
-            raise CheckpointError(f"model: item {i} ({type(item).__name__}) cannot be stored; "
-                                  f"supported: {', '.join(PARAM_TYPES + OP_TYPES)}")
+            raise CheckpointError(
+                f"model: item {i} ({type(item).__name__}) cannot be stored; "
+                f"supported: {', '.join(PARAM_TYPES + OP_TYPES)}"
+            )
     return out
 
 
 def apply(layers: Sequence[dict], x, batch_size: int = 4096) -> np.ndarray:
     """The layer dicts' outputs on ``x`` (P, *input_shape), as numpy, in batches."""
     net = to_network(layers)
-    outs = [np.asarray(apply_specs(net, jnp.asarray(x[s:s + batch_size], jnp.float32)))
-            for s in range(0, max(len(x), 1), batch_size)]
+    outs = [
+        np.asarray(apply_specs(net, jnp.asarray(x[s : s + batch_size], jnp.float32)))
+        for s in range(0, max(len(x), 1), batch_size)
+    ]
     return np.concatenate(outs, 0)
 
 
-_CANDIDATES: list = [[]] + [[Flatten()]] + [
-    [Pool(kind, (k, k), (k, k))] + tail for k in (2, 3, 4) for kind in ("max", "avg")
-    for tail in ([], [Flatten()])]
+_CANDIDATES: list = (
+    [[]]
+    + [[Flatten()]]
+    + [[Pool(kind, (k, k), (k, k))] + tail for k in (2, 3, 4) for kind in ("max", "avg") for tail in ([], [Flatten()])]
+)
 
 
 def _between(h, target, i):
@@ -116,9 +155,11 @@ def _between(h, target, i):
             continue
         if out.shape == target.shape and bool(jnp.allclose(out, target, rtol=1e-5, atol=1e-6)):
             return ops
-    raise CheckpointError(f"model: what follows prunable layer {i} is not a chain step a checkpoint "
-                          "can describe (ReLU, flatten, max/avg pooling); save a residual or "
-                          "attention model with the orbax route instead")
+    raise CheckpointError(
+        f"model: what follows prunable layer {i} is not a chain step a checkpoint "
+        "can describe (ReLU, flatten, max/avg pooling); save a residual or "
+        "attention model with the orbax route instead"
+    )
 
 
 def from_model(model, x) -> tuple[list, tuple]:
@@ -141,8 +182,10 @@ def from_model(model, x) -> tuple[list, tuple]:
         if act is None:
             act = detect_activation(net, net.specs, x, i, base) if i < L - 1 else "linear"
         if act not in ACTIVATIONS:
-            raise CheckpointError(f"model: layer {net.names[i]!r} is followed by an activation a "
-                                  "checkpoint cannot store (only relu, linear)")
+            raise CheckpointError(
+                f"model: layer {net.names[i]!r} is followed by an activation a "
+                "checkpoint cannot store (only relu, linear)"
+            )
         layers += from_network([spec._replace(activation=act)])
         z = base.preacts[i]
         h = jnp.maximum(z, 0) if act == "relu" else z
@@ -165,10 +208,15 @@ def load_into(model, layers: Sequence[dict], x):
         raise CheckpointError(f"model has {len(net.specs)} prunable layers, the checkpoint {len(specs)}")
     new = []
     for name, mine, theirs in zip(net.names, net.specs, specs):
-        if type(mine) is not type(theirs) or np.shape(mine.kernel) != np.shape(theirs.kernel) \
-                or (mine.bias is None) != (theirs.bias is None):
-            raise CheckpointError(f"layer {name!r}: the checkpoint's {type(theirs).__name__} "
-                                  f"{np.shape(theirs.kernel)} does not fit the model's "
-                                  f"{type(mine).__name__} {np.shape(mine.kernel)}")
+        if (
+            type(mine) is not type(theirs)
+            or np.shape(mine.kernel) != np.shape(theirs.kernel)
+            or (mine.bias is None) != (theirs.bias is None)
+        ):
+            raise CheckpointError(
+                f"layer {name!r}: the checkpoint's {type(theirs).__name__} "
+                f"{np.shape(theirs.kernel)} does not fit the model's "
+                f"{type(mine).__name__} {np.shape(mine.kernel)}"
+            )
         new.append(mine._replace(kernel=theirs.kernel, bias=theirs.bias))
     return net.rebuild(new)

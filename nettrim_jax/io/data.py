@@ -88,8 +88,7 @@ def download(root: str | os.PathLike, name: str = "mnist", base_url: str | None 
             continue
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{fname}.", suffix=".part")
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(base.rstrip("/") + "/" + fname,
-                                                                   timeout=60) as src:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(base.rstrip("/") + "/" + fname, timeout=60) as src:
                 os.fchmod(out.fileno(), creation_mode(target))
                 shutil.copyfileobj(src, out)
             problem = verify_file(Path(tmp), size, digest)
@@ -166,8 +165,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     shape = struct.unpack(">" + "I" * ndim, raw[4:header])
     count = int(np.prod(shape))
     if len(raw) - header != count:
-        raise ValueError(f"{path}: expected {count} values for shape {shape}, "
-                         f"found {len(raw) - header}")
+        raise ValueError(f"{path}: expected {count} values for shape {shape}, found {len(raw) - header}")
     return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
 

@@ -39,7 +39,7 @@ class Compressed(NamedTuple):
 
     @property
     def format(self) -> str:
-        """"indices" or "bitmask"."""
+        """ "indices" or "bitmask"."""
         return "bitmask" if self.index.dtype == np.uint8 else "indices"
 
 
@@ -101,12 +101,12 @@ def compress_tree(tree) -> Any:
 
 def decompress_tree(tree) -> Any:
     """Inverse of ``compress_tree``: every ``Compressed`` leaf back to a dense numpy array."""
-    return jax.tree_util.tree_map(lambda x: decompress(x) if isinstance(x, Compressed) else x,
-                                  tree, is_leaf=lambda x: isinstance(x, Compressed))
+    return jax.tree_util.tree_map(
+        lambda x: decompress(x) if isinstance(x, Compressed) else x, tree, is_leaf=lambda x: isinstance(x, Compressed)
+    )
 
 
 def tree_nbytes(tree) -> int:
     """Bytes of a pytree's arrays, ``Compressed`` leaves counted by ``compressed_nbytes``."""
     leaves = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, Compressed))
-    return sum(compressed_nbytes(x) if isinstance(x, Compressed) else int(np.asarray(x).nbytes)
-               for x in leaves)
+    return sum(compressed_nbytes(x) if isinstance(x, Compressed) else int(np.asarray(x).nbytes) for x in leaves)

@@ -53,10 +53,13 @@ def load_state(path: str | os.PathLike) -> tuple[PruneState, dict]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         if meta.get("format") != FORMAT:
             raise KeyError("format")
-        outcomes = tuple(None if row is None else
-                         LayerOutcome(kernel=tensors.get(str(i)), **row)
-                         for i, row in enumerate(meta["outcomes"]))
+        outcomes = tuple(
+            None if row is None else LayerOutcome(kernel=tensors.get(str(i)), **row)
+            for i, row in enumerate(meta["outcomes"])
+        )
         return PruneState(meta["scheme"], outcomes), meta["fingerprint"]
     except (OSError, SafetensorError, KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable nettrim run state ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}); start over with --force") from None
+        raise CheckpointError(
+            f"{path}: not a readable nettrim run state ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); start over with --force"
+        ) from None

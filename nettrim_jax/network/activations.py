@@ -35,8 +35,7 @@ import jax.numpy as jnp
 
 from nettrim_jax.network.adapters import Adapter, Captured
 
-__all__ = ["detect_activation", "choose_programs", "choose_layers", "LayerChoice", "PROGRAMS",
-           "ON_UNSUPPORTED"]
+__all__ = ["detect_activation", "choose_programs", "choose_layers", "LayerChoice", "PROGRAMS", "ON_UNSUPPORTED"]
 
 PROGRAMS = ("relu", "linear", "skipped")
 ON_UNSUPPORTED = ("linear", "error", "skip")
@@ -97,7 +96,7 @@ def _tests(adapter: Adapter, specs, x, i: int, base: Captured):
 
 
 def detect_activation(adapter: Adapter, specs, x, i: int, base: Captured | None = None) -> str:
-    """"relu", "linear" or "unsupported" for what follows prunable layer ``i`` (module doc).
+    """ "relu", "linear" or "unsupported" for what follows prunable layer ``i`` (module doc).
     The tests look at the next prunable layer's input only, so what happens after it does
     not matter.  ``base`` is a ``Captured`` of the unmodified network."""
     base = adapter.run(specs, x) if base is None else base
@@ -127,15 +126,18 @@ def _checked_override(adapter, specs, x, i, base, name, value) -> str:
         return prog
     sees, relu, linear = _tests(adapter, specs, x, i, base)
     if prog == "relu" and not relu:
-        raise ValueError(f"activations[{name!r}]='relu' contradicts the model: the next layer's input "
-                         "changes when this layer's negative outputs change, so its output does not "
-                         "reach the next layer through a ReLU alone; pruning against relu(z) would "
-                         "be wrong (use 'linear' if an affine map follows, or 'skip')")
+        raise ValueError(
+            f"activations[{name!r}]='relu' contradicts the model: the next layer's input "
+            "changes when this layer's negative outputs change, so its output does not "
+            "reach the next layer through a ReLU alone; pruning against relu(z) would "
+            "be wrong (use 'linear' if an affine map follows, or 'skip')"
+        )
     return prog
 
 
-def choose_programs(adapter: Adapter, x, base: Captured, overrides: dict | None,
-                    on_unsupported: str = "linear") -> list[str]:
+def choose_programs(
+    adapter: Adapter, x, base: Captured, overrides: dict | None, on_unsupported: str = "linear"
+) -> list[str]:
     """The programs of ``choose_layers``."""
     return [c.program for c in choose_layers(adapter, x, base, overrides, on_unsupported)]
 
@@ -143,8 +145,9 @@ def choose_programs(adapter: Adapter, x, base: Captured, overrides: dict | None,
 _REASONS = {"relu": "relu", "linear": "linear (affine map to the next layer)"}
 
 
-def choose_layers(adapter: Adapter, x, base: Captured, overrides: dict | None,
-                  on_unsupported: str = "linear") -> list[LayerChoice]:
+def choose_layers(
+    adapter: Adapter, x, base: Captured, overrides: dict | None, on_unsupported: str = "linear"
+) -> list[LayerChoice]:
     """One ``LayerChoice`` per prunable layer: a checked override, else "linear" for the last
     layer, else the declared activation (plain specs), else the detected one; an
     "unsupported" Flax layer gets its affine epilogue if it has one (exact ReLU program),
@@ -174,8 +177,10 @@ def choose_layers(adapter: Adapter, x, base: Captured, overrides: dict | None,
                 if ep is not None:
                     choice = LayerChoice("relu", ep.describe(), ep)
         if choice.program == "unsupported":
-            msg = (f"layer {name!r} is followed by an activation Net-Trim has no program for "
-                   "(only ReLU, affine epilogues into a ReLU, and linear)")
+            msg = (
+                f"layer {name!r} is followed by an activation Net-Trim has no program for "
+                "(only ReLU, affine epilogues into a ReLU, and linear)"
+            )
             if on_unsupported == "error":
                 raise ValueError(msg + "; pass on_unsupported='linear' or 'skip', or activations={name: 'skip'}")
             if on_unsupported == "skip":

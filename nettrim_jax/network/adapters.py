@@ -55,8 +55,12 @@ class SpecsAdapter:
             if is_spec(item):
                 spec = specs[layer]._replace(activation=item.activation)
                 k = spec.kernel
-                rec.check(layer, conv_mismatch(x, k) if isinstance(spec, Conv)
-                          else dense_mismatch(x, int(jnp.shape(k)[0]), flatten=True))
+                rec.check(
+                    layer,
+                    conv_mismatch(x, k)
+                    if isinstance(spec, Conv)
+                    else dense_mismatch(x, int(jnp.shape(k)[0]), flatten=True),
+                )
                 z = rec.record(layer, x, apply_layer(spec, x))
                 x = apply_activation(item.activation, z)
                 layer += 1
@@ -75,9 +79,11 @@ class SpecsAdapter:
         callables."""
         out: list = [None] * len(self.network)
         for i, spec in zip(self._index, specs):
-            out[i] = spec._replace(kernel=jnp.asarray(spec.kernel) != 0,
-                                   bias=None if spec.bias is None else jnp.asarray(spec.bias) != 0,
-                                   activation=self.network[i].activation)
+            out[i] = spec._replace(
+                kernel=jnp.asarray(spec.kernel) != 0,
+                bias=None if spec.bias is None else jnp.asarray(spec.bias) != 0,
+                activation=self.network[i].activation,
+            )
         return out
 
 
@@ -89,5 +95,7 @@ def adapt(model, x):
         return LinenAdapter(model[0], model[1], x)
     if isinstance(model, (list, tuple)):
         return SpecsAdapter(model, x)
-    raise TypeError("model must be an nnx.Module, a Linen (module, variables) pair, or a "
-                    f"sequence of Dense/Conv specs; got {type(model).__name__}")
+    raise TypeError(
+        "model must be an nnx.Module, a Linen (module, variables) pair, or a "
+        f"sequence of Dense/Conv specs; got {type(model).__name__}"
+    )

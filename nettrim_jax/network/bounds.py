@@ -40,8 +40,9 @@ def _gain(spec, K) -> float:
     return transition_gain(spec) * _spectral(bare)
 
 
-def output_bound(scheme: str, orig: Sequence, programs: Sequence[str],
-                 outcomes: Sequence[LayerOutcome], gamma: float) -> float:
+def output_bound(
+    scheme: str, orig: Sequence, programs: Sequence[str], outcomes: Sequence[LayerOutcome], gamma: float
+) -> float:
     """The scheme's a priori bound on ||Y_L - Y_hat_L||_F (module doc)."""
     B = 0.0
     for spec, prog, out in zip(orig, programs, outcomes):

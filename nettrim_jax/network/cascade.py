@@ -63,18 +63,28 @@ def scan_runs(orig: Sequence, base: Captured, programs: Sequence[str], per_neuro
     for i in range(L):
         s = orig[i]
         dead = per_neuron and bool(jnp.any(jnp.all(base.preacts[i].reshape(-1, s.kernel.shape[-1]) <= 0, axis=0)))
-        ok.append(isinstance(s, Dense) and programs[i] == "relu" and i < L - 1 and not dead
-                  and s.kernel.shape[0] == s.kernel.shape[1] and base.inputs[i].ndim == 2)
+        ok.append(
+            isinstance(s, Dense)
+            and programs[i] == "relu"
+            and i < L - 1
+            and not dead
+            and s.kernel.shape[0] == s.kernel.shape[1]
+            and base.inputs[i].ndim == 2
+        )
     runs, i = [], 0
     while i < L:
         if not ok[i]:
             i += 1
             continue
         j = i + 1
-        while (j < L and ok[j] and orig[j].kernel.shape == orig[i].kernel.shape
-               and (orig[j].bias is None) == (orig[i].bias is None)
-               and base.inputs[j].shape == base.preacts[j - 1].shape
-               and bool(jnp.array_equal(base.inputs[j], jax.nn.relu(base.preacts[j - 1])))):
+        while (
+            j < L
+            and ok[j]
+            and orig[j].kernel.shape == orig[i].kernel.shape
+            and (orig[j].bias is None) == (orig[i].bias is None)
+            and base.inputs[j].shape == base.preacts[j - 1].shape
+            and bool(jnp.array_equal(base.inputs[j], jax.nn.relu(base.preacts[j - 1])))
+        ):
             j += 1
         if j - i >= 2:
             runs.append((i, j))
@@ -100,8 +110,9 @@ def _scan_solver(per_neuron, solver, opts, gamma, bias, refit=False):
             W, Y, floor = inp
             A = with_ones(xh) if bias else xh
             eps, V = _gamma_epsilon(A, Y, W, "relu", gamma, floor)
-            sol = solve_layer(A, Y, epsilon=eps, activation="relu", threshold=V,
-                              per_neuron=per_neuron, solver=solver, **options)
+            sol = solve_layer(
+                A, Y, epsilon=eps, activation="relu", threshold=V, per_neuron=per_neuron, solver=solver, **options
+            )
             K, fit = refit_or_measure(refit, A, Y, sol.kernel, "relu", V)
             return jax.nn.relu(A @ K), (K, sol.info, eps, fit)
 
@@ -132,15 +143,14 @@ class _Cascade:
     def run_scan(self, i, j, Xh) -> dict[int, LayerOutcome]:
         cfg, orig, base = self.cfg, self.orig, self.base
         t0 = time.perf_counter()
-        probs = [build_problem(orig[k], base.inputs[k], base.preacts[k], "relu", None, 0)
-                 for k in range(i, j)]
+        probs = [build_problem(orig[k], base.inputs[k], base.preacts[k], "relu", None, 0) for k in range(i, j)]
         floors = [self.floor_of(k, probs[k - i].target) for k in range(i, j)]
         Ws = jnp.stack([kernel_matrix(orig[k]) for k in range(i, j)])
-        runner = _scan_solver(cfg.per_neuron, cfg.solver, cfg.opts, cfg.gamma,
-                              orig[i].bias is not None, cfg.refit)
+        runner = _scan_solver(cfg.per_neuron, cfg.solver, cfg.opts, cfg.gamma, orig[i].bias is not None, cfg.refit)
         xh = layer_rows(orig[i], Xh)
-        Ks, infos, epss, fits = jax.device_get(runner(xh, Ws, jnp.stack([p.target for p in probs]),
-                                                      jnp.asarray(floors, Ws.dtype)))
+        Ks, infos, epss, fits = jax.device_get(
+            runner(xh, Ws, jnp.stack([p.target for p in probs]), jnp.asarray(floors, Ws.dtype))
+        )
         seconds = (time.perf_counter() - t0) / (j - i)
         outs = {}
         for k in range(i, j):
@@ -149,8 +159,16 @@ class _Cascade:
             info = jax.tree.map(lambda a, k=k: a[k - i], infos)
             self.new[k] = with_matrix(orig[k], K)
             pr = probs[k - i]._replace(inputs=A, full_rows=int(A.shape[0]))
-            outs[k] = solved_outcome(pr, K, epss[k - i], fits[k - i], info, seconds,
-                                     floor=None if k == self.first else floors[k - i], scan=True)
+            outs[k] = solved_outcome(
+                pr,
+                K,
+                epss[k - i],
+                fits[k - i],
+                info,
+                seconds,
+                floor=None if k == self.first else floors[k - i],
+                scan=True,
+            )
             xh = jax.nn.relu(A @ K)
         return outs
 
@@ -169,8 +187,9 @@ class _Cascade:
         V = jnp.zeros((), pr.inputs.dtype) if pr.threshold is None else pr.threshold
         if cfg.output_epsilon is not None and i == len(self.orig) - 1:  # linear (checked)
             floor = None  # the bound restarts at the output layer's own epsilon
-            eps = output_layer_epsilon(pr.inputs, pr.target,
-                                       absolute_epsilon(cfg.output_epsilon, pr.target, cfg.relative))
+            eps = output_layer_epsilon(
+                pr.inputs, pr.target, absolute_epsilon(cfg.output_epsilon, pr.target, cfg.relative)
+            )
         elif i == self.first:
             eps, floor = floor, None
         else:
@@ -188,10 +207,17 @@ class _Cascade:
         return solved_outcome(pr, K, eps, fit, info, time.perf_counter() - t0, floor=floor)
 
 
-def solve_cascade(net: Adapter, x, programs: Sequence[str], eps_list: Sequence, cfg: SolveConfig,
-                  scan="auto", done: Sequence[LayerOutcome | None] = (),
-                  on_layers: Callable[[dict[int, LayerOutcome]], None] | None = None,
-                  epilogues: Sequence | None = None) -> list[LayerOutcome]:
+def solve_cascade(
+    net: Adapter,
+    x,
+    programs: Sequence[str],
+    eps_list: Sequence,
+    cfg: SolveConfig,
+    scan="auto",
+    done: Sequence[LayerOutcome | None] = (),
+    on_layers: Callable[[dict[int, LayerOutcome]], None] | None = None,
+    epilogues: Sequence | None = None,
+) -> list[LayerOutcome]:
     """One ``LayerOutcome`` per layer.
 
     ``done``: outcomes of a finished prefix of layers (an interrupted run), taken as they
@@ -202,8 +228,7 @@ def solve_cascade(net: Adapter, x, programs: Sequence[str], eps_list: Sequence, 
     done = list(done) + [None] * (L - len(done))
     prefix = next((k for k, o in enumerate(done) if o is None), L)
     if any(o is not None for o in done[prefix:]):
-        raise ValueError("resume: a cascade continues after a finished prefix of layers; "
-                         "this state has a gap")
+        raise ValueError("resume: a cascade continues after a finished prefix of layers; this state has a gap")
     finished: list[LayerOutcome] = [o for o in done[:prefix] if o is not None]
     state = _Cascade(net, x, programs, eps_list, cfg, epilogues)
     outcomes: list[LayerOutcome | None] = [None] * L
@@ -212,8 +237,13 @@ def solve_cascade(net: Adapter, x, programs: Sequence[str], eps_list: Sequence, 
         if out.kernel is not None:
             state.new[k] = with_matrix(state.orig[k], jnp.asarray(out.kernel))
     # a target searches each layer's epsilon; structure and patterns go through the loop
-    use_scan = (scan in ("auto", True) and not cfg.keep and cfg.structure == "unstructured"
-                and cfg.pattern is None and cfg.mesh is None)
+    use_scan = (
+        scan in ("auto", True)
+        and not cfg.keep
+        and cfg.structure == "unstructured"
+        and cfg.pattern is None
+        and cfg.mesh is None
+    )
     runs = scan_runs(state.orig, state.base, programs, cfg.per_neuron) if use_scan else []
     if scan is True and not runs:
         warnings.warn("scan=True but no run of stackable layers was found; using the loop", stacklevel=3)

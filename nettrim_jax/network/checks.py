@@ -19,14 +19,14 @@ def check_options(scheme, gamma, on_unsupported, solver, max_patches, scan):
     except (TypeError, ValueError):
         raise ValueError(f"gamma must be a number >= 1, got {gamma!r}") from None
     if not (np.isfinite(g) and g >= 1):
-        raise ValueError(f"gamma must be >= 1 and finite (the original weights must stay "
-                         f"feasible), got {gamma}")
+        raise ValueError(f"gamma must be >= 1 and finite (the original weights must stay feasible), got {gamma}")
     if on_unsupported not in ("linear", "error", "skip"):
         raise ValueError(f"on_unsupported must be 'linear', 'error' or 'skip', got {on_unsupported!r}")
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
-    if max_patches is not None and (isinstance(max_patches, bool) or
-                                    not isinstance(max_patches, (int, np.integer)) or max_patches < 1):
+    if max_patches is not None and (
+        isinstance(max_patches, bool) or not isinstance(max_patches, (int, np.integer)) or max_patches < 1
+    ):
         raise ValueError(f"max_patches must be a positive int or None, got {max_patches!r}")
     if scan not in ("auto", True, False):
         raise ValueError(f"scan must be 'auto', True or False, got {scan!r}")
@@ -82,17 +82,20 @@ def check_calibration(x):
     if x.ndim == 0:
         raise ValueError("calibration data x must have a leading sample axis, got a scalar")
     if x.ndim == 1:  # one sample of shape (N,) or N scalar samples: ambiguous, refused
-        raise ValueError(f"calibration data x of shape {tuple(x.shape)} has no sample axis: pass "
-                         f"shape (P, {x.shape[0]}) for samples of {x.shape[0]} features (x[None] for one)")
+        raise ValueError(
+            f"calibration data x of shape {tuple(x.shape)} has no sample axis: pass "
+            f"shape (P, {x.shape[0]}) for samples of {x.shape[0]} features (x[None] for one)"
+        )
     if x.shape[0] == 0 or x.size == 0:
-        raise ValueError(f"calibration data x is empty (shape {tuple(x.shape)}); "
-                         "at least one sample is needed")
+        raise ValueError(f"calibration data x is empty (shape {tuple(x.shape)}); at least one sample is needed")
     if jnp.issubdtype(x.dtype, jnp.inexact):
         bad = int(jnp.sum(~jnp.isfinite(x)))
         if bad:
             rows = np.flatnonzero(np.asarray(~jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)))
-            raise ValueError(f"calibration data x contains NaN or Inf ({bad} entries, in samples "
-                             f"{rows[:5].tolist()}{'...' if rows.size > 5 else ''})")
+            raise ValueError(
+                f"calibration data x contains NaN or Inf ({bad} entries, in samples "
+                f"{rows[:5].tolist()}{'...' if rows.size > 5 else ''})"
+            )
     return x
 
 
@@ -106,8 +109,10 @@ def check_layers(net):
     if not net.names:
         refused = getattr(net, "refused", {})
         why = f" ({len(refused)} left unpruned: {next(iter(refused.values()))})" if refused else ""
-        raise ValueError("the model has no prunable layer on its forward pass (Linear, Conv, "
-                         f"LinearGeneral / DenseGeneral, projection Einsum){why}")
+        raise ValueError(
+            "the model has no prunable layer on its forward pass (Linear, Conv, "
+            f"LinearGeneral / DenseGeneral, projection Einsum){why}"
+        )
 
 
 def check_weights(net):
@@ -115,8 +120,10 @@ def check_weights(net):
     for name, spec in zip(net.names, net.specs):
         for part, arr in (("kernel", spec.kernel), ("bias", spec.bias)):
             if arr is not None and (bad := _nonfinite(arr)):
-                raise ValueError(f"model weights: layer {name!r} {part} of shape "
-                                 f"{tuple(jnp.shape(arr))} contains NaN or Inf ({bad} entries)")
+                raise ValueError(
+                    f"model weights: layer {name!r} {part} of shape "
+                    f"{tuple(jnp.shape(arr))} contains NaN or Inf ({bad} entries)"
+                )
 
 
 def check_forward(net):
@@ -125,9 +132,11 @@ def check_forward(net):
     for name, X, Z in zip(net.names, net.first.inputs, net.first.preacts):
         for what, arr in (("input", X), ("output (pre-activation)", Z)):
             if bad := _nonfinite(arr):
-                raise ValueError(f"layer {name!r} {what} on the calibration data contains NaN or "
-                                 f"Inf ({bad} entries; overflow or a non-finite parameter outside "
-                                 "the prunable layers)")
+                raise ValueError(
+                    f"layer {name!r} {what} on the calibration data contains NaN or "
+                    f"Inf ({bad} entries; overflow or a non-finite parameter outside "
+                    "the prunable layers)"
+                )
 
 
 STRUCTURES = {"unstructured": "unstructured", "units": "units", "neurons": "units", "channels": "units"}
@@ -143,8 +152,10 @@ def parse_structure(structure, pattern, per_neuron: bool) -> tuple[str, tuple | 
     if kind is None:
         raise ValueError(f"structure must be one of {sorted(STRUCTURES)}, got {structure!r}")
     if kind == "units" and per_neuron:
-        raise ValueError("structure='units' couples the output units (a removed input feeds all of "
-                         "them); it cannot be solved per_neuron=True")
+        raise ValueError(
+            "structure='units' couples the output units (a removed input feeds all of "
+            "them); it cannot be solved per_neuron=True"
+        )
     if pattern is None:
         return kind, None
     if kind != "unstructured":

@@ -77,9 +77,8 @@ def compact_network(network: Sequence) -> list:
     idx = [i for i, item in enumerate(net) if _is_layer(item)]
     for a, b in zip(idx[:-1], idx[1:]):
         spec, nxt = net[a], net[b]
-        between = net[a + 1:b]
-        flattened = any(isinstance(t, Flatten) for t in between) or (
-            isinstance(spec, Conv) and isinstance(nxt, Dense))
+        between = net[a + 1 : b]
+        flattened = any(isinstance(t, Flatten) for t in between) or (isinstance(spec, Conv) and isinstance(nxt, Dense))
         channels = int(np.shape(spec.kernel)[-1])
         # NHWC flatten: the next Dense kernel has spatial * channels rows
         spatial = int(np.shape(nxt.kernel)[0]) // channels if flattened else 1

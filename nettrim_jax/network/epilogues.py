@@ -99,7 +99,7 @@ def run_tapped(adapter: Adapter, specs, x, override=None) -> tuple[Captured, lis
 
 def _after(cap: Captured, i: int):
     """Everything after layer i: later layers' inputs and the model output, flattened."""
-    parts = [jnp.ravel(a) for a in cap.inputs[i + 1:]]
+    parts = [jnp.ravel(a) for a in cap.inputs[i + 1 :]]
     parts += [jnp.ravel(o) for o in jax.tree.leaves(cap.output)]
     return jnp.concatenate(parts)
 
@@ -170,8 +170,9 @@ def epilogue_problem(spec, X, Y, c, ep: Epilogue, max_patches: int | None, seed:
     target = jnp.where(omega, Y - c, 0)
     a = jnp.asarray(ep.scale, target.dtype)
     # a laid out like the kernel matrix (a grouped conv's blocks each get their channels' a)
-    scale = kernel_matrix(spec._replace(kernel=jnp.broadcast_to(a, jnp.shape(spec.kernel)),
-                                        bias=None if spec.bias is None else a))
+    scale = kernel_matrix(
+        spec._replace(kernel=jnp.broadcast_to(a, jnp.shape(spec.kernel)), bias=None if spec.bias is None else a)
+    )
     return base._replace(target=target, omega=omega, threshold=-c, scale=scale)
 
 
@@ -183,4 +184,3 @@ def to_program(kernel_mat, pr: LayerProblem):
 def from_program(kernel_mat, pr: LayerProblem):
     """Inverse of ``to_program``: the solved (folded) kernel back in the layer's columns."""
     return kernel_mat if pr.scale is None else kernel_mat / pr.scale
-

@@ -24,8 +24,7 @@ def _pairs(model: nnx.Module, x) -> list[tuple]:
     """(layer path, BatchNorm path) for each BatchNorm fed directly by a Linear / Conv."""
     work = nnx.clone(model)
     work.eval()
-    nodes = {id(n): tuple(p) for p, n in nnx.iter_graph(work)
-             if isinstance(n, (nnx.Linear, nnx.Conv, nnx.BatchNorm))}
+    nodes = {id(n): tuple(p) for p, n in nnx.iter_graph(work) if isinstance(n, (nnx.Linear, nnx.Conv, nnx.BatchNorm))}
     outputs: dict = {}
     pairs: list = []
     keep: list = []  # keeps the recorded arrays alive, so their ids stay unique
@@ -36,6 +35,7 @@ def _pairs(model: nnx.Module, x) -> list[tuple]:
             keep.append(z)
             outputs[id(z)] = nodes[id(self)]
             return z
+
         return type(f"Fold{cls.__name__}", (cls,), {"__call__": call})
 
     def bn_call(cls):
@@ -43,6 +43,7 @@ def _pairs(model: nnx.Module, x) -> list[tuple]:
             if id(inp) in outputs:
                 pairs.append((outputs[id(inp)], nodes[id(self)]))
             return cls.__call__(self, inp, *a, **k)
+
         return type(f"Fold{cls.__name__}", (cls,), {"__call__": call})
 
     for _, n in nnx.iter_graph(work):

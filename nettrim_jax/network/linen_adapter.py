@@ -12,18 +12,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nettrim_jax.network import tracing
 from nettrim_jax.network.projections import NotAProjection, einsum_plan, linear_general_plan
 from nettrim_jax.network.specs import Dense
-from nettrim_jax.network.tracing import (
-    ACTIVE,
-    Captured,
-    Recorder,
-    conv_mismatch,
-    conv_spec,
-    dense_mismatch,
-    first_forward,
-    path_name,
-)
 
 __all__ = ["LinenAdapter"]
 
@@ -57,41 +48,41 @@ class LinenAdapter:
                 return next_fun(*args, **kwargs)
             path = tuple(mod.scope.path)
             if isinstance(mod, PROJECTIONS):
-                if not (ACTIVE and args and mod.has_variable("params", "kernel")):
+                if not (tracing.ACTIVE and args and mod.has_variable("params", "kernel")):
                     return next_fun(*args, **kwargs)
                 try:
                     plan = _plan(mod, mod.get_variable("params", "kernel"), args, kwargs)
                 except NotAProjection as e:
-                    ACTIVE[-1].refuse(path, str(e))
+                    tracing.ACTIVE[-1].refuse(path, str(e))
                     return next_fun(*args, **kwargs)
-                ACTIVE[-1].plans[path] = plan
+                tracing.ACTIVE[-1].plans[path] = plan
                 z = next_fun(*args, **kwargs)
                 found.setdefault(path, mod)
-                return plan.uncols(ACTIVE[-1].record(path, plan.rows(args[0]), plan.cols(z)), z.shape)
-            if ACTIVE and args and mod.has_variable("params", "kernel"):
+                return plan.uncols(tracing.ACTIVE[-1].record(path, plan.rows(args[0]), plan.cols(z)), z.shape)
+            if tracing.ACTIVE and args and mod.has_variable("params", "kernel"):
                 kernel = mod.get_variable("params", "kernel")
                 if isinstance(mod, nn.Conv):
-                    problem = conv_mismatch(args[0], kernel, mod.feature_group_count)
+                    problem = tracing.conv_mismatch(args[0], kernel, mod.feature_group_count)
                 else:
-                    problem = dense_mismatch(args[0], int(jnp.shape(kernel)[0]))
-                ACTIVE[-1].check(path, problem)
+                    problem = tracing.dense_mismatch(args[0], int(jnp.shape(kernel)[0]))
+                tracing.ACTIVE[-1].check(path, problem)
             z = next_fun(*args, **kwargs)
             found.setdefault(path, mod)
-            return ACTIVE[-1].record(path, args[0], z) if ACTIVE else z
+            return tracing.ACTIVE[-1].record(path, args[0], z) if tracing.ACTIVE else z
 
         self._icpt = icpt
-        rec = Recorder(namer=path_name)
-        ACTIVE.append(rec)
+        rec = tracing.Recorder(namer=tracing.path_name)
+        tracing.ACTIVE.append(rec)
         try:
             with nn.intercept_methods(icpt):
-                out = first_forward(lambda: module.apply(variables, x), x)
+                out = tracing.first_forward(lambda: module.apply(variables, x), x)
         finally:
-            ACTIVE.pop()
+            tracing.ACTIVE.pop()
         self._paths = list(rec.keys)
         self._plans = {k: rec.plans[k] for k in rec.keys if k in rec.plans}
-        self.names = [path_name(p) for p in self._paths]
-        self.first = Captured(out, rec.inputs, rec.preacts)
-        self.refused = {path_name(k): why for k, why in rec.refused.items() if k not in rec.keys}
+        self.names = [tracing.path_name(p) for p in self._paths]
+        self.first = tracing.Captured(out, rec.inputs, rec.preacts)
+        self.refused = {tracing.path_name(k): why for k, why in rec.refused.items() if k not in rec.keys}
         self.specs = []
         for path in self._paths:
             mod = found[path]
@@ -99,12 +90,26 @@ class LinenAdapter:
             bias = p.get("bias") if getattr(mod, "use_bias", True) else None
             plan = self._plans.get(path)
             if plan is not None:
-                self.specs.append(Dense(kernel=plan.matrix(p["kernel"]), activation=None,
-                                        bias=None if bias is None else jnp.reshape(bias, (plan.M,))))
+                self.specs.append(
+                    Dense(
+                        kernel=plan.matrix(p["kernel"]),
+                        activation=None,
+                        bias=None if bias is None else jnp.reshape(bias, (plan.M,)),
+                    )
+                )
             elif isinstance(mod, nn.Conv):
-                self.specs.append(conv_spec(p["kernel"], bias, mod.strides, mod.padding,
-                                             mod.kernel_dilation, mod.input_dilation,
-                                             mod.feature_group_count, path_name(path)))
+                self.specs.append(
+                    tracing.conv_spec(
+                        p["kernel"],
+                        bias,
+                        mod.strides,
+                        mod.padding,
+                        mod.kernel_dilation,
+                        mod.input_dilation,
+                        mod.feature_group_count,
+                        tracing.path_name(path),
+                    )
+                )
             else:
                 self.specs.append(Dense(kernel=p["kernel"], bias=bias, activation=None))
         self.unused: list[str] = []
@@ -137,16 +142,16 @@ class LinenAdapter:
             params = put(params, path, spec, self._plans.get(path))
         return {**self.variables, "params": params}
 
-    def run(self, specs, x, override=None) -> Captured:
+    def run(self, specs, x, override=None) -> tracing.Captured:
         v = self._variables(specs)
-        rec = Recorder(override, path_name)
-        ACTIVE.append(rec)
+        rec = tracing.Recorder(override, tracing.path_name)
+        tracing.ACTIVE.append(rec)
         try:
             with nn.intercept_methods(self._icpt):
                 out = self.module.apply(v, x)
         finally:
-            ACTIVE.pop()
-        return Captured(out, rec.inputs, rec.preacts)
+            tracing.ACTIVE.pop()
+        return tracing.Captured(out, rec.inputs, rec.preacts)
 
     def rebuild(self, specs):
         """New Linen variables (a dict; other collections are passed through)."""

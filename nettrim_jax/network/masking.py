@@ -32,8 +32,9 @@ class MaskedState(NamedTuple):
 
 
 def _apply_mask(tree, masks):
-    return jax.tree.map(lambda u, m: None if u is None else jnp.where(m, u, jnp.zeros_like(u)),
-                        tree, masks, is_leaf=lambda v: v is None)
+    return jax.tree.map(
+        lambda u, m: None if u is None else jnp.where(m, u, jnp.zeros_like(u)), tree, masks, is_leaf=lambda v: v is None
+    )
 
 
 def masked(optimizer: optax.GradientTransformation, masks) -> optax.GradientTransformation:

@@ -60,6 +60,7 @@ def _tap_projection(cls, self, x, args, kwargs):
 
 def _tap_class(cls):
     if cls not in _TAPS:
+
         def __call__(self, x, *args, **kwargs):
             if ACTIVE and isinstance(self, PROJECTIONS):
                 return _tap_projection(cls, self, x, args, kwargs)
@@ -76,8 +77,6 @@ def _tap_class(cls):
 
         _TAPS[cls] = type(f"Tapped{cls.__name__}", (cls,), {"__call__": __call__})
     return _TAPS[cls]
-
-
 
 
 class NNXAdapter:
@@ -106,23 +105,31 @@ class NNXAdapter:
         self._plans = [rec.plans.get(k) for k in rec.keys]
         self.names = [path_name(p) for p in self._paths]
         self.first = Captured(self._output, rec.inputs, rec.preacts)
-        self.specs = [self._spec(n, name, plan)
-                      for n, name, plan in zip(self._nodes, self.names, self._plans)]
-        self.refused = {path_name(found[k][0]): why for k, why in rec.refused.items()
-                        if k not in rec.keys}
-        self.unused: list[str] = [path_name(p) for k, (p, _) in found.items()
-                                  if k not in rec.keys and k not in rec.refused]
+        self.specs = [self._spec(n, name, plan) for n, name, plan in zip(self._nodes, self.names, self._plans)]
+        self.refused = {path_name(found[k][0]): why for k, why in rec.refused.items() if k not in rec.keys}
+        self.unused: list[str] = [
+            path_name(p) for k, (p, _) in found.items() if k not in rec.keys and k not in rec.refused
+        ]
 
     @staticmethod
     def _spec(node, name, plan=None):
         bias = None if node.bias is None else node.bias.get_value()
         kernel = node.kernel.get_value()
         if plan is not None:
-            return Dense(kernel=plan.matrix(kernel), activation=None,
-                         bias=None if bias is None else jnp.reshape(bias, (plan.M,)))
+            return Dense(
+                kernel=plan.matrix(kernel), activation=None, bias=None if bias is None else jnp.reshape(bias, (plan.M,))
+            )
         if isinstance(node, nnx.Conv):
-            return conv_spec(kernel, bias, node.strides, node.padding, node.kernel_dilation,
-                              node.input_dilation, node.feature_group_count, name)
+            return conv_spec(
+                kernel,
+                bias,
+                node.strides,
+                node.padding,
+                node.kernel_dilation,
+                node.input_dilation,
+                node.feature_group_count,
+                name,
+            )
         return Dense(kernel=kernel, bias=bias, activation=None)
 
     @staticmethod

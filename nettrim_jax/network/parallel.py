@@ -40,10 +40,17 @@ from nettrim_jax.network.specs import kernel_matrix
 __all__ = ["solve_parallel"]
 
 
-def solve_parallel(orig: Sequence, base: Captured, programs: Sequence[str], eps_list: Sequence,
-                   cfg: SolveConfig, devices=None, done: Sequence[LayerOutcome | None] = (),
-                   on_layer: Callable[[int, LayerOutcome], None] | None = None,
-                   prebuilt: dict | None = None) -> list[LayerOutcome]:
+def solve_parallel(
+    orig: Sequence,
+    base: Captured,
+    programs: Sequence[str],
+    eps_list: Sequence,
+    cfg: SolveConfig,
+    devices=None,
+    done: Sequence[LayerOutcome | None] = (),
+    on_layer: Callable[[int, LayerOutcome], None] | None = None,
+    prebuilt: dict | None = None,
+) -> list[LayerOutcome]:
     """One ``LayerOutcome`` per layer.  ``done[i]`` (if given and not None) is a finished
     layer taken as it is; ``on_layer(i, outcome)`` is called as each layer is gathered;
     ``prebuilt[i]``: layer i's ``LayerProblem`` built by the caller (an affine epilogue's)."""
@@ -55,8 +62,11 @@ def solve_parallel(orig: Sequence, base: Captured, programs: Sequence[str], eps_
     for i in range(L):
         if programs[i] == "skipped" or done[i] is not None:
             continue
-        probs[i] = prebuilt[i] if i in prebuilt else build_problem(
-            orig[i], base.inputs[i], base.preacts[i], programs[i], cfg.max_patches, cfg.seed + i)
+        probs[i] = (
+            prebuilt[i]
+            if i in prebuilt
+            else build_problem(orig[i], base.inputs[i], base.preacts[i], programs[i], cfg.max_patches, cfg.seed + i)
+        )
         eps[i] = absolute_epsilon(eps_list[i], probs[i].target, cfg.relative)
         p, n = probs[i].inputs.shape
         jobs.append((p * n * probs[i].target.shape[1], i))
@@ -71,8 +81,9 @@ def solve_parallel(orig: Sequence, base: Captured, programs: Sequence[str], eps_
         V = zero if pr.threshold is None else pr.threshold
         if cfg.mesh is not None or (cfg.keep and cfg.keep[i] is not None):
             # a mesh shards each layer in turn; a sparsity target is searched: both when gathered
-            placed[i] = lambda i=i, pr=pr, V=V: solve_program(cfg, i, orig[i], pr.inputs, pr.target,
-                                                              eps[i], V, programs[i], omega=pr.omega)
+            placed[i] = lambda i=i, pr=pr, V=V: solve_program(
+                cfg, i, orig[i], pr.inputs, pr.target, eps[i], V, programs[i], omega=pr.omega
+            )
             continue
         f = solver_for(cfg, orig[i], programs[i], pr.threshold is not None, pr.omega is not None)
         placed[i] = dispatch(f, pr.inputs, pr.target, eps[i], V, devices[d], cfg.per_neuron, pr.omega)

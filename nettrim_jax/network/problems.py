@@ -23,8 +23,18 @@ from nettrim_jax.solver import patterns, structure
 from nettrim_jax.solver.layer import solve_layer
 from nettrim_jax.solver.refit import refit_layer
 
-__all__ = ["LayerProblem", "LayerOutcome", "SolveConfig", "build_problem", "jitted_solver",
-           "dispatch", "misfit", "refit_or_measure", "output_layer_epsilon", "absolute_epsilon"]
+__all__ = [
+    "LayerProblem",
+    "LayerOutcome",
+    "SolveConfig",
+    "build_problem",
+    "jitted_solver",
+    "dispatch",
+    "misfit",
+    "refit_or_measure",
+    "output_layer_epsilon",
+    "absolute_epsilon",
+]
 
 
 class SolveConfig(NamedTuple):
@@ -97,18 +107,35 @@ class LayerOutcome(NamedTuple):
 
 
 def skipped_outcome(N: int, M: int) -> LayerOutcome:
-    return LayerOutcome(kernel=None, N=N, M=M, rows=0, subsampled=False, epsilon=0.0, misfit=0.0,
-                        iterations=0, converged=True, seconds=0.0)
+    return LayerOutcome(
+        kernel=None,
+        N=N,
+        M=M,
+        rows=0,
+        subsampled=False,
+        epsilon=0.0,
+        misfit=0.0,
+        iterations=0,
+        converged=True,
+        seconds=0.0,
+    )
 
 
-def solved_outcome(prob: LayerProblem, kernel, eps, fit, info, seconds, floor=None,
-                   scan=False) -> LayerOutcome:
-    return LayerOutcome(kernel=np.asarray(kernel), N=int(prob.inputs.shape[1]),
-                        M=int(prob.target.shape[1]), rows=int(prob.inputs.shape[0]),
-                        subsampled=bool(prob.inputs.shape[0] < prob.full_rows), epsilon=float(eps),
-                        misfit=float(fit), iterations=int(info.iterations),
-                        converged=bool(info.converged), seconds=float(seconds),
-                        floor=None if floor is None else float(floor), scan=scan)
+def solved_outcome(prob: LayerProblem, kernel, eps, fit, info, seconds, floor=None, scan=False) -> LayerOutcome:
+    return LayerOutcome(
+        kernel=np.asarray(kernel),
+        N=int(prob.inputs.shape[1]),
+        M=int(prob.target.shape[1]),
+        rows=int(prob.inputs.shape[0]),
+        subsampled=bool(prob.inputs.shape[0] < prob.full_rows),
+        epsilon=float(eps),
+        misfit=float(fit),
+        iterations=int(info.iterations),
+        converged=bool(info.converged),
+        seconds=float(seconds),
+        floor=None if floor is None else float(floor),
+        scan=scan,
+    )
 
 
 def layer_groups(cfg: SolveConfig, spec) -> tuple | None:
@@ -127,8 +154,9 @@ def layer_groups(cfg: SolveConfig, spec) -> tuple | None:
 
 def solver_for(cfg: SolveConfig, spec, program: str, with_threshold: bool, with_omega: bool = False):
     """The compiled solver of ``spec``'s program under ``cfg``."""
-    return jitted_solver(program, cfg.per_neuron, cfg.solver, with_threshold, cfg.opts,
-                         with_omega, groups=layer_groups(cfg, spec))
+    return jitted_solver(
+        program, cfg.per_neuron, cfg.solver, with_threshold, cfg.opts, with_omega, groups=layer_groups(cfg, spec)
+    )
 
 
 def finish_kernel(cfg: SolveConfig, spec, A, Y, K, program: str, V=None, omega=None):
@@ -141,8 +169,7 @@ def finish_kernel(cfg: SolveConfig, spec, A, Y, K, program: str, V=None, omega=N
     return refit_or_measure(True, A, Y, jnp.where(mask, K, 0), program, V, omega)
 
 
-def solve_program(cfg: SolveConfig, i: int, spec, A, Y, eps: float, V, program: str, device=None,
-                  omega=None):
+def solve_program(cfg: SolveConfig, i: int, spec, A, Y, eps: float, V, program: str, device=None, omega=None):
     """(kernel, info, epsilon) of layer ``i``'s program: at ``eps``, or, when the run has a
     keep count for the layer, at the epsilon the search finds (starting from ``eps``).
     ``omega``: Omega of a layer behind an affine epilogue (``network.epilogues``)."""
@@ -155,8 +182,19 @@ def solve_program(cfg: SolveConfig, i: int, spec, A, Y, eps: float, V, program: 
         return K, info, eps
     from nettrim_jax.network.targets import solve_to_count
 
-    found = solve_to_count(A, Y, V, program, keep, float(eps), per_neuron=cfg.per_neuron,
-                           solver=cfg.solver, opts=cfg.opts, groups=layer_groups(cfg, spec), omega=omega)
+    found = solve_to_count(
+        A,
+        Y,
+        V,
+        program,
+        keep,
+        float(eps),
+        per_neuron=cfg.per_neuron,
+        solver=cfg.solver,
+        opts=cfg.opts,
+        groups=layer_groups(cfg, spec),
+        omega=omega,
+    )
     later = [j for j in range(i + 1, len(cfg.keep)) if cfg.keep[j] is not None]
     if cfg.carry and later and isinstance(cfg.keep, list):  # the network's count stays on target
         cfg.keep[later[0]] = max(0, cfg.keep[later[0]] + keep - found.nnz)
@@ -169,9 +207,19 @@ def _mesh_solve(cfg: SolveConfig, spec, A, Y, eps, V, program: str, omega=None):
 
     groups = layer_groups(cfg, spec)
     extra: dict[str, Any] = {} if groups is None else {"structure": "rows", "groups": np.asarray(groups, np.int32)}
-    sol = solve_layer(A, Y, epsilon=eps, activation=program, threshold=V if program == "relu" else None,
-                      per_neuron=cfg.per_neuron, solver=cfg.solver, mesh=cfg.mesh, omega=omega,
-                      **extra, **dict(cfg.opts))
+    sol = solve_layer(
+        A,
+        Y,
+        epsilon=eps,
+        activation=program,
+        threshold=V if program == "relu" else None,
+        per_neuron=cfg.per_neuron,
+        solver=cfg.solver,
+        mesh=cfg.mesh,
+        omega=omega,
+        **extra,
+        **dict(cfg.opts),
+    )
     kernel = host_value(sol.kernel)
     if kernel is None:  # spans processes: gather the kernel (N x M) to every host
         from jax.experimental import multihost_utils
@@ -206,8 +254,15 @@ def absolute_epsilon(e, target, relative: bool) -> float:
 
 
 @functools.lru_cache(maxsize=64)
-def jitted_solver(activation: str, per_neuron: bool, solver: str, with_threshold: bool, opts: tuple,
-                  with_omega: bool = False, groups: tuple | None = None):
+def jitted_solver(
+    activation: str,
+    per_neuron: bool,
+    solver: str,
+    with_threshold: bool,
+    opts: tuple,
+    with_omega: bool = False,
+    groups: tuple | None = None,
+):
     """``(X, Y, eps, V[, omega]) -> (kernel, info)``, compiled once per setting (``groups``:
     the group-l1 row ids, ``solver.structure``; None for plain l1)."""
     options = dict(opts)
@@ -215,10 +270,17 @@ def jitted_solver(activation: str, per_neuron: bool, solver: str, with_threshold
         options.update(structure="rows", groups=np.asarray(groups, np.int32))
 
     def f(X, Y, eps, thr, omega=None):
-        sol = solve_layer(X, Y, epsilon=eps, activation=activation,
-                          threshold=thr if with_threshold else None,
-                          per_neuron=per_neuron, solver=solver,
-                          omega=omega if with_omega else None, **options)
+        sol = solve_layer(
+            X,
+            Y,
+            epsilon=eps,
+            activation=activation,
+            threshold=thr if with_threshold else None,
+            per_neuron=per_neuron,
+            solver=solver,
+            omega=omega if with_omega else None,
+            **options,
+        )
         return sol.kernel, sol.info
 
     return jax.jit(f)
@@ -274,8 +336,14 @@ def refit_or_measure(refit: bool, A, Y, K, program: str, V=None, omega=None):
     Traceable, so the scan path calls it too."""
     if not refit:
         return K, misfit(A, Y, K, program, omega)
-    K2, info = refit_layer(A, Y, K, activation=program, threshold=V if program == "relu" else None,
-                           omega=omega if program == "relu" else None)
+    K2, info = refit_layer(
+        A,
+        Y,
+        K,
+        activation=program,
+        threshold=V if program == "relu" else None,
+        omega=omega if program == "relu" else None,
+    )
     return K2, info.error_after
 
 
@@ -289,8 +357,12 @@ def output_layer_epsilon(A, Y, budget: float) -> float:
     coef = np.linalg.lstsq(a, y, rcond=None)[0]
     floor = 1.01 * float(np.linalg.norm(a @ coef - y))
     if budget < floor:
-        warnings.warn(f"output_epsilon {budget:.4g} is below what any kernel can reach on the "
-                      f"pruned features (least-squares residual {floor / 1.01:.4g}); using "
-                      f"{floor:.4g}", RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            f"output_epsilon {budget:.4g} is below what any kernel can reach on the "
+            f"pruned features (least-squares residual {floor / 1.01:.4g}); using "
+            f"{floor:.4g}",
+            RuntimeWarning,
+            stacklevel=4,
+        )
         return floor
     return float(budget)

@@ -84,9 +84,8 @@ def linear_general_plan(kernel_shape, axis, n_out: int, batch_axis=()) -> Plan:
     axis = (axis,) if isinstance(axis, int) else tuple(axis)
     shape = tuple(int(s) for s in kernel_shape)
     n = math.prod(shape[: len(axis)])
-    m = math.prod(shape[len(axis):])
-    return Plan(in_axes=axis, out_axes=tuple(range(-n_out, 0)),
-                kernel_perm=tuple(range(len(shape))), N=n, M=m)
+    m = math.prod(shape[len(axis) :])
+    return Plan(in_axes=axis, out_axes=tuple(range(-n_out, 0)), kernel_perm=tuple(range(len(shape))), N=n, M=m)
 
 
 def _tokens(s: str) -> list:
@@ -126,19 +125,23 @@ def einsum_plan(einsum_str: str, kernel_shape) -> Plan:
     if len(tr) != len(kernel_shape):
         raise NotAProjection(f"einsum {einsum_str!r} does not match kernel shape {tuple(kernel_shape)}")
     if any(t in tl and t in tr and t in to for t in tr):
-        raise NotAProjection(f"einsum {einsum_str!r} shares a letter among input, kernel and "
-                             "output (a batched kernel), not a projection")
+        raise NotAProjection(
+            f"einsum {einsum_str!r} shares a letter among input, kernel and output (a batched kernel), not a projection"
+        )
     contracted = [t for t in tl if t in tr]
     kout = [t for t in to if t in tr]
     free_in = [t for t in tl if t not in tr]
     free_out = [t for t in to if t not in tr]
     if set(tr) != set(contracted) | set(kout):
-        raise NotAProjection(f"einsum {einsum_str!r} sums a kernel axis that is not contracted "
-                             "with the input")
+        raise NotAProjection(f"einsum {einsum_str!r} sums a kernel axis that is not contracted with the input")
     if free_in != free_out:
         raise NotAProjection(f"einsum {einsum_str!r} reorders or drops the input's free axes")
     perm = tuple(tr.index(t) for t in contracted + kout)
     shape = tuple(int(d) for d in kernel_shape)
-    return Plan(in_axes=_positions(tl, contracted), out_axes=_positions(to, kout), kernel_perm=perm,
-                N=math.prod(shape[tr.index(t)] for t in contracted),
-                M=math.prod(shape[tr.index(t)] for t in kout))
+    return Plan(
+        in_axes=_positions(tl, contracted),
+        out_axes=_positions(to, kout),
+        kernel_perm=perm,
+        N=math.prod(shape[tr.index(t)] for t in contracted),
+        M=math.prod(shape[tr.index(t)] for t in kout),
+    )

@@ -61,8 +61,10 @@ class PruneResult(NamedTuple):
         from nettrim_jax.network.compact import compact_network
 
         if not isinstance(self.model, list):
-            raise ValueError("compact() works on spec networks; convert an NNX/Linen chain with "
-                             "nettrim_jax.io.convert.from_model and to_network first")
+            raise ValueError(
+                "compact() works on spec networks; convert an NNX/Linen chain with "
+                "nettrim_jax.io.convert.from_model and to_network first"
+            )
         return compact_network(self.model)
 
 
@@ -98,27 +100,59 @@ def _check_resume(resume, scheme, orig) -> list:
     for i, (out, spec) in enumerate(zip(resume.outcomes, orig)):
         want = tuple(kernel_matrix(spec).shape)
         if out is not None and out.kernel is not None and tuple(out.kernel.shape) != want:
-            raise ValueError(f"resume state: layer {i} kernel has shape {tuple(out.kernel.shape)}, "
-                             f"the model's is {want}")
+            raise ValueError(
+                f"resume state: layer {i} kernel has shape {tuple(out.kernel.shape)}, the model's is {want}"
+            )
     return list(resume.outcomes)
 
 
-def _options(epsilon, gamma, relative, output_epsilon, per_neuron, solver, max_patches, seed,
-             refit, solver_options) -> dict:
+def _options(
+    epsilon, gamma, relative, output_epsilon, per_neuron, solver, max_patches, seed, refit, solver_options
+) -> dict:
     eps = epsilon if np.ndim(epsilon) == 0 and not isinstance(epsilon, (list, tuple)) else list(epsilon)
-    return {"epsilon": eps, "gamma": float(gamma), "relative": bool(relative),
-            "output_epsilon": output_epsilon, "refit": bool(refit), "per_neuron": bool(per_neuron),
-            "solver": solver, "max_patches": max_patches, "seed": int(seed), **solver_options}
+    return {
+        "epsilon": eps,
+        "gamma": float(gamma),
+        "relative": bool(relative),
+        "output_epsilon": output_epsilon,
+        "refit": bool(refit),
+        "per_neuron": bool(per_neuron),
+        "solver": solver,
+        "max_patches": max_patches,
+        "seed": int(seed),
+        **solver_options,
+    }
 
 
-def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1,
-          relative: bool = True, output_epsilon=None, per_neuron: bool = False,
-          solver: str = "admm", activations: dict | None = None, on_unsupported: str = "linear",
-          max_patches: int | None = 4096, seed: int = 0, scan="auto", devices=None,
-          refit: bool = False, progress: bool = True,
-          on_layer: Callable[[PruneState], None] | None = None, resume: PruneState | None = None,
-          sparsity=None, allocation: str = "scores", structure: str = "unstructured",
-          pattern=None, mesh=None, fold_batchnorm: bool = False, **solver_options) -> PruneResult:
+def prune(
+    model,
+    x,
+    *,
+    scheme: str = "cascade",
+    epsilon=0.05,
+    gamma: float = 1.1,
+    relative: bool = True,
+    output_epsilon=None,
+    per_neuron: bool = False,
+    solver: str = "admm",
+    activations: dict | None = None,
+    on_unsupported: str = "linear",
+    max_patches: int | None = 4096,
+    seed: int = 0,
+    scan="auto",
+    devices=None,
+    refit: bool = False,
+    progress: bool = True,
+    on_layer: Callable[[PruneState], None] | None = None,
+    resume: PruneState | None = None,
+    sparsity=None,
+    allocation: str = "scores",
+    structure: str = "unstructured",
+    pattern=None,
+    mesh=None,
+    fold_batchnorm: bool = False,
+    **solver_options,
+) -> PruneResult:
     """Prune every Dense / Conv layer of ``model`` with Net-Trim (see the module doc).
 
     Args:
@@ -193,8 +227,9 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
     structure, pattern = checks.parse_structure(structure, pattern, per_neuron)
     if output_epsilon is not None:
         if scheme != "cascade":
-            raise ValueError("output_epsilon applies to scheme='cascade' only (parallel layers "
-                             "do not see the pruned features)")
+            raise ValueError(
+                "output_epsilon applies to scheme='cascade' only (parallel layers do not see the pruned features)"
+            )
         output_epsilon = checks.epsilon_value(output_epsilon, what="output_epsilon")
     t_start = time.perf_counter()
     x = checks.check_calibration(x)
@@ -213,20 +248,32 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
     programs = [c.program for c in choices]
     eps_of = [c.epilogue for c in choices]
     if output_epsilon is not None and programs[-1] != "linear":
-        raise ValueError(f"output_epsilon needs a linear output layer to refit; layer "
-                         f"{net.names[-1]!r} has program {programs[-1]!r}")
+        raise ValueError(
+            f"output_epsilon needs a linear output layer to refit; layer {net.names[-1]!r} has program {programs[-1]!r}"
+        )
     keep = None
     if sparsity is not None:
         targeted = list(programs)
         if output_epsilon is not None:
             targeted[-1] = "skipped"  # the output layer keeps its own budget
         keep = keep_counts(net.names, orig, net.first.inputs, targeted, sparsity, allocation)
-    cfg = SolveConfig(per_neuron=bool(per_neuron), solver=solver,
-                      opts=tuple(sorted(solver_options.items())), relative=bool(relative),
-                      max_patches=max_patches, seed=int(seed), gamma=float(gamma),
-                      per_layer=per_layer, refit=bool(refit), output_epsilon=output_epsilon,
-                      keep=keep or (), carry=not isinstance(sparsity, dict), structure=structure,
-                      pattern=pattern, mesh=mesh)
+    cfg = SolveConfig(
+        per_neuron=bool(per_neuron),
+        solver=solver,
+        opts=tuple(sorted(solver_options.items())),
+        relative=bool(relative),
+        max_patches=max_patches,
+        seed=int(seed),
+        gamma=float(gamma),
+        per_layer=per_layer,
+        refit=bool(refit),
+        output_epsilon=output_epsilon,
+        keep=keep or (),
+        carry=not isinstance(sparsity, dict),
+        structure=structure,
+        pattern=pattern,
+        mesh=mesh,
+    )
     bar = _bar(len(orig), progress, scheme, sum(o is not None for o in done))
 
     def finished(step: dict[int, LayerOutcome]):
@@ -239,24 +286,54 @@ def prune(model, x, *, scheme: str = "cascade", epsilon=0.05, gamma: float = 1.1
 
     try:
         if scheme == "parallel":
-            outcomes = solve_parallel(orig, net.first, programs, eps_list, cfg, devices, done,
-                                      on_layer=lambda i, out: finished({i: out}),
-                                      prebuilt=_epilogue_problems(net, x, orig, eps_of, done, cfg))
+            outcomes = solve_parallel(
+                orig,
+                net.first,
+                programs,
+                eps_list,
+                cfg,
+                devices,
+                done,
+                on_layer=lambda i, out: finished({i: out}),
+                prebuilt=_epilogue_problems(net, x, orig, eps_of, done, cfg),
+            )
         else:
-            outcomes = solve_cascade(net, x, programs, eps_list, cfg, scan,
-                                     done, on_layers=finished, epilogues=eps_of)
+            outcomes = solve_cascade(net, x, programs, eps_list, cfg, scan, done, on_layers=finished, epilogues=eps_of)
     finally:
         if bar is not None:
             bar.close()
-    new = [spec if out.kernel is None else with_matrix(spec, jnp.asarray(out.kernel))
-           for spec, out in zip(orig, outcomes)]
-    report = _report(net, x, scheme, orig, new, choices, outcomes, float(gamma),
-                     _options(epsilon, gamma, relative, output_epsilon, per_neuron, solver,
-                              max_patches, seed, refit,
-                              {**solver_options, "sparsity": sparsity,
-                               "allocation": allocation if sparsity is not None else None,
-                               "structure": structure, "pattern": None if pattern is None else f"{pattern[0]}:{pattern[1]}"}),
-                     t_start)
+    new = [
+        spec if out.kernel is None else with_matrix(spec, jnp.asarray(out.kernel)) for spec, out in zip(orig, outcomes)
+    ]
+    report = _report(
+        net,
+        x,
+        scheme,
+        orig,
+        new,
+        choices,
+        outcomes,
+        float(gamma),
+        _options(
+            epsilon,
+            gamma,
+            relative,
+            output_epsilon,
+            per_neuron,
+            solver,
+            max_patches,
+            seed,
+            refit,
+            {
+                **solver_options,
+                "sparsity": sparsity,
+                "allocation": allocation if sparsity is not None else None,
+                "structure": structure,
+                "pattern": None if pattern is None else f"{pattern[0]}:{pattern[1]}",
+            },
+        ),
+        t_start,
+    )
     pruned = net.rebuild(new)
     if fold_batchnorm:
         pruned, report = _fold(pruned, x, net, report)
@@ -280,9 +357,12 @@ def warn_if_pruned_to_zero(name, nnz_before: int, nnz_after: int) -> None:
     zero): its output no longer depends on the input, which a too-large epsilon (or a
     layer dead on the calibration data) does silently."""
     if nnz_before > 0 and nnz_after == 0:
-        warnings.warn(f"layer {name} was pruned to all zeros (kernel and bias): its output no longer "
-                      "depends on the input; epsilon too large, or the layer is dead on this data?",
-                      RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            f"layer {name} was pruned to all zeros (kernel and bias): its output no longer "
+            "depends on the input; epsilon too large, or the layer is dead on this data?",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 def _bar(total, progress, scheme, initial):
@@ -300,8 +380,9 @@ def _epilogue_problems(net, x, orig, eps_of, done, cfg) -> dict:
     for i, ep in enumerate(eps_of):
         if ep is not None and done[i] is None:
             c, u = epi.offsets(net, orig, x, i, ep)
-            out[i] = epi.epilogue_problem(orig[i], net.first.inputs[i], jax.nn.relu(u), c, ep,
-                                          cfg.max_patches, cfg.seed + i)
+            out[i] = epi.epilogue_problem(
+                orig[i], net.first.inputs[i], jax.nn.relu(u), c, ep, cfg.max_patches, cfg.seed + i
+            )
     return out
 
 
@@ -323,23 +404,44 @@ def _report(net, x, scheme, orig, new, choices, outcomes, gamma, options, t_star
             z0, z1 = jax.nn.relu(relus0[k]), jax.nn.relu(relus1[k])
         elif prog == "relu":
             z0, z1 = jax.nn.relu(z0), jax.nn.relu(z1)
-        layers.append(LayerReport(
-            name=net.names[i], kind="conv" if isinstance(spec, Conv) else "dense", activation=prog,
-            N=out.N, M=out.M, rows=out.rows, subsampled=out.subsampled, nnz_before=_nnz(spec),
-            nnz_after=_nnz(new[i]), epsilon=out.epsilon, misfit=out.misfit,
-            discrepancy=fro(z0 - z1) / max(fro(z0), 1e-30), iterations=out.iterations,
-            converged=out.converged, seconds=out.seconds, reason=choices[i].reason))
+        layers.append(
+            LayerReport(
+                name=net.names[i],
+                kind="conv" if isinstance(spec, Conv) else "dense",
+                activation=prog,
+                N=out.N,
+                M=out.M,
+                rows=out.rows,
+                subsampled=out.subsampled,
+                nnz_before=_nnz(spec),
+                nnz_after=_nnz(new[i]),
+                epsilon=out.epsilon,
+                misfit=out.misfit,
+                discrepancy=fro(z0 - z1) / max(fro(z0), 1e-30),
+                iterations=out.iterations,
+                converged=out.converged,
+                seconds=out.seconds,
+                reason=choices[i].reason,
+            )
+        )
         warn_if_pruned_to_zero(net.names[i], layers[-1].nnz_before, layers[-1].nnz_after)
     out0, out1 = model_output(base), model_output(final)
     last0, last1 = base.preacts[-1], final.preacts[-1]
     if programs[-1] == "relu":
         last0, last1 = jax.nn.relu(last0), jax.nn.relu(last1)
     return PruneReport(
-        scheme=scheme, gamma=gamma, layers=tuple(layers),
+        scheme=scheme,
+        gamma=gamma,
+        layers=tuple(layers),
         nnz_before=sum(layer.nnz_before for layer in layers),
         nnz_after=sum(layer.nnz_after for layer in layers),
         output_discrepancy=fro(out0 - out1) / max(fro(out0), 1e-30),
         output_error=fro(last0 - last1),
-        bound=(float("inf") if any(c.epilogue is not None for c in choices)
-               else output_bound(scheme, orig, programs, outcomes, gamma)),
-        seconds=time.perf_counter() - t_start, options=options)
+        bound=(
+            float("inf")
+            if any(c.epilogue is not None for c in choices)
+            else output_bound(scheme, orig, programs, outcomes, gamma)
+        ),
+        seconds=time.perf_counter() - t_start,
+        options=options,
+    )

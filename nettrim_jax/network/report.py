@@ -85,8 +85,7 @@ class PruneReport(NamedTuple):
     @classmethod
     def from_dict(cls, d: dict) -> PruneReport:
         """Inverse of ``to_dict`` (extra keys, such as the command line's ``run``, ignored)."""
-        layers = tuple(LayerReport(**{k: row[k] for k in LayerReport._fields if k in row})
-                       for row in d["layers"])
+        layers = tuple(LayerReport(**{k: row[k] for k in LayerReport._fields if k in row}) for row in d["layers"])
         fields = {k: d[k] for k in cls._fields if k in d and k != "layers"}
         if "bound" in fields and fields["bound"] is None:
             fields["bound"] = float("inf")
@@ -128,28 +127,39 @@ def render_markdown(report: PruneReport, title: str | None = None, notes: Sequen
         lines += [f"# {title}", ""]
     if report.options:
         lines += [_option_line(report.options), ""]
-    lines += ["| layer | kind | program | N | M | rows | nnz before | nnz after | epsilon | "
-              "discrepancy | iters | converged | s |", "|" + "---|" * 13]
+    lines += [
+        "| layer | kind | program | N | M | rows | nnz before | nnz after | epsilon | "
+        "discrepancy | iters | converged | s |",
+        "|" + "---|" * 13,
+    ]
     for layer in report.layers:
         lines.append(
             f"| {layer.name} | {layer.kind} | {_program(layer)} | {layer.N} | {layer.M} | "
             f"{layer.rows}{'*' if layer.subsampled else ''} | {layer.nnz_before} | {layer.nnz_after} | "
             f"{layer.epsilon:.4g} | {layer.discrepancy:.4f} | {layer.iterations} | "
-            f"{'yes' if layer.converged else 'NO'} | {layer.seconds:.2f} |")
+            f"{'yes' if layer.converged else 'NO'} | {layer.seconds:.2f} |"
+        )
     keep = report.nnz_after / max(1, report.nnz_before)
     # the bound assumes every program was met; an unconverged solve may exceed it
     held = "<=" if report.output_error <= report.bound else "> (some layer missed its program)"
-    bound = (f"{held} bound {report.bound:.4g}" if report.bound != float("inf")
-             else "(no a priori bound through affine epilogues)")
+    bound = (
+        f"{held} bound {report.bound:.4g}"
+        if report.bound != float("inf")
+        else "(no a priori bound through affine epilogues)"
+    )
     scheme = f"{report.scheme} Net-Trim" + (f" (gamma={report.gamma:g})" if report.scheme == "cascade" else "")
-    lines += ["", f"{scheme}: nonzeros {report.nnz_before} -> {report.nnz_after} ({100 * keep:.1f}% kept); "
-                  f"output discrepancy {report.output_discrepancy:.4f}; output error "
-                  f"{report.output_error:.4g} {bound}; {report.seconds:.1f} s"]
+    lines += [
+        "",
+        f"{scheme}: nonzeros {report.nnz_before} -> {report.nnz_after} ({100 * keep:.1f}% kept); "
+        f"output discrepancy {report.output_discrepancy:.4f}; output error "
+        f"{report.output_error:.4g} {bound}; {report.seconds:.1f} s",
+    ]
     if any(layer.subsampled for layer in report.layers):
         lines.append("* conv rows sampled (max_patches): the epsilon guarantee holds on the sampled rows.")
     lines += list(notes)
     bad = [layer.name for layer in report.layers if not layer.converged]
     if bad:
-        lines.append(f"Warning: the solve did not converge for layer(s) {bad}; the kernels are "
-                     "usable but not certified optimal.")
+        lines.append(
+            f"Warning: the solve did not converge for layer(s) {bad}; the kernels are usable but not certified optimal."
+        )
     return "\n".join(lines) + "\n"

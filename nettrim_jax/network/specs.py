@@ -46,8 +46,25 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["Dense", "Conv", "apply_layer", "apply_activation", "apply_specs", "layer_rows",
-           "program_rows", "program_targets", "from_targets", "kernel_matrix", "with_matrix", "is_spec", "Flatten", "Pool", "normalize_padding", "pair", "with_ones"]
+__all__ = [
+    "Dense",
+    "Conv",
+    "apply_layer",
+    "apply_activation",
+    "apply_specs",
+    "layer_rows",
+    "program_rows",
+    "program_targets",
+    "from_targets",
+    "kernel_matrix",
+    "with_matrix",
+    "is_spec",
+    "Flatten",
+    "Pool",
+    "normalize_padding",
+    "pair",
+    "with_ones",
+]
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -123,7 +140,7 @@ def pair(v, name: str = "value") -> tuple:
 
 
 def normalize_padding(padding):
-    """"SAME"/"VALID" (any case), an int, or pairs -> a lax padding argument."""
+    """ "SAME"/"VALID" (any case), an int, or pairs -> a lax padding argument."""
     if isinstance(padding, str):
         p = padding.upper()
         if p not in ("SAME", "VALID"):
@@ -151,8 +168,15 @@ def apply_layer(spec, x):
         z = x @ spec.kernel
     elif isinstance(spec, Conv):
         strides, padding, dilation = _conv_args(spec)
-        z = lax.conv_general_dilated(x, spec.kernel, strides, padding, rhs_dilation=dilation,
-                                     dimension_numbers=_DN, feature_group_count=spec.groups)
+        z = lax.conv_general_dilated(
+            x,
+            spec.kernel,
+            strides,
+            padding,
+            rhs_dilation=dilation,
+            dimension_numbers=_DN,
+            feature_group_count=spec.groups,
+        )
     else:
         raise TypeError(f"not a layer spec: {type(spec).__name__}")
     return z if spec.bias is None else z + spec.bias
@@ -195,8 +219,7 @@ def layer_rows(spec, x):
         return x.reshape(-1, n)
     strides, padding, dilation = _conv_args(spec)
     kh, kw = spec.kernel.shape[:2]
-    p = lax.conv_general_dilated_patches(x, (kh, kw), strides, padding, rhs_dilation=dilation,
-                                         dimension_numbers=_DN)
+    p = lax.conv_general_dilated_patches(x, (kh, kw), strides, padding, rhs_dilation=dilation, dimension_numbers=_DN)
     p = p.reshape(-1, p.shape[-1])
     g = _groups(spec)
     if g == 1:

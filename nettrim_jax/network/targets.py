@@ -65,8 +65,9 @@ def _scores(spec, X):
     return np.asarray(jnp.abs(kernel_matrix(spec)) * norms[:, None])
 
 
-def keep_counts(names: Sequence[str], specs: Sequence, inputs: Sequence, programs: Sequence[str],
-                sparsity, allocation: str) -> list[int | None]:
+def keep_counts(
+    names: Sequence[str], specs: Sequence, inputs: Sequence, programs: Sequence[str], sparsity, allocation: str
+) -> list[int | None]:
     """Nonzeros to keep per layer (None: the layer keeps its epsilon rule; skipped layers)."""
     sizes = [int(np.prod(kernel_matrix(s).shape)) for s in specs]
     active = [p != "skipped" for p in programs]
@@ -74,8 +75,9 @@ def keep_counts(names: Sequence[str], specs: Sequence, inputs: Sequence, program
         unknown = set(sparsity) - set(names)
         if unknown:
             raise ValueError(f"sparsity= names {sorted(unknown)} are not layers; layers: {list(names)}")
-        return [round(size * (1 - sparsity[n])) if n in sparsity and a else None
-                for n, size, a in zip(names, sizes, active)]
+        return [
+            round(size * (1 - sparsity[n])) if n in sparsity and a else None for n, size, a in zip(names, sizes, active)
+        ]
     if allocation == "uniform":
         return [round(size * (1 - sparsity)) if a else None for size, a in zip(sizes, active)]
     scores = [_scores(s, X) if a else None for s, X, a in zip(specs, inputs, active)]
@@ -88,16 +90,26 @@ def keep_counts(names: Sequence[str], specs: Sequence, inputs: Sequence, program
 
 
 @functools.lru_cache(maxsize=64)
-def _warm_solver(activation: str, per_neuron: bool, solver: str, opts: tuple, groups: tuple | None,
-                 with_omega: bool = False):
+def _warm_solver(
+    activation: str, per_neuron: bool, solver: str, opts: tuple, groups: tuple | None, with_omega: bool = False
+):
     options = dict(opts)
     if groups is not None:
         options.update(structure="rows", groups=np.asarray(groups, np.int32))
 
     def f(X, Y, eps, thr, w0, omega=None):
-        sol = solve_layer(X, Y, epsilon=eps, activation=activation,
-                          threshold=thr if activation == "relu" else None, per_neuron=per_neuron,
-                          solver=solver, warm_start=w0, omega=omega if with_omega else None, **options)
+        sol = solve_layer(
+            X,
+            Y,
+            epsilon=eps,
+            activation=activation,
+            threshold=thr if activation == "relu" else None,
+            per_neuron=per_neuron,
+            solver=solver,
+            warm_start=w0,
+            omega=omega if with_omega else None,
+            **options,
+        )
         return sol.kernel, sol.info
 
     return jax.jit(f)
@@ -114,9 +126,23 @@ class CountedSolve(NamedTuple):
     solves: int
 
 
-def solve_to_count(A, Y, V, program: str, keep: int, eps0: float, *, per_neuron: bool, solver: str,
-                   opts: tuple, tol: int | None = None, max_solves: int = 12,
-                   groups: tuple | None = None, coarse_iters: int = 300, omega=None) -> CountedSolve:
+def solve_to_count(
+    A,
+    Y,
+    V,
+    program: str,
+    keep: int,
+    eps0: float,
+    *,
+    per_neuron: bool,
+    solver: str,
+    opts: tuple,
+    tol: int | None = None,
+    max_solves: int = 12,
+    groups: tuple | None = None,
+    coarse_iters: int = 300,
+    omega=None,
+) -> CountedSolve:
     """The layer's program at the epsilon whose solution keeps ``keep`` nonzeros (within
     ``tol``, default 0.25% of the kernel's entries): secant steps on log(epsilon) vs
     log(nonzeros + 1), kept inside a bracket once one is found, starting from ``eps0`` and

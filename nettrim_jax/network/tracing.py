@@ -133,8 +133,9 @@ class Recorder:
 
     def record(self, key, x, z):
         if key in self.keys:
-            raise ValueError(f"layer {key!r} is called more than once in one forward pass; "
-                             "shared (re-used) layers are not supported")
+            raise ValueError(
+                f"layer {key!r} is called more than once in one forward pass; shared (re-used) layers are not supported"
+            )
         i = len(self.keys)
         self.keys.append(key)
         self.inputs.append(x)
@@ -151,5 +152,12 @@ def conv_spec(kernel, bias, strides, padding, kernel_dilation, input_dilation, g
         raise NotImplementedError(f"{where}: only 2-D convolutions are supported")
     if isinstance(padding, str) and padding.upper() not in ("SAME", "VALID"):
         raise NotImplementedError(f"{where}: padding {padding!r} is not supported")
-    return Conv(kernel=kernel, bias=bias, activation=None, strides=pair(strides),
-                padding=padding, dilation=pair(kernel_dilation), groups=int(groups or 1))
+    return Conv(
+        kernel=kernel,
+        bias=bias,
+        activation=None,
+        strides=pair(strides),
+        padding=padding,
+        dilation=pair(kernel_dilation),
+        groups=int(groups or 1),
+    )

@@ -65,8 +65,7 @@ def init_state(g: gram.Gram, c: constraints.ConstraintSet, w0: jnp.ndarray, rho0
     xw = g.x @ w0
     z = constraints.project(xw, c)
     zeros_p = jnp.zeros_like(z)
-    return State(w=w0, z=z, l1=zeros_p, l2=jnp.zeros_like(w0), u=w0, xu=xw,
-                 rho=jnp.asarray(rho0, w0.dtype))
+    return State(w=w0, z=z, l1=zeros_p, l2=jnp.zeros_like(w0), u=w0, xu=xw, rho=jnp.asarray(rho0, w0.dtype))
 
 
 def _iterate(g: gram.Gram, inner: constraints.ConstraintSet, s: State, a, groups=None) -> State:
@@ -99,8 +98,7 @@ def _check(g, outer, opts: Options, s: State, iterations, groups=None):
     dual = xt_l1 + s.l2
     sres = s.rho * _norm(dual)
     n_pri = s.z.size + s.w.size
-    pri_scale = jnp.maximum(jnp.sqrt(_norm(s.xu) ** 2 + _norm(s.u) ** 2),
-                            jnp.sqrt(_norm(s.z) ** 2 + _norm(s.w) ** 2))
+    pri_scale = jnp.maximum(jnp.sqrt(_norm(s.xu) ** 2 + _norm(s.u) ** 2), jnp.sqrt(_norm(s.z) ** 2 + _norm(s.w) ** 2))
     dual_scale = s.rho * jnp.maximum(_norm(xt_l1), _norm(s.l2))
     eps_pri = jnp.sqrt(n_pri) * opts.eps_abs + opts.eps_rel * pri_scale
     eps_dual = jnp.sqrt(s.w.size) * opts.eps_abs + opts.eps_rel * dual_scale
@@ -125,8 +123,9 @@ def _check(g, outer, opts: Options, s: State, iterations, groups=None):
         # ``adapt_every`` checks so ADMM can settle.
         margin = float(opts.margin or 0.0)  # solve_layer always sets it
         unit = jnp.maximum(margin * outer.radius + slack, tiny)
-        infeasible = jnp.maximum(jnp.maximum(misfit - (1 - margin) * outer.radius, 0) / unit,
-                                 viol_norm / jnp.maximum(viol_tol, tiny))
+        infeasible = jnp.maximum(
+            jnp.maximum(misfit - (1 - margin) * outer.radius, 0) / unit, viol_norm / jnp.maximum(viol_tol, tiny)
+        )
         pri = jnp.maximum(infeasible, r / eps_pri)
         dua = gap / gap_allowed
         ratio = jnp.sqrt(jnp.maximum(pri, tiny) / jnp.maximum(dua, tiny))
@@ -134,9 +133,7 @@ def _check(g, outer, opts: Options, s: State, iterations, groups=None):
         rebalance = due & ((ratio > 5) | (ratio < 0.2)) & ~converged & ((pri > 1) | (dua > 1))
         rho = jnp.where(rebalance, jnp.clip(rho * jnp.clip(ratio, 1 / 3, 3), 1e-3, 1e3), rho)
     s = s._replace(rho=rho, l1=s.l1 * (s.rho / rho), l2=s.l2 * (s.rho / rho))
-    report = Report(iterations=iterations, converged=converged, objective=objective,
-                    lower_bound=lower, misfit=misfit, violation=violation,
-                    primal_residual=r, dual_residual=sres, rho=s.rho)
+    report = Report(iterations, converged, objective, lower, misfit, violation, r, sres, s.rho)
     return s, report
 
 
@@ -152,5 +149,10 @@ def run(g: gram.Gram, outer: constraints.ConstraintSet, state: State, opts: Opti
     """
     inner = constraints.shrink(outer, opts.margin)
     a = jnp.asarray(opts.relaxation, state.w.dtype)
-    return loop.run(lambda s: _iterate(g, inner, s, a, groups), lambda s, k: _check(g, outer, opts, s, k, groups), state,
-                    opts.max_iters, opts.check_every)
+    return loop.run(
+        lambda s: _iterate(g, inner, s, a, groups),
+        lambda s, k: _check(g, outer, opts, s, k, groups),
+        state,
+        opts.max_iters,
+        opts.check_every,
+    )

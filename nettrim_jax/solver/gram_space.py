@@ -93,10 +93,12 @@ def init(n: int, m: int, dtype=jnp.float32) -> GramStats:
 def _add(stats: GramStats, x, y) -> GramStats:
     x = x.astype(stats.xtx.dtype)
     y = y.astype(stats.xtx.dtype)
-    return GramStats(xtx=stats.xtx + jnp.matmul(x.T, x, precision=HIGHEST),
-                     xty=stats.xty + jnp.matmul(x.T, y, precision=HIGHEST),
-                     yty=stats.yty + jnp.sum(y * y, axis=0),
-                     rows=stats.rows + x.shape[0])
+    return GramStats(
+        xtx=stats.xtx + jnp.matmul(x.T, x, precision=HIGHEST),
+        xty=stats.xty + jnp.matmul(x.T, y, precision=HIGHEST),
+        yty=stats.yty + jnp.sum(y * y, axis=0),
+        rows=stats.rows + x.shape[0],
+    )
 
 
 def accumulate(stats: GramStats, X_chunk, Y_chunk) -> GramStats:
@@ -105,10 +107,11 @@ def accumulate(stats: GramStats, X_chunk, Y_chunk) -> GramStats:
     n, m = stats.xty.shape
     if jnp.ndim(X_chunk) != 2 or jnp.ndim(Y_chunk) != 2:
         raise ValueError(f"chunks must be 2-D, got X {jnp.shape(X_chunk)} and Y {jnp.shape(Y_chunk)}")
-    if jnp.shape(X_chunk)[1] != n or jnp.shape(Y_chunk)[1] != m or \
-            jnp.shape(X_chunk)[0] != jnp.shape(Y_chunk)[0]:
-        raise ValueError(f"chunk shapes X {jnp.shape(X_chunk)}, Y {jnp.shape(Y_chunk)} do not fit "
-                         f"stats for N={n}, M={m} (equal row counts needed)")
+    if jnp.shape(X_chunk)[1] != n or jnp.shape(Y_chunk)[1] != m or jnp.shape(X_chunk)[0] != jnp.shape(Y_chunk)[0]:
+        raise ValueError(
+            f"chunk shapes X {jnp.shape(X_chunk)}, Y {jnp.shape(Y_chunk)} do not fit "
+            f"stats for N={n}, M={m} (equal row counts needed)"
+        )
     scaling.check_finite("X_chunk", X_chunk)
     scaling.check_finite("Y_chunk", Y_chunk)
     return _add(stats, jnp.asarray(X_chunk), jnp.asarray(Y_chunk))
@@ -124,7 +127,7 @@ def from_data(X, Y, chunk_rows: int | None = None, dtype=None) -> GramStats:
     if step <= 0:
         raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
     for i in range(0, p, step):
-        stats = accumulate(stats, X[i:i + step], Y[i:i + step])
+        stats = accumulate(stats, X[i : i + step], Y[i : i + step])
     return stats
 
 
@@ -230,8 +233,12 @@ def certificate(red: Reduced, lam, eps_orig, per_neuron: bool):
         t = -jnp.sqrt(jnp.sum(lam_sq)) / jnp.maximum(eps_red, tiny)
     xt_lam = jnp.matmul(red.r.T, lam, precision=HIGHEST) - red.ridge * w + t * red.ridge * red.b
     inner = jnp.sum(lam * red.q, axis=0) + t * red.c
-    sq = (lam_sq - red.ridge * jnp.sum(w * w, axis=0) + 2 * t * red.ridge * jnp.sum(w * red.b, axis=0)
-          + t * t * (red.c - red.ridge * jnp.sum(red.b * red.b, axis=0)))
+    sq = (
+        lam_sq
+        - red.ridge * jnp.sum(w * w, axis=0)
+        + 2 * t * red.ridge * jnp.sum(w * red.b, axis=0)
+        + t * t * (red.c - red.ridge * jnp.sum(red.b * red.b, axis=0))
+    )
     sq = jnp.maximum(sq, 0)
     col = jnp.max(jnp.abs(xt_lam), axis=0)
     inv = jnp.where(col > tiny, 1 / jnp.maximum(col, tiny), 0)
@@ -267,9 +274,10 @@ def _report(red: Reduced, kernel, lam, eps_orig, col_misfit, info, *, per_neuron
     if per_neuron:
         misfit, budget = col_misfit, eps_orig
     else:
-        misfit, budget = jnp.sqrt(jnp.sum(col_misfit ** 2)), eps_orig
-    residual = jnp.max(jnp.where(budget > 0, misfit / jnp.where(budget > 0, budget, 1),
-                                 jnp.where(misfit > 0, jnp.inf, 0)))
+        misfit, budget = jnp.sqrt(jnp.sum(col_misfit**2)), eps_orig
+    residual = jnp.max(
+        jnp.where(budget > 0, misfit / jnp.where(budget > 0, budget, 1), jnp.where(misfit > 0, jnp.inf, 0))
+    )
     objective = jnp.sum(jnp.abs(kernel))
     lower = certificate(red, lam, eps_orig, per_neuron)
     gap = jnp.where(objective > 0, (objective - lower) / jnp.where(objective > 0, objective, 1), 0)
@@ -283,8 +291,18 @@ class ReducedState(NamedTuple):
     inner: tuple
 
 
-def solve_reduced(red: Reduced, epsilon, *, per_neuron: bool = False, solver: str = "admm",
-                  warm_start=None, rho=None, data=None, mesh=None, **solver_options):
+def solve_reduced(
+    red: Reduced,
+    epsilon,
+    *,
+    per_neuron: bool = False,
+    solver: str = "admm",
+    warm_start=None,
+    rho=None,
+    data=None,
+    mesh=None,
+    **solver_options,
+):
     """Solve the linear program given its reduced form; see ``solve_layer_gram``.
 
     ``data`` = (X, Y) when the rows are at hand: the reported misfit is then ||XU - Y||
@@ -298,8 +316,7 @@ def solve_reduced(red: Reduced, epsilon, *, per_neuron: bool = False, solver: st
     eshape = jnp.shape(epsilon)
     if eshape not in ((), (m,)) or (eshape == (m,) and not per_neuron):
         vector = f" or an (M,) = ({m},) vector" if per_neuron else ""
-        raise ValueError(f"epsilon must be a scalar{vector}"
-                         f" (a vector needs per_neuron=True), got shape {eshape}")
+        raise ValueError(f"epsilon must be a scalar{vector} (a vector needs per_neuron=True), got shape {eshape}")
     scaling.check_finite("epsilon", epsilon)
     if scaling.is_concrete(epsilon) and bool(np.any(np.asarray(epsilon) < 0)):
         raise ValueError(f"epsilon must be >= 0, got {np.asarray(epsilon)}")
@@ -309,11 +326,16 @@ def solve_reduced(red: Reduced, epsilon, *, per_neuron: bool = False, solver: st
     radius = sharding.host_value(eps_red)
     if radius is not None and bool(np.any(np.isnan(radius))):
         floor = np.sqrt(sharding.host_value(red.c if per_neuron else jnp.sum(red.c)))
-        raise ValueError(f"infeasible linear program: epsilon {np.asarray(eps_orig)} is below the "
-                         f"least-squares misfit {floor} (no kernel fits Y that closely)")
+        raise ValueError(
+            f"infeasible linear program: epsilon {np.asarray(eps_orig)} is below the "
+            f"least-squares misfit {floor} (no kernel fits Y that closely)"
+        )
     opts = layer._options(solver, dtype, solver_options)
-    if warm_start is not None and not isinstance(warm_start, layer.LayerSolution) \
-            and tuple(jnp.shape(warm_start)) != tuple(red.b.shape):
+    if (
+        warm_start is not None
+        and not isinstance(warm_start, layer.LayerSolution)
+        and tuple(jnp.shape(warm_start)) != tuple(red.b.shape)
+    ):
         raise ValueError(f"warm_start kernel has shape {tuple(jnp.shape(warm_start))}, expected {tuple(red.b.shape)}")
     warm_kernel = warm_start.kernel if isinstance(warm_start, layer.LayerSolution) else warm_start
     w0 = jnp.zeros_like(red.b) if warm_kernel is None else jnp.asarray(warm_kernel, dtype)
@@ -328,8 +350,18 @@ def solve_reduced(red: Reduced, epsilon, *, per_neuron: bool = False, solver: st
         q = sharding.place(mesh, q, "kernel", dtype)
         w0 = sharding.place(mesh, w0, "kernel", dtype)
     kernel, info, solved = layer._solve(
-        red.r, q, eps_red, jnp.zeros((), dtype), w0, warm, rho0,
-        activation="linear", per_neuron=per_neuron, solver=solver, opts=opts)
+        red.r,
+        q,
+        eps_red,
+        jnp.zeros((), dtype),
+        w0,
+        warm,
+        rho0,
+        activation="linear",
+        per_neuron=per_neuron,
+        solver=solver,
+        opts=opts,
+    )
     state = solved[0]
     if data is None:
         col = column_misfit(red, kernel)
@@ -342,8 +374,17 @@ def solve_reduced(red: Reduced, epsilon, *, per_neuron: bool = False, solver: st
     return layer.LayerSolution(kernel=kernel, info=info, state=ReducedState(solved))
 
 
-def solve_layer_gram(stats, epsilon, *, per_neuron: bool = False, solver: str = "admm",
-                     warm_start=None, rho=None, ridge=None, **solver_options):
+def solve_layer_gram(
+    stats,
+    epsilon,
+    *,
+    per_neuron: bool = False,
+    solver: str = "admm",
+    warm_start=None,
+    rho=None,
+    ridge=None,
+    **solver_options,
+):
     """Net-Trim's linear program  min ||U||_1 s.t. ||XU - Y||_F <= eps  from ``GramStats``.
 
     Args:
@@ -362,5 +403,6 @@ def solve_layer_gram(stats, epsilon, *, per_neuron: bool = False, solver: str = 
       from a dual point of the original program (``certificate``).
     """
     red = stats if isinstance(stats, Reduced) else reduce(stats, ridge)
-    return solve_reduced(red, epsilon, per_neuron=per_neuron, solver=solver, warm_start=warm_start,
-                         rho=rho, **solver_options)
+    return solve_reduced(
+        red, epsilon, per_neuron=per_neuron, solver=solver, warm_start=warm_start, rho=rho, **solver_options
+    )

@@ -106,8 +106,7 @@ def check_solver_options(solver: str, options: dict) -> None:
     cls = admm.Options if solver == "admm" else pdhg.Options
     unknown = set(options) - set(cls._fields)
     if unknown:
-        raise TypeError(f"unknown option(s) for solver={solver!r}: {sorted(unknown)}; "
-                        f"valid: {list(cls._fields)}")
+        raise TypeError(f"unknown option(s) for solver={solver!r}: {sorted(unknown)}; valid: {list(cls._fields)}")
     for name, value in options.items():
         if value is not None or name not in ("margin", "feas_tol"):
             _check_option(name, value)
@@ -117,13 +116,19 @@ def check_solver_options(solver: str, options: dict) -> None:
 # range, upper bound excluded), "bool".  gap_tol = 0 is allowed: it runs max_iters exactly
 # (experiments/bench_layer.py times iterations that way).  Unlisted options are unchecked.
 _OPTION_RANGES: dict[str, tuple[str, Any, Any, Any]] = {
-    "max_iters": ("int", 1, None, True), "check_every": ("int", 1, None, True),
+    "max_iters": ("int", 1, None, True),
+    "check_every": ("int", 1, None, True),
     "adapt_every": ("int", 1, None, True),
-    "eps_abs": ("real", 0.0, math.inf, True), "eps_rel": ("real", 0.0, math.inf, True),
-    "gap_tol": ("real", 0.0, math.inf, True), "feas_tol": ("real", 0.0, math.inf, True),
-    "margin": ("real", 0.0, 1.0, True), "relaxation": ("real", 0.0, 2.0, False),
-    "step": ("real", 0.0, 1.0, False), "restart_decay": ("real", 0.0, 1.0, True),
-    "adaptive_rho": ("bool", None, None, None), "residual_stop": ("bool", None, None, None),
+    "eps_abs": ("real", 0.0, math.inf, True),
+    "eps_rel": ("real", 0.0, math.inf, True),
+    "gap_tol": ("real", 0.0, math.inf, True),
+    "feas_tol": ("real", 0.0, math.inf, True),
+    "margin": ("real", 0.0, 1.0, True),
+    "relaxation": ("real", 0.0, 2.0, False),
+    "step": ("real", 0.0, 1.0, False),
+    "restart_decay": ("real", 0.0, 1.0, True),
+    "adaptive_rho": ("bool", None, None, None),
+    "residual_stop": ("bool", None, None, None),
 }
 
 
@@ -138,8 +143,9 @@ def _check_option(name, value) -> None:
         if not isinstance(value, (bool, np.bool_)):
             raise ValueError(f"{name} must be True or False, got {value!r}")
         return
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer) if kind == "int"
-                                                           else (int, float, np.integer, np.floating)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, np.integer) if kind == "int" else (int, float, np.integer, np.floating)
+    ):
         raise ValueError(f"{name} must be {'an integer' if kind == 'int' else 'a number'}, got {value!r}")
     if kind == "int":
         if value < lo:
@@ -165,8 +171,7 @@ def _column_radii(y_omega, epsilon, per_neuron):
 
 
 @functools.partial(jax.jit, static_argnames=("activation", "per_neuron", "solver", "opts"))
-def _solve(X, Y, epsilon, threshold, w0, warm, rho0, groups=None, mask=None, *, activation,
-           per_neuron, solver, opts):
+def _solve(X, Y, epsilon, threshold, w0, warm, rho0, groups=None, mask=None, *, activation, per_neuron, solver, opts):
     dtype = X.dtype
     m = Y.shape[1]
     sx = x_scale(X, solver)
@@ -216,8 +221,9 @@ def _solve(X, Y, epsilon, threshold, w0, warm, rho0, groups=None, mask=None, *, 
         misfit = jnp.sqrt(jnp.sum(out * out, axis=0))
     else:
         misfit = jnp.sqrt(jnp.sum(out * out))
-    residual = jnp.max(jnp.where(eps_cols > 0, misfit / jnp.where(eps_cols > 0, eps_cols, 1),
-                                 jnp.where(misfit > 0, jnp.inf, 0)))
+    residual = jnp.max(
+        jnp.where(eps_cols > 0, misfit / jnp.where(eps_cols > 0, eps_cols, 1), jnp.where(misfit > 0, jnp.inf, 0))
+    )
     if activation == "relu":
         excess = jnp.where(omega, -jnp.inf, xk - jnp.broadcast_to(threshold, Y.shape))
         violation = jnp.maximum(jnp.max(excess), 0)
@@ -227,10 +233,17 @@ def _solve(X, Y, epsilon, threshold, w0, warm, rho0, groups=None, mask=None, *, 
     lower = jnp.sum(rep.lower_bound) * (sy / sx)
     gap = jnp.where(objective > 0, (objective - lower) / jnp.where(objective > 0, objective, 1), 0)
     info = LayerInfo(
-        iterations=jnp.max(rep.iterations), converged=jnp.all(rep.converged),
-        objective=objective, lower_bound=lower, gap=gap, residual=residual, violation=violation,
-        primal_residual=jnp.max(rep.primal_residual), dual_residual=jnp.max(rep.dual_residual),
-        rho=rep.rho)
+        iterations=jnp.max(rep.iterations),
+        converged=jnp.all(rep.converged),
+        objective=objective,
+        lower_bound=lower,
+        gap=gap,
+        residual=residual,
+        violation=violation,
+        primal_residual=jnp.max(rep.primal_residual),
+        dual_residual=jnp.max(rep.dual_residual),
+        rho=rep.rho,
+    )
     return kernel, info, (state, sx, sy)
 
 
@@ -239,13 +252,30 @@ def _warn_unconverged(converged, iterations, gap, residual):
         warnings.warn(
             f"Net-Trim solve did not converge in {int(np.max(iterations))} iterations "
             f"(certified gap {float(np.max(gap)):.3g}, residual {float(np.max(residual)):.6g}); "
-            "raise max_iters or loosen tolerances", RuntimeWarning, stacklevel=3)
+            "raise max_iters or loosen tolerances",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
-def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
-                per_neuron: bool = False, solver: str = "admm", warm_start=None,
-                rho=None, structure: str = "unstructured", groups=None, omega=None, gram_space="auto",
-                mesh=None, **solver_options) -> LayerSolution:
+def solve_layer(
+    X,
+    Y,
+    *,
+    epsilon,
+    activation: str = "relu",
+    threshold=None,
+    per_neuron: bool = False,
+    solver: str = "admm",
+    warm_start=None,
+    rho=None,
+    structure: str = "unstructured",
+    groups=None,
+    omega=None,
+    gram_space="auto",
+    mesh=None,
+    **solver_options,
+) -> LayerSolution:
     """Solve Net-Trim's program for one layer.
 
     Args:
@@ -292,12 +322,22 @@ def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
     warm_kernel = warm_start.kernel if isinstance(warm_start, LayerSolution) else warm_start
     if omega is not None:
         if activation != "relu" or jnp.shape(omega) != jnp.shape(Y):
-            raise ValueError(f"omega applies to activation='relu' only and must have Y's shape "
-                             f"{tuple(jnp.shape(Y))}, got {tuple(jnp.shape(omega))}")
+            raise ValueError(
+                f"omega applies to activation='relu' only and must have Y's shape "
+                f"{tuple(jnp.shape(Y))}, got {tuple(jnp.shape(omega))}"
+            )
         omega = jnp.asarray(omega, bool)
         Y = jnp.where(omega, Y, 0)
-    validate(X, Y if omega is None else jnp.abs(Y), epsilon, activation, threshold, per_neuron, solver,
-             None if warm_kernel is None else jnp.shape(warm_kernel))
+    validate(
+        X,
+        Y if omega is None else jnp.abs(Y),
+        epsilon,
+        activation,
+        threshold,
+        per_neuron,
+        solver,
+        None if warm_kernel is None else jnp.shape(warm_kernel),
+    )
     groups = structures.parse(structure, groups, jnp.shape(X)[1], per_neuron)
     if gram_space not in ("auto", True, False):
         raise ValueError(f"gram_space must be 'auto', True or False, got {gram_space!r}")
@@ -312,11 +352,21 @@ def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
         X, Y = sharding.place(mesh, X, "rows", dtype), sharding.place(mesh, Y, "outputs", dtype)
     X = jnp.asarray(X, dtype)
     Y = jnp.asarray(Y, dtype)
-    if gram_space is True or (gram_space == "auto" and activation == "linear" and p > 2 * n
-                              and groups is None):  # the Gram certificate is the l1 one
+    if gram_space is True or (
+        gram_space == "auto" and activation == "linear" and p > 2 * n and groups is None
+    ):  # the Gram certificate is the l1 one
         with jax.default_matmul_precision(MATMUL_PRECISION):
-            return gram_space_solve(X, Y, epsilon, per_neuron=per_neuron, solver=solver,
-                                    warm_start=warm_start, rho=rho, mesh=mesh, **solver_options)
+            return gram_space_solve(
+                X,
+                Y,
+                epsilon,
+                per_neuron=per_neuron,
+                solver=solver,
+                warm_start=warm_start,
+                rho=rho,
+                mesh=mesh,
+                **solver_options,
+            )
     epsilon = jnp.asarray(epsilon, dtype)
     threshold = jnp.zeros((), dtype) if threshold is None else jnp.asarray(threshold, dtype)
     opts = _options(solver, dtype, solver_options)
@@ -341,15 +391,26 @@ def solve_layer(X, Y, *, epsilon, activation: str = "relu", threshold=None,
         if omega is not None:
             omega = sharding.place(mesh, omega, "outputs", bool)
     with jax.default_matmul_precision(MATMUL_PRECISION):
-        kernel, info, state = _solve(X, Y, epsilon, threshold, w0, warm, rho0, groups, omega,
-                                     activation=activation, per_neuron=per_neuron,
-                                     solver=solver, opts=opts)
+        kernel, info, state = _solve(
+            X,
+            Y,
+            epsilon,
+            threshold,
+            w0,
+            warm,
+            rho0,
+            groups,
+            omega,
+            activation=activation,
+            per_neuron=per_neuron,
+            solver=solver,
+            opts=opts,
+        )
     summary = [sharding.host_value(a) for a in (info.converged, info.iterations, info.gap, info.residual)]
     if all(v is not None for v in summary):
         _warn_unconverged(*summary)
     else:
-        jax.debug.callback(_warn_unconverged, info.converged, info.iterations, info.gap,
-                           info.residual)
+        jax.debug.callback(_warn_unconverged, info.converged, info.iterations, info.gap, info.residual)
     return LayerSolution(kernel=kernel, info=info, state=state)
 
 
@@ -388,6 +449,14 @@ def gram_space_solve(X, Y, epsilon, *, per_neuron, solver, warm_start, rho, mesh
 
     red = gram_space.reduce(gram_space.from_data(X, Y))
     red = gram_space.exact_constant(red, X, Y)
-    return gram_space.solve_reduced(red, epsilon, per_neuron=per_neuron, solver=solver,
-                                    warm_start=warm_start, rho=rho, data=(X, Y), mesh=mesh,
-                                    **solver_options)
+    return gram_space.solve_reduced(
+        red,
+        epsilon,
+        per_neuron=per_neuron,
+        solver=solver,
+        warm_start=warm_start,
+        rho=rho,
+        data=(X, Y),
+        mesh=mesh,
+        **solver_options,
+    )

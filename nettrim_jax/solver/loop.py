@@ -44,8 +44,6 @@ def run(iterate: Callable, check: Callable, state, max_iters: int, check_every: 
         return (~rep.converged) & (k < blocks)
 
     zero = jnp.zeros((), state.w.dtype)
-    rep0 = Report(iterations=jnp.zeros((), jnp.int32), converged=jnp.zeros((), bool),
-                  objective=zero, lower_bound=zero, misfit=zero, violation=zero,
-                  primal_residual=zero, dual_residual=zero, rho=state.rho)
+    rep0 = Report(jnp.zeros((), jnp.int32), jnp.zeros((), bool), zero, zero, zero, zero, zero, zero, state.rho)
     state, rep, _ = jax.lax.while_loop(keep_going, block, (state, rep0, jnp.zeros((), jnp.int32)))
     return state, rep

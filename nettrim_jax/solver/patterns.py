@@ -49,8 +49,11 @@ def parse_pattern(pattern) -> Pattern:
         if match is None:
             raise ValueError(f"pattern must look like 'N:M' (e.g. '2:4'), got {pattern!r}")
         n, m = int(match.group(1)), int(match.group(2))
-    elif isinstance(pattern, tuple) and len(pattern) == 2 and all(
-            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pattern):
+    elif (
+        isinstance(pattern, tuple)
+        and len(pattern) == 2
+        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pattern)
+    ):
         n, m = int(pattern[0]), int(pattern[1])
     else:
         raise ValueError(f"pattern must be an 'N:M' string or an (n, m) pair of ints, got {pattern!r}")
@@ -127,9 +130,19 @@ class NMSolution(NamedTuple):
     refit: RefitInfo
 
 
-def solve_layer_nm(X, Y, *, epsilon, pattern, activation: str = "relu", threshold=None,
-                   bias: bool = False, rounds: int = 4, cg_iters: int = 60,
-                   **solve_options) -> NMSolution:
+def solve_layer_nm(
+    X,
+    Y,
+    *,
+    epsilon,
+    pattern,
+    activation: str = "relu",
+    threshold=None,
+    bias: bool = False,
+    rounds: int = 4,
+    cg_iters: int = 60,
+    **solve_options,
+) -> NMSolution:
     """Net-Trim, then the N:M pattern selected from its solution, then a refit on it.
 
     Args:
@@ -144,10 +157,10 @@ def solve_layer_nm(X, Y, *, epsilon, pattern, activation: str = "relu", threshol
       its objective is never above plain masking's.
     """
     pat = parse_pattern(pattern)
-    sol = solve_layer(X, Y, epsilon=epsilon, activation=activation, threshold=threshold,
-                      **solve_options)
+    sol = solve_layer(X, Y, epsilon=epsilon, activation=activation, threshold=threshold, **solve_options)
     mask = nm_mask(sol.kernel, pat.n, pat.m, axis=0, bias=bias)
     masked = jnp.where(mask, sol.kernel, 0)
-    kernel, info = refit_mod.refit_layer(X, Y, masked, activation=activation, threshold=threshold,
-                                         rounds=rounds, cg_iters=cg_iters)
+    kernel, info = refit_mod.refit_layer(
+        X, Y, masked, activation=activation, threshold=threshold, rounds=rounds, cg_iters=cg_iters
+    )
     return NMSolution(kernel=kernel, mask=mask, info=sol.info, refit=info)

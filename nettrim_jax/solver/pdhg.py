@@ -66,18 +66,35 @@ def init_state(x, c: constraints.ConstraintSet, w0, rho0) -> State:
     y = jnp.zeros_like(z)
     xty = jnp.zeros_like(w0)
     zero = jnp.zeros((), w0.dtype)
-    return State(w=w0, z=z, y=y, xty=xty, sum_w=jnp.zeros_like(w0), sum_z=jnp.zeros_like(z),
-                 sum_y=jnp.zeros_like(y), sum_xty=jnp.zeros_like(xty), count=zero,
-                 restart_w=w0, restart_y=y, restart_kkt=jnp.asarray(jnp.inf, w0.dtype),
-                 rho=jnp.asarray(rho0, w0.dtype))
+    return State(
+        w=w0,
+        z=z,
+        y=y,
+        xty=xty,
+        sum_w=jnp.zeros_like(w0),
+        sum_z=jnp.zeros_like(z),
+        sum_y=jnp.zeros_like(y),
+        sum_xty=jnp.zeros_like(xty),
+        count=zero,
+        restart_w=w0,
+        restart_y=y,
+        restart_kkt=jnp.asarray(jnp.inf, w0.dtype),
+        rho=jnp.asarray(rho0, w0.dtype),
+    )
 
 
 def rescale_extra(state: State, kw, ky) -> dict:
     """Fields besides w and z to carry into a problem scaled differently (warm start)."""
     zero = jnp.zeros((), state.w.dtype)
-    return dict(sum_w=jnp.zeros_like(state.sum_w), sum_z=jnp.zeros_like(state.sum_z),
-                sum_y=jnp.zeros_like(state.sum_y), sum_xty=jnp.zeros_like(state.sum_xty),
-                count=zero, restart_w=state.w * kw, restart_kkt=jnp.asarray(jnp.inf, zero.dtype))
+    return dict(
+        sum_w=jnp.zeros_like(state.sum_w),
+        sum_z=jnp.zeros_like(state.sum_z),
+        sum_y=jnp.zeros_like(state.sum_y),
+        sum_xty=jnp.zeros_like(state.sum_xty),
+        count=zero,
+        restart_w=state.w * kw,
+        restart_kkt=jnp.asarray(jnp.inf, zero.dtype),
+    )
 
 
 def _iterate(x, xt, inner, s: State, eta, groups=None) -> State:
@@ -87,11 +104,21 @@ def _iterate(x, xt, inner, s: State, eta, groups=None) -> State:
     z = x @ w
     v = s.y + sigma * (2 * z - s.z)
     # Moreau: prox of sigma I_C^*; outside omega written exactly so y stays >= 0 there.
-    y = jnp.where(inner.omega, v - sigma * constraints.project(v / sigma, inner),
-                  jnp.maximum(v - sigma * inner.threshold, 0))
+    y = jnp.where(
+        inner.omega, v - sigma * constraints.project(v / sigma, inner), jnp.maximum(v - sigma * inner.threshold, 0)
+    )
     xty = xt @ y
-    return s._replace(w=w, z=z, y=y, xty=xty, sum_w=s.sum_w + w, sum_z=s.sum_z + z,
-                      sum_y=s.sum_y + y, sum_xty=s.sum_xty + xty, count=s.count + 1)
+    return s._replace(
+        w=w,
+        z=z,
+        y=y,
+        xty=xty,
+        sum_w=s.sum_w + w,
+        sum_z=s.sum_z + z,
+        sum_y=s.sum_y + y,
+        sum_xty=s.sum_xty + xty,
+        count=s.count + 1,
+    )
 
 
 def _norm(a):
@@ -104,10 +131,9 @@ def _measure(outer, w, z, y, xty, rho, groups=None):
     lower = constraints.dual_bound(y, xty, outer, groups)
     misfit, violation, viol_norm = constraints.misfit(z, outer)
     primal_inf = _norm(z - constraints.project(z, outer))
-    dual_inf = (_norm(jnp.maximum(jnp.abs(xty) - 1, 0)) if groups is None
-                else structure.dual_excess(xty, groups))
+    dual_inf = _norm(jnp.maximum(jnp.abs(xty) - 1, 0)) if groups is None else structure.dual_excess(xty, groups)
     gap = jnp.abs(objective - lower)
-    kkt = jnp.sqrt(rho * primal_inf ** 2 + dual_inf ** 2 / rho + gap ** 2)
+    kkt = jnp.sqrt(rho * primal_inf**2 + dual_inf**2 / rho + gap**2)
     return objective, lower, misfit, violation, viol_norm, primal_inf, dual_inf, kkt
 
 
@@ -131,24 +157,33 @@ def _check(outer, opts: Options, s: State, iterations, groups=None):
     eps_pri = jnp.sqrt(s.z.size) * opts.eps_abs + opts.eps_rel * jnp.maximum(_norm(cand[1]), 1)
     converged = feasible & gap_ok & (primal_inf <= eps_pri)
 
-    restart = converged | (kkt <= opts.restart_decay * s.restart_kkt) | (
-        s.count >= 0.36 * jnp.maximum(iterations, 1))
+    restart = converged | (kkt <= opts.restart_decay * s.restart_kkt) | (s.count >= 0.36 * jnp.maximum(iterations, 1))
     dw = _norm(cand[0] - s.restart_w)
     dy = _norm(cand[2] - s.restart_y)
-    new_rho = jnp.where((dw > tiny) & (dy > tiny),
-                        jnp.exp(0.5 * jnp.log(jnp.maximum(dy, tiny) / jnp.maximum(dw, tiny))
-                                + 0.5 * jnp.log(s.rho)), s.rho)
+    new_rho = jnp.where(
+        (dw > tiny) & (dy > tiny),
+        jnp.exp(0.5 * jnp.log(jnp.maximum(dy, tiny) / jnp.maximum(dw, tiny)) + 0.5 * jnp.log(s.rho)),
+        s.rho,
+    )
     new_rho = jnp.clip(new_rho, 1e-4, 1e4)
     zeros = lambda a: jnp.zeros_like(a)
     restarted = s._replace(
-        w=cand[0], z=cand[1], y=cand[2], xty=cand[3], sum_w=zeros(s.sum_w), sum_z=zeros(s.sum_z),
-        sum_y=zeros(s.sum_y), sum_xty=zeros(s.sum_xty), count=jnp.zeros_like(s.count),
-        restart_w=cand[0], restart_y=cand[2], restart_kkt=kkt,
-        rho=jnp.where(converged, s.rho, new_rho))
+        w=cand[0],
+        z=cand[1],
+        y=cand[2],
+        xty=cand[3],
+        sum_w=zeros(s.sum_w),
+        sum_z=zeros(s.sum_z),
+        sum_y=zeros(s.sum_y),
+        sum_xty=zeros(s.sum_xty),
+        count=jnp.zeros_like(s.count),
+        restart_w=cand[0],
+        restart_y=cand[2],
+        restart_kkt=kkt,
+        rho=jnp.where(converged, s.rho, new_rho),
+    )
     s = jax.tree_util.tree_map(lambda a, b: jnp.where(restart, a, b), restarted, s)
-    report = Report(iterations=iterations, converged=converged, objective=objective,
-                    lower_bound=lower, misfit=misfit, violation=violation,
-                    primal_residual=primal_inf, dual_residual=dual_inf, rho=s.rho)
+    report = Report(iterations, converged, objective, lower, misfit, violation, primal_inf, dual_inf, s.rho)
     return s, report
 
 
@@ -160,5 +195,10 @@ def run(x, outer: constraints.ConstraintSet, state: State, opts: Options, groups
     inner = constraints.shrink(outer, opts.margin)
     eta = jnp.asarray(opts.step, state.w.dtype)
     xt = gram.transposed(x)
-    return loop.run(lambda s: _iterate(x, xt, inner, s, eta, groups), lambda s, k: _check(outer, opts, s, k, groups), state,
-                    opts.max_iters, opts.check_every)
+    return loop.run(
+        lambda s: _iterate(x, xt, inner, s, eta, groups),
+        lambda s, k: _check(outer, opts, s, k, groups),
+        state,
+        opts.max_iters,
+        opts.check_every,
+    )

@@ -109,14 +109,19 @@ def _refit(X, Y, kernel, threshold, mask=None, *, relu, rounds, cg_iters):
     u = jnp.where(improved[None, :], u, u0)
     after = jnp.where(improved, after, before)
     scale2 = sy * sy
-    info = RefitInfo(objective_before=before * scale2, objective_after=after * scale2,
-                     improved=improved, error_before=jnp.sqrt(2 * jnp.sum(before)) * sy,
-                     error_after=jnp.sqrt(2 * jnp.sum(after)) * sy)
+    info = RefitInfo(
+        objective_before=before * scale2,
+        objective_after=after * scale2,
+        improved=improved,
+        error_before=jnp.sqrt(2 * jnp.sum(before)) * sy,
+        error_after=jnp.sqrt(2 * jnp.sum(after)) * sy,
+    )
     return u * (sy / sx), info
 
 
-def refit_layer(X, Y, kernel, *, activation: str = "relu", threshold=None, rounds: int = 4,
-                cg_iters: int = 60, omega=None):
+def refit_layer(
+    X, Y, kernel, *, activation: str = "relu", threshold=None, rounds: int = 4, cg_iters: int = 60, omega=None
+):
     """Refit ``kernel`` on its support to the layer response (module docstring).
 
     Args:
@@ -135,7 +140,9 @@ def refit_layer(X, Y, kernel, *, activation: str = "relu", threshold=None, round
     if omega is not None:
         omega = jnp.asarray(omega, bool)
         Y = jnp.where(omega, Y, 0)  # the program sees Y only on Omega
-    scaling.validate(X, Y if omega is None else jnp.abs(Y), 0.0, activation, threshold, False, "admm", jnp.shape(kernel))
+    scaling.validate(
+        X, Y if omega is None else jnp.abs(Y), 0.0, activation, threshold, False, "admm", jnp.shape(kernel)
+    )
     X = jnp.asarray(X)
     dtype = jnp.result_type(X.dtype, jnp.asarray(Y).dtype, jnp.float32)
     X, Y = X.astype(dtype), jnp.asarray(Y, dtype)
@@ -144,5 +151,4 @@ def refit_layer(X, Y, kernel, *, activation: str = "relu", threshold=None, round
     threshold = jnp.zeros((), dtype) if threshold is None else jnp.asarray(threshold, dtype)
     if rounds < 1 or cg_iters < 1:
         raise ValueError(f"rounds and cg_iters must be >= 1, got {rounds} and {cg_iters}")
-    return _refit(X, Y, kernel, threshold, omega, relu=activation == "relu", rounds=rounds,
-                  cg_iters=cg_iters)
+    return _refit(X, Y, kernel, threshold, omega, relu=activation == "relu", rounds=rounds, cg_iters=cg_iters)

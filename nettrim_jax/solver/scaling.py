@@ -66,22 +66,21 @@ def validate(X, Y, epsilon, activation, threshold, per_neuron, solver, warm_kern
     eshape = jnp.shape(epsilon)
     if eshape not in ((), (m,)) or (eshape == (m,) and not per_neuron):
         vector = f" or an (M,) = ({m},) vector" if per_neuron else ""
-        raise ValueError(f"epsilon must be a scalar{vector}"
-                         f" (a vector needs per_neuron=True), got shape {eshape}")
+        raise ValueError(f"epsilon must be a scalar{vector} (a vector needs per_neuron=True), got shape {eshape}")
     check_finite("epsilon", epsilon)
     if is_concrete(epsilon) and bool(np.any(np.asarray(epsilon) < 0)):
         raise ValueError(f"epsilon must be >= 0, got {np.asarray(epsilon)}")
     if is_concrete(Y) and activation == "relu" and bool(np.any(np.asarray(Y) < 0)):
-        raise ValueError("Y has negative entries, so it is not a ReLU output; "
-                         "pass relu(Y) or activation='linear'")
+        raise ValueError("Y has negative entries, so it is not a ReLU output; pass relu(Y) or activation='linear'")
     if threshold is not None:
         if activation != "relu":
             raise ValueError("threshold applies only to activation='relu'")
         try:
             np.broadcast_shapes(jnp.shape(threshold), (p, m))
         except ValueError:
-            raise ValueError(f"threshold of shape {jnp.shape(threshold)} does not broadcast "
-                             f"to Y's shape {(p, m)}") from None
+            raise ValueError(
+                f"threshold of shape {jnp.shape(threshold)} does not broadcast to Y's shape {(p, m)}"
+            ) from None
         check_finite("threshold", threshold)
     if warm_kernel_shape is not None and tuple(warm_kernel_shape) != (n, m):
         raise ValueError(f"warm_start kernel has shape {tuple(warm_kernel_shape)}, expected {(n, m)}")

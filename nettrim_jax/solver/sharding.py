@@ -45,9 +45,11 @@ def check_mesh(mesh, p: int, m: int) -> None:
         raise ValueError(f"mesh axes must be named ('samples', 'units'), got {tuple(mesh.axis_names)}")
     ns, nu = mesh.shape[SAMPLES], mesh.shape[UNITS]
     if p % ns or m % nu:
-        raise ValueError(f"mesh {dict(mesh.shape)} does not divide the problem: P = {p} rows over "
-                         f"{ns} 'samples' shards, M = {m} units over {nu} 'units' shards (pad or "
-                         "pick a mesh whose sizes divide P and M)")
+        raise ValueError(
+            f"mesh {dict(mesh.shape)} does not divide the problem: P = {p} rows over "
+            f"{ns} 'samples' shards, M = {m} units over {nu} 'units' shards (pad or "
+            "pick a mesh whose sizes divide P and M)"
+        )
 
 
 def auto_axes(mesh: Mesh) -> Mesh:
@@ -65,8 +67,10 @@ def auto_axes(mesh: Mesh) -> Mesh:
 def spec(mesh: Mesh, kind: str) -> NamedSharding:
     """The layout of one operand: "rows" (P, N), "outputs" (P, M), "kernel" (N, M),
     "replicated"."""
-    return NamedSharding(mesh, {"rows": PS(SAMPLES, None), "outputs": PS(SAMPLES, UNITS),
-                                "kernel": PS(None, UNITS), "replicated": PS()}[kind])
+    return NamedSharding(
+        mesh,
+        {"rows": PS(SAMPLES, None), "outputs": PS(SAMPLES, UNITS), "kernel": PS(None, UNITS), "replicated": PS()}[kind],
+    )
 
 
 def place(mesh: Mesh, a, kind: str, dtype):
@@ -74,8 +78,7 @@ def place(mesh: Mesh, a, kind: str, dtype):
     sharding = spec(mesh, kind)
     if isinstance(a, jax.Array) and not a.is_fully_addressable:
         if a.dtype != dtype:
-            raise ValueError(f"a global array spanning processes must already be {np.dtype(dtype).name}, "
-                             f"got {a.dtype}")
+            raise ValueError(f"a global array spanning processes must already be {np.dtype(dtype).name}, got {a.dtype}")
         return a
     if isinstance(a, jax.Array) and a.is_fully_addressable and jax.process_count() == 1:
         return jax.device_put(a.astype(dtype), sharding)

@@ -51,16 +51,16 @@ def parse(structure, groups, n: int, per_neuron: bool = False):
             raise ValueError("groups= needs structure='rows'")
         return None
     if per_neuron:
-        raise ValueError("structure='rows' couples output units (a group spans all of them); "
-                         "it cannot be solved per_neuron=True")
+        raise ValueError(
+            "structure='rows' couples output units (a group spans all of them); it cannot be solved per_neuron=True"
+        )
     if groups is None:
         return np.arange(n, dtype=np.int32)
     if isinstance(groups, jax.core.Tracer):
         raise ValueError("groups must be concrete (a numpy array), not a traced value")
     g = np.asarray(groups)
     if g.shape != (n,):
-        raise ValueError(f"groups must have shape (N,) = ({n},), one id per kernel row, "
-                         f"got shape {g.shape}")
+        raise ValueError(f"groups must have shape (N,) = ({n},), one id per kernel row, got shape {g.shape}")
     if g.size and not np.issubdtype(g.dtype, np.integer):
         raise ValueError(f"groups must hold integer ids, got dtype {g.dtype}")
     ids = np.full(n, -1, np.int32)
@@ -88,8 +88,7 @@ def _parts(v, groups):
     """(N,) group norms indexed by id (0 for unused ids) and (N, M) |v| on ungrouped rows."""
     grouped = groups >= 0
     rows_sq = jnp.sum(jnp.where(grouped[:, None], v * v, 0), axis=1)
-    group_sq = jax.ops.segment_sum(rows_sq, jnp.where(grouped, groups, 0),
-                                   num_segments=v.shape[0])
+    group_sq = jax.ops.segment_sum(rows_sq, jnp.where(grouped, groups, 0), num_segments=v.shape[0])
     singles = jnp.where(grouped[:, None], 0, jnp.abs(v))
     return jnp.sqrt(group_sq), singles
 
