@@ -149,7 +149,10 @@ def solve_to_count(
     stepping x2 (x4 when far) until the count is bracketed.  Solves far from the count (more
     than 10 ``tol`` away) are capped at ``coarse_iters`` iterations: they only steer the
     search; the returned solve always ran with the full options, warm-started from the
-    nearest one.  Returns the full solve with the count nearest ``keep``."""
+    nearest one.  A solve over its budget (an epsilon below what any kernel reaches, e.g. an
+    output layer on pruned features) counts as too dense; when the secant lands twice on one
+    side of the bracket the next step bisects.  Returns the full solve with the count
+    nearest ``keep``."""
     full = _warm_solver(program, per_neuron, solver, opts, groups, omega is not None)
     limit = dict(opts).get("max_iters", 5000)
     coarse_opts = tuple(sorted({**dict(opts), "max_iters": min(limit, coarse_iters)}.items()))
@@ -163,12 +166,15 @@ def solve_to_count(
     target = math.log(keep + 1)
     lo = hi = None  # (log eps, log nnz) with nnz > keep / nnz < keep
     close = False
+    last_side, same_side = None, 0
     for _ in range(max_solves):
         with warnings.catch_warnings():
             if not close:
                 warnings.simplefilter("ignore", RuntimeWarning)
             K, info = jax.device_get((full if close else coarse)(A, Y, jnp.asarray(eps, A.dtype), V, w0, omega))
         n = int(np.count_nonzero(K))
+        if float(np.max(info.residual)) > 1.01:  # budget below what any kernel reaches here
+            n = size  # as if the count were too high: a larger epsilon is needed
         tried.append((eps, n, K, info, close))
         if abs(n - keep) <= 10 * tol and not close:
             close = True  # from here on, full solves (this one again, warm)
@@ -177,6 +183,9 @@ def solve_to_count(
         if close and abs(n - keep) <= tol:
             break
         point = (math.log(eps), math.log(n + 1))
+        side = n > keep
+        same_side = same_side + 1 if side == last_side else 0
+        last_side = side
         if n > keep:
             lo = point if lo is None or point[0] > lo[0] else lo
         else:
@@ -185,6 +194,8 @@ def solve_to_count(
             (u0, v0), (u1, v1) = lo, hi
             u = u0 + (target - v0) * (u1 - u0) / (v1 - v0) if v1 != v0 else 0.5 * (u0 + u1)
             u = min(max(u, u0 + 0.1 * (u1 - u0)), u1 - 0.1 * (u1 - u0))  # stay inside
+            if same_side >= 1:  # the secant keeps landing on one side (a kinked curve): bisect
+                u = 0.5 * (u0 + u1)
         else:
             step = math.log(4.0) if abs(point[1] - target) > 1 else math.log(2.0)
             u = math.log(eps) + (step if n > keep else -step)
