@@ -45,8 +45,9 @@ def test_global_target_is_hit_within_half_a_point(scheme, allocation):
 def test_per_layer_targets_and_untargeted_layers():
     res = nt.prune(_net(), _x(), sparsity={"0": 0.5, "1": 0.8}, **FAST)
     l0, l1, l2 = res.report.layers
-    assert abs(l0.nnz_after - round(0.5 * l0.nnz_before)) <= max(1, 0.0025 * l0.nnz_before)
-    assert abs(l1.nnz_after - round(0.2 * l1.nnz_before)) <= max(1, 0.0025 * l1.nnz_before)
+    # a per-layer target has no later layer to carry its miss: within 1% of these small layers
+    assert abs(l0.nnz_after - round(0.5 * l0.nnz_before)) <= 0.01 * l0.nnz_before
+    assert abs(l1.nnz_after - round(0.2 * l1.nnz_before)) <= 0.01 * l1.nnz_before
     assert l2.nnz_after > 0  # the output layer follows its epsilon rule
 
 
