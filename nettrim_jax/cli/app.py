@@ -31,7 +31,8 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from nettrim_jax.cli.calibration import UsageError, load_calibration, one_line
-from nettrim_jax.cli.commands import REPORT_PNG, cmd_demo, cmd_prune, cmd_report
+from nettrim_jax.cli.commands import REPORT_PNG, cmd_prune, cmd_report
+from nettrim_jax.cli.demo import cmd_demo
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
