@@ -64,7 +64,7 @@ def test_mnist_quick(tmp_path):
     for r in records:
         assert 0.5 < r["sparsity"] < 1.0
         assert set(r["acc"]) == {"nettrim", "nettrim+ft", "magnitude", "magnitude+ft", "wanda",
-                                 "sparsegpt"}
+                                 "sparsegpt", "alps"}
         assert all(0.0 <= v <= 1.0 for v in r["acc"].values())
     saved = json.loads((tmp_path / "mnist.json").read_text())
     assert len(saved) == len(records)
@@ -87,5 +87,5 @@ def test_few_samples_quick(tmp_path):
     records = few_samples.main(["--quick", "--out", str(tmp_path), "--data", _data_root()])
     assert [(r["samples"], r["variant"]) for r in records] == [
         (20, "plain"), (20, "refit"), (100, "plain"), (100, "refit")]
-    assert all(set(r["acc"]) == {"nettrim", "magnitude", "wanda", "sparsegpt"} for r in records)
+    assert all(set(r["acc"]) == {"nettrim", "magnitude", "wanda", "sparsegpt", "alps"} for r in records)
     assert (tmp_path / "few_samples.png").exists()

@@ -111,7 +111,7 @@ def test_warm_start_from_a_gram_solution_and_auto_switch():
 def test_bad_input():
     x, y = _linear(300, 10, 3, noise=1.0, seed=6)
     with pytest.raises(ValueError, match="infeasible linear program"):
-        nt.solve_layer(x, y, epsilon=0.01 * float(np.linalg.norm(y)), activation="linear")
+        nt.solve_layer(x, y, epsilon=0.01 * float(np.linalg.norm(y)), activation="linear", gram_space=True)
     with pytest.raises(ValueError, match="gram_space=True applies only"):
         nt.solve_layer(x, np.maximum(y, 0), epsilon=1.0, gram_space=True)
     with pytest.raises(ValueError, match="gram_space must be"):

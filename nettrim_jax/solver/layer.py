@@ -21,7 +21,7 @@ import numpy as np
 
 from nettrim_jax.solver import admm, constraints, gram, pdhg, sharding
 from nettrim_jax.solver import structure as structures
-from nettrim_jax.solver.scaling import validate, x_scale, y_scale
+from nettrim_jax.solver.scaling import is_concrete, validate, x_scale, y_scale
 
 # ADMM's starting penalty in the solver's scaled units.  Measured on MNIST first layers
 # (P = 1000-5000), a second layer, a linear layer and a per-neuron problem: iterations to a
@@ -352,21 +352,34 @@ def solve_layer(
         X, Y = sharding.place(mesh, X, "rows", dtype), sharding.place(mesh, Y, "outputs", dtype)
     X = jnp.asarray(X, dtype)
     Y = jnp.asarray(Y, dtype)
-    if gram_space is True or (
-        gram_space == "auto" and activation == "linear" and p > 2 * n and groups is None
-    ):  # the Gram certificate is the l1 one
-        with jax.default_matmul_precision(MATMUL_PRECISION):
-            return gram_space_solve(
-                X,
-                Y,
-                epsilon,
-                per_neuron=per_neuron,
-                solver=solver,
-                warm_start=warm_start,
-                rho=rho,
-                mesh=mesh,
-                **solver_options,
-            )
+    # "auto" takes the Gram route only where it can check feasibility: concrete inputs (not
+    # under an outer jit) and a budget above the least-squares misfit; a budget at or below
+    # it (epsilon 0, say, where rounding puts the floor a hair above 0) goes the direct way,
+    # which reports what it reached.  The Gram certificate is the l1 one: no groups.
+    auto = (
+        gram_space == "auto"
+        and activation == "linear"
+        and p > 2 * n
+        and groups is None
+        and all(is_concrete(a) for a in (X, Y, epsilon))
+    )
+    if gram_space is True or auto:
+        try:
+            with jax.default_matmul_precision(MATMUL_PRECISION):
+                return gram_space_solve(
+                    X,
+                    Y,
+                    epsilon,
+                    per_neuron=per_neuron,
+                    solver=solver,
+                    warm_start=warm_start,
+                    rho=rho,
+                    mesh=mesh,
+                    **solver_options,
+                )
+        except ValueError as e:
+            if gram_space is True or "infeasible" not in str(e):
+                raise
     epsilon = jnp.asarray(epsilon, dtype)
     threshold = jnp.zeros((), dtype) if threshold is None else jnp.asarray(threshold, dtype)
     opts = _options(solver, dtype, solver_options)
