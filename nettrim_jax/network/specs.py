@@ -168,9 +168,10 @@ def apply_layer(spec, x):
         z = x @ spec.kernel
     elif isinstance(spec, Conv):
         strides, padding, dilation = _conv_args(spec)
+        dtype = jnp.result_type(x, spec.kernel)  # lax.conv needs one dtype; promote like x @ kernel
         z = lax.conv_general_dilated(
-            x,
-            spec.kernel,
+            jnp.asarray(x, dtype),
+            jnp.asarray(spec.kernel, dtype),
             strides,
             padding,
             rhs_dilation=dilation,
