@@ -26,9 +26,10 @@ def planted_sparse(p, n, m, s, seed=0):
     return x, np.maximum(x @ w, 0), w
 
 
-def reference(x, y, eps, activation="relu", threshold=0.0, per_neuron=False):
+def reference(x, y, eps, activation="relu", threshold=0.0, per_neuron=False, groups=None):
     """Optimal value and kernel of Net-Trim's program, solved by Clarabel to 1e-9; fails the
-    calling test unless Clarabel reports an optimal status."""
+    calling test unless Clarabel reports an optimal status.  ``groups``: (N,) row group ids
+    for the group-l1 objective sum_g ||U_g||_F (ids < 0: entrywise l1); None: ||U||_1."""
     import cvxpy as cp
 
     n, m = x.shape[1], y.shape[1]
@@ -49,10 +50,21 @@ def reference(x, y, eps, activation="relu", threshold=0.0, per_neuron=False):
         cons += [cp.norm(d[:, j], 2) <= e[j] for j in range(m)]
     else:
         cons.append(cp.norm(d, "fro") <= float(eps))
-    prob = cp.Problem(cp.Minimize(cp.sum(cp.abs(u))), cons)
+    prob = cp.Problem(cp.Minimize(_objective(cp, u, groups)), cons)
     prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-9, tol_gap_rel=1e-9, tol_feas=1e-9)
     # anything but OPTIMAL (OPTIMAL_INACCURATE, INFEASIBLE, a stalled solve) is no reference.
     # 1e-9, not 1e-10: at 1e-10 Clarabel ended OPTIMAL_INACCURATE on 10 of 31 small random
     # programs (40 x 9); at 1e-9 all were OPTIMAL, their values within 1e-9 of each other.
     assert prob.status == cp.OPTIMAL, f"reference solve ended {prob.status!r}, not optimal"
     return prob.value, u.value
+
+
+def _objective(cp, u, groups):
+    if groups is None:
+        return cp.sum(cp.abs(u))
+    g = np.asarray(groups)
+    terms = [cp.norm(cp.vec(u[np.flatnonzero(g == k), :], order="C"), 2) for k in np.unique(g[g >= 0])]
+    single = np.flatnonzero(g < 0)
+    if single.size:
+        terms.append(cp.sum(cp.abs(u[single, :])))
+    return sum(terms)

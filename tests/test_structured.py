@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import reference
 
 import nettrim_jax as nt
 from nettrim_jax.solver import prox, structure
@@ -20,28 +21,8 @@ def _row_sparse_problem(activation, seed=0, p=160, n=30, m=5, rows=0.3):
 
 
 def _group_reference(x, y, eps, groups, activation):
-    """Optimal value and kernel of the group-l1 program, solved by Clarabel to 1e-10."""
-    import cvxpy as cp
-
-    n, m = x.shape[1], y.shape[1]
-    u = cp.Variable((n, m))
-    z = x @ u
-    cons = []
-    if activation == "relu":
-        om = (y > 0).astype(float)
-        d = cp.multiply(om, z - y)
-        cons.append(cp.multiply(1 - om, z) <= 0)
-    else:
-        d = z - y
-    cons.append(cp.norm(d, "fro") <= eps)
-    g = np.asarray(groups)
-    terms = [cp.norm(cp.vec(u[np.flatnonzero(g == k), :], order="C"), 2) for k in np.unique(g[g >= 0])]
-    single = np.flatnonzero(g < 0)
-    if single.size:
-        terms.append(cp.sum(cp.abs(u[single, :])))
-    prob = cp.Problem(cp.Minimize(sum(terms)), cons)
-    prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
-    return prob.value, u.value
+    """Optimal value and kernel of the group-l1 program (``reference`` with ``groups``)."""
+    return reference(x, y, eps, activation=activation, groups=groups)
 
 
 def _check(sol, ref_value, ref_kernel, x, y, eps, groups, activation, rel=1e-3):
