@@ -19,9 +19,9 @@ import numpy as np
 import optax
 
 import nettrim_jax
-from nettrim_jax import baselines
 from nettrim_jax.io import convert
-from nettrim_jax.network.specs import Conv, Dense, apply_specs, kernel_matrix, layer_rows, with_matrix
+from nettrim_jax.network import one_shot
+from nettrim_jax.network.specs import Conv, Dense, apply_specs
 
 # ----------------------------------------------------------------------------- conversion
 
@@ -91,46 +91,13 @@ def relative_discrepancy(net, pruned, x) -> float:
 # ----------------------------------------------------------------------------- baselines
 
 
-def _rows(spec, x, max_rows, rng):
-    rows = layer_rows(spec, x)
-    if max_rows is not None and rows.shape[0] > max_rows:
-        rows = rows[np.sort(rng.choice(rows.shape[0], max_rows, replace=False))]
-    return rows
-
-
 def prune_baseline(net, x, keeps, method: str, *, max_rows: int | None = 50_000, seed: int = 0):
-    """Prune every layer of ``net`` to ``keeps[l]`` nonzero weights with a baseline.
-
-    Args:
-      net: spec network; x: calibration inputs; keeps: nonzero weights per prunable layer.
-      method: "magnitude" | "wanda" | "sparsegpt" | "alps".  Wanda, SparseGPT and ALPS are run
-        sequentially, as in their papers: layer l sees the inputs produced by the already
-        pruned layers < l.  Conv layers are handled as their patch matrix (at most
-        ``max_rows`` random patch rows).  Biases are kept as they are.
-    """
-    fns = {"wanda": baselines.wanda, "sparsegpt": baselines.sparsegpt, "alps": baselines.alps}
-    if method != "magnitude" and method not in fns:
-        raise ValueError(f"method must be magnitude, wanda, sparsegpt or alps, got {method!r}")
-    rng = np.random.default_rng(seed)
-    out = list(net)
-    h = jnp.asarray(x)
-    li = 0
-    for i, item in enumerate(net):
-        if isinstance(item, (Dense, Conv)):
-            bare = item._replace(bias=None)
-            mat = kernel_matrix(bare)
-            keep = int(keeps[li])
-            if method == "magnitude":
-                new = baselines.magnitude(mat, keep)
-            else:
-                rows = _rows(item, h, max_rows, rng)
-                new = fns[method](mat, rows, keep)
-            out[i] = with_matrix(bare, new)._replace(bias=item.bias)
-            li += 1
-            h = apply_specs([out[i]], h)
-        else:
-            h = item(h)
-    return out
+    """Prune every layer of the spec network ``net`` to ``keeps[l]`` nonzero weights with a
+    baseline (``nettrim_jax.network.one_shot.prune_model``: Wanda, SparseGPT and ALPS
+    sequentially on the pruned prefix's inputs; conv layers as at most ``max_rows`` patch
+    rows; biases kept)."""
+    model, _ = one_shot.prune_model(list(net), jnp.asarray(x), list(keeps), method, max_rows=max_rows, seed=seed)
+    return list(model)
 
 
 # ----------------------------------------------------------------------------- fine-tuning

@@ -21,6 +21,8 @@ not touched (prune ``kernel`` only and keep the bias dense).
   Models", arXiv 2406.07831; reference code github.com/mazumder-lab/ALPS, ``alps.py``).
 
 All are pure functions returning a new kernel with exact zeros; ``mask_of`` gives the mask.
+``prune_model`` applies one of them to every layer of a whole model (NNX, Linen or specs;
+residual and BatchNorm models included) at given per-layer counts.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ __all__ = [
     "sparsegpt",
     "alps",
     "reconstruction_error",
+    "prune_model",
 ]
 
 
@@ -219,3 +222,4 @@ def reconstruction_error(X, kernel, pruned) -> float:
 
 
 from nettrim_jax.alps import alps  # noqa: E402  (the fourth baseline, in its own module)
+from nettrim_jax.network.one_shot import prune_model  # noqa: E402  (any model, per-layer counts)

@@ -1,11 +1,11 @@
 """Small Flax NNX models used by the tests, the experiments and the command line examples.
 
     ResNet(channels=8, classes=10, rngs=...)   # NHWC images (B, 28, 28, 1)
-    TinyLM(vocab, d=32, heads=4, seq=..., mlp="relu" | "gelu", rngs=...)   # tokens (B, T)
+    TinyLM(vocab, d=32, heads=4, seq=..., mlp="relu" | "gelu", layers=1, rngs=...)   # tokens (B, T)
 
 ``ResNet``: stem conv -> BatchNorm -> ReLU, two residual blocks
 ``relu(x + bn2(conv2(relu(bn1(conv1(x))))))``, global average pool, Linear head.
-``TinyLM``: an OPT-style decoder (token + position embeddings, one pre-LayerNorm block with
+``TinyLM``: an OPT-style decoder (token + position embeddings, pre-LayerNorm blocks with
 ``nnx.MultiHeadAttention`` (causal) and an MLP, final LayerNorm, Linear head).
 """
 
@@ -44,26 +44,45 @@ class ResNet(nnx.Module):
         return self.head(jnp.mean(h, axis=(1, 2)))
 
 
-class TinyLM(nnx.Module):
-    def __init__(self, vocab: int, d: int = 32, heads: int = 4, seq: int = 32, mlp: str = "relu", *, rngs: nnx.Rngs):
-        self.tok = nnx.Embed(vocab, d, rngs=rngs)
-        self.pos = nnx.Embed(seq, d, rngs=rngs)
+class DecoderBlock(nnx.Module):
+    """Pre-LayerNorm decoder block: h + attn(ln1(h)) (causal), then h + fc2(act(fc1(ln2(h))))."""
+
+    def __init__(self, d: int, heads: int, mlp: str, rngs: nnx.Rngs):
         self.ln1 = nnx.LayerNorm(d, rngs=rngs)
         self.attn = nnx.MultiHeadAttention(num_heads=heads, in_features=d, decode=False, rngs=rngs)
         self.ln2 = nnx.LayerNorm(d, rngs=rngs)
         self.fc1 = nnx.Linear(d, 4 * d, rngs=rngs)
         self.fc2 = nnx.Linear(4 * d, d, rngs=rngs)
+        self.mlp = mlp
+
+    def __call__(self, h, mask):
+        h = h + self.attn(self.ln1(h), mask=mask)
+        act = jax.nn.gelu if self.mlp == "gelu" else nnx.relu
+        return h + self.fc2(act(self.fc1(self.ln2(h))))
+
+
+class TinyLM(nnx.Module):
+    """An OPT-style decoder: token + learned position embeddings, ``layers`` pre-LayerNorm
+    blocks (``DecoderBlock``: causal ``nnx.MultiHeadAttention`` and a 4d MLP with ReLU or
+    GELU), final LayerNorm, Linear head.  Tokens (B, T) -> logits (B, T, vocab), T <= seq."""
+
+    def __init__(
+        self, vocab: int, d: int = 32, heads: int = 4, seq: int = 32, mlp: str = "relu", layers: int = 1, *, rngs
+    ):
+        if mlp not in ("relu", "gelu"):
+            raise ValueError(f"mlp must be 'relu' or 'gelu', got {mlp!r}")
+        self.tok = nnx.Embed(vocab, d, rngs=rngs)
+        self.pos = nnx.Embed(seq, d, rngs=rngs)
+        self.blocks = nnx.List([DecoderBlock(d, heads, mlp, rngs) for _ in range(layers)])
         self.lnf = nnx.LayerNorm(d, rngs=rngs)
         self.head = nnx.Linear(d, vocab, rngs=rngs)
-        self.mlp = mlp
 
     def __call__(self, t):
         T = t.shape[1]
         h = self.tok(t) + self.pos(jnp.arange(T))[None]
         mask = nnx.make_causal_mask(t)
-        h = h + self.attn(self.ln1(h), mask=mask)
-        act = jax.nn.gelu if self.mlp == "gelu" else nnx.relu
-        h = h + self.fc2(act(self.fc1(self.ln2(h))))
+        for block in self.blocks:
+            h = block(h, mask)
         return self.head(self.lnf(h))
 
 

@@ -26,10 +26,12 @@ def planted_sparse(p, n, m, s, seed=0):
     return x, np.maximum(x @ w, 0), w
 
 
-def reference(x, y, eps, activation="relu", threshold=0.0, per_neuron=False, groups=None):
+def reference(x, y, eps, activation="relu", threshold=0.0, per_neuron=False, groups=None, relu_budget="omega"):
     """Optimal value and kernel of Net-Trim's program, solved by Clarabel to 1e-9; fails the
     calling test unless Clarabel reports an optimal status.  ``groups``: (N,) row group ids
-    for the group-l1 objective sum_g ||U_g||_F (ids < 0: entrywise l1); None: ||U||_1."""
+    for the group-l1 objective sum_g ||U_g||_F (ids < 0: entrywise l1); None: ||U||_1.
+    ``relu_budget="output"``: the excess over the threshold off Omega joins the misfit
+    inside the norm (written here as cvxpy's pos(), independently of the solver's code)."""
     import cvxpy as cp
 
     n, m = x.shape[1], y.shape[1]
@@ -39,7 +41,12 @@ def reference(x, y, eps, activation="relu", threshold=0.0, per_neuron=False, gro
     if activation == "relu":
         om = (y > 0).astype(float)
         d = cp.multiply(om, z - y)
-        cons.append(cp.multiply(1 - om, z - threshold) <= 0)
+        if relu_budget == "output":  # t >= (z - V)_+ off Omega, inside the norm (DCP form)
+            t = cp.Variable((x.shape[0], m), nonneg=True)
+            cons.append(t >= z - threshold)
+            d = d + cp.multiply(1 - om, t)
+        else:
+            cons.append(cp.multiply(1 - om, z - threshold) <= 0)
         y_om = y * om
     else:
         d = z - y

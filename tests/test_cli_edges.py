@@ -121,12 +121,12 @@ def test_report_records_every_shaping_option(setup, tmp_path, capsys):
     """One cascade run (the report dict is built the same way for both schemes)."""
     scheme = "cascade"
     extra = ["--refit", "--max-patches", "100", "--solver", "admm", "--samples", "120",
-             "--output-epsilon", "0.03"]
+             "--output-epsilon", "0.03", "--relu-budget", "omega"]
     rc, _, err = _run(_prune_args(setup, tmp_path / "o", "--scheme", scheme, *extra), capsys)
     assert rc == cli.EXIT_OK, err
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     want = {"epsilon": 0.05, "gamma": 1.1, "refit": True, "solver": "admm",
-            "max_iters": 400, "max_patches": 100, "seed": 0, "output_epsilon": 0.03}
+            "max_iters": 400, "max_patches": 100, "seed": 0, "output_epsilon": 0.03, "relu_budget": "omega"}
     assert {k: rep["options"].get(k, "missing") for k in want} == want
     assert rep["scheme"] == scheme and rep["run"]["samples"] == 120
     md = (tmp_path / "o" / "report.md").read_text()

@@ -71,6 +71,41 @@ def test_mnist_quick(tmp_path):
     assert "per-layer nnz" in (tmp_path / "mnist.md").read_text()
 
 
+def test_lm_quick(tmp_path):
+    """The LM experiment end to end on its offline corpus: every projection pruned (fc1 of
+    the ReLU model with the ReLU program, the rest linear), baselines at Net-Trim's counts."""
+    import lm
+
+    models = lm.main(["--quick", "--out", str(tmp_path)])
+    assert [m["mlp"] for m in models] == ["relu", "gelu"]
+    for m in models:
+        (r,) = m["runs"]
+        assert len(r["programs"]) == 7 and 0.4 < r["sparsity"] < 0.55
+        relu = [n for n, a in r["programs"].items() if a == "relu"]
+        assert relu == (["blocks/0/fc1"] if m["mlp"] == "relu" else [])
+        assert all(np.isfinite(r[k]) and r[k] > 0 for k in ("nettrim", "magnitude", "wanda"))
+    assert "bits per character" in (tmp_path / "lm.md").read_text()
+
+
+@needs_data
+def test_resnet_quick(tmp_path):
+    """Both parts end to end: every conv of the BatchNorm ResNet gets the ReLU program by
+    default, the three variants are compared at matched sparsity, and the baselines get
+    exactly Net-Trim's per-layer counts."""
+    import resnet
+
+    rec = resnet.main(["--quick", "--out", str(tmp_path), "--data", _data_root()])
+    variants = {r["variant"]: r["programs"] for r in rec["programs"]}
+    assert variants["ReLU, output budget"] == ["relu"] * 5
+    assert variants["linear forced"] == ["linear"] * 5
+    assert {r["scheme"] for r in rec["programs"]} == {"cascade"}
+    (b,) = rec["baselines"]
+    assert abs(b["sparsity"] - 0.5) <= 0.01
+    assert all(0.0 <= b[m] <= 1.0 for m in ("nettrim", "magnitude", "wanda"))
+    text = (tmp_path / "resnet.md").read_text()
+    assert "Matched sparsity, cascade" in text and "equal per-layer counts" in text
+
+
 @needs_data
 def test_mnist_accepts_the_dataset_folder_itself():
     import mnist

@@ -341,3 +341,40 @@ def test_reference_fails_unless_optimal():
     y = np.array([[1.0], [0.0], [1.0], [0.0]])
     with pytest.raises(AssertionError, match="reference solve ended 'infeasible', not optimal"):
         reference(x, y, 0.0, "relu")
+
+
+@pytest.mark.parametrize("per_neuron, solver, threshold", [
+    (False, "admm", 0.0), (False, "pdhg", 0.0), (True, "admm", 0.0), (False, "admm", -0.1)])
+def test_output_budget_matches_reference(per_neuron, solver, threshold):
+    """relu_budget="output": the misfit on Omega and the excess over V off it share one
+    ball; objective within 1e-3 of Clarabel's on that program, the returned kernel inside
+    it (recomputed in float64), the certificate below the optimum, and never denser than
+    the paper's program at the same epsilon (its feasible set is larger)."""
+    x, y = _problem("random", "relu", seed=11)
+    eps = 0.1 * _omega_norm(y, "relu")
+    ref_value, _ = reference(x, y, eps, "relu", threshold=threshold, per_neuron=per_neuron, relu_budget="output")
+    paper, _ = reference(x, y, eps, "relu", threshold=threshold, per_neuron=per_neuron)
+    assert ref_value <= paper * (1 + 1e-6)
+    sol = nt.solve_layer(x, y, epsilon=eps, threshold=threshold, per_neuron=per_neuron, solver=solver,
+                         relu_budget="output")
+    info = sol.info
+    assert bool(info.converged)
+    assert abs(float(info.objective) - ref_value) <= 1e-3 * ref_value
+    assert float(info.lower_bound) <= ref_value * (1 + 1e-6)
+    assert float(info.violation) == 0.0
+    z = x @ np.asarray(sol.kernel, np.float64)
+    om = y > 0
+    d = np.where(om, z - y, np.maximum(z - threshold, 0))
+    if per_neuron:
+        e = eps * np.linalg.norm(np.where(om, y, 0), axis=0) / np.linalg.norm(np.where(om, y, 0))
+        assert np.all(np.linalg.norm(d, axis=0) <= e * (1 + 2e-3))
+    assert np.linalg.norm(d) <= eps * (1 + 2e-3)
+    assert float(info.residual) <= 1 + 1e-3
+    if threshold == 0.0:  # the ReLU output's own error is within the budget
+        assert np.linalg.norm(np.maximum(z, 0) - y) <= eps * (1 + 2e-3)
+
+
+def test_relu_budget_refuses_unknown_value():
+    x, y = _problem("random", "relu", seed=1)
+    with pytest.raises(ValueError, match="relu_budget must be 'omega' or 'output'"):
+        nt.solve_layer(x, y, epsilon=0.1, relu_budget="outputs")

@@ -109,9 +109,10 @@ def test_cascade_output_within_the_derived_bound(trained, cascade, calib):
     delta = [_fro(yh[l] - ys[l]) for l in range(L)]
     assert delta[0] <= eps1 * (1 + SLACK)
     for l in range(1, L):
-        # epsilon_l = gamma ||(X_hat_l W_l - Y_l)_Omega||_F, from the pruned network's input
+        # epsilon_l = gamma x W_l's output-budget misfit on the pruned network's input:
+        # ||(X_hat_l W_l - Y_l)_Omega||^2 + ||(X_hat_l W_l)_+ off Omega||^2, under sqrt
         z = xh[l] @ W[l][0] + W[l][1]
-        r = np.where(ys[l] > 0, z - ys[l], 0) if l < L - 1 else z - ys[l]
+        r = np.where(ys[l] > 0, z - ys[l], np.maximum(z, 0)) if l < L - 1 else z - ys[l]
         np.testing.assert_allclose(rep[l].epsilon, GAMMA * _fro(r), rtol=1e-3)
         # one step of the recursion: Delta_l <= gamma ||W_l||_2 Delta_{l-1}
         assert delta[l] <= GAMMA * np.linalg.norm(W[l][0], 2) * delta[l - 1] * (1 + SLACK)
@@ -122,6 +123,28 @@ def test_cascade_output_within_the_derived_bound(trained, cascade, calib):
     assert delta[-1] <= bound
     assert cascade.report.bound == pytest.approx(bound, rel=1e-3)
     assert cascade.report.output_error == pytest.approx(delta[-1], rel=1e-3)
+
+
+def test_cascade_paper_budget_keeps_the_paper_rule(trained, calib):
+    """relu_budget="omega" (the paper's program): epsilon_l = gamma ||(X_hat W - Y)_Omega||
+    and the pruned ReLU layer's misfit over Omega within it; the output budget's epsilon
+    of the same layer is never smaller (it adds W's excess off Omega)."""
+    paper = _prune(trained, calib, scheme="cascade", epsilon=EPS, gamma=GAMMA, relu_budget="omega", scan=False)
+    assert paper.report.options["relu_budget"] == "omega"
+    W, U = _weights(trained), _weights(paper.model)
+    xs, ys = _forward(W, calib)
+    xh, _ = _forward(U, calib)
+    z = xh[1] @ W[1][0] + W[1][1]
+    np.testing.assert_allclose(paper.report.layers[1].epsilon, GAMMA * _fro(np.where(ys[1] > 0, z - ys[1], 0)), rtol=1e-3)
+    out = xh[1] @ U[1][0] + U[1][1]
+    assert _fro(np.where(ys[1] > 0, out - ys[1], 0)) <= paper.report.layers[1].epsilon * (1 + SLACK)
+    soft = np.where(ys[1] > 0, z - ys[1], np.maximum(z, 0))
+    assert GAMMA * _fro(soft) >= paper.report.layers[1].epsilon
+
+
+def test_relu_budget_refused_when_unknown(trained, calib):
+    with pytest.raises(ValueError, match="relu_budget must be 'output' or 'omega'"):
+        nt.prune(trained, calib, relu_budget="exact", progress=False)
 
 
 def _ls_residual(A, Y):
@@ -260,7 +283,8 @@ DEGENERATE = (1, 8)
 def per_neuron():
     W, specs, x = _random_specs()
     # small units converge slowly in per-neuron mode: give the solver more iterations
-    res = _prune(specs, x, scheme="parallel", epsilon=EPS, per_neuron=True, max_iters=5000)
+    # the paper's program (misfit on Omega, z <= 0 off it), which the checks below spell out
+    res = _prune(specs, x, scheme="parallel", epsilon=EPS, per_neuron=True, max_iters=5000, relu_budget="omega")
     U = [(np.asarray(l.kernel, np.float64), np.asarray(l.bias, np.float64)) for l in res.model]
     xs, ys = _forward(W, x)
     units = []  # per layer: (active samples, misfit, budget, largest z off Omega) per unit

@@ -48,13 +48,14 @@ def test_attention_projections_pruned_and_exact_at_epsilon_zero():
     t = jax.random.randint(jax.random.key(1), (4, 8), 0, 20)
     res = _quiet(lambda: nt.prune(m, t, epsilon=0.0, scheme="parallel", progress=False, max_iters=2000))
     rows = {l.name: l for l in res.report.layers}
-    assert list(rows) == ["attn/query", "attn/key", "attn/value", "attn/out", "fc1", "fc2", "head"]
+    b = "blocks/0/"
+    assert list(rows) == [b + n for n in ("attn/query", "attn/key", "attn/value", "attn/out", "fc1", "fc2")] + ["head"]
     assert all(l.activation == "linear" for l in rows.values())
-    assert rows["fc1"].reason == "linear (followed by an op with no Net-Trim program)"
-    assert rows["attn/query"].N == 9 and rows["attn/query"].M == 8 and rows["attn/query"].rows == 32
-    assert rows["attn/out"].N == 9  # (heads, head_dim) contracted: 8 inputs + bias
+    assert rows[b + "fc1"].reason == "linear (followed by an op with no Net-Trim program)"
+    assert rows[b + "attn/query"].N == 9 and rows[b + "attn/query"].M == 8 and rows[b + "attn/query"].rows == 32
+    assert rows[b + "attn/out"].N == 9  # (heads, head_dim) contracted: 8 inputs + bias
     np.testing.assert_allclose(res.model(t), m(t), rtol=0, atol=2e-3 * float(jnp.max(jnp.abs(m(t)))))
-    assert res.model.attn.query.kernel.get_value().shape == (8, 2, 4)
+    assert res.model.blocks[0].attn.query.kernel.get_value().shape == (8, 2, 4)
 
 
 def _resnet():

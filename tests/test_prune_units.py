@@ -89,7 +89,7 @@ def test_masked_fine_tuning_of_a_pruned_nnx_model(digits):
     train_classifier(model, xtr, ytr, steps=150)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        res = nt.prune(model, xtr[:300], scheme="parallel", epsilon=0.2, **FAST)
+        res = nt.prune(model, xtr[:300], scheme="parallel", epsilon=0.15, **FAST)
     pruned = res.model
     before = [np.asarray(a) for a in jax.tree.leaves(nnx.state(pruned, nnx.Param))]
     zeros = [a == 0 for a in before]

@@ -180,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--compact", action="store_true", help="save the pruned model with dead units and channels physically removed"
     )
     q.add_argument(
+        "--relu-budget",
+        choices=("output", "omega"),
+        default="output",
+        help="what a ReLU layer's epsilon bounds: output (default) the ReLU output's error, "
+        "omega the paper's program (misfit on Y > 0, XU <= 0 exactly elsewhere)",
+    )
+    q.add_argument(
         "--allocation",
         choices=("scores", "uniform"),
         default="scores",

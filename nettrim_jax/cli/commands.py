@@ -52,6 +52,7 @@ def prune_options(args) -> dict:
         "allocation": args.allocation,
         "structure": args.structure,
         "pattern": args.pattern,
+        "relu_budget": args.relu_budget,
         "solver": args.solver or "admm",
         "max_patches": args.max_patches,
         "refit": args.refit,
@@ -162,6 +163,7 @@ def _fingerprint(args, ckpt_sha: str, x) -> dict:
         "allocation": args.allocation,
         "structure": args.structure,
         "pattern": args.pattern,
+        "relu_budget": args.relu_budget,
     }
 
 

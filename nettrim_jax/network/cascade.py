@@ -92,28 +92,38 @@ def scan_runs(orig: Sequence, base: Captured, programs: Sequence[str], per_neuro
     return runs
 
 
-def _gamma_epsilon(A, Y, W, program, gamma, floor, omega=None, low=0):
+def _gamma_epsilon(A, Y, W, program, gamma, floor, omega=None, low=0, soft=False):
     """(epsilon_l, V_l): gamma x the original kernel's misfit on the pruned inputs (at least
-    ``floor``), and the off-support bound max(A W, low) that keeps W feasible (Omega =
-    ``omega`` or Y > 0; ``low`` the program's own threshold, 0 unless an affine epilogue)."""
+    ``floor``), and the off-support bound that keeps W feasible (Omega = ``omega`` or Y > 0;
+    ``low`` the program's own threshold, 0 unless an affine epilogue).  The paper's program
+    (``soft`` False): V_l = max(A W, low), W's misfit over Omega.  The output budget: V_l =
+    ``low`` and W's misfit includes its excess over it, so the budget bounds the pruned
+    layer's ReLU output error against the original's, and W stays feasible."""
     out = A @ W
-    r = jnp.where(Y > 0 if omega is None else omega, out - Y, 0) if program == "relu" else out - Y
+    if program != "relu":
+        return jnp.maximum(gamma * jnp.sqrt(jnp.sum((out - Y) ** 2)), floor), out
+    mask = Y > 0 if omega is None else omega
+    if soft:
+        r = jnp.where(mask, out - Y, jnp.maximum(out - low, 0))
+        return jnp.maximum(gamma * jnp.sqrt(jnp.sum(r * r)), floor), jnp.broadcast_to(low, out.shape)
+    r = jnp.where(mask, out - Y, 0)
     return jnp.maximum(gamma * jnp.sqrt(jnp.sum(r * r)), floor), jnp.maximum(out, low)
 
 
 @functools.lru_cache(maxsize=16)
 def _scan_solver(per_neuron, solver, opts, gamma, bias, refit=False):
     options = dict(opts)
+    soft = options.get("relu_budget", "omega") == "output"
 
     def run(x0, Ws, Ys, floors):
         def body(xh, inp):
             W, Y, floor = inp
             A = with_ones(xh) if bias else xh
-            eps, V = _gamma_epsilon(A, Y, W, "relu", gamma, floor)
+            eps, V = _gamma_epsilon(A, Y, W, "relu", gamma, floor, soft=soft)
             sol = solve_layer(
                 A, Y, epsilon=eps, activation="relu", threshold=V, per_neuron=per_neuron, solver=solver, **options
             )
-            K, fit = refit_or_measure(refit, A, Y, sol.kernel, "relu", V)
+            K, fit = refit_or_measure(refit, A, Y, sol.kernel, "relu", V, soft=soft)
             return jax.nn.relu(A @ K), (K, sol.info, eps, fit)
 
         return jax.lax.scan(body, x0, (Ws, Ys, floors))[1]
@@ -194,7 +204,7 @@ class _Cascade:
             eps, floor = floor, None
         else:
             W = epi.to_program(kernel_matrix(spec), pr)
-            e, thr = _gamma_epsilon(pr.inputs, pr.target, W, prog, cfg.gamma, floor, pr.omega, V)
+            e, thr = _gamma_epsilon(pr.inputs, pr.target, W, prog, cfg.gamma, floor, pr.omega, V, cfg.soft)
             eps = float(e)
             if prog == "relu":
                 V = thr

@@ -67,6 +67,12 @@ class SolveConfig(NamedTuple):
     pattern: tuple | None = None  # (n, m): an N:M support along the input axis, then a refit
     mesh: Any = None  # a jax.sharding.Mesh ("samples", "units"): every layer sharded over it
 
+    @property
+    def soft(self) -> bool:
+        """The ReLU programs' budget covers the output error (``relu_budget="output"``, an
+        entry of ``opts``) rather than the misfit over Omega alone."""
+        return dict(self.opts).get("relu_budget", "omega") == "output"
+
 
 class LayerProblem(NamedTuple):
     """inputs: (P, N[+1]) program rows (ones column if the layer has a bias); target: (P, M);
@@ -164,9 +170,9 @@ def finish_kernel(cfg: SolveConfig, spec, A, Y, K, program: str, V=None, omega=N
     always refit on it), else ``refit_or_measure``."""
     K = jnp.asarray(K)
     if cfg.pattern is None:
-        return refit_or_measure(cfg.refit, A, Y, K, program, V, omega)
+        return refit_or_measure(cfg.refit, A, Y, K, program, V, omega, cfg.soft)
     mask = patterns.nm_mask(K, cfg.pattern[0], cfg.pattern[1], axis=0, bias=spec.bias is not None)
-    return refit_or_measure(True, A, Y, jnp.where(mask, K, 0), program, V, omega)
+    return refit_or_measure(True, A, Y, jnp.where(mask, K, 0), program, V, omega, cfg.soft)
 
 
 def solve_program(cfg: SolveConfig, i: int, spec, A, Y, eps: float, V, program: str, device=None, omega=None):
@@ -321,21 +327,27 @@ def dispatch(f, A, Y, eps, V, device=None, per_neuron: bool = False, omega=None)
     return finish
 
 
-def misfit(A, Y, K, program: str, omega=None):
+def misfit(A, Y, K, program: str, omega=None, V=None, soft: bool = False):
     """The program's misfit of kernel K: ||(AK - Y)_Omega||_F (relu; Omega = ``omega`` or
-    Y > 0) or ||AK - Y||_F."""
+    Y > 0) or ||AK - Y||_F; with ``soft`` (the output budget) the relu misfit also counts
+    the excess (AK - V)_+ off Omega (V default 0)."""
     out = A @ K
     mask = (Y > 0) if omega is None else omega
-    r = jnp.where(mask, out - Y, 0) if program == "relu" else out - Y
+    if program != "relu":
+        r = out - Y
+    elif soft:
+        r = jnp.where(mask, out - Y, jnp.maximum(out - (0 if V is None else V), 0))
+    else:
+        r = jnp.where(mask, out - Y, 0)
     return jnp.sqrt(jnp.sum(r * r))
 
 
-def refit_or_measure(refit: bool, A, Y, K, program: str, V=None, omega=None):
+def refit_or_measure(refit: bool, A, Y, K, program: str, V=None, omega=None, soft: bool = False):
     """(kernel, misfit) of a solved layer: with ``refit``, the kernel refit on its support
-    (``refit_layer``) and its sqrt(misfit^2 + excess^2); otherwise K and its misfit.
-    Traceable, so the scan path calls it too."""
+    (``refit_layer``) and its sqrt(misfit^2 + excess^2); otherwise K and its misfit
+    (``misfit``).  Traceable, so the scan path calls it too."""
     if not refit:
-        return K, misfit(A, Y, K, program, omega)
+        return K, misfit(A, Y, K, program, omega, V, soft)
     K2, info = refit_layer(
         A,
         Y,

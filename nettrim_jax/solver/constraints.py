@@ -3,7 +3,17 @@
 For a block of outputs with target ``Y`` (P, M), mask ``omega = Y > 0`` (all True for a
 linear layer), radius ``eps`` and threshold ``V`` the feasible set of pre-activations is
 
-    C = {Z : ||(Z - Y)_omega||_F <= eps,  Z_{omega^c} <= V}.
+    C = {Z : ||(Z - Y)_omega||_F <= eps,  Z_{omega^c} <= V}                 (the paper's)
+
+or, with ``soft`` (``relu_budget="output"``), the eps-neighbourhood of
+K = {Z : Z_omega = Y, Z_{omega^c} <= V}:
+
+    C_soft = {Z : ||(Z - Y)_omega||_F^2 + ||(Z - V)_+ over omega^c||_F^2 <= eps^2},
+
+one budget for the misfit on omega and the excess over V off it.  With V = 0 (or V = -c
+behind an affine epilogue) the left side bounds ||relu(Z) - Y||_F^2, the ReLU output's
+own error; C_soft contains C and the linear program's ball {||Z - Y_pre|| <= eps} for every
+pre-activation Y_pre with relu(Y_pre) = Y, so its optimum is at least as sparse as both.
 
 Everything here is elementwise or a reduction over the block, so the same functions
 serve the coupled program (one block = the whole layer) and, under ``jax.vmap`` over
@@ -27,12 +37,15 @@ class ConstraintSet(NamedTuple):
       omega: (P, M) bool, where the misfit is measured (Y > 0 for ReLU, all for linear).
       radius: () ball radius epsilon on the misfit over omega.
       threshold: (P, M) upper bound V on the pre-activation outside omega.
+      soft: a Python bool (static): the excess over V counts toward the radius (C_soft)
+        instead of being forbidden.
     """
 
     target: jnp.ndarray
     omega: jnp.ndarray
     radius: jnp.ndarray
     threshold: jnp.ndarray
+    soft: bool = False
 
 
 def shrink(c: ConstraintSet, margin) -> ConstraintSet:
@@ -47,12 +60,15 @@ def shrink(c: ConstraintSet, margin) -> ConstraintSet:
 
 
 def project(z: jnp.ndarray, c: ConstraintSet) -> jnp.ndarray:
-    """Euclidean projection of z (P, M) onto C."""
-    d = jnp.where(c.omega, z - c.target, 0)
+    """Euclidean projection of z (P, M) onto C (C_soft: onto K, then back toward z by
+    what the radius allows, the projection onto a set's eps-neighbourhood)."""
+    nearest = jnp.where(c.omega, c.target, jnp.minimum(z, c.threshold))  # onto K
+    d = z - nearest if c.soft else jnp.where(c.omega, z - c.target, 0)
     norm = jnp.sqrt(jnp.sum(d * d))
     factor = jnp.where(norm > c.radius, c.radius / jnp.maximum(norm, jnp.finfo(z.dtype).tiny), 1)
-    inside = c.target + d * factor
-    return jnp.where(c.omega, inside, jnp.minimum(z, c.threshold))
+    if c.soft:
+        return nearest + d * factor
+    return jnp.where(c.omega, c.target + d * factor, nearest)
 
 
 def misfit(xu: jnp.ndarray, c: ConstraintSet):
@@ -60,18 +76,22 @@ def misfit(xu: jnp.ndarray, c: ConstraintSet):
 
     Returns (||(XU - Y)_omega||_F, max(0, max over omega^c of XU - V),
     ||(XU - V)_+ over omega^c||_F).  Since relu is 1-Lipschitz and Y > 0 on omega,
-    ||relu(XU) - Y||_F^2 <= misfit^2 + violation_norm^2 when V = 0.
+    ||relu(XU) - Y||_F^2 <= misfit^2 + violation_norm^2 when V = 0.  For C_soft the excess
+    is part of the budget: (sqrt(misfit^2 + violation_norm^2), 0, 0).
     """
     d = jnp.where(c.omega, xu - c.target, 0)
-    norm = jnp.sqrt(jnp.sum(d * d))
     excess = jnp.where(c.omega, 0, jnp.maximum(xu - c.threshold, 0))
-    return norm, jnp.max(excess, initial=0), jnp.sqrt(jnp.sum(excess * excess))
+    if c.soft:
+        zero = jnp.zeros((), xu.dtype)
+        return jnp.sqrt(jnp.sum(d * d) + jnp.sum(excess * excess)), zero, zero
+    return jnp.sqrt(jnp.sum(d * d)), jnp.max(excess, initial=0), jnp.sqrt(jnp.sum(excess * excess))
 
 
 def support(lam: jnp.ndarray, c: ConstraintSet) -> jnp.ndarray:
-    """Support function sup_{Z in C} <lam, Z>, for lam >= 0 outside omega (else +inf)."""
+    """Support function sup_{Z in C} <lam, Z>, for lam >= 0 outside omega (else +inf).
+    C_soft = K + eps B: sigma_K(lam) + eps ||lam||_F (the ball term over every entry)."""
     inner = jnp.sum(jnp.where(c.omega, lam * c.target, 0))
-    ball = c.radius * jnp.sqrt(jnp.sum(jnp.where(c.omega, lam * lam, 0)))
+    ball = c.radius * jnp.sqrt(jnp.sum(lam * lam if c.soft else jnp.where(c.omega, lam * lam, 0)))
     outside = jnp.where(c.omega, 0, lam)
     bound = jnp.sum(jnp.where(c.omega, 0, lam * c.threshold))
     return jnp.where(jnp.all(outside >= 0), inner + ball + bound, jnp.inf)

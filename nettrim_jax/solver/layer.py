@@ -3,6 +3,12 @@
     relu:    minimize ||U||_1  s.t.  ||(XU - Y)_Omega||_F <= eps,  (XU)_{Omega^c} <= V
     linear:  minimize ||U||_1  s.t.  ||XU - Y||_F <= eps
 
+and, with ``relu_budget="output"``, the ReLU program with one budget for both parts:
+
+    relu, output budget:  ||(XU - Y)_Omega||_F^2 + ||(XU - V)_+ over Omega^c||_F^2 <= eps^2
+
+which bounds the ReLU output's error ||relu(XU) - Y||_F when V = 0 (``constraints``).
+
 with Omega = {Y > 0}.  Inputs are scaled before solving (``scaling``: for ADMM, X to unit
 root-mean-square singular value; for PDHG, to unit spectral norm; Y to unit root-mean-square
 entry) so one set of tolerances fits every layer; everything reported is in the caller's units.
@@ -51,8 +57,11 @@ class LayerInfo(NamedTuple):
         when the kernel is feasible; a negative gap means the kernel is not yet feasible
         (its l1 norm is below the optimum), which only an unconverged solve returns.
       residual: misfit / epsilon over the program's balls (the largest, per-neuron); <= 1
-        means the misfit constraint holds.
-      violation: max(0, max of XU - threshold over Omega^c), caller's units (relu only).
+        means the misfit constraint holds.  With ``relu_budget="output"`` the misfit is
+        sqrt(||(XU - Y)_Omega||^2 + ||(XU - V)_+ over Omega^c||^2).
+      violation: max(0, max of XU - threshold over Omega^c), caller's units (relu with
+        ``relu_budget="omega"`` only: under "output" the excess is part of the misfit, and
+        this is 0).
       primal_residual, dual_residual: the solver's last residual norms (scaled units).
       rho: the final ADMM penalty (or PDHG primal weight); (M,) per-neuron.
     """
@@ -170,8 +179,24 @@ def _column_radii(y_omega, epsilon, per_neuron):
     return epsilon * share
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "per_neuron", "solver", "opts"))
-def _solve(X, Y, epsilon, threshold, w0, warm, rho0, groups=None, mask=None, *, activation, per_neuron, solver, opts):
+@functools.partial(jax.jit, static_argnames=("activation", "per_neuron", "solver", "opts", "soft"))
+def _solve(
+    X,
+    Y,
+    epsilon,
+    threshold,
+    w0,
+    warm,
+    rho0,
+    groups=None,
+    mask=None,
+    *,
+    activation,
+    per_neuron,
+    solver,
+    opts,
+    soft=False,
+):
     dtype = X.dtype
     m = Y.shape[1]
     sx = x_scale(X, solver)
@@ -200,7 +225,7 @@ def _solve(X, Y, epsilon, threshold, w0, warm, rho0, groups=None, mask=None, *, 
         rho0 = jnp.asarray(ADMM_RHO0 if solver == "admm" else 1.0, dtype)
 
     def one(target, om, rad, thr, w, warm_state):
-        c = constraints.ConstraintSet(target=target, omega=om, radius=rad, threshold=thr)
+        c = constraints.ConstraintSet(target=target, omega=om, radius=rad, threshold=thr, soft=soft)
         s0 = init(c, w, rho0) if warm_state is None else warm_state
         return runner(c, s0, opts, groups=groups)
 
@@ -216,6 +241,8 @@ def _solve(X, Y, epsilon, threshold, w0, warm, rho0, groups=None, mask=None, *, 
     # Everything reported is recomputed from the returned kernel, in the caller's units.
     xk = X @ kernel
     out = jnp.where(omega, xk - Y, 0)
+    if soft:  # the excess over V is part of the budget's misfit
+        out = out + jnp.where(omega, 0, jnp.maximum(xk - jnp.broadcast_to(threshold, Y.shape), 0))
     eps_cols = radius * sy
     if per_neuron:
         misfit = jnp.sqrt(jnp.sum(out * out, axis=0))
@@ -224,7 +251,7 @@ def _solve(X, Y, epsilon, threshold, w0, warm, rho0, groups=None, mask=None, *, 
     residual = jnp.max(
         jnp.where(eps_cols > 0, misfit / jnp.where(eps_cols > 0, eps_cols, 1), jnp.where(misfit > 0, jnp.inf, 0))
     )
-    if activation == "relu":
+    if activation == "relu" and not soft:
         excess = jnp.where(omega, -jnp.inf, xk - jnp.broadcast_to(threshold, Y.shape))
         violation = jnp.maximum(jnp.max(excess), 0)
     else:
@@ -274,6 +301,7 @@ def solve_layer(
     omega=None,
     gram_space="auto",
     mesh=None,
+    relu_budget: str = "omega",
     **solver_options,
 ) -> LayerSolution:
     """Solve Net-Trim's program for one layer.
@@ -310,6 +338,11 @@ def solve_layer(
       omega: (P, M) bool, relu only: Omega given explicitly instead of {Y > 0} (Y may
         then have any sign on it: the program of a layer behind an affine epilogue,
         ``network.epilogues``); entries of Y off Omega are ignored.
+      relu_budget: relu only: "omega" (default; the paper's program: epsilon bounds the
+        misfit over Omega and XU <= V holds exactly off it) or "output" (epsilon bounds the
+        misfit over Omega and the excess over V off it together, hence the ReLU output's
+        error ||relu(XU) - Y||_F for V = 0; a convex relaxation of the paper's program and of
+        the linear one, so at least as sparse at the same output error).
       **solver_options: fields of ``admm.Options`` / ``pdhg.Options`` (max_iters,
         check_every, eps_abs, eps_rel, gap_tol, relaxation, adaptive_rho, margin,
         feas_tol; see their docstrings).
@@ -339,6 +372,8 @@ def solve_layer(
         None if warm_kernel is None else jnp.shape(warm_kernel),
     )
     groups = structures.parse(structure, groups, jnp.shape(X)[1], per_neuron)
+    if relu_budget not in ("omega", "output"):
+        raise ValueError(f"relu_budget must be 'omega' or 'output', got {relu_budget!r}")
     if gram_space not in ("auto", True, False):
         raise ValueError(f"gram_space must be 'auto', True or False, got {gram_space!r}")
     if gram_space is True and (activation != "linear" or groups is not None):
@@ -418,6 +453,7 @@ def solve_layer(
             per_neuron=per_neuron,
             solver=solver,
             opts=opts,
+            soft=activation == "relu" and relu_budget == "output",
         )
     summary = [sharding.host_value(a) for a in (info.converged, info.iterations, info.gap, info.residual)]
     if all(v is not None for v in summary):

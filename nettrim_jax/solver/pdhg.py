@@ -103,10 +103,12 @@ def _iterate(x, xt, inner, s: State, eta, groups=None) -> State:
     w = shrink(s.w - tau * s.xty, tau, groups)
     z = x @ w
     v = s.y + sigma * (2 * z - s.z)
-    # Moreau: prox of sigma I_C^*; outside omega written exactly so y stays >= 0 there.
-    y = jnp.where(
-        inner.omega, v - sigma * constraints.project(v / sigma, inner), jnp.maximum(v - sigma * inner.threshold, 0)
-    )
+    # Moreau: prox of sigma I_C^*; outside omega written exactly so y stays >= 0 there
+    # (C_soft's projection never moves a point up off omega: y >= 0 there in exact
+    # arithmetic, and the clamp removes the rounding of v - sigma (v / sigma)).
+    y = v - sigma * constraints.project(v / sigma, inner)
+    off = jnp.maximum(y, 0) if inner.soft else jnp.maximum(v - sigma * inner.threshold, 0)
+    y = jnp.where(inner.omega, y, off)
     xty = xt @ y
     return s._replace(
         w=w,
