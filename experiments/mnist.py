@@ -118,8 +118,9 @@ def run(dataset, kind, cfg, root, seed, log=print):
         for e in targets:
             t0 = time.time()
             if cfg.get("sparsities"):  # a sparsity target: prune finds the epsilons
-                pruned, rep = nets.prune_nettrim(net, xcal, scheme=base_scheme, sparsity=e,
-                                                 gamma=1.0, refit=variant == "refit", **cfg["solver"])
+                pruned, rep = nets.prune_nettrim(net, xcal, scheme=base_scheme, sparsity=e, gamma=1.0,
+                                                 allocation=cfg.get("allocation", "scores"),
+                                                 refit=variant == "refit", **cfg["solver"])
             else:
                 eps = [e] * len(nets.layers_of(net)) if base_scheme == "cascade" else e
                 pruned, rep = nets.prune_nettrim(net, xcal, scheme=base_scheme, epsilon=eps, gamma=1.0,
@@ -171,7 +172,10 @@ def report(records, args, started, out, cfg):
              f"Sizes: {cfg['n_cal']} calibration images, {cfg['n_test'] or 10000} test images, "
              f"training {cfg['train_steps']} Adam steps on {cfg['n_train'] or 60000} images, "
              f"fine-tuning {cfg['ft_steps']} steps (lr {cfg['ft_lr']}); solver options "
-             f"{cfg['solver'] or 'defaults'}.  Sparsity is the fraction of zero weights over all "
+             f"{cfg['solver'] or 'defaults'}"
+             + (f"; sparsity targets split by allocation={cfg.get('allocation', 'scores')!r}"
+                if cfg.get("sparsities") else "")
+             + ".  Sparsity is the fraction of zero weights over all "
              "layers (biases excluded); 'per-layer nnz' is what Net-Trim chose and every baseline "
              "was given.  Accuracies in %; the best no-fine-tuning accuracy of each row is bold.", ""]
     groups = {}
@@ -275,6 +279,10 @@ def main(argv=None):
     ap.add_argument("--sparsities", nargs="+", type=float, default=None,
                     help="sweep sparsity targets (prune(sparsity=S)) instead of epsilons")
     ap.add_argument("--baselines", nargs="+", default=None, choices=list(BASELINES))
+    ap.add_argument("--relu-budget", default=None, choices=["output", "omega"],
+                    help="prune(relu_budget=): the ReLU output's error (default) or the paper's program")
+    ap.add_argument("--allocation", default=None, choices=["scores", "uniform"],
+                    help="prune(allocation=) with --sparsities")
     ap.add_argument("--ft-steps", type=int, default=None, help="masked fine-tuning steps (0: none)")
     ap.add_argument("--schemes", nargs="+", default=None,
                     choices=["cascade", "parallel", "cascade+refit", "parallel+refit"])
@@ -306,6 +314,10 @@ def main(argv=None):
         cfg["schemes"] = tuple(args.schemes)
     if args.n_cal:
         cfg["n_cal"] = args.n_cal
+    if args.relu_budget:
+        cfg["solver"] = {**cfg["solver"], "relu_budget": args.relu_budget}
+    if args.allocation:
+        cfg["allocation"] = args.allocation
     datasets = args.datasets or (["mnist"] if args.quick else ["mnist", "fashion-mnist"])
     if args.download:
         fetch(datasets, args.data)

@@ -10,53 +10,26 @@ import sys
 
 import numpy as np
 import pytest
+from cli_setup import FAST, mlp_layers, prune_args, run, write_setup
 
 from nettrim_jax.cli import app as cli
 from nettrim_jax.io import checkpoint as ck
 from nettrim_jax.io import convert
 
-FAST = ["--max-iters", "400", "-q"]
 # FAST runs stop at 400 iterations: unconverged solves are expected and reported in the tables
 pytestmark = pytest.mark.filterwarnings("ignore:Net-Trim solve did not converge:RuntimeWarning")
-
-
-def _mlp_layers(seed=0):
-    rng = np.random.default_rng(seed)
-    sizes = (8, 16, 12, 3)
-    layers = []
-    for j, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append({"type": "dense", "activation": "relu" if j < 2 else "linear",
-                       "kernel": (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32),
-                       "bias": (0.1 * rng.standard_normal(b)).astype(np.float32)})
-    return layers
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    layers = _mlp_layers()
-    ck.save(root / "ckpt", layers, (8,))
-    x = np.random.default_rng(1).standard_normal((150, 8)).astype(np.float32)
-    y = np.argmax(convert.apply(layers, x), -1).astype(np.int32)
-    np.savez(root / "calib.npz", x=x, y=y)
-    return root, layers, x, y
-
-
-def _run(args, capsys):
-    rc = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _prune_args(root, out, *extra):
-    return ["prune", root / "ckpt", "--data", root / "calib.npz", "--epsilon", "0.05",
-            "--out", out, *FAST, *extra]
+    return (root, *write_setup(root))
 
 
 def test_prune_cascade_writes_checkpoint_and_report(setup, tmp_path, capsys):
     root, layers, x, y = setup
     out = tmp_path / "out"
-    rc, stdout, err = _run(_prune_args(root, out), capsys)
+    rc, stdout, err = run(prune_args(root, out), capsys)
     assert rc == cli.EXIT_OK, err
     assert err == ""  # --quiet
     pruned = ck.load(out / "model")
@@ -87,7 +60,7 @@ def test_cli_refit_lowers_misfit_same_support(setup, tmp_path, capsys):
     root, _, _, _ = setup
     reps = {}
     for name, extra in (("plain", ()), ("refit", ("--refit",))):
-        rc, _, err = _run(_prune_args(root, tmp_path / name, *extra), capsys)
+        rc, _, err = run(prune_args(root, tmp_path / name, *extra), capsys)
         assert rc == cli.EXIT_OK, err
         reps[name] = json.loads((tmp_path / name / "report.json").read_text())
     plain, refit = reps["plain"]["layers"][0], reps["refit"]["layers"][0]
@@ -100,14 +73,14 @@ def test_cli_output_epsilon(setup, tmp_path, capsys):
     the option is recorded in the report, and it is refused for parallel."""
     root, layers, x, _ = setup
     out = tmp_path / "out"
-    rc, _, err = _run(_prune_args(root, out, "--output-epsilon", "0.03"), capsys)
+    rc, _, err = run(prune_args(root, out, "--output-epsilon", "0.03"), capsys)
     assert rc == cli.EXIT_OK, err
     report = json.loads((out / "report.json").read_text())
     z = convert.apply(layers, x)
     assert report["options"]["output_epsilon"] == 0.03
     assert report["layers"][-1]["epsilon"] >= 0.03 * np.linalg.norm(z) * (1 - 1e-6)
     assert report["bound"] == pytest.approx(report["layers"][-1]["epsilon"])
-    rc, _, err = _run(_prune_args(root, tmp_path / "p", "--scheme", "parallel", "--output-epsilon", "0.03"),
+    rc, _, err = run(prune_args(root, tmp_path / "p", "--scheme", "parallel", "--output-epsilon", "0.03"),
                       capsys)
     assert rc == cli.EXIT_USAGE and "--output-epsilon applies to --scheme cascade only" in err
 
@@ -118,7 +91,7 @@ def test_interrupted_cascade_resumes_from_last_finished_layer(setup, tmp_path, c
     import nettrim_jax.network.problems as problems
 
     root, layers, _, _ = setup
-    rc, _, err = _run(_prune_args(root, tmp_path / "full"), capsys)
+    rc, _, err = run(prune_args(root, tmp_path / "full"), capsys)
     assert rc == cli.EXIT_OK, err
     full = ck.load(tmp_path / "full" / "model").layers
 
@@ -134,7 +107,7 @@ def test_interrupted_cascade_resumes_from_last_finished_layer(setup, tmp_path, c
         return real(*a, **k)
 
     monkeypatch.setattr(problems, "dispatch", interrupt_second)
-    rc, _, err = _run(_prune_args(root, out), capsys)
+    rc, _, err = run(prune_args(root, out), capsys)
     assert rc == cli.EXIT_INTERRUPTED
     assert (out / "partial.state").is_file() and not (out / "report.json").exists()
     assert not (out / "model").exists()
@@ -143,17 +116,17 @@ def test_interrupted_cascade_resumes_from_last_finished_layer(setup, tmp_path, c
     state, _ = load_state(out / "partial.state")
     assert state.finished == 1 and state.outcomes[0] is not None
 
-    rc, _, err = _run(["report", out], capsys)
+    rc, _, err = run(["report", out], capsys)
     assert rc == cli.EXIT_USAGE and "--resume" in err
-    rc, _, err = _run(_prune_args(root, out), capsys)  # no --resume: refused, nothing touched
+    rc, _, err = run(prune_args(root, out), capsys)  # no --resume: refused, nothing touched
     assert rc == cli.EXIT_USAGE and "unfinished run" in err
-    rc, _, err = _run(["prune", root / "ckpt", "--data", root / "calib.npz", "--epsilon", "0.1",
+    rc, _, err = run(["prune", root / "ckpt", "--data", root / "calib.npz", "--epsilon", "0.1",
                        "--out", out, "--resume", *FAST], capsys)
     assert rc == cli.EXIT_USAGE and "different inputs or settings (epsilon)" in err
 
     calls.clear()
     armed[0] = False
-    rc, _, err = _run(_prune_args(root, out, "--resume"), capsys)
+    rc, _, err = run(prune_args(root, out, "--resume"), capsys)
     assert rc == cli.EXIT_OK, err
     assert len(calls) == 2  # layers 1 and 2 only
     resumed = ck.load(out / "model").layers
@@ -166,20 +139,20 @@ def test_interrupted_cascade_resumes_from_last_finished_layer(setup, tmp_path, c
 def test_parallel_report_and_plot(setup, tmp_path, capsys):
     root, layers, _, _ = setup
     out = tmp_path / "par"
-    rc, _, err = _run(_prune_args(root, out, "--scheme", "parallel"), capsys)
+    rc, _, err = run(prune_args(root, out, "--scheme", "parallel"), capsys)
     assert rc == cli.EXIT_OK, err
     rep = json.loads((out / "report.json").read_text())
     assert rep["scheme"] == "parallel" and "(gamma" not in (out / "report.md").read_text()
-    rc, stdout, _ = _run(["report", out], capsys)
+    rc, stdout, _ = run(["report", out], capsys)
     assert rc == 0 and stdout == (out / "report.md").read_text()
-    rc, stdout, _ = _run(["report", out, "--json"], capsys)
+    rc, stdout, _ = run(["report", out, "--json"], capsys)
     assert rc == 0 and json.loads(stdout) == rep
-    rc, stdout, _ = _run(["report", out, "--plot", tmp_path / "fig.png"], capsys)
+    rc, stdout, _ = run(["report", out, "--plot", tmp_path / "fig.png"], capsys)
     assert rc == 0 and (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # an existing result is never overwritten silently
-    rc, _, err = _run(_prune_args(root, out, "--scheme", "parallel"), capsys)
+    rc, _, err = run(prune_args(root, out, "--scheme", "parallel"), capsys)
     assert rc == cli.EXIT_USAGE and "--force" in err
-    rc, _, err = _run(_prune_args(root, out, "--force"), capsys)
+    rc, _, err = run(prune_args(root, out, "--force"), capsys)
     assert rc == cli.EXIT_OK and json.loads((out / "report.json").read_text())["scheme"] == "cascade"
 
 
@@ -194,11 +167,11 @@ def test_strict_exit_code_when_not_converged(setup, tmp_path, capsys, monkeypatc
 
     for mod in ("cascade", "parallel"):
         monkeypatch.setattr(f"nettrim_jax.network.{mod}.solved_outcome", unconverged)
-    rc, _, _ = _run(_prune_args(root, tmp_path / "o", "--strict"), capsys)
+    rc, _, _ = run(prune_args(root, tmp_path / "o", "--strict"), capsys)
     assert rc == cli.EXIT_NOT_CONVERGED
     rep = json.loads((tmp_path / "o" / "report.json").read_text())  # results are still written
     assert [r["converged"] for r in rep["layers"]] == [False] * 3
-    rc, _, _ = _run(_prune_args(root, tmp_path / "o2"), capsys)  # without --strict: 0
+    rc, _, _ = run(prune_args(root, tmp_path / "o2"), capsys)  # without --strict: 0
     assert rc == cli.EXIT_OK
 
 
@@ -261,7 +234,7 @@ def test_bad_input_exit_2_one_line_nothing_written(setup, tmp_path, capsys, case
             "--out", tmp_path / "out", *FAST]
     for k in range(0, len(extra), 2):  # later flags override earlier ones
         args += extra[k:k + 2]
-    rc, stdout, err = _run(args, capsys)
+    rc, stdout, err = run(args, capsys)
     assert rc == cli.EXIT_USAGE
     assert err.startswith("nettrim: error: ") and err.count("\n") == 1, err
     assert expect in err
@@ -288,7 +261,7 @@ def test_bad_checkpoint_exit_2(setup, tmp_path, capsys, case, damage, expect):
     root, layers, _, _ = setup
     bad = ck.save(tmp_path / "bad", layers, (8,))
     damage(bad)
-    rc, _, err = _run(["prune", bad, "--data", root / "calib.npz", "--epsilon", "0.05",
+    rc, _, err = run(["prune", bad, "--data", root / "calib.npz", "--epsilon", "0.05",
                        "--out", tmp_path / "out", *FAST], capsys)
     assert rc == cli.EXIT_USAGE and expect in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
@@ -307,7 +280,7 @@ def test_nan_weights_checkpoint_exit_2(setup, tmp_path, capsys):
     tensors["1.kernel"][0, 0] = np.inf
     save_file(tensors, w)
     _edit_model(path, lambda m: m["weights"].update(sha256=hashlib.sha256(w.read_bytes()).hexdigest()))
-    rc, _, err = _run(["prune", path, "--data", root / "calib.npz", "--epsilon", "0.05",
+    rc, _, err = run(["prune", path, "--data", root / "calib.npz", "--epsilon", "0.05",
                        "--out", tmp_path / "out", *FAST], capsys)
     assert rc == cli.EXIT_USAGE and "layer 1 kernel contains NaN or Inf" in err
 
@@ -315,11 +288,11 @@ def test_nan_weights_checkpoint_exit_2(setup, tmp_path, capsys):
 def test_dead_layer_prunes_to_zero(tmp_path, capsys):
     """A layer whose outputs are all zero on the calibration data: documented behaviour is
     an all-zero kernel (and bias) for it, converged, and a finished run."""
-    layers = _mlp_layers()
+    layers = mlp_layers()
     layers[0]["bias"] = np.full(16, -100.0, np.float32)  # relu(x W - 100) == 0
     ck.save(tmp_path / "dead", layers, (8,))
     np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((150, 8)).astype(np.float32))
-    rc, _, err = _run(["prune", tmp_path / "dead", "--data", tmp_path / "x.npy", "--epsilon", "0.05",
+    rc, _, err = run(["prune", tmp_path / "dead", "--data", tmp_path / "x.npy", "--epsilon", "0.05",
                        "--out", tmp_path / "out", *FAST], capsys)
     assert rc == cli.EXIT_OK, err
     pruned = ck.load(tmp_path / "out" / "model").layers
@@ -336,7 +309,7 @@ def test_fewer_samples_than_inputs_and_rank_deficient_data(setup, tmp_path, caps
     cases = {"few": x[:5], "rank": low}
     for name, data in cases.items():
         np.save(tmp_path / f"{name}.npy", data)
-        rc, _, err = _run(["prune", root / "ckpt", "--data", tmp_path / f"{name}.npy", "--epsilon", "0.05",
+        rc, _, err = run(["prune", root / "ckpt", "--data", tmp_path / f"{name}.npy", "--epsilon", "0.05",
                            "--out", tmp_path / name, "-q", "--max-iters", "2000"], capsys)
         assert rc == cli.EXIT_OK, err
         rep = json.loads((tmp_path / name / "report.json").read_text())
@@ -345,19 +318,19 @@ def test_fewer_samples_than_inputs_and_rank_deficient_data(setup, tmp_path, caps
 
 
 def test_report_errors(tmp_path, capsys):
-    rc, _, err = _run(["report", tmp_path], capsys)
+    rc, _, err = run(["report", tmp_path], capsys)
     assert rc == cli.EXIT_USAGE and "no report.json" in err
     (tmp_path / "report.json").write_text("{not json")
-    rc, _, err = _run(["report", tmp_path], capsys)
+    rc, _, err = run(["report", tmp_path], capsys)
     assert rc == cli.EXIT_USAGE and "corrupt report" in err
 
 
 def test_usage_errors(capsys):
-    assert _run([], capsys)[0] == cli.EXIT_USAGE
-    assert _run(["frobnicate"], capsys)[0] == cli.EXIT_USAGE
-    assert _run(["prune", "x"], capsys)[0] == cli.EXIT_USAGE  # --data, --epsilon, --out missing
-    assert _run(["demo", "--steps", "0"], capsys)[0] == cli.EXIT_USAGE
-    assert _run(["--help"], capsys)[0] == cli.EXIT_OK
+    assert run([], capsys)[0] == cli.EXIT_USAGE
+    assert run(["frobnicate"], capsys)[0] == cli.EXIT_USAGE
+    assert run(["prune", "x"], capsys)[0] == cli.EXIT_USAGE  # --data, --epsilon, --out missing
+    assert run(["demo", "--steps", "0"], capsys)[0] == cli.EXIT_USAGE
+    assert run(["--help"], capsys)[0] == cli.EXIT_OK
 
 
 def test_unexpected_error_exit_1(setup, tmp_path, capsys, monkeypatch):
@@ -367,7 +340,7 @@ def test_unexpected_error_exit_1(setup, tmp_path, capsys, monkeypatch):
         raise RuntimeError("solver exploded\ndeep detail")
 
     monkeypatch.setattr("nettrim_jax.network.prune.solve_cascade", boom)
-    rc, _, err = _run(_prune_args(root, tmp_path / "o"), capsys)
+    rc, _, err = run(prune_args(root, tmp_path / "o"), capsys)
     assert rc == cli.EXIT_FAILURE
     assert err == "nettrim: error: unexpected RuntimeError: solver exploded (set NETTRIM_DEBUG=1 for a traceback)\n"
 
@@ -387,7 +360,7 @@ def test_real_process_exit_codes(setup, tmp_path):
 
 def test_demo_runs(tmp_path, capsys):
     out = tmp_path / "demo"
-    rc, stdout, err = _run(["demo", "--out", out, "--steps", "100", "--max-iters", "300", "--calibration", "300",
+    rc, stdout, err = run(["demo", "--out", out, "--steps", "100", "--max-iters", "300", "--calibration", "300",
                             "-q"], capsys)
     assert rc == cli.EXIT_OK, err
     for f in ("report.md", "report.json", "report.png", "model/model.json", "original/model.json",
@@ -412,7 +385,7 @@ def test_conv_checkpoint_cascade_matches_library(tmp_path, capsys):
     assert [l["type"] for l in layers] == ["conv", "maxpool", "flatten", "dense", "dense"]
     ck.save(tmp_path / "cnn", layers, shape)
     np.save(tmp_path / "x.npy", x)
-    rc, _, err = _run(["prune", tmp_path / "cnn", "--data", tmp_path / "x.npy", "--epsilon", "0.1",
+    rc, _, err = run(["prune", tmp_path / "cnn", "--data", tmp_path / "x.npy", "--epsilon", "0.1",
                        "--max-patches", "300", "--out", tmp_path / "o", *FAST], capsys)
     assert rc == cli.EXIT_OK, err
     mine = ck.load(tmp_path / "o" / "model").layers

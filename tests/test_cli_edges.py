@@ -5,44 +5,17 @@ import json
 import os
 import warnings
 
-import numpy as np
 import pytest
+from cli_setup import prune_args, run, write_setup
 
 from nettrim_jax.cli import app as cli
-from nettrim_jax.io import checkpoint as ck
-from nettrim_jax.io import convert
-
-FAST = ["--max-iters", "400", "-q"]
-
-
-def _layers(seed=0, sizes=(8, 16, 12, 3)):
-    rng = np.random.default_rng(seed)
-    return [{"type": "dense", "activation": "relu" if j < len(sizes) - 2 else "linear",
-             "kernel": (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32),
-             "bias": (0.1 * rng.standard_normal(b)).astype(np.float32)}
-            for j, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("edges")
-    layers = _layers()
-    ck.save(root / "ckpt", layers, (8,))
-    x = np.random.default_rng(1).standard_normal((150, 8)).astype(np.float32)
-    y = np.argmax(convert.apply(layers, x), -1).astype(np.int32)
-    np.savez(root / "calib.npz", x=x, y=y)
+    write_setup(root)
     return root
-
-
-def _run(args, capsys):
-    rc = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _prune_args(root, out, *extra):
-    return ["prune", root / "ckpt", "--data", root / "calib.npz", "--epsilon", "0.05",
-            "--out", out, *FAST, *extra]
 
 
 @pytest.fixture
@@ -70,7 +43,7 @@ def test_out_beneath_a_file_is_refused_before_any_solve(setup, tmp_path, capsys,
     """Fails even as root: a regular file cannot be a parent folder."""
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    rc, _, err = _run(_prune_args(setup, blocker / "out"), capsys)
+    rc, _, err = run(prune_args(setup, blocker / "out"), capsys)
     assert rc == cli.EXIT_USAGE
     assert err == f"nettrim: error: {blocker / 'out'}: cannot create it: {blocker} is not a folder\n"
     assert solves == []
@@ -85,7 +58,7 @@ def test_out_without_write_permission_is_refused_before_any_solve(setup, capsys,
         pytest.skip("/sys is writable here")
     except OSError:
         pass
-    rc, _, err = _run(_prune_args(setup, "/sys/nettrim-out"), capsys)
+    rc, _, err = run(prune_args(setup, "/sys/nettrim-out"), capsys)
     assert rc == cli.EXIT_USAGE
     assert err.startswith("nettrim: error: /sys/nettrim-out: cannot write there (") and err.count("\n") == 1
     assert solves == []
@@ -101,7 +74,7 @@ def test_warnings_print_as_one_clean_line(setup, capsys, monkeypatch):
         return cli.EXIT_OK
 
     monkeypatch.setattr(cli, "cmd_report", warn)
-    rc, _, err = _run(["report", setup], capsys)
+    rc, _, err = run(["report", setup], capsys)
     assert rc == cli.EXIT_OK
     assert err == "nettrim: warning: first line\n"
 
@@ -109,7 +82,7 @@ def test_warnings_print_as_one_clean_line(setup, capsys, monkeypatch):
 def test_all_zero_result_warns_in_one_line(setup, tmp_path, capsys):
     """--epsilon 1e9 prunes every weight: the run finishes (rc 0) but says so, one line per
     layer, with no file path or source line."""
-    rc, _, err = _run(["prune", setup / "ckpt", "--data", setup / "calib.npz", "--epsilon", "1e9",
+    rc, _, err = run(["prune", setup / "ckpt", "--data", setup / "calib.npz", "--epsilon", "1e9",
                        "--max-iters", "400", "--out", tmp_path / "o"], capsys)
     assert rc == cli.EXIT_OK, err
     lines = [l for l in err.splitlines() if "warning" in l.lower()]
@@ -122,7 +95,7 @@ def test_report_records_every_shaping_option(setup, tmp_path, capsys):
     scheme = "cascade"
     extra = ["--refit", "--max-patches", "100", "--solver", "admm", "--samples", "120",
              "--output-epsilon", "0.03", "--relu-budget", "omega"]
-    rc, _, err = _run(_prune_args(setup, tmp_path / "o", "--scheme", scheme, *extra), capsys)
+    rc, _, err = run(prune_args(setup, tmp_path / "o", "--scheme", scheme, *extra), capsys)
     assert rc == cli.EXIT_OK, err
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     want = {"epsilon": 0.05, "gamma": 1.1, "refit": True, "solver": "admm",
@@ -137,7 +110,7 @@ def test_report_records_every_shaping_option(setup, tmp_path, capsys):
 
 
 def test_report_on_a_missing_folder_says_so(tmp_path, capsys):
-    rc, _, err = _run(["report", tmp_path / "nope"], capsys)
+    rc, _, err = run(["report", tmp_path / "nope"], capsys)
     assert rc == cli.EXIT_USAGE and err == f"nettrim: error: {tmp_path / 'nope'}: no such folder\n"
 
 
@@ -146,7 +119,7 @@ def test_report_on_a_missing_folder_says_so(tmp_path, capsys):
 def test_data_file_of_the_wrong_format(setup, tmp_path, capsys, suffix, what):
     bad = tmp_path / f"text{suffix}"
     bad.write_text("0.1,0.2,0.3\n")
-    rc, _, err = _run(_prune_args(setup, tmp_path / "o", "--data", bad), capsys)
+    rc, _, err = run(prune_args(setup, tmp_path / "o", "--data", bad), capsys)
     assert rc == cli.EXIT_USAGE and what in err and "pickle" not in err
     assert not (tmp_path / "o").exists()
 
@@ -184,7 +157,7 @@ def test_demo_refuses_a_foreign_non_empty_folder(tmp_path, capsys):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "thesis.tex").write_text("precious")
-    rc, _, err = _run([*DEMO, "--out", out], capsys)
+    rc, _, err = run([*DEMO, "--out", out], capsys)
     assert rc == cli.EXIT_USAGE and err.count("\n") == 1
     assert "not empty and not an earlier demo output; pass --force" in err
     assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"] and _siblings(out) == []
@@ -192,17 +165,17 @@ def test_demo_refuses_a_foreign_non_empty_folder(tmp_path, capsys):
 
 def test_demo_reruns_over_its_own_output_and_force_replaces(tmp_path, capsys):
     out = tmp_path / "demo"
-    rc, stdout, err = _run([*DEMO, "--out", out], capsys)
+    rc, stdout, err = run([*DEMO, "--out", out], capsys)
     assert rc == cli.EXIT_OK, err
     assert f"report: {out / 'report.md'}" in stdout  # the final paths, not the staging folder
     assert json.loads((out / "report.json").read_text())["run"]["command"] == "demo"
-    rc, _, err = _run([*DEMO, "--out", out, "--seed", "1"], capsys)  # its own output: replaced
+    rc, _, err = run([*DEMO, "--out", out, "--seed", "1"], capsys)  # its own output: replaced
     assert rc == cli.EXIT_OK, err
     assert json.loads((out / "report.json").read_text())["run"]["seed"] == 1
     (out / "report.json").write_text("{}")  # no longer recognisable as a demo output
-    rc, _, err = _run([*DEMO, "--out", out], capsys)
+    rc, _, err = run([*DEMO, "--out", out], capsys)
     assert rc == cli.EXIT_USAGE
-    rc, _, err = _run([*DEMO, "--out", out, "--force"], capsys)
+    rc, _, err = run([*DEMO, "--out", out, "--force"], capsys)
     assert rc == cli.EXIT_OK, err
     assert json.loads((out / "report.json").read_text())["run"]["command"] == "demo" and _siblings(out) == []
 
@@ -220,7 +193,7 @@ def test_interrupted_demo_leaves_no_half_filled_folder(tmp_path, capsys, monkeyp
         raise KeyboardInterrupt
 
     monkeypatch.setattr(nettrim_jax, "prune", interrupted)  # after training and the first files
-    rc, _, err = _run([*DEMO, "--out", out], capsys)
+    rc, _, err = run([*DEMO, "--out", out], capsys)
     assert rc == cli.EXIT_INTERRUPTED
     assert _siblings(out) == []
     if existing:
