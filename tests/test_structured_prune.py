@@ -81,6 +81,51 @@ def test_units_on_conv_layers_prunes_channels():
     np.testing.assert_allclose(apply_specs(small, x), apply_specs(res.model, x), rtol=1e-4, atol=1e-5)
 
 
+def test_compact_nnx_and_linen_chains():
+    """An NNX CNN chain (conv -> relu -> pool -> conv -> relu -> flatten -> linear) with a
+    channel nothing reads comes back from compact(x) as an nnx.Sequential without it, same
+    outputs; a Linen MLP with two unread units as the compacted spec network; without x or the
+    Linen module, one line."""
+    import flax.linen as nn
+    import jax
+    from flax import nnx
+
+    from nettrim_jax.training import make_cnn
+
+    x = np.random.default_rng(2).standard_normal((20, 8, 8, 1)).astype(np.float32)
+    model = make_cnn(1, (4, 6), 16, 5, image_size=8, seed=0)
+    k = model.convs[1].kernel.get_value()
+    model.convs[1].kernel.set_value(k.at[:, :, 1, :].set(0))  # nothing reads channel 1 of conv 0
+    res = nt.PruneResult(model=model, masks=None, report=None)
+    small = res.compact(x)
+    assert isinstance(small, nnx.Sequential)
+    before = sum(int(np.size(v)) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    after = sum(int(np.size(v)) for v in jax.tree.leaves(nnx.state(small, nnx.Param)))
+    assert before - after == 9 * 1 + 1 + 9 * 6  # conv 0's channel (kernel, bias), conv 1's input slice
+    xt = np.random.default_rng(3).standard_normal((9, 8, 8, 1)).astype(np.float32)
+    np.testing.assert_allclose(small(xt), model(xt), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="needs x"):
+        res.compact()
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, h):
+            h = nn.relu(nn.Dense(24)(h))
+            h = nn.relu(nn.Dense(16)(h))
+            return nn.Dense(4)(h)
+
+    xs = _x()
+    variables = MLP().init(jax.random.key(0), xs[:1])
+    params = jax.tree.map(np.array, variables["params"])
+    params["Dense_1"]["kernel"][[3, 7]] = 0  # nothing reads units 3 and 7 of Dense_0
+    lres = nt.PruneResult(model={"params": params}, masks=None, report=None)
+    with pytest.raises(ValueError, match="needs module="):
+        lres.compact(xs)
+    specs = lres.compact(xs, module=MLP())
+    assert isinstance(specs, list) and np.shape(specs[1].kernel)[0] == 22
+    np.testing.assert_allclose(apply_specs(specs, xs), MLP().apply(lres.model, xs), rtol=1e-4, atol=1e-5)
+
+
 def test_nm_pattern_holds_in_every_group():
     res = nt.prune(_mlp(), _x(), pattern="2:4", epsilon=0.05, **OPTS)
     for spec in res.model:

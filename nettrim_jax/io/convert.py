@@ -14,6 +14,9 @@
 * ``apply(layers, x)``: the layer dicts' forward pass (``specs.apply_specs``, in batches).
 * ``load_into(model, layers, x)``: a pruned checkpoint's weights written into one's own model
   (a new NNX module or new Linen variables; the input is not mutated).
+* ``to_nnx(network)``: a spec network as an ``nnx.Sequential`` of ``nnx.Linear`` /
+  ``nnx.Conv`` (these weights) and the ReLU, pooling and flatten ops between them (what
+  ``PruneResult.compact`` returns for an NNX chain: its widths are the compacted ones).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 from nettrim_jax.io.checkpoint import ACTIVATIONS, OP_TYPES, PARAM_TYPES, CheckpointError
 from nettrim_jax.network.specs import Conv, Dense, Flatten, Pool, apply_specs, pair
 
-__all__ = ["from_model", "to_network", "from_network", "apply", "load_into"]
+__all__ = ["from_model", "to_network", "from_network", "apply", "load_into", "to_nnx"]
 
 
 def _arr(a):
@@ -220,3 +223,49 @@ def load_into(model, layers: Sequence[dict], x):
             )
         new.append(mine._replace(kernel=theirs.kernel, bias=theirs.bias))
     return net.rebuild(new)
+
+
+def _nnx_layer(spec):
+    from flax import nnx
+
+    k = np.asarray(spec.kernel)
+    rngs = nnx.Rngs(0)  # the initial values are replaced at once
+    if isinstance(spec, Dense):
+        mod = nnx.Linear(k.shape[0], k.shape[1], use_bias=spec.bias is not None, rngs=rngs)
+    else:
+        kh, kw, i, o = k.shape
+        mod = nnx.Conv(
+            i * spec.groups,
+            o,
+            (kh, kw),
+            strides=pair(spec.strides, "strides"),
+            padding=spec.padding,
+            kernel_dilation=pair(spec.dilation, "dilation"),
+            feature_group_count=spec.groups,
+            use_bias=spec.bias is not None,
+            rngs=rngs,
+        )
+    mod.kernel.set_value(jnp.asarray(k))
+    if spec.bias is not None:
+        mod.bias.set_value(jnp.asarray(spec.bias))
+    return mod
+
+
+def to_nnx(network: Sequence):
+    """An ``nnx.Sequential`` computing the spec network ``network`` (Dense / Conv specs with
+    "relu" or "linear" activations, ``Pool`` and ``Flatten`` ops): same outputs."""
+    from flax import nnx
+
+    items: list = []
+    for item in network:
+        if isinstance(item, (Dense, Conv)):
+            if item.activation not in ("relu", "linear", None):
+                raise ValueError(f"to_nnx: activation {item.activation!r} is not relu or linear")
+            items.append(_nnx_layer(item))
+            if item.activation == "relu":
+                items.append(nnx.relu)
+        elif isinstance(item, (Pool, Flatten)):
+            items.append(item)
+        else:
+            raise ValueError(f"to_nnx: {type(item).__name__} is not a Dense/Conv spec, Pool or Flatten")
+    return nnx.Sequential(*items)

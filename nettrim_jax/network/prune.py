@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from nettrim_jax.network import checks
 from nettrim_jax.network import epilogues as epi
@@ -54,18 +55,29 @@ class PruneResult(NamedTuple):
     masks: Any
     report: PruneReport
 
-    def compact(self) -> list:
-        """The pruned spec network with dead units and channels physically removed (same
-        outputs; ``network.compact``).  For an NNX / Linen chain, convert it first:
-        ``io.convert.to_network(io.convert.from_model(result.model, x)[0])``."""
+    def compact(self, x=None, module=None):
+        """The pruned model with dead units and channels physically removed, same outputs
+        (``network.compact``).  A spec network comes back as one; an NNX chain (Linear /
+        Conv, ReLU, pooling, flatten: ``io.convert.from_model``) as an ``nnx.Sequential``
+        of the compacted layers (``io.convert.to_nnx``; its classes fix their widths at
+        construction, so the original class cannot hold them); a Linen chain as the
+        compacted spec network (Linen variables would need a new module definition).
+        ``x``: a few inputs to read an NNX / Linen chain from its forward pass; ``module``:
+        the Linen module (a Linen result holds only its variables)."""
+        from nettrim_jax.io import convert
         from nettrim_jax.network.compact import compact_network
 
-        if not isinstance(self.model, list):
-            raise ValueError(
-                "compact() works on spec networks; convert an NNX/Linen chain with "
-                "nettrim_jax.io.convert.from_model and to_network first"
-            )
-        return compact_network(self.model)
+        model = self.model
+        if isinstance(model, list):
+            return compact_network(model)
+        if x is None:
+            raise ValueError("compact() of an NNX or Linen model needs x, a few inputs to read its chain from")
+        if not isinstance(model, nnx.Module):
+            if module is None:
+                raise ValueError("compact() of a Linen result needs module=, the Linen module (it holds the variables)")
+            model = (module, model)
+        specs = compact_network(convert.to_network(convert.from_model(model, x)[0]))
+        return convert.to_nnx(specs) if isinstance(model, nnx.Module) else specs
 
 
 class PruneState(NamedTuple):
