@@ -281,7 +281,7 @@ def main(argv=None):
     ap.add_argument("--baselines", nargs="+", default=None, choices=list(BASELINES))
     ap.add_argument("--relu-budget", default=None, choices=["output", "omega"],
                     help="prune(relu_budget=): the ReLU output's error (default) or the paper's program")
-    ap.add_argument("--allocation", default=None, choices=["scores", "uniform"],
+    ap.add_argument("--allocation", default=None, choices=["scores", "uniform", "epsilon"],
                     help="prune(allocation=) with --sparsities")
     ap.add_argument("--ft-steps", type=int, default=None, help="masked fine-tuning steps (0: none)")
     ap.add_argument("--schemes", nargs="+", default=None,

@@ -42,6 +42,22 @@ def test_global_target_is_hit_within_half_a_point(scheme, allocation):
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_one_epsilon_allocation_hits_the_target():
+    """allocation="epsilon": every layer at one relative epsilon, searched over whole prunes
+    (the first ones coarse) until the network's sparsity is within half a point."""
+    res = nt.prune(_net(), _x(), sparsity=0.7, allocation="epsilon", **FAST)
+    assert abs(_sparsity(res.report) - 0.7) <= 0.005
+    opts = res.report.options
+    assert opts["allocation"] == "epsilon" and opts["sparsity"] == 0.7 and opts["epsilon_search_prunes"] >= 2
+    eps = opts["epsilon"]
+    assert len(eps) == 3 and len(set(eps)) == 1 and eps[0] > 0
+    with pytest.raises(ValueError, match="one global sparsity"):
+        nt.prune(_net(), _x(), sparsity={"0": 0.5}, allocation="epsilon", **FAST)
+    with pytest.raises(ValueError, match="on_layer= and resume= do not apply"):
+        nt.prune(_net(), _x(), sparsity=0.5, allocation="epsilon", on_layer=print, **FAST)
+
+
 def test_per_layer_targets_and_untargeted_layers():
     res = nt.prune(_net(), _x(), sparsity={"0": 0.5, "1": 0.8}, **FAST)
     l0, l1, l2 = res.report.layers

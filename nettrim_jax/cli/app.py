@@ -188,9 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument(
         "--allocation",
-        choices=("scores", "uniform"),
+        choices=("scores", "uniform", "epsilon"),
         default="scores",
-        help="how --sparsity is split over layers (default scores)",
+        help="how --sparsity is split over layers: scores (default), uniform, or epsilon (one epsilon for all layers)",
     )
     q.add_argument(
         "--gamma",

@@ -11,7 +11,9 @@ from nettrim_jax.solver.scaling import SOLVERS
 SCHEMES = ("parallel", "cascade")
 
 
-def check_options(scheme, gamma, on_unsupported, solver, max_patches, scan):
+def check_options(scheme, gamma, on_unsupported, solver, max_patches, scan, relu_budget="output"):
+    if relu_budget not in ("output", "omega"):
+        raise ValueError(f"relu_budget must be 'output' or 'omega', got {relu_budget!r}")
     if not isinstance(scheme, str) or scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}; expected one of {SCHEMES}")
     try:

@@ -41,7 +41,7 @@ from nettrim_jax.network.parallel import solve_parallel
 from nettrim_jax.network.problems import LayerOutcome, SolveConfig
 from nettrim_jax.network.report import PruneReport
 from nettrim_jax.network.specs import kernel_matrix, with_matrix
-from nettrim_jax.network.targets import keep_counts, parse_sparsity
+from nettrim_jax.network.targets import keep_counts, parse_sparsity, prune_at_one_epsilon
 from nettrim_jax.solver.layer import check_solver_options
 
 __all__ = ["prune", "PruneResult", "PruneState"]
@@ -201,7 +201,8 @@ def prune(
         then searched (``network.targets``; ``epsilon`` only seeds the search) and reported.
         With ``output_epsilon`` the output layer keeps its budget instead of a target.
       allocation: how a global ``sparsity`` is split over layers: "scores" (one threshold on
-        activation-weighted magnitudes) or "uniform".
+        activation-weighted magnitudes), "uniform", or "epsilon" (one epsilon for every layer,
+        searched over whole prunes; ``network.targets``).
       structure: "unstructured" (||U||_1), or "units" (aliases "neurons", "channels"): the
         group-l1 program over input rows, which removes whole input units of Dense layers
         and input channels of Conv layers (certified like the l1 program; ``result.compact()``
@@ -236,10 +237,9 @@ def prune(
     (``adapters.InputShapeError``, naming ``x``'s shape and the layer's expected input), an
     override the forward pass contradicts, and a ``resume`` state that does not fit.
     """
-    checks.check_options(scheme, gamma, on_unsupported, solver, max_patches, scan)
+    call = dict(locals())  # the arguments, for allocation="epsilon"'s whole-network prunes
+    checks.check_options(scheme, gamma, on_unsupported, solver, max_patches, scan, relu_budget)
     check_solver_options(solver, solver_options)
-    if relu_budget not in ("output", "omega"):
-        raise ValueError(f"relu_budget must be 'output' or 'omega', got {relu_budget!r}")
     checks.check_epsilon_values(epsilon)
     sparsity = parse_sparsity(sparsity, allocation)
     structure, pattern = checks.parse_structure(structure, pattern, per_neuron)
@@ -260,6 +260,8 @@ def prune(
     for name, why in getattr(net, "refused", {}).items():
         warnings.warn(f"layer {name!r} left unpruned: {why}", stacklevel=2)
     orig = list(net.specs)
+    if allocation == "epsilon" and sparsity is not None:
+        return prune_at_one_epsilon(prune, call, len(orig), sparsity)
     done = _check_resume(resume, scheme, orig)
     eps_list, per_layer = checks.epsilon_list(epsilon, len(orig))
     choices = choose_layers(net, x, net.first, activations, on_unsupported)

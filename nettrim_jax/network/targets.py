@@ -7,7 +7,11 @@ split into per-layer keep counts by ``allocation``:
 * ``"uniform"``: every pruned layer keeps the same fraction;
 * ``"scores"``: one global threshold on the activation-weighted magnitudes |W_ij| ||x_j||
   (Wanda's score, computed on the calibration inputs): layers whose weights matter less on
-  the data give up more, and the total matches S exactly.
+  the data give up more, and the total matches S exactly;
+* ``"epsilon"``: no per-layer counts: one relative epsilon for every layer (cascade: as
+  epsilon_1 and as each later layer's floor), searched over whole prunes until the network's
+  sparsity is within 0.5 points of S (``one_epsilon``): Net-Trim's own allocation, each layer
+  as sparse as the common error budget allows.
 
 Each layer's epsilon is then found by ``solve_to_count``: a safeguarded secant search on
 log(epsilon) against log(nonzeros), every solve warm-started from the nearest one already
@@ -30,9 +34,9 @@ import numpy as np
 from nettrim_jax.network.specs import kernel_matrix, layer_rows, with_ones
 from nettrim_jax.solver.layer import solve_layer
 
-__all__ = ["parse_sparsity", "keep_counts", "solve_to_count", "ALLOCATIONS"]
+__all__ = ["parse_sparsity", "keep_counts", "solve_to_count", "one_epsilon", "prune_at_one_epsilon", "ALLOCATIONS"]
 
-ALLOCATIONS = ("uniform", "scores")
+ALLOCATIONS = ("uniform", "scores", "epsilon")
 
 
 def _fraction(v, what) -> float:
@@ -52,6 +56,8 @@ def parse_sparsity(sparsity, allocation: str) -> float | dict | None:
     if sparsity is None:
         return None
     if isinstance(sparsity, dict):
+        if allocation == "epsilon":
+            raise ValueError("allocation='epsilon' takes one global sparsity, not a per-layer dict")
         return {str(k): _fraction(v, f"sparsity[{k!r}]") for k, v in sparsity.items()}
     return _fraction(sparsity, "sparsity")
 
@@ -209,3 +215,75 @@ def solve_to_count(
         finals = [(eps, int(np.count_nonzero(K)), K, info, True)]
     eps, n, K, info, _ = min(finals, key=lambda t: abs(t[1] - keep))
     return CountedSolve(K, info, float(eps), n, len(tried))
+
+
+def one_epsilon(run, target: float, eps0: float, *, tol: float = 0.004, max_runs: int = 10, coarse_iters: int = 300):
+    """``allocation="epsilon"``: the prune ``run(epsilon, max_iters or None)`` (a
+    ``PruneResult``; ``epsilon`` one relative value for every layer) whose network sparsity
+    is within ``tol`` of ``target``.  Secant steps on log(epsilon) against log(kept
+    fraction), kept inside the bracket once there is one, x2 steps (x4 when more than 0.1
+    away) until then; while more than 3 points away the prunes run at most ``coarse_iters``
+    iterations per solve (they only steer); the one returned always ran in full.  Returns
+    (result, epsilon, prunes run); a search that ends outside ``tol`` returns the nearest
+    full prune with a warning."""
+    want = math.log(1 - target)
+    e = eps0 if eps0 > 0 else 0.05
+    lo = hi = None  # (log e, log kept): too dense / too sparse
+    best = None  # (|miss|, result, e)
+    runs, full = 0, False
+    while runs < max_runs:
+        res = run(e, None if full else coarse_iters)
+        runs += 1
+        kept = res.report.nnz_after / max(res.report.nnz_before, 1)
+        miss = (1 - kept) - target
+        if full and (best is None or abs(miss) < best[0]):
+            best = (abs(miss), res, e)
+        if full and abs(miss) <= tol:
+            break
+        if not full and abs(miss) <= 0.03:
+            full = True  # near: the next prunes run in full, starting here
+            continue
+        point = (math.log(e), math.log(max(kept, 1e-12)))
+        if miss < 0:
+            lo = point if lo is None or point[0] > lo[0] else lo
+        else:
+            hi = point if hi is None or point[0] < hi[0] else hi
+        if lo is not None and hi is not None:
+            (u0, v0), (u1, v1) = lo, hi
+            u = u0 + (want - v0) * (u1 - u0) / (v1 - v0) if v1 != v0 else 0.5 * (u0 + u1)
+            u = min(max(u, u0 + 0.1 * (u1 - u0)), u1 - 0.1 * (u1 - u0))
+        else:
+            step = math.log(4.0) if abs(miss) > 0.1 else math.log(2.0)
+            u = point[0] + (step if miss < 0 else -step)
+        e = math.exp(u)
+    if best is None:
+        res = run(e, None)
+        runs += 1
+        kept = res.report.nnz_after / max(res.report.nnz_before, 1)
+        best = (abs(1 - kept - target), res, e)
+    if best[0] > tol:
+        warnings.warn(
+            f"sparsity {target}: one epsilon for all layers reached {target + best[0]:.4f} or "
+            f"{target - best[0]:.4f} at best after {runs} prunes",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return best[1], best[2], runs
+
+
+def prune_at_one_epsilon(prune, call: dict, layers: int, target: float):
+    """``prune(..., sparsity=target, allocation="epsilon")``: ``prune`` itself at one epsilon
+    for every layer (``call``: its arguments), searched by ``one_epsilon``; the report's
+    options say so (``epsilon_search_prunes``: prunes run)."""
+    if call["on_layer"] is not None or call["resume"] is not None:
+        raise ValueError("allocation='epsilon' runs whole prunes; on_layer= and resume= do not apply")
+    kw = {k: v for k, v in call.items() if k != "solver_options"} | dict(call["solver_options"])
+    kw.update(sparsity=None, allocation="scores", progress=False)
+
+    def run(e, iters):
+        return prune(**{**kw, "epsilon": [e] * layers, **({} if iters is None else {"max_iters": iters})})
+
+    eps0 = float(np.max(call["epsilon"])) if np.size(call["epsilon"]) else 0.05
+    res, _, runs = one_epsilon(run, target, eps0)
+    opts = {**res.report.options, "sparsity": target, "allocation": "epsilon", "epsilon_search_prunes": runs}
+    return res._replace(report=res.report._replace(options=opts))
