@@ -201,8 +201,8 @@ def prune(
         then searched (``network.targets``; ``epsilon`` only seeds the search) and reported.
         With ``output_epsilon`` the output layer keeps its budget instead of a target.
       allocation: how a global ``sparsity`` is split over layers: "scores" (one threshold on
-        activation-weighted magnitudes), "uniform", or "epsilon" (one epsilon for every layer,
-        searched over whole prunes; ``network.targets``).
+        activation-weighted magnitudes), "uniform", or "epsilon" (one scalar epsilon, as if given
+        as ``epsilon``, searched over whole prunes; ``network.targets``).
       structure: "unstructured" (||U||_1), or "units" (aliases "neurons", "channels"): the
         group-l1 program over input rows, which removes whole input units of Dense layers
         and input channels of Conv layers (certified like the l1 program; ``result.compact()``
@@ -261,7 +261,7 @@ def prune(
         warnings.warn(f"layer {name!r} left unpruned: {why}", stacklevel=2)
     orig = list(net.specs)
     if allocation == "epsilon" and sparsity is not None:
-        return prune_at_one_epsilon(prune, call, len(orig), sparsity)
+        return prune_at_one_epsilon(prune, call, sparsity)
     done = _check_resume(resume, scheme, orig)
     eps_list, per_layer = checks.epsilon_list(epsilon, len(orig))
     choices = choose_layers(net, x, net.first, activations, on_unsupported)
