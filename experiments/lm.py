@@ -93,6 +93,7 @@ def run_model(mlp, cfg, ids_tr, ids_te, vocab, args):
     held = [windows(ids_te, cfg["seq"], 64, rng) for _ in range(cfg["eval_batches"])]
     cal = jnp.asarray(windows(ids_tr, cfg["seq"], cfg["n_cal"], rng)[:, :-1])
     dense = bits_per_char(model, held)
+    print(f"{mlp}: trained in {time.time() - t0:.0f} s, {dense:.3f} bits/char", flush=True)
     sizes = [int(np.size(s.kernel)) for s in adapt(model, cal).specs]
     recs = []
     for refit in cfg["refits"]:
@@ -107,6 +108,8 @@ def run_model(mlp, cfg, ids_tr, ids_te, vocab, args):
                 pruned, _ = baselines.prune_model(model, cal, keeps, m)
                 rec[m] = bits_per_char(pruned, held)
             recs.append(rec)
+            print(f"{mlp} S={s} refit={refit}: {rec['sparsity']:.3f} nettrim {rec['nettrim']:.3f} "
+                  + " ".join(f"{m} {rec[m]:.3f}" for m in cfg["methods"]), flush=True)
     return {"mlp": mlp, "dense": dense, "train_seconds": time.time() - t0, "runs": recs,
             "layers": list(adapt(model, cal).names)}
 
@@ -114,6 +117,8 @@ def run_model(mlp, cfg, ids_tr, ids_te, vocab, args):
 def main(argv=None):
     p = parser(__doc__)
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--targets", nargs="+", type=float, default=None, help="sparsity targets (default 0.5 0.7 0.9)")
+    p.add_argument("--refit-only", action="store_true", help="Net-Trim + refit only (no plain runs)")
     args = p.parse_args(argv)
     started = time.time()
     quiet_solver_warnings()
@@ -126,11 +131,16 @@ def main(argv=None):
              refits=(False, True), methods=BASELINES, iters=3000)
     if args.steps:
         cfg["steps"] = args.steps
+    if args.targets:
+        cfg["targets"] = tuple(args.targets)
+    if args.refit_only:
+        cfg["refits"] = (True,)
     text, vocab = corpus()
     ids = np.asarray([vocab.index(c) for c in text], np.int32)
     cut = int(0.9 * len(ids))
     ids_tr, ids_te = ids[:cut], ids[cut:]
-    models = [run_model(mlp, cfg, ids_tr, ids_te, vocab, args) for mlp in ("relu", "gelu")]
+    mlps = ("relu",) if q else ("relu", "gelu")  # (the GELU path is tested in tests/test_prune_models.py)
+    models = [run_model(mlp, cfg, ids_tr, ids_te, vocab, args) for mlp in mlps]
 
     text_out = ["# OPT-style character LM: every projection pruned, held-out bits per character", "",
                 f"Corpus: CPython {sys.version.split()[0]}'s `pydoc_data.topics` (the Language Reference topics), "

@@ -260,7 +260,7 @@ def config(quick: bool) -> dict:
     if quick:
         return dict(n_train=2000, n_test=500, n_cal=100, train_steps=100, ft_steps=20,
                     ft_lr=1e-3, fc_sizes=(784, 32, 10), lenet_channels=(2, 4),
-                    lenet_hidden=16, epsilons=(0.3,), schemes=("cascade", "cascade+refit", "parallel"),
+                    lenet_hidden=16, epsilons=(0.3,), schemes=("cascade+refit", "parallel"),
                     lenet_schemes=("cascade",), solver=dict(max_iters=200))
     return dict(n_train=None, n_test=None, n_cal=2000, train_steps=3000, ft_steps=500,
                 ft_lr=5e-4, fc_sizes=(784, 300, 100, 10), lenet_channels=(6, 16),
