@@ -84,7 +84,7 @@ def kernel_counts(model, x) -> list[int]:
     return [int(np.count_nonzero(np.asarray(s.kernel))) for s in adapt(model, x).specs]
 
 
-def run_model(mlp, cfg, ids_tr, ids_te, vocab, args):
+def run_model(mlp, cfg, ids_tr, ids_te, vocab, args, done=lambda partial: None):
     model = TinyLM(len(vocab), cfg["d"], cfg["heads"], cfg["seq"], mlp=mlp, layers=cfg["layers"],
                    rngs=nnx.Rngs(args.seed))
     t0 = time.time()
@@ -110,6 +110,7 @@ def run_model(mlp, cfg, ids_tr, ids_te, vocab, args):
             recs.append(rec)
             print(f"{mlp} S={s} refit={refit}: {rec['sparsity']:.3f} nettrim {rec['nettrim']:.3f} "
                   + " ".join(f"{m} {rec[m]:.3f}" for m in cfg["methods"]), flush=True)
+            done({"mlp": mlp, "dense": dense, "runs": recs, "layers": list(adapt(model, cal).names)})
     return {"mlp": mlp, "dense": dense, "train_seconds": time.time() - t0, "runs": recs,
             "layers": list(adapt(model, cal).names)}
 
@@ -119,6 +120,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--targets", nargs="+", type=float, default=None, help="sparsity targets (default 0.5 0.7 0.9)")
     p.add_argument("--refit-only", action="store_true", help="Net-Trim + refit only (no plain runs)")
+    p.add_argument("--mlps", nargs="+", choices=["relu", "gelu"], default=None)
     args = p.parse_args(argv)
     started = time.time()
     quiet_solver_warnings()
@@ -139,9 +141,22 @@ def main(argv=None):
     ids = np.asarray([vocab.index(c) for c in text], np.int32)
     cut = int(0.9 * len(ids))
     ids_tr, ids_te = ids[:cut], ids[cut:]
-    mlps = ("relu",) if q else ("relu", "gelu")  # (the GELU path is tested in tests/test_prune_models.py)
-    models = [run_model(mlp, cfg, ids_tr, ids_te, vocab, args) for mlp in mlps]
+    mlps = tuple(args.mlps) if args.mlps else (("relu",) if q else ("relu", "gelu"))
+    # (--quick leaves the GELU model out: its linear-program path is tested in tests/test_prune_models.py)
+    models: list = []
 
+    def write(partial=None):
+        """The results so far (rewritten after every run, so a long sweep can be stopped)."""
+        shown = models + ([partial] if partial is not None else [])
+        report(shown, cfg, text, vocab, args, started, out_dir(args))
+
+    for mlp in mlps:
+        models.append(run_model(mlp, cfg, ids_tr, ids_te, vocab, args, done=write))
+    write()
+    return models
+
+
+def report(models, cfg, text, vocab, args, started, out):
     text_out = ["# OPT-style character LM: every projection pruned, held-out bits per character", "",
                 f"Corpus: CPython {sys.version.split()[0]}'s `pydoc_data.topics` (the Language Reference topics), "
                 f"{len(text)} characters, vocabulary {len(vocab)}; first 90% training, last 10% held out.  "
@@ -164,12 +179,9 @@ def main(argv=None):
                          *((f"**{v:.3f}**" if v == best else f"{v:.3f}") for v in vals.values())])
         text_out += [table(["Net-Trim", "target", "sparsity %", "seconds", "nettrim", *cfg["methods"]], rows), ""]
     text_out.append(provenance(args, started))
-    out = out_dir(args)
     (out / "lm.md").write_text("\n".join(text_out) + "\n")
     (out / "lm.json").write_text(json.dumps({"config": {k: list(v) if isinstance(v, tuple) else v
                                                         for k, v in cfg.items()}, "models": models}, indent=1))
-    print("\n".join(text_out))
-    return models
 
 
 if __name__ == "__main__":
