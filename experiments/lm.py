@@ -25,6 +25,7 @@ import time
 import warnings
 
 import jax.numpy as jnp
+import nets
 import numpy as np
 import optax
 from common import out_dir, parser, provenance, quiet_solver_warnings, table
@@ -80,10 +81,6 @@ def train(model, ids, seq, steps, batch, seed):
         step(model, opt, jnp.asarray(windows(ids, seq, batch, rng)))
 
 
-def kernel_counts(model, x) -> list[int]:
-    return [int(np.count_nonzero(np.asarray(s.kernel))) for s in adapt(model, x).specs]
-
-
 def run_model(mlp, cfg, ids_tr, ids_te, vocab, args, done=lambda partial: None):
     model = TinyLM(len(vocab), cfg["d"], cfg["heads"], cfg["seq"], mlp=mlp, layers=cfg["layers"],
                    rngs=nnx.Rngs(args.seed))
@@ -94,13 +91,14 @@ def run_model(mlp, cfg, ids_tr, ids_te, vocab, args, done=lambda partial: None):
     cal = jnp.asarray(windows(ids_tr, cfg["seq"], cfg["n_cal"], rng)[:, :-1])
     dense = bits_per_char(model, held)
     print(f"{mlp}: trained in {time.time() - t0:.0f} s, {dense:.3f} bits/char", flush=True)
-    sizes = [int(np.size(s.kernel)) for s in adapt(model, cal).specs]
+    sizes = nets.kernel_sizes(model, cal)
+    names = list(adapt(model, cal).names)
     recs = []
     for refit in cfg["refits"]:
         for s in cfg["targets"]:
             t1 = time.time()
             res = nt.prune(model, cal, sparsity=s, refit=refit, progress=False, max_iters=cfg["iters"])
-            keeps = kernel_counts(res.model, cal)
+            keeps = nets.kernel_counts(res.model, cal)
             rec = {"mlp": mlp, "target": s, "refit": refit, "sparsity": 1 - sum(keeps) / sum(sizes),
                    "seconds": time.time() - t1, "nettrim": bits_per_char(res.model, held),
                    "programs": {l.name: l.activation for l in res.report.layers}}
@@ -110,9 +108,9 @@ def run_model(mlp, cfg, ids_tr, ids_te, vocab, args, done=lambda partial: None):
             recs.append(rec)
             print(f"{mlp} S={s} refit={refit}: {rec['sparsity']:.3f} nettrim {rec['nettrim']:.3f} "
                   + " ".join(f"{m} {rec[m]:.3f}" for m in cfg["methods"]), flush=True)
-            done({"mlp": mlp, "dense": dense, "runs": recs, "layers": list(adapt(model, cal).names)})
+            done({"mlp": mlp, "dense": dense, "runs": recs, "layers": names})
     return {"mlp": mlp, "dense": dense, "train_seconds": time.time() - t0, "runs": recs,
-            "layers": list(adapt(model, cal).names)}
+            "layers": names}
 
 
 def main(argv=None):

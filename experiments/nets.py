@@ -21,6 +21,7 @@ import optax
 import nettrim_jax
 from nettrim_jax.io import convert
 from nettrim_jax.network import one_shot
+from nettrim_jax.network.adapters import adapt
 from nettrim_jax.network.specs import Conv, Dense, apply_specs
 
 # ----------------------------------------------------------------------------- conversion
@@ -45,6 +46,18 @@ def nnz(net) -> list[int]:
 
 def sizes(net) -> list[int]:
     return [int(net[i].kernel.size) for i in layers_of(net)]
+
+
+def kernel_counts(model, x) -> list[int]:
+    """Nonzero kernel weights (biases excluded) of every prunable layer of any model
+    ``prune`` takes (NNX, Linen, specs), in call order: the per-layer counts to hand the
+    baselines (``baselines.prune_model``)."""
+    return [int(np.count_nonzero(np.asarray(s.kernel))) for s in adapt(model, jnp.asarray(x)).specs]
+
+
+def kernel_sizes(model, x) -> list[int]:
+    """Kernel sizes of every prunable layer of any model ``prune`` takes, in call order."""
+    return [int(np.size(s.kernel)) for s in adapt(model, jnp.asarray(x)).specs]
 
 
 # ----------------------------------------------------------------------------- evaluation

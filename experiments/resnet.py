@@ -23,36 +23,24 @@ import time
 import warnings
 
 import jax.numpy as jnp
+import nets
 import numpy as np
 import optax
 from common import out_dir, parser, provenance, quiet_solver_warnings, table
 from flax import nnx
 
 import nettrim_jax as nt
-from nettrim_jax import baselines
+from nettrim_jax import baselines, training
 from nettrim_jax.io.data import load_mnist
 from nettrim_jax.models import ResNet
-from nettrim_jax.network.adapters import adapt
 from nettrim_jax.training import train_classifier
 
 BASELINES = ("magnitude", "wanda", "sparsegpt", "alps")
 CONVS = ["stem", "block1/conv1", "block1/conv2", "block2/conv1", "block2/conv2"]
 
 
-def accuracy(model, x, y, batch=1000):
-    hits = 0
-    for i in range(0, x.shape[0], batch):
-        hits += int(jnp.sum(jnp.argmax(model(x[i:i + batch]), -1) == y[i:i + batch]))
-    return hits / x.shape[0]
-
-
-def kernel_counts(model, x) -> list[int]:
-    """Nonzero kernel weights (biases excluded) of every prunable layer, in call order."""
-    return [int(np.count_nonzero(np.asarray(s.kernel))) for s in adapt(model, x).specs]
-
-
-def sizes(model, x) -> list[int]:
-    return [int(np.size(s.kernel)) for s in adapt(model, x).specs]
+def accuracy(model, x, y) -> float:
+    return training.accuracy(model, x, y, batch_size=1000)
 
 
 def programs_part(model, xcal, xte, yte, scheme, eps_grid, iters):
@@ -83,12 +71,12 @@ def matched(recs, scheme):
 
 def baselines_part(model, xcal, xte, yte, targets, iters, methods, max_rows, refits):
     recs = []
-    total = sum(sizes(model, xcal))
+    total = sum(nets.kernel_sizes(model, xcal))
     for refit in refits:
         for s in targets:
             t0 = time.time()
             res = nt.prune(model, xcal, sparsity=s, scheme="cascade", refit=refit, progress=False, max_iters=iters)
-            keeps = kernel_counts(res.model, xcal)
+            keeps = nets.kernel_counts(res.model, xcal)
             rec = {"target": s, "refit": refit, "sparsity": 1 - sum(keeps) / total, "keeps": keeps,
                    "seconds": time.time() - t0, "nettrim": accuracy(res.model, xte, yte)}
             for m in methods:

@@ -25,7 +25,6 @@ Net-Trim model, jit-compiled, median of repeated calls, batch 1 (latency) and 10
 from __future__ import annotations
 
 import json
-import statistics
 import time
 
 import common
@@ -34,44 +33,21 @@ import jax.numpy as jnp
 import mnist
 import nets
 import numpy as np
+from bench_inference import timeit
 
 import nettrim_jax as nt
-from nettrim_jax.network.compact import compact_network
-from nettrim_jax.network.specs import Conv, Dense, Flatten, apply_specs, kernel_matrix, layer_rows, with_matrix
-
-
-def layer_index(net):
-    return [i for i, s in enumerate(net) if isinstance(s, (Dense, Conv))]
+from nettrim_jax.network.compact import remove_units
+from nettrim_jax.network.specs import Conv, Dense, apply_specs, kernel_matrix, program_rows, with_matrix
 
 
 def widths(net) -> list[int]:
     """Output units / channels of every layer but the last."""
-    return [int(np.shape(net[i].kernel)[-1]) for i in layer_index(net)[:-1]]
+    return [int(np.shape(net[i].kernel)[-1]) for i in nets.layers_of(net)[:-1]]
 
 
 def params(net) -> int:
     return sum(int(np.size(net[i].kernel)) + (0 if net[i].bias is None else int(np.size(net[i].bias)))
-               for i in layer_index(net))
-
-
-def drop_units(net, keeps: list[np.ndarray]):
-    """``net`` with hidden units not in ``keeps[l]`` unread by layer l+1 (its rows / input
-    channels zeroed), then compacted."""
-    net = list(net)
-    idx = layer_index(net)
-    for (a, b), keep in zip(zip(idx[:-1], idx[1:]), keeps):
-        nxt = net[b]
-        k = np.asarray(nxt.kernel).copy()
-        dead = ~keep
-        if isinstance(nxt, Conv):
-            k[:, :, dead, :] = 0
-        else:
-            channels = int(np.shape(net[a].kernel)[-1])
-            flattened = any(isinstance(t, Flatten) for t in net[a + 1:b]) or isinstance(net[a], Conv)
-            rows = np.tile(dead, k.shape[0] // channels) if flattened else dead
-            k[rows] = 0
-        net[b] = nxt._replace(kernel=k)
-    return compact_network(net)
+               for i in nets.layers_of(net))
 
 
 def top(scores, count) -> np.ndarray:
@@ -81,13 +57,13 @@ def top(scores, count) -> np.ndarray:
 
 
 def l1_filter(net, counts, x):
-    idx = layer_index(net)
-    return drop_units(net, [top(np.abs(np.asarray(net[i].kernel)).reshape(-1, np.shape(net[i].kernel)[-1]).sum(0), c)
+    idx = nets.layers_of(net)
+    return remove_units(net, [top(np.abs(np.asarray(net[i].kernel)).reshape(-1, np.shape(net[i].kernel)[-1]).sum(0), c)
                             for i, c in zip(idx[:-1], counts)])
 
 
 def act_norm_refit(net, counts, x):
-    idx = layer_index(net)
+    idx = nets.layers_of(net)
     acts, h = [], jnp.asarray(x)
     for j, item in enumerate(net):
         h = apply_specs([item], h)
@@ -100,7 +76,7 @@ def act_norm_refit(net, counts, x):
         out = (np.sqrt((k ** 2).sum(axis=(0, 1, 3))) if isinstance(net[b], Conv)
                else np.sqrt((k.reshape(-1, m, k.shape[-1]) ** 2).sum(axis=(0, 2))))
         keeps.append(top(acts[n] * out, counts[n]))
-    small = drop_units(net, keeps)
+    small = remove_units(net, keeps)
     return refit_chain(net, small, keeps, x)
 
 
@@ -119,30 +95,16 @@ def refit_chain(orig, small, keeps, x):
             if n < len(keeps):
                 target = target[..., keeps[n]]
             n += 1
-            rows = layer_rows(s, h_new)
-            if s.bias is not None:
-                rows = jnp.concatenate([rows, jnp.ones((rows.shape[0], 1), rows.dtype)], 1)
-            mat = kernel_matrix(s)
-            k2, _ = nt.refit_layer(rows, target.reshape(-1, target.shape[-1]), mat, activation=act)
+            rows = program_rows(s, h_new)
+            k2, _ = nt.refit_layer(rows, target.reshape(-1, target.shape[-1]), kernel_matrix(s), activation=act)
             small[j] = with_matrix(s, k2)
         h_orig, h_new = apply_specs([o], h_orig), apply_specs([small[j]], h_new)
     return small
 
 
-def timeit(fn, arg, repeats=30):
-    for _ in range(2):
-        jax.block_until_ready(fn(arg))
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(arg))
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def speed(net, x):
-    f = jax.jit(lambda v: apply_specs(net, v))
-    return timeit(f, x[:1]), timeit(f, x[:1024])
+    f = jax.jit(lambda v: apply_specs(net, v))  # median of 30 calls after 2 warm-ups (no time cap)
+    return timeit(f, (x[:1],), 30, budget=1e9), timeit(f, (x[:1024],), 30, budget=1e9)
 
 
 def run(kind, cfg, args, eps_grid, log):
@@ -152,7 +114,7 @@ def run(kind, cfg, args, eps_grid, log):
     base = nets.accuracy(net, xte_in, yte)
     xcal = xtr_in[np.random.default_rng(args.seed).choice(len(xtr), cfg["n_cal"], replace=False)]
     t_dense = speed(net, jnp.asarray(xte_in))
-    L = len(layer_index(net))
+    L = len(nets.layers_of(net))
     recs = []
     for e in eps_grid:
         t0 = time.time()

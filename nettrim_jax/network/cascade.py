@@ -42,6 +42,7 @@ from nettrim_jax.network.problems import (
     build_problem,
     finish_kernel,
     output_layer_epsilon,
+    output_misfit,
     refit_or_measure,
     skipped_outcome,
     solve_program,
@@ -100,14 +101,10 @@ def _gamma_epsilon(A, Y, W, program, gamma, floor, omega=None, low=0, soft=False
     ``low`` and W's misfit includes its excess over it, so the budget bounds the pruned
     layer's ReLU output error against the original's, and W stays feasible."""
     out = A @ W
+    eps = jnp.maximum(gamma * output_misfit(out, Y, program, omega, low, soft), floor)
     if program != "relu":
-        return jnp.maximum(gamma * jnp.sqrt(jnp.sum((out - Y) ** 2)), floor), out
-    mask = Y > 0 if omega is None else omega
-    if soft:
-        r = jnp.where(mask, out - Y, jnp.maximum(out - low, 0))
-        return jnp.maximum(gamma * jnp.sqrt(jnp.sum(r * r)), floor), jnp.broadcast_to(low, out.shape)
-    r = jnp.where(mask, out - Y, 0)
-    return jnp.maximum(gamma * jnp.sqrt(jnp.sum(r * r)), floor), jnp.maximum(out, low)
+        return eps, out
+    return eps, (jnp.broadcast_to(low, out.shape) if soft else jnp.maximum(out, low))
 
 
 @functools.lru_cache(maxsize=16)

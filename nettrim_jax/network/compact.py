@@ -23,7 +23,7 @@ import numpy as np
 
 from nettrim_jax.network.specs import Conv, Dense, Flatten, Pool
 
-__all__ = ["compact_network"]
+__all__ = ["compact_network", "remove_units"]
 
 
 def _is_layer(item) -> bool:
@@ -65,24 +65,59 @@ def _shrink_input(nxt, keep: np.ndarray, flattened: bool, spatial: int):
     return nxt._replace(kernel=k[keep])
 
 
-def compact_network(network: Sequence) -> list:
-    """``network`` (a spec chain: Dense/Conv specs, ``Pool``, ``Flatten``) with its dead units
-    and channels removed.  Same outputs on every input."""
+def _chain(network: Sequence) -> list:
+    """``network`` as a list, refused in one line unless it is a chain compaction handles."""
     net = list(network)
     for item in net:
         if not (_is_layer(item) or isinstance(item, (Pool, Flatten))):
             raise ValueError(f"compact() needs a chain of Dense/Conv/Pool/Flatten; found {type(item).__name__}")
         if _is_layer(item) and item.activation not in ("relu", "linear", None):
             raise ValueError(f"compact() needs ReLU or linear activations; found {item.activation!r}")
+    return net
+
+
+def _geometry(net: list, a: int, b: int) -> tuple[bool, int]:
+    """(flattened, spatial): whether layer b reads layer a's output flattened (NHWC: the next
+    Dense kernel has spatial * channels rows, feature f is channel f % channels), and the
+    positions per channel."""
+    spec, nxt = net[a], net[b]
+    flattened = any(isinstance(t, Flatten) for t in net[a + 1 : b]) or (
+        isinstance(spec, Conv) and isinstance(nxt, Dense)
+    )
+    channels = int(np.shape(spec.kernel)[-1])
+    return flattened, int(np.shape(nxt.kernel)[0]) // channels if flattened else 1
+
+
+def _layer_pairs(net: list) -> list[tuple[int, int]]:
     idx = [i for i, item in enumerate(net) if _is_layer(item)]
-    for a, b in zip(idx[:-1], idx[1:]):
+    return list(zip(idx[:-1], idx[1:]))
+
+
+def remove_units(network: Sequence, keeps: Sequence) -> list:
+    """``network`` (a spec chain) with only the units ``keeps[l]`` ((out,) bool) of every
+    layer but the last: layer l's other columns and layer l+1's reads of them removed.  The
+    outputs change unless the removed units were dead (``compact_network`` removes exactly
+    those); structured baselines use it to keep chosen units."""
+    net = _chain(network)
+    pairs = _layer_pairs(net)
+    if len(keeps) != len(pairs):
+        raise ValueError(f"keeps has {len(keeps)} entries; the chain has {len(pairs)} hidden layers")
+    for (a, b), keep in zip(pairs, keeps):
+        flattened, spatial = _geometry(net, a, b)
+        keep = np.asarray(keep, bool)
+        net[a] = _shrink(net[a], keep)
+        net[b] = _shrink_input(net[b], keep, flattened, spatial)
+    return net
+
+
+def compact_network(network: Sequence) -> list:
+    """``network`` (a spec chain: Dense/Conv specs, ``Pool``, ``Flatten``) with its dead units
+    and channels removed.  Same outputs on every input."""
+    net = _chain(network)
+    for a, b in _layer_pairs(net):
         spec, nxt = net[a], net[b]
-        between = net[a + 1 : b]
-        flattened = any(isinstance(t, Flatten) for t in between) or (isinstance(spec, Conv) and isinstance(nxt, Dense))
-        channels = int(np.shape(spec.kernel)[-1])
-        # NHWC flatten: the next Dense kernel has spatial * channels rows
-        spatial = int(np.shape(nxt.kernel)[0]) // channels if flattened else 1
-        dead = _dead_outputs(spec) | _unread(nxt, channels, flattened, spatial)
+        flattened, spatial = _geometry(net, a, b)
+        dead = _dead_outputs(spec) | _unread(nxt, int(np.shape(spec.kernel)[-1]), flattened, spatial)
         if not dead.any():
             continue
         keep = ~dead

@@ -328,10 +328,14 @@ def dispatch(f, A, Y, eps, V, device=None, per_neuron: bool = False, omega=None)
 
 
 def misfit(A, Y, K, program: str, omega=None, V=None, soft: bool = False):
-    """The program's misfit of kernel K: ||(AK - Y)_Omega||_F (relu; Omega = ``omega`` or
-    Y > 0) or ||AK - Y||_F; with ``soft`` (the output budget) the relu misfit also counts
-    the excess (AK - V)_+ off Omega (V default 0)."""
-    out = A @ K
+    """The program's misfit of kernel K (``output_misfit`` of A K)."""
+    return output_misfit(A @ K, Y, program, omega, V, soft)
+
+
+def output_misfit(out, Y, program: str, omega=None, V=None, soft: bool = False):
+    """The program's misfit of pre-activations ``out``: ||(out - Y)_Omega||_F (relu; Omega =
+    ``omega`` or Y > 0) or ||out - Y||_F; with ``soft`` (the output budget) the relu misfit
+    also counts the excess (out - V)_+ off Omega (V default 0)."""
     mask = (Y > 0) if omega is None else omega
     if program != "relu":
         r = out - Y

@@ -97,6 +97,22 @@ def keep_counts(
     return [None if sc is None else max(1, int(np.sum(sc >= cut))) for sc in scores]
 
 
+def _bracket(lo, hi, point, too_dense: bool):
+    """The bracket (lo: the densest-side point with the largest log epsilon, hi: the
+    sparsest-side point with the smallest) narrowed by ``point`` = (log epsilon, log count)."""
+    if too_dense:
+        return (point if lo is None or point[0] > lo[0] else lo), hi
+    return lo, (point if hi is None or point[0] < hi[0] else hi)
+
+
+def _secant(lo, hi, target: float) -> float:
+    """log epsilon where the secant through the bracket's ends meets ``target`` (log count),
+    kept inside the bracket's middle 80% (the midpoint if both ends have one count)."""
+    (u0, v0), (u1, v1) = lo, hi
+    u = u0 + (target - v0) * (u1 - u0) / (v1 - v0) if v1 != v0 else 0.5 * (u0 + u1)
+    return min(max(u, u0 + 0.1 * (u1 - u0)), u1 - 0.1 * (u1 - u0))
+
+
 @functools.lru_cache(maxsize=64)
 def _warm_solver(
     activation: str, per_neuron: bool, solver: str, opts: tuple, groups: tuple | None, with_omega: bool = False
@@ -194,16 +210,11 @@ def solve_to_count(
         side = n > keep
         same_side = same_side + 1 if side == last_side else 0
         last_side = side
-        if n > keep:
-            lo = point if lo is None or point[0] > lo[0] else lo
-        else:
-            hi = point if hi is None or point[0] < hi[0] else hi
+        lo, hi = _bracket(lo, hi, point, too_dense=n > keep)
         if lo is not None and hi is not None:
-            (u0, v0), (u1, v1) = lo, hi
-            u = u0 + (target - v0) * (u1 - u0) / (v1 - v0) if v1 != v0 else 0.5 * (u0 + u1)
-            u = min(max(u, u0 + 0.1 * (u1 - u0)), u1 - 0.1 * (u1 - u0))  # stay inside
+            u = _secant(lo, hi, target)
             if same_side >= 1:  # the secant keeps landing on one side (a kinked curve): bisect
-                u = 0.5 * (u0 + u1)
+                u = 0.5 * (lo[0] + hi[0])
         else:
             step = math.log(4.0) if abs(point[1] - target) > 1 else math.log(2.0)
             u = math.log(eps) + (step if n > keep else -step)
@@ -246,14 +257,9 @@ def one_epsilon(run, target: float, eps0: float, *, tol: float = 0.004, max_runs
             full = True  # near: the next prunes run in full, starting here
             continue
         point = (math.log(e), math.log(max(kept, 1e-12)))
-        if miss < 0:
-            lo = point if lo is None or point[0] > lo[0] else lo
-        else:
-            hi = point if hi is None or point[0] < hi[0] else hi
+        lo, hi = _bracket(lo, hi, point, too_dense=miss < 0)
         if lo is not None and hi is not None:
-            (u0, v0), (u1, v1) = lo, hi
-            u = u0 + (want - v0) * (u1 - u0) / (v1 - v0) if v1 != v0 else 0.5 * (u0 + u1)
-            u = min(max(u, u0 + 0.1 * (u1 - u0)), u1 - 0.1 * (u1 - u0))
+            u = _secant(lo, hi, want)
         else:
             step = math.log(4.0) if abs(miss) > 0.1 else math.log(2.0)
             u = point[0] + (step if miss < 0 else -step)
