@@ -281,6 +281,8 @@ def main(argv=None):
     ap.add_argument("--baselines", nargs="+", default=None, choices=list(BASELINES))
     ap.add_argument("--relu-budget", default=None, choices=["output", "omega"],
                     help="prune(relu_budget=): the ReLU output's error (default) or the paper's program")
+    ap.add_argument("--reweight", type=int, default=None,
+                    help="prune(reweight=): rounds of reweighted l1 per layer")
     ap.add_argument("--allocation", default=None, choices=["scores", "uniform", "epsilon"],
                     help="prune(allocation=) with --sparsities")
     ap.add_argument("--ft-steps", type=int, default=None, help="masked fine-tuning steps (0: none)")
@@ -318,6 +320,8 @@ def main(argv=None):
         cfg["solver"] = {**cfg["solver"], "relu_budget": args.relu_budget}
     if args.allocation:
         cfg["allocation"] = args.allocation
+    if args.reweight:
+        cfg["solver"] = {**cfg["solver"], "reweight": args.reweight}
     datasets = args.datasets or (["mnist"] if args.quick else ["mnist", "fashion-mnist"])
     if args.download:
         fetch(datasets, args.data)

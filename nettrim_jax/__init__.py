@@ -5,13 +5,14 @@ from nettrim_jax.network.masking import masked
 from nettrim_jax.network.prune import PruneResult, PruneState, prune
 from nettrim_jax.network.report import LayerReport, PruneReport
 from nettrim_jax.network.specs import Conv, Dense
-from nettrim_jax.solver.layer import LayerInfo, LayerSolution, solve_layer
+from nettrim_jax.solver.layer import LayerInfo, LayerSolution, reweighting_weights, solve_layer
 from nettrim_jax.solver.refit import RefitInfo, refit_layer
 
 __all__ = [
     "LayerInfo",
     "LayerSolution",
     "solve_layer",
+    "reweighting_weights",
     "refit_layer",
     "RefitInfo",
     "prune",

@@ -26,12 +26,15 @@ def planted_sparse(p, n, m, s, seed=0):
     return x, np.maximum(x @ w, 0), w
 
 
-def reference(x, y, eps, activation="relu", threshold=0.0, per_neuron=False, groups=None, relu_budget="omega"):
+def reference(
+    x, y, eps, activation="relu", threshold=0.0, per_neuron=False, groups=None, relu_budget="omega", weights=None
+):
     """Optimal value and kernel of Net-Trim's program, solved by Clarabel to 1e-9; fails the
     calling test unless Clarabel reports an optimal status.  ``groups``: (N,) row group ids
     for the group-l1 objective sum_g ||U_g||_F (ids < 0: entrywise l1); None: ||U||_1.
     ``relu_budget="output"``: the excess over the threshold off Omega joins the misfit
-    inside the norm (written here as cvxpy's pos(), independently of the solver's code)."""
+    inside the norm (written here as cvxpy's pos(), independently of the solver's code).
+    ``weights``: (N, M) entry weights of a weighted l1 objective."""
     import cvxpy as cp
 
     n, m = x.shape[1], y.shape[1]
@@ -57,7 +60,7 @@ def reference(x, y, eps, activation="relu", threshold=0.0, per_neuron=False, gro
         cons += [cp.norm(d[:, j], 2) <= e[j] for j in range(m)]
     else:
         cons.append(cp.norm(d, "fro") <= float(eps))
-    prob = cp.Problem(cp.Minimize(_objective(cp, u, groups)), cons)
+    prob = cp.Problem(cp.Minimize(_objective(cp, u, groups, weights)), cons)
     prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-9, tol_gap_rel=1e-9, tol_feas=1e-9)
     # anything but OPTIMAL (OPTIMAL_INACCURATE, INFEASIBLE, a stalled solve) is no reference.
     # 1e-9, not 1e-10: at 1e-10 Clarabel ended OPTIMAL_INACCURATE on 10 of 31 small random
@@ -66,7 +69,9 @@ def reference(x, y, eps, activation="relu", threshold=0.0, per_neuron=False, gro
     return prob.value, u.value
 
 
-def _objective(cp, u, groups):
+def _objective(cp, u, groups, weights=None):
+    if weights is not None:
+        return cp.sum(cp.multiply(np.asarray(weights, float), cp.abs(u)))
     if groups is None:
         return cp.sum(cp.abs(u))
     g = np.asarray(groups)

@@ -378,3 +378,39 @@ def test_relu_budget_refuses_unknown_value():
     x, y = _problem("random", "relu", seed=1)
     with pytest.raises(ValueError, match="relu_budget must be 'omega' or 'output'"):
         nt.solve_layer(x, y, epsilon=0.1, relu_budget="outputs")
+
+
+@pytest.mark.parametrize("activation, per_neuron, solver", [
+    ("relu", False, "admm"), ("relu", False, "pdhg"), ("relu", True, "admm"), ("linear", False, "admm")])
+def test_weighted_l1_matches_reference(activation, per_neuron, solver):
+    """l1_weights=: the weighted program's optimum (Clarabel) within 1e-3, the certificate
+    below it, and one reweighting step (weights from the l1 solution) at the same epsilon
+    no denser than the l1 solution and inside the same ball."""
+    x, y = _problem("random", activation, seed=5)
+    eps = 0.1 * _omega_norm(y, activation)
+    plain = nt.solve_layer(x, y, epsilon=eps, activation=activation, per_neuron=per_neuron, solver=solver)
+    weights = np.asarray(nt.reweighting_weights(plain.kernel), np.float64)
+    assert weights.min() > 0 and weights.max() == 1.0
+    ref_value, _ = reference(x, y, eps, activation, per_neuron=per_neuron, weights=weights)
+    sol = nt.solve_layer(x, y, epsilon=eps, activation=activation, per_neuron=per_neuron, solver=solver,
+                         l1_weights=weights, warm_start=plain.kernel)
+    info = sol.info
+    assert bool(info.converged)
+    assert abs(float(info.objective) - ref_value) <= 1e-3 * ref_value
+    assert float(info.lower_bound) <= ref_value * (1 + 1e-6)
+    assert float(info.residual) <= 1 + 1e-3
+    assert np.count_nonzero(sol.kernel) <= np.count_nonzero(plain.kernel)
+
+
+def test_weighted_l1_refuses_bad_weights():
+    x, y = _problem("random", "relu", seed=1)
+    n, m = x.shape[1], y.shape[1]
+    with pytest.raises(ValueError, match="l1_weights must have the kernel's shape"):
+        nt.solve_layer(x, y, epsilon=0.1, l1_weights=np.ones((n, m + 1)))
+    for bad in (0.0, -1.0, np.nan):
+        w = np.ones((n, m))
+        w[0, 0] = bad
+        with pytest.raises(ValueError, match="l1_weights must be finite and > 0"):
+            nt.solve_layer(x, y, epsilon=0.1, l1_weights=w)
+    with pytest.raises(ValueError, match="does not combine with structure='rows'"):
+        nt.solve_layer(x, y, epsilon=0.1, l1_weights=np.ones((n, m)), structure="rows")

@@ -106,3 +106,34 @@ def test_cli_sparsity(tmp_path, capsys):
     assert rep["options"]["sparsity"] == 0.6
     assert app.main(args[:4] + ["--sparsity", "1.5", "--out", str(tmp_path / "p")]) == 2
     assert "--sparsity must be in [0, 1)" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_reweighted_l1_is_sparser_at_one_epsilon_and_closer_at_one_count():
+    """reweight=1 (parallel: every layer sees the same inputs either way): at one epsilon
+    fewer nonzeros within the same budgets; at one sparsity target the same count within
+    tolerance and a smaller misfit in every layer."""
+    base = nt.prune(_net(), _x(), scheme="parallel", epsilon=0.1, **FAST)
+    rew = nt.prune(_net(), _x(), scheme="parallel", epsilon=0.1, reweight=1, **FAST)
+    assert rew.report.nnz_after < 0.95 * base.report.nnz_after
+    for a, b in zip(rew.report.layers, base.report.layers):
+        assert a.misfit <= a.epsilon * (1 + 1e-3) and a.epsilon == pytest.approx(b.epsilon)
+    assert rew.report.options["reweight"] == 1
+    base = nt.prune(_net(), _x(), scheme="parallel", sparsity=0.7, **FAST)
+    rew = nt.prune(_net(), _x(), scheme="parallel", sparsity=0.7, reweight=1, **FAST)
+    assert abs(_sparsity(rew.report) - 0.7) <= 0.005
+    for a, b in zip(rew.report.layers, base.report.layers):
+        assert a.misfit < b.misfit
+
+
+@pytest.mark.parametrize("bad, match", [
+    (-1, "reweight must be an integer >= 0"), (1.5, "reweight must be an integer >= 0"),
+    (True, "reweight must be an integer >= 0")])
+def test_bad_reweight_is_a_one_line_value_error(bad, match):
+    with pytest.raises(ValueError, match=match):
+        nt.prune(_net(), _x(), reweight=bad, **FAST)
+
+
+def test_reweight_refuses_structured_programs():
+    with pytest.raises(ValueError, match="does not combine with structure='units'"):
+        nt.prune(_net(), _x(), reweight=1, structure="units", **FAST)

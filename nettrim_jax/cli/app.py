@@ -187,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
         "omega the paper's program (misfit on Y > 0, XU <= 0 exactly elsewhere)",
     )
     q.add_argument(
+        "--reweight",
+        type=int,
+        default=0,
+        metavar="R",
+        help="rounds of reweighted l1 per layer (default 0): sparser at one epsilon, closer at one --sparsity",
+    )
+    q.add_argument(
         "--allocation",
         choices=("scores", "uniform", "epsilon"),
         default="scores",

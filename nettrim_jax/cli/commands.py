@@ -53,6 +53,7 @@ def prune_options(args) -> dict:
         "structure": args.structure,
         "pattern": args.pattern,
         "relu_budget": args.relu_budget,
+        "reweight": args.reweight,
         "solver": args.solver or "admm",
         "max_patches": args.max_patches,
         "refit": args.refit,
@@ -164,6 +165,7 @@ def _fingerprint(args, ckpt_sha: str, x) -> dict:
         "structure": args.structure,
         "pattern": args.pattern,
         "relu_budget": args.relu_budget,
+        "reweight": args.reweight,
     }
 
 
@@ -172,6 +174,7 @@ def _check_args(args) -> None:
         ("--max-iters", args.max_iters, 1),
         ("--max-patches", args.max_patches, 1),
         ("--samples", args.samples, 1),
+        ("--reweight", args.reweight, 0),
     ):
         if value is not None and value < low:
             raise UsageError(f"{flag} must be >= {low}, got {value}")

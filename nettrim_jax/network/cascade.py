@@ -243,10 +243,11 @@ def solve_cascade(
         outcomes[k] = out
         if out.kernel is not None:
             state.new[k] = with_matrix(state.orig[k], jnp.asarray(out.kernel))
-    # a target searches each layer's epsilon; structure and patterns go through the loop
+    # a target searches each layer's epsilon; structure, patterns and reweighting go through the loop
     use_scan = (
         scan in ("auto", True)
         and not cfg.keep
+        and not cfg.reweight
         and cfg.structure == "unstructured"
         and cfg.pattern is None
         and cfg.mesh is None

@@ -144,6 +144,15 @@ def check_forward(net):
 STRUCTURES = {"unstructured": "unstructured", "units": "units", "neurons": "units", "channels": "units"}
 
 
+def reweight_rounds(reweight, structure: str) -> int:
+    """``reweight`` as a round count: an integer >= 0, for the unstructured program only."""
+    if isinstance(reweight, bool) or not isinstance(reweight, (int, np.integer)) or reweight < 0:
+        raise ValueError(f"reweight must be an integer >= 0 (rounds of reweighted l1), got {reweight!r}")
+    if reweight and structure != "unstructured":
+        raise ValueError("reweight= weights the entrywise l1; it does not combine with structure='units'")
+    return int(reweight)
+
+
 def parse_structure(structure, pattern, per_neuron: bool) -> tuple[str, tuple | None]:
     """``structure`` ("unstructured", or "units" / "neurons" / "channels": remove whole input
     units of Dense layers and input channels of Conv layers) and ``pattern`` (None or "N:M")

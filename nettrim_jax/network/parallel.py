@@ -79,8 +79,9 @@ def solve_parallel(
         pr = probs[i]
         zero = jnp.zeros((), pr.inputs.dtype)
         V = zero if pr.threshold is None else pr.threshold
-        if cfg.mesh is not None or (cfg.keep and cfg.keep[i] is not None):
-            # a mesh shards each layer in turn; a sparsity target is searched: both when gathered
+        if cfg.mesh is not None or cfg.reweight or (cfg.keep and cfg.keep[i] is not None):
+            # a mesh shards each layer in turn; a sparsity target is searched; reweighting
+            # re-solves: all when gathered
             placed[i] = lambda i=i, pr=pr, V=V: solve_program(
                 cfg, i, orig[i], pr.inputs, pr.target, eps[i], V, programs[i], omega=pr.omega
             )

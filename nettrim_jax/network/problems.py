@@ -20,7 +20,7 @@ import numpy as np
 
 from nettrim_jax.network.specs import Conv, program_rows, program_targets
 from nettrim_jax.solver import patterns, structure
-from nettrim_jax.solver.layer import solve_layer
+from nettrim_jax.solver.layer import reweighting_weights, solve_layer
 from nettrim_jax.solver.refit import refit_layer
 
 __all__ = [
@@ -48,7 +48,8 @@ class SolveConfig(NamedTuple):
     structure: "units" removes whole input units (Dense) or channels (Conv) by the group-l1
     program (``solver.structure``); pattern: (n, m) keeps n of every m inputs per output
     unit (``solver.patterns``) on Net-Trim's solution, then refits; mesh: each layer's solve
-    is split over the mesh (``solve_layer(mesh=)``: rows over "samples", units over "units").
+    is split over the mesh (``solve_layer(mesh=)``: rows over "samples", units over "units");
+    reweight: rounds of reweighted l1 (``solve_program``).
     """
 
     per_neuron: bool
@@ -66,6 +67,7 @@ class SolveConfig(NamedTuple):
     structure: str = "unstructured"  # or "units": group-l1 over input units / channels
     pattern: tuple | None = None  # (n, m): an N:M support along the input axis, then a refit
     mesh: Any = None  # a jax.sharding.Mesh ("samples", "units"): every layer sharded over it
+    reweight: int = 0  # rounds of reweighted l1 after each layer's first solve
 
     @property
     def soft(self) -> bool:
@@ -178,14 +180,42 @@ def finish_kernel(cfg: SolveConfig, spec, A, Y, K, program: str, V=None, omega=N
 def solve_program(cfg: SolveConfig, i: int, spec, A, Y, eps: float, V, program: str, device=None, omega=None):
     """(kernel, info, epsilon) of layer ``i``'s program: at ``eps``, or, when the run has a
     keep count for the layer, at the epsilon the search finds (starting from ``eps``).
-    ``omega``: Omega of a layer behind an affine epilogue (``network.epilogues``)."""
+    ``omega``: Omega of a layer behind an affine epilogue (``network.epilogues``).
+
+    With ``cfg.reweight`` = r > 0, r more solves follow, each minimizing the l1 norm
+    weighted by ``reweighting_weights`` of the previous kernel (Candes, Wakin & Boyd 2008:
+    large entries cost less, so the support concentrates on them), warm-started from it: at
+    the same epsilon (a sparser kernel in the same ball), or, with a keep count, at the
+    epsilon the search finds for the count again (a smaller misfit at the same count)."""
     keep = cfg.keep[i] if cfg.keep else None
+    K, info, eps = _first_solve(cfg, i, spec, A, Y, eps, V, program, keep, device, omega)
+    for _ in range(cfg.reweight):
+        weights = reweighting_weights(jnp.asarray(K))
+        if keep is None and cfg.mesh is not None:
+            K, info = _mesh_solve(cfg, spec, A, Y, eps, V, program, omega, weights=weights, warm=K)
+        elif keep is None:
+            f = solver_for(cfg, spec, program, program == "relu", omega is not None)
+            K, info = jax.device_get(f(A, Y, jnp.asarray(eps, A.dtype), V, omega, jnp.asarray(K), weights))
+        else:
+            K, info, eps = _counted(cfg, spec, A, Y, V, program, keep, eps, omega, weights, K)
+    if keep is not None:
+        later = [j for j in range(i + 1, len(cfg.keep)) if cfg.keep[j] is not None]
+        if cfg.carry and later and isinstance(cfg.keep, list):  # the network's count stays on target
+            cfg.keep[later[0]] = max(0, cfg.keep[later[0]] + keep - int(np.count_nonzero(K)))
+    return K, info, eps
+
+
+def _first_solve(cfg: SolveConfig, i: int, spec, A, Y, eps, V, program: str, keep, device, omega):
     if keep is None and cfg.mesh is not None:
         return (*_mesh_solve(cfg, spec, A, Y, eps, V, program, omega), eps)
     if keep is None:
         f = solver_for(cfg, spec, program, program == "relu", omega is not None)
         K, info = dispatch(f, A, Y, eps, V, device, cfg.per_neuron, omega)()
         return K, info, eps
+    return _counted(cfg, spec, A, Y, V, program, keep, float(eps), omega)
+
+
+def _counted(cfg: SolveConfig, spec, A, Y, V, program: str, keep: int, eps0: float, omega, weights=None, warm=None):
     from nettrim_jax.network.targets import solve_to_count
 
     found = solve_to_count(
@@ -194,21 +224,21 @@ def solve_program(cfg: SolveConfig, i: int, spec, A, Y, eps: float, V, program: 
         V,
         program,
         keep,
-        float(eps),
+        float(eps0),
         per_neuron=cfg.per_neuron,
         solver=cfg.solver,
         opts=cfg.opts,
         groups=layer_groups(cfg, spec),
         omega=omega,
+        weights=weights,
+        warm=warm,
     )
-    later = [j for j in range(i + 1, len(cfg.keep)) if cfg.keep[j] is not None]
-    if cfg.carry and later and isinstance(cfg.keep, list):  # the network's count stays on target
-        cfg.keep[later[0]] = max(0, cfg.keep[later[0]] + keep - found.nnz)
     return found.kernel, found.info, found.epsilon
 
 
-def _mesh_solve(cfg: SolveConfig, spec, A, Y, eps, V, program: str, omega=None):
-    """(kernel as numpy, info) of a solve split over ``cfg.mesh``."""
+def _mesh_solve(cfg: SolveConfig, spec, A, Y, eps, V, program: str, omega=None, weights=None, warm=None):
+    """(kernel as numpy, info) of a solve split over ``cfg.mesh`` (``weights``: a weighted
+    l1's, ``warm``: a kernel to start from)."""
     from nettrim_jax.solver.sharding import host_value
 
     groups = layer_groups(cfg, spec)
@@ -223,6 +253,8 @@ def _mesh_solve(cfg: SolveConfig, spec, A, Y, eps, V, program: str, omega=None):
         solver=cfg.solver,
         mesh=cfg.mesh,
         omega=omega,
+        l1_weights=weights,
+        warm_start=warm,
         **extra,
         **dict(cfg.opts),
     )
@@ -269,13 +301,14 @@ def jitted_solver(
     with_omega: bool = False,
     groups: tuple | None = None,
 ):
-    """``(X, Y, eps, V[, omega]) -> (kernel, info)``, compiled once per setting (``groups``:
-    the group-l1 row ids, ``solver.structure``; None for plain l1)."""
+    """``(X, Y, eps, V[, omega, w0, weights]) -> (kernel, info)``, compiled once per setting
+    (``groups``: the group-l1 row ids, ``solver.structure``; None for plain l1; ``w0``: a
+    warm-start kernel; ``weights``: a weighted l1's, ``solve_layer(l1_weights=)``)."""
     options = dict(opts)
     if groups is not None:
         options.update(structure="rows", groups=np.asarray(groups, np.int32))
 
-    def f(X, Y, eps, thr, omega=None):
+    def f(X, Y, eps, thr, omega=None, w0=None, weights=None):
         sol = solve_layer(
             X,
             Y,
@@ -285,6 +318,8 @@ def jitted_solver(
             per_neuron=per_neuron,
             solver=solver,
             omega=omega if with_omega else None,
+            warm_start=w0,
+            l1_weights=weights,
             **options,
         )
         return sol.kernel, sol.info

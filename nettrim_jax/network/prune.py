@@ -159,6 +159,7 @@ def prune(
     mesh=None,
     fold_batchnorm: bool = False,
     relu_budget: str = "output",
+    reweight: int = 0,
     **solver_options,
 ) -> PruneResult:
     """Prune every Dense / Conv layer of ``model`` with Net-Trim (see the module doc).
@@ -224,6 +225,11 @@ def prune(
         program's, so it is never denser at the same output error; measured on a BatchNorm
         ResNet and LeNet-300-100 (README, "ReLU budget"), it keeps more accuracy at the same
         sparsity.
+      reweight: rounds of reweighted l1 per layer (default 0): each re-solves the layer's
+        program with the l1 norm weighted by ``reweighting_weights`` of the previous kernel,
+        warm-started from it (``problems.solve_program``): at the same epsilon a sparser
+        kernel, with a ``sparsity`` target a smaller misfit at the same count.  Each round
+        costs about one more solve (a search, with a target).  Unstructured only.
       **solver_options: passed to ``solve_layer`` (max_iters, gap_tol, ...).
 
     Returns: ``PruneResult(model, masks, report)``.
@@ -243,6 +249,7 @@ def prune(
     checks.check_epsilon_values(epsilon)
     sparsity = parse_sparsity(sparsity, allocation)
     structure, pattern = checks.parse_structure(structure, pattern, per_neuron)
+    reweight = checks.reweight_rounds(reweight, structure)
     if output_epsilon is not None:
         if scheme != "cascade":
             raise ValueError(
@@ -293,6 +300,7 @@ def prune(
         structure=structure,
         pattern=pattern,
         mesh=mesh,
+        reweight=reweight,
     )
     bar = _bar(len(orig), progress, scheme, sum(o is not None for o in done))
 
@@ -351,6 +359,7 @@ def prune(
                 "structure": structure,
                 "pattern": None if pattern is None else f"{pattern[0]}:{pattern[1]}",
                 "relu_budget": relu_budget,
+                "reweight": reweight,
             },
         ),
         t_start,

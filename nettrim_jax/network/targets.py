@@ -23,7 +23,6 @@ one reported (``LayerReport.epsilon``).
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -33,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nettrim_jax.network.problems import jitted_solver
 from nettrim_jax.network.specs import kernel_matrix, layer_rows, with_ones
-from nettrim_jax.solver.layer import solve_layer
 
 __all__ = ["parse_sparsity", "keep_counts", "solve_to_count", "one_epsilon", "prune_at_one_epsilon", "ALLOCATIONS"]
 
@@ -113,32 +112,6 @@ def _secant(lo, hi, target: float) -> float:
     return min(max(u, u0 + 0.1 * (u1 - u0)), u1 - 0.1 * (u1 - u0))
 
 
-@functools.lru_cache(maxsize=64)
-def _warm_solver(
-    activation: str, per_neuron: bool, solver: str, opts: tuple, groups: tuple | None, with_omega: bool = False
-):
-    options = dict(opts)
-    if groups is not None:
-        options.update(structure="rows", groups=np.asarray(groups, np.int32))
-
-    def f(X, Y, eps, thr, w0, omega=None):
-        sol = solve_layer(
-            X,
-            Y,
-            epsilon=eps,
-            activation=activation,
-            threshold=thr if activation == "relu" else None,
-            per_neuron=per_neuron,
-            solver=solver,
-            warm_start=w0,
-            omega=omega if with_omega else None,
-            **options,
-        )
-        return sol.kernel, sol.info
-
-    return jax.jit(f)
-
-
 class CountedSolve(NamedTuple):
     """The solve ``solve_to_count`` kept: kernel (N, M), its solver info, its epsilon
     (absolute), its nonzeros, and how many solves the search made."""
@@ -166,6 +139,8 @@ def solve_to_count(
     groups: tuple | None = None,
     coarse_iters: int = 300,
     omega=None,
+    weights=None,
+    warm=None,
 ) -> CountedSolve:
     """The layer's program at the epsilon whose solution keeps ``keep`` nonzeros (within
     ``tol``, default 0.25% of the kernel's entries): secant steps on log(epsilon) vs
@@ -173,20 +148,22 @@ def solve_to_count(
     stepping x2 (x4 when far) until the count is bracketed.  Solves far from the count (more
     than 10 ``tol`` away) are capped at ``coarse_iters`` iterations: they only steer the
     search; the returned solve always ran with the full options, warm-started from the
-    nearest one.  A solve over its budget (an epsilon below what any kernel reaches, e.g. an
+    nearest one.  ``weights``: a weighted l1's (``solve_layer(l1_weights=)``); ``warm``: an
+    (N, M) kernel the first solve starts from (default zeros).  A solve over its budget (an epsilon below what any kernel reaches, e.g. an
     output layer on pruned features) counts as too dense; when the secant lands twice on one
     side of the bracket the next step bisects.  Returns the full solve with the count
     nearest ``keep``."""
-    full = _warm_solver(program, per_neuron, solver, opts, groups, omega is not None)
+    relu = program == "relu"
+    full = jitted_solver(program, per_neuron, solver, relu, opts, omega is not None, groups)
     limit = dict(opts).get("max_iters", 5000)
     coarse_opts = tuple(sorted({**dict(opts), "max_iters": min(limit, coarse_iters)}.items()))
-    coarse = _warm_solver(program, per_neuron, solver, coarse_opts, groups, omega is not None)
+    coarse = jitted_solver(program, per_neuron, solver, relu, coarse_opts, omega is not None, groups)
     size = int(A.shape[1] * Y.shape[1])
     tol = max(1, int(0.0025 * size)) if tol is None else tol
     norm_y = float(jnp.sqrt(jnp.sum(Y * Y))) or 1.0
     eps = eps0 if eps0 > 0 else 0.1 * norm_y
     tried: list[tuple[float, int, np.ndarray, object, bool]] = []
-    w0 = jnp.zeros((A.shape[1], Y.shape[1]), A.dtype)
+    w0 = jnp.zeros((A.shape[1], Y.shape[1]), A.dtype) if warm is None else jnp.asarray(warm, A.dtype)
     target = math.log(keep + 1)
     lo = hi = None  # (log eps, log nnz) with nnz > keep / nnz < keep
     close = False
@@ -195,7 +172,9 @@ def solve_to_count(
         with warnings.catch_warnings():
             if not close:
                 warnings.simplefilter("ignore", RuntimeWarning)
-            K, info = jax.device_get((full if close else coarse)(A, Y, jnp.asarray(eps, A.dtype), V, w0, omega))
+            K, info = jax.device_get(
+                (full if close else coarse)(A, Y, jnp.asarray(eps, A.dtype), V, omega, w0, weights)
+            )
         n = int(np.count_nonzero(K))
         if float(np.max(info.residual)) > 1.01:  # budget below what any kernel reaches here
             n = size  # as if the count were too high: a larger epsilon is needed
@@ -224,7 +203,7 @@ def solve_to_count(
     finals = [t for t in tried if t[4]]
     if not finals:  # never came close: one full solve at the nearest epsilon
         eps, _, K0, _, _ = min(tried, key=lambda t: abs(t[1] - keep))
-        K, info = jax.device_get(full(A, Y, jnp.asarray(eps, A.dtype), V, jnp.asarray(K0), omega))
+        K, info = jax.device_get(full(A, Y, jnp.asarray(eps, A.dtype), V, omega, jnp.asarray(K0), weights))
         finals = [(eps, int(np.count_nonzero(K)), K, info, True)]
     eps, n, K, info, _ = min(finals, key=lambda t: abs(t[1] - keep))
     return CountedSolve(K, info, float(eps), n, len(tried))

@@ -27,9 +27,8 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
-from nettrim_jax.solver import constraints, gram, loop, structure
+from nettrim_jax.solver import constraints, gram, loop, prox
 from nettrim_jax.solver.loop import Report
-from nettrim_jax.solver.prox import shrink
 
 
 class Options(NamedTuple):
@@ -68,13 +67,13 @@ def init_state(g: gram.Gram, c: constraints.ConstraintSet, w0: jnp.ndarray, rho0
     return State(w=w0, z=z, l1=zeros_p, l2=jnp.zeros_like(w0), u=w0, xu=xw, rho=jnp.asarray(rho0, w0.dtype))
 
 
-def _iterate(g: gram.Gram, inner: constraints.ConstraintSet, s: State, a, groups=None) -> State:
+def _iterate(g: gram.Gram, inner: constraints.ConstraintSet, s: State, a, groups=None, weights=None) -> State:
     u, xu = gram.solve(g, s.z - s.l1, s.w - s.l2)
     h1 = a * xu + (1 - a) * s.z
     h2 = a * u + (1 - a) * s.w
     v1 = h1 + s.l1
     z = constraints.project(v1, inner)
-    w = shrink(h2 + s.l2, 1 / s.rho, groups)
+    w = prox.shrink(h2 + s.l2, 1 / s.rho, groups, weights)
     return s._replace(w=w, z=z, l1=v1 - z, l2=h2 + s.l2 - w, u=u, xu=xu)
 
 
@@ -82,7 +81,7 @@ def _norm(x):
     return jnp.sqrt(jnp.sum(x * x))
 
 
-def _check(g, outer, opts: Options, s: State, iterations, groups=None):
+def _check(g, outer, opts: Options, s: State, iterations, groups=None, weights=None):
     """Measure residuals, feasibility and the certificate; rebalance rho."""
     dtype = s.w.dtype
     tiny = jnp.finfo(dtype).tiny
@@ -103,8 +102,8 @@ def _check(g, outer, opts: Options, s: State, iterations, groups=None):
     eps_pri = jnp.sqrt(n_pri) * opts.eps_abs + opts.eps_rel * pri_scale
     eps_dual = jnp.sqrt(s.w.size) * opts.eps_abs + opts.eps_rel * dual_scale
 
-    objective = jnp.sum(jnp.abs(s.w)) if groups is None else structure.norm(s.w, groups)
-    lower = constraints.dual_bound(s.rho * s.l1, s.rho * xt_l1, outer, groups)
+    objective = prox.norm(s.w, groups, weights)
+    lower = constraints.dual_bound(s.rho * s.l1, s.rho * prox.dual_argument(xt_l1, weights), outer, groups)
     gap, gap_allowed = objective - lower, opts.gap_tol * jnp.maximum(objective, tiny)
     gap_ok = gap <= gap_allowed
     converged = feasible & gap_ok
@@ -137,7 +136,7 @@ def _check(g, outer, opts: Options, s: State, iterations, groups=None):
     return s, report
 
 
-def run(g: gram.Gram, outer: constraints.ConstraintSet, state: State, opts: Options, groups=None):
+def run(g: gram.Gram, outer: constraints.ConstraintSet, state: State, opts: Options, groups=None, weights=None):
     """Iterate from ``state`` until converged or ``opts.max_iters``; returns (State, Report).
 
     ``outer`` is the true constraint set; iterates are projected onto its shrunken copy
@@ -145,13 +144,14 @@ def run(g: gram.Gram, outer: constraints.ConstraintSet, state: State, opts: Opti
     the misfit bound of ``outer`` exactly; the threshold is met to ``opts.feas_tol``
     (Frobenius norm of the excess over omega^c, relative to the radius).  ``groups``: the
     objective's (N,) group ids (``structure``; W's step becomes a group soft-threshold), or
-    None for ||U||_1.
+    None for ||U||_1; ``weights``: (N, M) positive entry weights of a weighted l1
+    (``prox.norm``), or None.
     """
     inner = constraints.shrink(outer, opts.margin)
     a = jnp.asarray(opts.relaxation, state.w.dtype)
     return loop.run(
-        lambda s: _iterate(g, inner, s, a, groups),
-        lambda s, k: _check(g, outer, opts, s, k, groups),
+        lambda s: _iterate(g, inner, s, a, groups, weights),
+        lambda s, k: _check(g, outer, opts, s, k, groups, weights),
         state,
         opts.max_iters,
         opts.check_every,

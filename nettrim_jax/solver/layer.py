@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nettrim_jax.solver import admm, constraints, gram, pdhg, sharding
+from nettrim_jax.solver import admm, constraints, gram, pdhg, prox, sharding
 from nettrim_jax.solver import structure as structures
 from nettrim_jax.solver.scaling import is_concrete, validate, x_scale, y_scale
 
@@ -190,6 +190,7 @@ def _solve(
     rho0,
     groups=None,
     mask=None,
+    weights=None,
     *,
     activation,
     per_neuron,
@@ -224,17 +225,18 @@ def _solve(
     if rho0 is None:
         rho0 = jnp.asarray(ADMM_RHO0 if solver == "admm" else 1.0, dtype)
 
-    def one(target, om, rad, thr, w, warm_state):
+    def one(target, om, rad, thr, w, warm_state, wts):
         c = constraints.ConstraintSet(target=target, omega=om, radius=rad, threshold=thr, soft=soft)
         s0 = init(c, w, rho0) if warm_state is None else warm_state
-        return runner(c, s0, opts, groups=groups)
+        return runner(c, s0, opts, groups=groups, weights=wts)
 
     if per_neuron:
         cols = lambda a: jnp.moveaxis(a, 1, 0)[..., None]  # (P, M) -> (M, P, 1)
-        state, rep = jax.vmap(one)(cols(y), cols(omega), radius, cols(v), cols(w_init), warm)
+        wcols = None if weights is None else cols(weights)
+        state, rep = jax.vmap(one)(cols(y), cols(omega), radius, cols(v), cols(w_init), warm, wcols)
         w = jnp.moveaxis(state.w[..., 0], 0, 1)
     else:
-        state, rep = one(y, omega, radius, v, w_init, warm)
+        state, rep = one(y, omega, radius, v, w_init, warm, weights)
         w = state.w
     kernel = w * (sy / sx)
 
@@ -256,7 +258,7 @@ def _solve(
         violation = jnp.maximum(jnp.max(excess), 0)
     else:
         violation = jnp.zeros((), dtype)
-    objective = jnp.sum(jnp.abs(kernel)) if groups is None else structures.norm(kernel, groups)
+    objective = prox.norm(kernel, groups, weights)
     lower = jnp.sum(rep.lower_bound) * (sy / sx)
     gap = jnp.where(objective > 0, (objective - lower) / jnp.where(objective > 0, objective, 1), 0)
     info = LayerInfo(
@@ -302,6 +304,7 @@ def solve_layer(
     gram_space="auto",
     mesh=None,
     relu_budget: str = "omega",
+    l1_weights=None,
     **solver_options,
 ) -> LayerSolution:
     """Solve Net-Trim's program for one layer.
@@ -343,6 +346,11 @@ def solve_layer(
         misfit over Omega and the excess over V off it together, hence the ReLU output's
         error ||relu(XU) - Y||_F for V = 0; a convex relaxation of the paper's program and of
         the linear one, so at least as sparse at the same output error).
+      l1_weights: (N, M) positive finite weights: minimize the weighted l1
+        sum_ij l1_weights_ij |U_ij| instead (one step of reweighted l1, Candes, Wakin & Boyd
+        2008: ``reweighting_weights``); the reported objective and certificate are the
+        weighted ones.  Not with structure="rows"; the direct path only (gram_space "auto"
+        does not take the Gram route, True is an error).
       **solver_options: fields of ``admm.Options`` / ``pdhg.Options`` (max_iters,
         check_every, eps_abs, eps_rel, gap_tol, relaxation, adaptive_rho, margin,
         feas_tol; see their docstrings).
@@ -376,8 +384,10 @@ def solve_layer(
         raise ValueError(f"relu_budget must be 'omega' or 'output', got {relu_budget!r}")
     if gram_space not in ("auto", True, False):
         raise ValueError(f"gram_space must be 'auto', True or False, got {gram_space!r}")
-    if gram_space is True and (activation != "linear" or groups is not None):
-        raise ValueError("gram_space=True applies only to activation='linear' with the l1 objective")
+    if l1_weights is not None:
+        l1_weights = _checked_weights(l1_weights, (jnp.shape(X)[1], jnp.shape(Y)[1]), groups)
+    if gram_space is True and (activation != "linear" or groups is not None or l1_weights is not None):
+        raise ValueError("gram_space=True applies only to activation='linear' with the (unweighted) l1 objective")
     dtype = jnp.result_type(*(jax.dtypes.canonicalize_dtype(_dtype_of(a)) for a in (X, Y)), jnp.float32)
     p, n = jnp.shape(X)
     m = jnp.shape(Y)[1]
@@ -396,6 +406,7 @@ def solve_layer(
         and activation == "linear"
         and p > 2 * n
         and groups is None
+        and l1_weights is None
         and all(is_concrete(a) for a in (X, Y, epsilon))
     )
     if gram_space is True or auto:
@@ -432,8 +443,11 @@ def solve_layer(
     rho0 = None if rho is None else jnp.asarray(rho, dtype)
     if groups is not None:
         groups = jnp.asarray(groups)
+    weights = None if l1_weights is None else jnp.asarray(l1_weights, dtype)
     if mesh is not None:
         w0 = sharding.place(mesh, w0, "kernel", dtype)
+        if weights is not None:
+            weights = sharding.place(mesh, weights, "kernel", dtype)
         if jnp.ndim(threshold) == 2 and jnp.shape(threshold) == (p, m):
             threshold = sharding.place(mesh, threshold, "outputs", dtype)
         if omega is not None:
@@ -449,6 +463,7 @@ def solve_layer(
             rho0,
             groups,
             omega,
+            weights,
             activation=activation,
             per_neuron=per_neuron,
             solver=solver,
@@ -461,6 +476,33 @@ def solve_layer(
     else:
         jax.debug.callback(_warn_unconverged, info.converged, info.iterations, info.gap, info.residual)
     return LayerSolution(kernel=kernel, info=info, state=state)
+
+
+def _checked_weights(weights, shape, groups):
+    """``l1_weights`` validated: the kernel's shape, finite and positive (concrete values;
+    traced ones are taken as given)."""
+    if groups is not None:
+        raise ValueError("l1_weights= weights the entrywise l1; it does not combine with structure='rows'")
+    if tuple(jnp.shape(weights)) != tuple(shape):
+        raise ValueError(f"l1_weights must have the kernel's shape {tuple(shape)}, got {tuple(jnp.shape(weights))}")
+    if is_concrete(weights):
+        w = np.asarray(weights)
+        if not (np.all(np.isfinite(w)) and np.all(w > 0)):
+            raise ValueError("l1_weights must be finite and > 0 (a zero weight leaves an entry unpenalised)")
+    return weights
+
+
+def reweighting_weights(kernel, delta=None):
+    """Weights (N, M) for the next reweighted-l1 solve after ``kernel`` (N, M):
+    delta / (|kernel| + delta), 1 on the zeros and smaller on the large entries (Candes,
+    Wakin & Boyd 2008, scaled so the weights lie in (0, 1]).  ``delta`` defaults to a tenth
+    of the root-mean-square nonzero entry (all ones for an all-zero kernel)."""
+    a = jnp.abs(jnp.asarray(kernel))
+    if delta is None:
+        nz = jnp.count_nonzero(a)
+        rms = jnp.sqrt(jnp.sum(a * a) / jnp.maximum(nz, 1))
+        delta = jnp.where(nz > 0, 0.1 * rms, 1.0)
+    return delta / (a + delta)
 
 
 def _dtype_of(a):

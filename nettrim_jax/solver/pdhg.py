@@ -24,9 +24,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nettrim_jax.solver import constraints, gram, loop, structure
+from nettrim_jax.solver import constraints, gram, loop, prox, structure
 from nettrim_jax.solver.loop import Report
-from nettrim_jax.solver.prox import shrink
 
 
 class Options(NamedTuple):
@@ -97,10 +96,10 @@ def rescale_extra(state: State, kw, ky) -> dict:
     )
 
 
-def _iterate(x, xt, inner, s: State, eta, groups=None) -> State:
+def _iterate(x, xt, inner, s: State, eta, groups=None, weights=None) -> State:
     tau = eta / s.rho
     sigma = eta * s.rho
-    w = shrink(s.w - tau * s.xty, tau, groups)
+    w = prox.shrink(s.w - tau * s.xty, tau, groups, weights)
     z = x @ w
     v = s.y + sigma * (2 * z - s.z)
     # Moreau: prox of sigma I_C^*; outside omega written exactly so y stays >= 0 there
@@ -127,27 +126,28 @@ def _norm(a):
     return jnp.sqrt(jnp.sum(a * a))
 
 
-def _measure(outer, w, z, y, xty, rho, groups=None):
+def _measure(outer, w, z, y, xty, rho, groups=None, weights=None):
     """Objective, certificate, feasibility and a normalised KKT error of one candidate."""
-    objective = jnp.sum(jnp.abs(w)) if groups is None else structure.norm(w, groups)
-    lower = constraints.dual_bound(y, xty, outer, groups)
+    objective = prox.norm(w, groups, weights)
+    dual_xty = prox.dual_argument(xty, weights)
+    lower = constraints.dual_bound(y, dual_xty, outer, groups)
     misfit, violation, viol_norm = constraints.misfit(z, outer)
     primal_inf = _norm(z - constraints.project(z, outer))
-    dual_inf = _norm(jnp.maximum(jnp.abs(xty) - 1, 0)) if groups is None else structure.dual_excess(xty, groups)
+    dual_inf = _norm(jnp.maximum(jnp.abs(dual_xty) - 1, 0)) if groups is None else structure.dual_excess(xty, groups)
     gap = jnp.abs(objective - lower)
     kkt = jnp.sqrt(rho * primal_inf**2 + dual_inf**2 / rho + gap**2)
     return objective, lower, misfit, violation, viol_norm, primal_inf, dual_inf, kkt
 
 
-def _check(outer, opts: Options, s: State, iterations, groups=None):
+def _check(outer, opts: Options, s: State, iterations, groups=None, weights=None):
     dtype = s.w.dtype
     tiny = jnp.finfo(dtype).tiny
     rounding = 16 * jnp.finfo(dtype).eps
     n = jnp.maximum(s.count, 1)
     avg = (s.sum_w / n, s.sum_z / n, s.sum_y / n, s.sum_xty / n)
     cur = (s.w, s.z, s.y, s.xty)
-    m_cur = _measure(outer, *cur, s.rho, groups)
-    m_avg = _measure(outer, *avg, s.rho, groups)
+    m_cur = _measure(outer, *cur, s.rho, groups, weights)
+    m_avg = _measure(outer, *avg, s.rho, groups, weights)
     use_avg = m_avg[-1] < m_cur[-1]
     pick = lambda a, b: jax.tree_util.tree_map(lambda p, q: jnp.where(use_avg, p, q), a, b)
     cand = pick(avg, cur)
@@ -189,17 +189,18 @@ def _check(outer, opts: Options, s: State, iterations, groups=None):
     return s, report
 
 
-def run(x, outer: constraints.ConstraintSet, state: State, opts: Options, groups=None):
+def run(x, outer: constraints.ConstraintSet, state: State, opts: Options, groups=None, weights=None):
     """Iterate from ``state`` until converged or ``opts.max_iters``; returns (State, Report).
 
-    ``groups``: the objective's (N,) group ids (``structure``), or None for ||U||_1.
+    ``groups``: the objective's (N,) group ids (``structure``), or None for ||U||_1;
+    ``weights``: (N, M) positive entry weights of a weighted l1 (``prox.norm``), or None.
     """
     inner = constraints.shrink(outer, opts.margin)
     eta = jnp.asarray(opts.step, state.w.dtype)
     xt = gram.transposed(x)
     return loop.run(
-        lambda s: _iterate(x, xt, inner, s, eta, groups),
-        lambda s, k: _check(outer, opts, s, k, groups),
+        lambda s: _iterate(x, xt, inner, s, eta, groups, weights),
+        lambda s, k: _check(outer, opts, s, k, groups, weights),
         state,
         opts.max_iters,
         opts.check_every,
