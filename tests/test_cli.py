@@ -216,6 +216,7 @@ def _bad_cases(root, tmp_path, x):
         "epsilon nan": (["--epsilon", "nan"], "--epsilon must be >= 0"),
         "gamma < 1": (["--gamma", "0.9"], "--gamma must be >= 1"),
         "samples 0": (["--samples", "0"], "--samples must be >= 1"),
+        "reweight < 0": (["--reweight", "-1"], "--reweight must be >= 0"),
         "missing data": (["--data", tmp_path / "none.npz"], "no such file"),
         "pickled data": (["--data", obj], "refused"),
         "truncated data": (["--data", trunc], "corrupt or truncated"),
@@ -225,7 +226,7 @@ def _bad_cases(root, tmp_path, x):
 
 
 @pytest.mark.parametrize("case", ["wrong data shape", "nan in data", "empty calibration set", "epsilon < 0",
-                                  "epsilon nan", "gamma < 1", "samples 0", "missing data", "pickled data",
+                                  "epsilon nan", "gamma < 1", "samples 0", "reweight < 0", "missing data", "pickled data",
                                   "truncated data", "bad labels", "resume + parallel"])
 def test_bad_input_exit_2_one_line_nothing_written(setup, tmp_path, capsys, case):
     root, _, x, _ = setup

@@ -3,6 +3,7 @@ network loses the asked fraction of its weights."""
 
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -137,3 +138,20 @@ def test_bad_reweight_is_a_one_line_value_error(bad, match):
 def test_reweight_refuses_structured_programs():
     with pytest.raises(ValueError, match="does not combine with structure='units'"):
         nt.prune(_net(), _x(), reweight=1, structure="units", **FAST)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("grid", [1, 4])
+def test_solve_to_count_with_an_epsilon_batch(grid):
+    """The search opened by a vmapped batch of epsilons (grid=4, an accelerator's default)
+    lands on the count like the sequential one; the solves it made include the batch."""
+    from nettrim_jax.network.targets import solve_to_count
+
+    spec = _net()[0]
+    x = np.concatenate([_x(), np.ones((400, 1), np.float32)], axis=1)
+    y = np.maximum(x @ np.concatenate([spec.kernel, spec.bias[None]]), 0)
+    keep = 200  # of 312 (the trained kernel is dense: the count falls steeply below ~150)
+    found = solve_to_count(jnp.asarray(x), jnp.asarray(y), jnp.zeros(()), "relu", keep, 7.0,
+                           per_neuron=False, solver="admm", opts=(("gap_tol", 1e-2),), tol=10, grid=grid)
+    assert abs(found.nnz - keep) <= 10 and found.nnz == np.count_nonzero(found.kernel)
+    assert found.solves >= grid and bool(found.info.converged)

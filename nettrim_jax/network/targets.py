@@ -23,6 +23,7 @@ one reported (``LayerReport.epsilon``).
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -141,6 +142,7 @@ def solve_to_count(
     omega=None,
     weights=None,
     warm=None,
+    grid="auto",
 ) -> CountedSolve:
     """The layer's program at the epsilon whose solution keeps ``keep`` nonzeros (within
     ``tol``, default 0.25% of the kernel's entries): secant steps on log(epsilon) vs
@@ -149,7 +151,10 @@ def solve_to_count(
     than 10 ``tol`` away) are capped at ``coarse_iters`` iterations: they only steer the
     search; the returned solve always ran with the full options, warm-started from the
     nearest one.  ``weights``: a weighted l1's (``solve_layer(l1_weights=)``); ``warm``: an
-    (N, M) kernel the first solve starts from (default zeros).  A solve over its budget (an epsilon below what any kernel reaches, e.g. an
+    (N, M) kernel the first solve starts from (default zeros).  ``grid``: the search opens
+    with that many epsilons (x4 apart around ``eps0``) solved in one vmapped call, the
+    accelerator batch that usually brackets the count at once; "auto" is 4 off CPU and 1
+    (no batch: sequential steps cost the same there) on CPU.  A solve over its budget (an epsilon below what any kernel reaches, e.g. an
     output layer on pruned features) counts as too dense; when the secant lands twice on one
     side of the bracket the next step bisects.  Returns the full solve with the count
     nearest ``keep``."""
@@ -168,7 +173,22 @@ def solve_to_count(
     lo = hi = None  # (log eps, log nnz) with nnz > keep / nnz < keep
     close = False
     last_side, same_side = None, 0
-    for _ in range(max_solves):
+    width = (1 if jax.default_backend() == "cpu" else 4) if grid == "auto" else int(grid)
+    if width > 1:  # one batch of coarse solves, then the steps below from the best bracket
+        grid_eps = [eps * 4.0 ** (k - (width - 1) / 2) for k in range(width)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            Ks, infos = jax.device_get(_batched(coarse)(A, Y, jnp.asarray(grid_eps, A.dtype), V, omega, w0, weights))
+        for k, e in enumerate(grid_eps):
+            K, info = Ks[k], jax.tree.map(lambda a, k=k: a[k], infos)
+            n = size if float(np.max(info.residual)) > 1.01 else int(np.count_nonzero(K))
+            tried.append((e, n, K, info, False))
+            lo, hi = _bracket(lo, hi, (math.log(e), math.log(n + 1)), too_dense=n > keep)
+        e, n, K, _, _ = min(tried, key=lambda t: abs(t[1] - keep))
+        if lo is not None and hi is not None and abs(n - keep) > 10 * tol:
+            e = math.exp(_secant(lo, hi, target))
+        eps, w0 = e, jnp.asarray(min(tried, key=lambda t: abs(math.log(t[0] / e)))[2])
+    for _ in range(max_solves - len(tried)):
         with warnings.catch_warnings():
             if not close:
                 warnings.simplefilter("ignore", RuntimeWarning)
@@ -207,6 +227,12 @@ def solve_to_count(
         finals = [(eps, int(np.count_nonzero(K)), K, info, True)]
     eps, n, K, info, _ = min(finals, key=lambda t: abs(t[1] - keep))
     return CountedSolve(K, info, float(eps), n, len(tried))
+
+
+@functools.lru_cache(maxsize=64)
+def _batched(solve):
+    """``solve`` (a ``problems.jitted_solver``) over a vector of epsilons, in one call."""
+    return jax.jit(jax.vmap(solve, in_axes=(None, None, 0, None, None, None, None)))
 
 
 def one_epsilon(run, target: float, eps0: float, *, tol: float = 0.004, max_runs: int = 10, coarse_iters: int = 300):
