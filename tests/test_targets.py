@@ -58,6 +58,21 @@ def test_one_epsilon_allocation_hits_the_target():
         nt.prune(_net(), _x(), sparsity=0.5, allocation="epsilon", on_layer=print, **FAST)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_one_epsilon_allocation_with_reweighting():
+    """allocation="epsilon" with reweight=1: the search's counts, then a reweighted prune at
+    them: the same per-layer counts (within the count tolerance) and a smaller misfit in the
+    first layer (the only one whose inputs both runs share)."""
+    plain = nt.prune(_net(), _x(), sparsity=0.7, allocation="epsilon", **FAST)
+    rew = nt.prune(_net(), _x(), sparsity=0.7, allocation="epsilon", reweight=1, **FAST)
+    assert abs(_sparsity(rew.report) - 0.7) <= 0.005
+    assert rew.report.options["reweight"] == 1
+    assert rew.report.options["epsilon_search_prunes"] == plain.report.options["epsilon_search_prunes"] + 1
+    for a, b in zip(rew.report.layers, plain.report.layers):
+        assert abs(a.nnz_after - b.nnz_after) <= max(1, int(0.0025 * a.N * a.M))
+    assert rew.report.layers[0].misfit < plain.report.layers[0].misfit
+
+
 def test_per_layer_targets_and_untargeted_layers():
     res = nt.prune(_net(), _x(), sparsity={"0": 0.5, "1": 0.8}, **FAST)
     l0, l1, l2 = res.report.layers

@@ -287,16 +287,28 @@ def one_epsilon(run, target: float, eps0: float, *, tol: float = 0.004, max_runs
 def prune_at_one_epsilon(prune, call: dict, target: float):
     """``prune(..., sparsity=target, allocation="epsilon")``: ``prune`` itself at one scalar
     epsilon (``call``: its arguments), searched by ``one_epsilon``; the report's options say
-    so (``epsilon_search_prunes``: prunes run)."""
+    so (``epsilon_search_prunes``: prunes run).  With ``reweight`` = R > 0 the search runs
+    without it (reweighting makes a kernel sparser at one epsilon, so it would move the
+    count being searched) and a last prune takes the counts the search found, per layer, as
+    targets with R rounds of reweighted l1: Net-Trim's allocation, a reweighted support."""
     if call["on_layer"] is not None or call["resume"] is not None:
         raise ValueError("allocation='epsilon' runs whole prunes; on_layer= and resume= do not apply")
     kw = {k: v for k, v in call.items() if k != "solver_options"} | dict(call["solver_options"])
     kw.update(sparsity=None, allocation="scores", progress=False)
+    rounds = int(kw.get("reweight", 0))
 
     def run(e, iters):
-        return prune(**{**kw, "epsilon": e, **({} if iters is None else {"max_iters": iters})})
+        return prune(**{**kw, "epsilon": e, "reweight": 0, **({} if iters is None else {"max_iters": iters})})
 
     eps0 = float(np.max(call["epsilon"])) if np.size(call["epsilon"]) else 0.05
-    res, _, runs = one_epsilon(run, target, eps0)
+    res, e, runs = one_epsilon(run, target, eps0)
+    if rounds:
+        counts = {
+            layer.name: 1 - layer.nnz_after / (layer.N * layer.M)
+            for layer in res.report.layers
+            if layer.activation != "skipped"
+        }
+        res = prune(**{**kw, "epsilon": e, "sparsity": counts})
+        runs += 1
     opts = {**res.report.options, "sparsity": target, "allocation": "epsilon", "epsilon_search_prunes": runs}
     return res._replace(report=res.report._replace(options=opts))
