@@ -17,7 +17,7 @@ import pytest
 from nettrim_jax.io import checkpoint as ck
 from nettrim_jax.io.state import load_state
 
-TRIES = 8
+TRIES = 4  # before the fix 7 of 8 tries crashed: 4 catch it with probability > 0.99
 DELAYS = np.linspace(0.15, 0.9, TRIES)  # seconds after OUT/partial.state appears
 
 

@@ -92,6 +92,21 @@ def test_scores_allocation_matches_the_global_count():
     assert abs(sum(keep) - round(0.2 * total)) <= 3  # ties at the threshold only
 
 
+def test_scores_compare_conv_and_dense_weights_per_row():
+    """A 1x1 conv on images whose every pixel is the vector v applies its kernel to v once
+    per pixel; a Dense layer with the same kernel applied to v once per sample does the same
+    work per row, and the "scores" allocation keeps the same share of each (a sum over rows
+    instead ranked the conv's weights 8x higher here, 64 pixels per image)."""
+    rng = np.random.default_rng(0)
+    k = rng.standard_normal((6, 6)).astype(np.float32)
+    v = rng.standard_normal((20, 6)).astype(np.float32)
+    images = np.broadcast_to(v[:, None, None, :], (20, 8, 8, 6)).copy()
+    conv = nt.Conv(k[None, None], None, "relu", padding="VALID")
+    dense = nt.Dense(1.01 * k, None, "linear")  # a hair larger: one ranking, interleaved
+    keep = keep_counts(["conv", "dense"], [conv, dense], [images, v], ["relu", "linear"], 0.5, "scores")
+    assert abs(keep[0] - keep[1]) <= 2, keep
+
+
 @pytest.mark.parametrize("bad, match", [(1.2, "in \\[0, 1\\)"), (-0.1, "in \\[0, 1\\)"),
                                         (float("nan"), "in \\[0, 1\\)"), ("a lot", "must be a number"),
                                         ({"nope": 0.5}, "not layers")])

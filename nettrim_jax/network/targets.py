@@ -5,9 +5,10 @@ fraction for the whole network or a ``{layer name: fraction}`` dict.  A global f
 split into per-layer keep counts by ``allocation``:
 
 * ``"uniform"``: every pruned layer keeps the same fraction;
-* ``"scores"``: one global threshold on the activation-weighted magnitudes |W_ij| ||x_j||
-  (Wanda's score, computed on the calibration inputs): layers whose weights matter less on
-  the data give up more, and the total matches S exactly;
+* ``"scores"``: one global threshold on the activation-weighted magnitudes |W_ij| rms(x_j)
+  (Wanda's score with the input column's root-mean-square over the program's rows, so conv
+  patches and Dense samples compare; computed on the calibration inputs): layers whose
+  weights matter less on the data give up more, and the total matches S exactly;
 * ``"epsilon"``: no per-layer counts: Net-Trim's own allocation, one scalar epsilon (the
   parallel scheme: every layer's; the cascade: epsilon_1, later layers by the gamma rule, as
   in the paper), searched over whole prunes until the network's sparsity is within 0.5
@@ -65,12 +66,17 @@ def parse_sparsity(sparsity, allocation: str) -> float | dict | None:
 
 
 def _scores(spec, X):
-    """|W| weighted by the input column norms (bias row: its ones column, norm sqrt(P))."""
+    """|W| weighted by the root-mean-square of each input column over the program's rows
+    (bias row: its ones column, 1).  The mean, not the sum: a conv layer has one row per
+    image patch (576 per image for a 5x5 conv on 28x28), a Dense layer one per sample, and
+    column norms summed over rows ranked every conv weight above every Dense one (LeNet-5
+    at 98%: both Dense layers got no weights).  Among layers with the same rows, the order
+    is Wanda's."""
     rows = layer_rows(spec, X)
     if spec.bias is not None:
         rows = with_ones(rows)
-    norms = jnp.sqrt(jnp.sum(rows * rows, axis=0))
-    return np.asarray(jnp.abs(kernel_matrix(spec)) * norms[:, None])
+    rms = jnp.sqrt(jnp.mean(rows * rows, axis=0))
+    return np.asarray(jnp.abs(kernel_matrix(spec)) * rms[:, None])
 
 
 def keep_counts(
