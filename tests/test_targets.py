@@ -73,6 +73,13 @@ def test_one_epsilon_allocation_with_reweighting():
     assert rew.report.layers[0].misfit < plain.report.layers[0].misfit
 
 
+def test_an_unreachable_target_is_reported():
+    """With fewer program rows than inputs an l1 solution keeps at most about one nonzero per
+    row in each unit: 10 samples cannot keep 90% of a 13-input layer, and prune says so."""
+    with pytest.warns(RuntimeWarning, match="sparsity target 0.1 reached .* 10 rows here"):
+        nt.prune(_net(), _x(n=10), scheme="parallel", sparsity=0.1, **FAST)
+
+
 def test_per_layer_targets_and_untargeted_layers():
     res = nt.prune(_net(), _x(), sparsity={"0": 0.5, "1": 0.8}, **FAST)
     l0, l1, l2 = res.report.layers

@@ -364,10 +364,28 @@ def prune(
         ),
         t_start,
     )
+    if output_epsilon is None:  # else the output layer keeps its budget, not a share of S
+        _warn_missed_target(sparsity, report)
     pruned = net.rebuild(new)
     if fold_batchnorm:
         pruned, report = _fold(pruned, x, net, report)
     return PruneResult(model=pruned, masks=net.masks(new), report=report)
+
+
+def _warn_missed_target(sparsity, report):
+    """A global target missed by more than half a point: say so and the likely cause."""
+    if not isinstance(sparsity, float) or report.nnz_before == 0:
+        return
+    reached = 1 - report.nnz_after / report.nnz_before
+    if abs(reached - sparsity) > 0.005:
+        rows = min(layer.rows for layer in report.layers)
+        warnings.warn(
+            f"sparsity target {sparsity:g} reached {reached:.4f}: a layer could not keep its count "
+            f"(an l1 solution keeps at most about one nonzero per program row in each output unit, "
+            f"{rows} rows here; more calibration samples or a lower target help)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def _fold(model, x, net, report):
