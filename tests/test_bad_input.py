@@ -290,7 +290,7 @@ def _no_solve(monkeypatch):
         raise AssertionError("the solver was reached")
 
     for module, name in (("problems", "solve_layer"), ("problems", "jitted_solver"),
-                         ("parallel", "solver_for"), ("targets", "solve_layer"),
+                         ("parallel", "solver_for"), ("targets", "jitted_solver"),
                          ("cascade", "solve_layer"), ("cascade", "_scan_solver")):
         monkeypatch.setattr(importlib.import_module(f"nettrim_jax.network.{module}"), name, boom)
 
