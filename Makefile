@@ -20,7 +20,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 test: lint
-	NETTRIM_DATA=$(DATA) $(PY) -m pytest
+	NETTRIM_DATA=$(DATA) $(PY) -m pytest -n auto --maxprocesses 4 --dist worksteal
 
 demo: $(STAMP)
 	$(VENV)/bin/nettrim demo
