@@ -101,7 +101,9 @@ def test_resnet_quick(tmp_path):
     assert variants["linear forced"] == ["linear"] * 5
     assert {r["scheme"] for r in rec["programs"]} == {"cascade"}
     (b,) = rec["baselines"]
-    assert abs(b["sparsity"] - 0.5) <= 0.01
+    # the target counts kernels and biases, the table kernels only: biases are 30 of the
+    # quick model's 682 weights, so the kernels' sparsity may sit up to 2.3 points off
+    assert abs(b["sparsity"] - 0.5) <= 0.025
     assert all(0.0 <= b[m] <= 1.0 for m in ("nettrim", "magnitude", "wanda"))
     text = (tmp_path / "resnet.md").read_text()
     assert "Matched sparsity, cascade" in text and "equal per-layer counts" in text

@@ -73,6 +73,19 @@ def test_one_epsilon_allocation_with_reweighting():
     assert rew.report.layers[0].misfit < plain.report.layers[0].misfit
 
 
+def test_scores_counts_respect_what_each_program_can_keep():
+    """With 10 calibration rows a layer keeps at most min(N, 10) * M nonzeros: "scores" caps
+    each layer there and gives what it cannot take to the others, total unchanged."""
+    from nettrim_jax.network.adapters import adapt
+
+    a = adapt(_net(), _x(n=10))
+    args = (a.names, a.specs, a.first.inputs, ["relu", "relu", "linear"])
+    caps = [10 * 24, 10 * 16, 10 * 4]  # N = 13, 25, 17 (bias row included), all above 10 rows
+    assert keep_counts(*args, 0.1, "scores") == caps  # 702 wanted, 440 reachable
+    keep = keep_counts(*args, 0.5, "scores")
+    assert all(k <= c for k, c in zip(keep, caps)) and abs(sum(keep) - 390) <= 3, keep
+
+
 def test_an_unreachable_target_is_reported():
     """With fewer program rows than inputs an l1 solution keeps at most about one nonzero per
     row in each unit: 10 samples cannot keep 90% of a 13-input layer, and prune says so."""

@@ -283,7 +283,7 @@ def prune(
         targeted = list(programs)
         if output_epsilon is not None:
             targeted[-1] = "skipped"  # the output layer keeps its own budget
-        keep = keep_counts(net.names, orig, net.first.inputs, targeted, sparsity, allocation)
+        keep = keep_counts(net.names, orig, net.first.inputs, targeted, sparsity, allocation, max_patches)
     cfg = SolveConfig(
         per_neuron=bool(per_neuron),
         solver=solver,

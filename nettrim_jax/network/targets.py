@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nettrim_jax.network.problems import jitted_solver
-from nettrim_jax.network.specs import kernel_matrix, layer_rows, with_ones
+from nettrim_jax.network.specs import Conv, kernel_matrix, layer_rows, with_ones
 
 __all__ = ["parse_sparsity", "keep_counts", "solve_to_count", "one_epsilon", "prune_at_one_epsilon", "ALLOCATIONS"]
 
@@ -80,9 +80,21 @@ def _scores(spec, X):
 
 
 def keep_counts(
-    names: Sequence[str], specs: Sequence, inputs: Sequence, programs: Sequence[str], sparsity, allocation: str
+    names: Sequence[str],
+    specs: Sequence,
+    inputs: Sequence,
+    programs: Sequence[str],
+    sparsity,
+    allocation: str,
+    max_patches: int | None = None,
 ) -> list[int | None]:
-    """Nonzeros to keep per layer (None: the layer keeps its epsilon rule; skipped layers)."""
+    """Nonzeros to keep per layer (None: the layer keeps its epsilon rule; skipped layers).
+
+    "scores" never asks a layer for more than its program can keep: an l1 solution has at
+    most about one nonzero per program row in each output unit, so a layer with R rows
+    (conv: patches, at most ``max_patches``) and an (N, M) kernel keeps at most
+    min(N, R) * M; what a capped layer cannot take goes to the others (the threshold is
+    lowered over the rest until the total is met or every layer is at its cap)."""
     sizes = [int(np.prod(kernel_matrix(s).shape)) for s in specs]
     active = [p != "skipped" for p in programs]
     if isinstance(sparsity, dict):
@@ -95,12 +107,35 @@ def keep_counts(
     if allocation == "uniform":
         return [round(size * (1 - sparsity)) if a else None for size, a in zip(sizes, active)]
     scores = [_scores(s, X) if a else None for s, X, a in zip(specs, inputs, active)]
-    pool = np.concatenate([sc.reshape(-1) for sc in scores if sc is not None])
-    keep_total = round(pool.size * (1 - sparsity))
+    caps = [_reachable(s, X, max_patches) if a else 0 for s, X, a in zip(specs, inputs, active)]
+    keep_total = round(sum(sc.size for sc in scores if sc is not None) * (1 - sparsity))
     if keep_total <= 0:
         return [0 if a else None for a in active]
-    cut = np.partition(pool, pool.size - keep_total)[pool.size - keep_total]
-    return [None if sc is None else max(1, int(np.sum(sc >= cut))) for sc in scores]
+    fixed: dict[int, int] = {}  # layers held at their cap
+    while True:
+        open_ = [i for i, sc in enumerate(scores) if sc is not None and i not in fixed]
+        budget = keep_total - sum(fixed.values())
+        if not open_ or budget <= 0:
+            break
+        pool = np.concatenate([scores[i].reshape(-1) for i in open_])
+        budget = min(budget, pool.size)
+        cut = np.partition(pool, pool.size - budget)[pool.size - budget]
+        counts = {i: max(1, int(np.sum(scores[i] >= cut))) for i in open_}
+        over = [i for i in open_ if counts[i] > caps[i]]
+        if not over:
+            fixed.update(counts)
+            break
+        fixed.update({i: caps[i] for i in over})
+    return [None if sc is None else fixed.get(i, 0) for i, sc in enumerate(scores)]
+
+
+def _reachable(spec, X, max_patches):
+    """About the most nonzeros an l1 solution of the layer's program keeps: min(N, R) * M."""
+    n, m = kernel_matrix(spec).shape
+    rows = int(layer_rows(spec, X).shape[0])
+    if isinstance(spec, Conv) and max_patches is not None:
+        rows = min(rows, int(max_patches))
+    return int(min(n, rows) * m)
 
 
 def _bracket(lo, hi, point, too_dense: bool):
