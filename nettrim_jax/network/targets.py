@@ -117,7 +117,7 @@ def keep_counts(
         budget = keep_total - sum(fixed.values())
         if not open_ or budget <= 0:
             break
-        pool = np.concatenate([scores[i].reshape(-1) for i in open_])
+        pool = np.concatenate([np.ravel(scores[i]) for i in open_])
         budget = min(budget, pool.size)
         cut = np.partition(pool, pool.size - budget)[pool.size - budget]
         counts = {i: max(1, int(np.sum(scores[i] >= cut))) for i in open_}
