@@ -106,7 +106,7 @@ def keep_counts(
         ]
     if allocation == "uniform":
         return [round(size * (1 - sparsity)) if a else None for size, a in zip(sizes, active)]
-    scores = [_scores(s, X) if a else None for s, X, a in zip(specs, inputs, active)]
+    scores: list[np.ndarray | None] = [_scores(s, X) if a else None for s, X, a in zip(specs, inputs, active)]
     caps = [_reachable(s, X, max_patches) if a else 0 for s, X, a in zip(specs, inputs, active)]
     keep_total = round(sum(sc.size for sc in scores if sc is not None) * (1 - sparsity))
     if keep_total <= 0:
@@ -117,10 +117,10 @@ def keep_counts(
         budget = keep_total - sum(fixed.values())
         if not open_ or budget <= 0:
             break
-        pool = np.concatenate([np.ravel(scores[i]) for i in open_])
+        pool = np.concatenate([np.ravel(sc) for i, sc in enumerate(scores) if sc is not None and i not in fixed])
         budget = min(budget, pool.size)
         cut = np.partition(pool, pool.size - budget)[pool.size - budget]
-        counts = {i: max(1, int(np.sum(scores[i] >= cut))) for i in open_}
+        counts = {i: max(1, int(np.sum(sc >= cut))) for i, sc in enumerate(scores) if sc is not None and i in open_}
         over = [i for i in open_ if counts[i] > caps[i]]
         if not over:
             fixed.update(counts)
