@@ -41,7 +41,7 @@ multiprocess-check: $(STAMP)
 gpu-check: $(STAMP)
 	bash experiments/gpu_check.sh $(DATA)
 
-EXPERIMENTS := sample_complexity spirals mnist few_samples resnet lm target_cost
+EXPERIMENTS := sample_complexity spirals mnist few_samples resnet lm
 
 experiments: $(STAMP)
 	for e in $(EXPERIMENTS); do NETTRIM_DATA=$(DATA) $(PY) experiments/$$e.py || exit 1; done
