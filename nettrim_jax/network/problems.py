@@ -188,16 +188,10 @@ def solve_program(cfg: SolveConfig, i: int, spec, A, Y, eps: float, V, program: 
     the same epsilon (a sparser kernel in the same ball), or, with a keep count, at the
     epsilon the search finds for the count again (a smaller misfit at the same count)."""
     keep = cfg.keep[i] if cfg.keep else None
-    K, info, eps = _first_solve(cfg, i, spec, A, Y, eps, V, program, keep, device, omega)
+    K, info, eps = _solve_once(cfg, spec, A, Y, eps, V, program, keep, device, omega)
     for _ in range(cfg.reweight):
         weights = reweighting_weights(jnp.asarray(K))
-        if keep is None and cfg.mesh is not None:
-            K, info = _mesh_solve(cfg, spec, A, Y, eps, V, program, omega, weights=weights, warm=K)
-        elif keep is None:
-            f = solver_for(cfg, spec, program, program == "relu", omega is not None)
-            K, info = jax.device_get(f(A, Y, jnp.asarray(eps, A.dtype), V, omega, jnp.asarray(K), weights))
-        else:
-            K, info, eps = _counted(cfg, spec, A, Y, V, program, keep, eps, omega, weights, K)
+        K, info, eps = _solve_once(cfg, spec, A, Y, eps, V, program, keep, device, omega, weights, K)
     if keep is not None:
         later = [j for j in range(i + 1, len(cfg.keep)) if cfg.keep[j] is not None]
         if cfg.carry and later and isinstance(cfg.keep, list):  # the network's count stays on target
@@ -205,14 +199,17 @@ def solve_program(cfg: SolveConfig, i: int, spec, A, Y, eps: float, V, program: 
     return K, info, eps
 
 
-def _first_solve(cfg: SolveConfig, i: int, spec, A, Y, eps, V, program: str, keep, device, omega):
-    if keep is None and cfg.mesh is not None:
-        return (*_mesh_solve(cfg, spec, A, Y, eps, V, program, omega), eps)
-    if keep is None:
-        f = solver_for(cfg, spec, program, program == "relu", omega is not None)
-        K, info = dispatch(f, A, Y, eps, V, device, cfg.per_neuron, omega)()
-        return K, info, eps
-    return _counted(cfg, spec, A, Y, V, program, keep, float(eps), omega)
+def _solve_once(cfg: SolveConfig, spec, A, Y, eps, V, program: str, keep, device, omega, weights=None, warm=None):
+    """One solve of the program (the l1 objective weighted by ``weights`` if given, started
+    from the kernel ``warm``): searched to ``keep`` nonzeros, split over ``cfg.mesh``, or
+    dispatched at ``eps``; returns (kernel, info, epsilon)."""
+    if keep is not None:
+        return _counted(cfg, spec, A, Y, V, program, keep, float(eps), omega, weights, warm)
+    if cfg.mesh is not None:
+        return (*_mesh_solve(cfg, spec, A, Y, eps, V, program, omega, weights, warm), eps)
+    f = solver_for(cfg, spec, program, program == "relu", omega is not None)
+    K, info = dispatch(f, A, Y, eps, V, device, cfg.per_neuron, omega, warm, weights)()
+    return K, info, eps
 
 
 def _counted(cfg: SolveConfig, spec, A, Y, V, program: str, keep: int, eps0: float, omega, weights=None, warm=None):
@@ -327,31 +324,34 @@ def jitted_solver(
     return jax.jit(f)
 
 
-def dispatch(f, A, Y, eps, V, device=None, per_neuron: bool = False, omega=None):
-    """Start ``f(A, Y, eps, V)`` (asynchronously, on ``device`` if given); returns a thunk
-    giving numpy ``(kernel, info)``.
+def dispatch(f, A, Y, eps, V, device=None, per_neuron: bool = False, omega=None, w0=None, weights=None):
+    """Start ``f(A, Y, eps, V[, omega, w0, weights])`` (asynchronously, on ``device`` if
+    given; ``w0``: a warm-start kernel, ``weights``: a weighted l1's); returns a thunk giving
+    numpy ``(kernel, info)``.
 
-    In per-neuron mode, all-zero target columns are left out.  A unit whose target column
-    is identically zero (a dead ReLU unit, Omega empty) has the optimal kernel column 0; its
-    own program needs no solve, and a per-neuron vmap would otherwise wait on it.  (In
-    coupled mode the columns share one ball, so they stay in: the solver's scaling uses all
-    columns, and the scan path must see the same problem.)  With an explicit ``omega`` (an
-    affine epilogue) every column is solved: 0 need not be feasible off Omega."""
-    if omega is not None:
-        wargs = (A, Y, jnp.asarray(eps, A.dtype), V, omega)
-        res = f(*(jax.device_put(wargs, device) if device is not None else wargs))
-        return lambda: jax.device_get(res)
-    live = np.asarray(jnp.any(Y != 0, axis=0)) if per_neuron else np.ones(Y.shape[1], bool)
+    In per-neuron mode, all-zero target columns are left out (and the same columns of
+    ``w0`` and ``weights``).  A unit whose target column is identically zero (a dead ReLU
+    unit, Omega empty) has the optimal kernel column 0; its own program needs no solve, and
+    a per-neuron vmap would otherwise wait on it.  (In coupled mode the columns share one
+    ball, so they stay in: the solver's scaling uses all columns, and the scan path must see
+    the same problem.)  With an explicit ``omega`` (an affine epilogue) every column is
+    solved: 0 need not be feasible off Omega."""
+
+    def start(Ys, Vs, cols=slice(None)):
+        extra = (omega, *(None if a is None else jnp.asarray(a)[:, cols] for a in (w0, weights)))
+        args = (A, Ys, jnp.asarray(eps, A.dtype), Vs, *(extra if any(a is not None for a in extra) else ()))
+        return f(*(jax.device_put(args, device) if device is not None else args))
+
+    live = np.ones(Y.shape[1], bool)
+    if omega is None and per_neuron:
+        live = np.asarray(jnp.any(Y != 0, axis=0))
     n_live = int(live.sum())
     m = Y.shape[1]
     if n_live == m or n_live == 0:
-        args = (A, Y, jnp.asarray(eps, A.dtype), V)
-        out = f(*(jax.device_put(args, device) if device is not None else args))
+        out = start(Y, V)
         return lambda: jax.device_get(out)
     cols = np.flatnonzero(live)
-    Vs = V[:, cols] if jnp.ndim(V) == 2 else V
-    args = (A, Y[:, cols], jnp.asarray(eps, A.dtype), Vs)
-    out = f(*(jax.device_put(args, device) if device is not None else args))
+    out = start(Y[:, cols], V[:, cols] if jnp.ndim(V) == 2 else V, cols)
 
     def finish():
         K, info = jax.device_get(out)

@@ -65,18 +65,25 @@ def parse_sparsity(sparsity, allocation: str) -> float | dict | None:
     return _fraction(sparsity, "sparsity")
 
 
-def _scores(spec, X):
-    """|W| weighted by the root-mean-square of each input column over the program's rows
-    (bias row: its ones column, 1).  The mean, not the sum: a conv layer has one row per
-    image patch (576 per image for a 5x5 conv on 28x28), a Dense layer one per sample, and
-    column norms summed over rows ranked every conv weight above every Dense one (LeNet-5
-    at 98%: both Dense layers got no weights).  Among layers with the same rows, the order
-    is Wanda's."""
+def _scores(spec, X, max_patches=None):
+    """(scores, cap) of a layer.  scores: |W| weighted by the root-mean-square of each input
+    column over the program's rows (bias row: its ones column, 1).  The mean, not the sum: a
+    conv layer has one row per image patch (576 per image for a 5x5 conv on 28x28), a Dense
+    layer one per sample, and column norms summed over rows ranked every conv weight above
+    every Dense one (LeNet-5 at 98%: both Dense layers got no weights).  Among layers with
+    the same rows, the order is Wanda's.  cap: about the most nonzeros an l1 solution of the
+    layer's program keeps, min(N, R) * M for R program rows (conv: patches, at most
+    ``max_patches``)."""
     rows = layer_rows(spec, X)
     if spec.bias is not None:
         rows = with_ones(rows)
     rms = jnp.sqrt(jnp.mean(rows * rows, axis=0))
-    return np.asarray(jnp.abs(kernel_matrix(spec)) * rms[:, None])
+    scores = np.asarray(jnp.abs(kernel_matrix(spec)) * rms[:, None])
+    r = int(rows.shape[0])
+    if isinstance(spec, Conv) and max_patches is not None:
+        r = min(r, int(max_patches))
+    n, m = scores.shape
+    return scores, int(min(n, r) * m)
 
 
 def keep_counts(
@@ -106,36 +113,25 @@ def keep_counts(
         ]
     if allocation == "uniform":
         return [round(size * (1 - sparsity)) if a else None for size, a in zip(sizes, active)]
-    scores: list[np.ndarray | None] = [_scores(s, X) if a else None for s, X, a in zip(specs, inputs, active)]
-    caps = [_reachable(s, X, max_patches) if a else 0 for s, X, a in zip(specs, inputs, active)]
-    keep_total = round(sum(sc.size for sc in scores if sc is not None) * (1 - sparsity))
+    scored = {i: _scores(s, X, max_patches) for i, (s, X, a) in enumerate(zip(specs, inputs, active)) if a}
+    keep_total = round(sum(sc.size for sc, _ in scored.values()) * (1 - sparsity))
     if keep_total <= 0:
         return [0 if a else None for a in active]
     fixed: dict[int, int] = {}  # layers held at their cap
     while True:
-        open_ = [i for i, sc in enumerate(scores) if sc is not None and i not in fixed]
+        open_ = [i for i in scored if i not in fixed]
         budget = keep_total - sum(fixed.values())
         if not open_ or budget <= 0:
             break
-        pool = np.concatenate([np.ravel(sc) for i, sc in enumerate(scores) if sc is not None and i not in fixed])
+        pool = np.concatenate([scored[i][0].ravel() for i in open_])
         budget = min(budget, pool.size)
         cut = np.partition(pool, pool.size - budget)[pool.size - budget]
-        counts = {i: max(1, int(np.sum(sc >= cut))) for i, sc in enumerate(scores) if sc is not None and i in open_}
-        over = [i for i in open_ if counts[i] > caps[i]]
+        counts = {i: max(1, int(np.sum(scored[i][0] >= cut))) for i in open_}
+        over = {i: scored[i][1] for i in open_ if counts[i] > scored[i][1]}
+        fixed.update(over or counts)
         if not over:
-            fixed.update(counts)
             break
-        fixed.update({i: caps[i] for i in over})
-    return [None if sc is None else fixed.get(i, 0) for i, sc in enumerate(scores)]
-
-
-def _reachable(spec, X, max_patches):
-    """About the most nonzeros an l1 solution of the layer's program keeps: min(N, R) * M."""
-    n, m = kernel_matrix(spec).shape
-    rows = int(layer_rows(spec, X).shape[0])
-    if isinstance(spec, Conv) and max_patches is not None:
-        rows = min(rows, int(max_patches))
-    return int(min(n, rows) * m)
+    return [fixed.get(i, 0) if a else None for i, a in enumerate(active)]
 
 
 def _bracket(lo, hi, point, too_dense: bool):
@@ -195,8 +191,9 @@ def solve_to_count(
     (N, M) kernel the first solve starts from (default zeros).  ``grid``: the search opens
     with that many epsilons (x4 apart around ``eps0``) solved in one vmapped call, the
     accelerator batch that usually brackets the count at once; "auto" is 4 off CPU and 1
-    (no batch: sequential steps cost the same there) on CPU.  A solve over its budget (an epsilon below what any kernel reaches, e.g. an
-    output layer on pruned features) counts as too dense; when the secant lands twice on one
+    (no batch: sequential steps cost the same there) on CPU.  A solve over its budget (an
+    epsilon below what any kernel reaches, e.g. an output layer on pruned features) counts
+    as too dense; when the secant lands twice on one
     side of the bracket the next step bisects.  Returns the full solve with the count
     nearest ``keep``."""
     relu = program == "relu"
@@ -222,7 +219,7 @@ def solve_to_count(
             Ks, infos = jax.device_get(_batched(coarse)(A, Y, jnp.asarray(grid_eps, A.dtype), V, omega, w0, weights))
         for k, e in enumerate(grid_eps):
             K, info = Ks[k], jax.tree.map(lambda a, k=k: a[k], infos)
-            n = size if float(np.max(info.residual)) > 1.01 else int(np.count_nonzero(K))
+            n = _count(K, info, size)
             tried.append((e, n, K, info, False))
             lo, hi = _bracket(lo, hi, (math.log(e), math.log(n + 1)), too_dense=n > keep)
         e, n, K, _, _ = min(tried, key=lambda t: abs(t[1] - keep))
@@ -236,9 +233,7 @@ def solve_to_count(
             K, info = jax.device_get(
                 (full if close else coarse)(A, Y, jnp.asarray(eps, A.dtype), V, omega, w0, weights)
             )
-        n = int(np.count_nonzero(K))
-        if float(np.max(info.residual)) > 1.01:  # budget below what any kernel reaches here
-            n = size  # as if the count were too high: a larger epsilon is needed
+        n = _count(K, info, size)
         tried.append((eps, n, K, info, close))
         if abs(n - keep) <= 10 * tol and not close:
             close = True  # from here on, full solves (this one again, warm)
@@ -268,6 +263,12 @@ def solve_to_count(
         finals = [(eps, int(np.count_nonzero(K)), K, info, True)]
     eps, n, K, info, _ = min(finals, key=lambda t: abs(t[1] - keep))
     return CountedSolve(K, info, float(eps), n, len(tried))
+
+
+def _count(K, info, size: int) -> int:
+    """K's nonzeros as the search sees them: a solve over its budget (an epsilon below what
+    any kernel reaches here) counts as ``size``, too dense, so a larger epsilon is tried."""
+    return size if float(np.max(info.residual)) > 1.01 else int(np.count_nonzero(K))
 
 
 @functools.lru_cache(maxsize=64)
