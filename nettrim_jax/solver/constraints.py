@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 
 from nettrim_jax.solver import structure
@@ -97,16 +98,43 @@ def support(lam: jnp.ndarray, c: ConstraintSet) -> jnp.ndarray:
     return jnp.where(jnp.all(outside >= 0), inner + ball + bound, jnp.inf)
 
 
+class Certificate(NamedTuple):
+    """A certified lower bound and what it costs to shrink the radius.
+
+    Attributes:
+      lower: () lower bound on min ||U||_1 s.t. XU in C, from a dual-feasible point lam'.
+      price: () radius * ||lam'||_ball (the Frobenius norm over the ball's entries): the
+        bound falls by about ``price * delta`` when the radius shrinks by the fraction delta,
+        so a solve run on the radius shrunk by ``margin`` cannot certify a relative gap below
+        about ``margin * price / objective`` (``admm`` keeps its margin under that).
+    """
+
+    lower: jnp.ndarray
+    price: jnp.ndarray
+
+
 def dual_bound(lam: jnp.ndarray, xt_lam: jnp.ndarray, c: ConstraintSet, groups=None) -> jnp.ndarray:
+    """Certified lower bound on min ||U||_1 s.t. XU in C from any dual point lam (P, M):
+    ``certificate(...).lower``."""
+    return certificate(lam, xt_lam, c, groups).lower
+
+
+def certificate(lam: jnp.ndarray, xt_lam: jnp.ndarray, c: ConstraintSet, groups=None) -> Certificate:
     """Certified lower bound on min ||U||_1 s.t. XU in C from any dual point lam (P, M).
 
     Lagrangian duality gives  min ||U||_1 >= -sigma_C(lam')  for every lam' >= 0 outside
-    omega with ||X^T lam'||_inf <= 1.  Two rescalings of lam are admissible and both are
-    evaluated, the larger bound returned: one factor for the whole block,
-    1 / ||X^T lam||_inf, and one per column, 1 / ||X^T lam_m||_inf (the constraint
-    ||X^T lam'||_inf <= 1 splits over columns, so a column far inside it is not shrunk
-    for the sake of the worst one; near the optimum this halves the gap or better).
-    ``xt_lam`` is X^T lam (N, M).
+    omega with ||X^T lam'||_inf <= 1.  ``xt_lam`` is X^T lam (N, M).  The constraint splits
+    over columns, so every lam' = lam diag(t) with 0 <= t_m <= T_m = 1 / ||X^T lam_m||_inf
+    is admissible (a column with a negative entry off omega gets t_m = 0), and
+
+        -sigma_C(lam diag(t)) = sum_m a_m t_m - eps sqrt(sum_m b_m t_m^2)
+
+    with a_m = -<lam_m, Y_m>_omega - <lam_m, V_m>_omega^c and b_m = ||lam_m||^2 over the
+    ball's entries.  That is a concave function of t; its maximum over the box is found
+    exactly (``_best_scales``) and compared with the two closed-form choices t = T and
+    t = min(T) (one factor for the block), the largest bound returned.  Near the optimum the
+    per-column choice halves the gap of the block factor, and the optimal one closes up to
+    5x more of it early in a solve, where columns far from their dual constraint gain.
 
     With ``groups`` (the objective ||U||_G of ``structure``) the dual constraint is
     ||X^T lam'||_G* <= 1, the largest group l2 norm, which does not split over columns:
@@ -114,17 +142,75 @@ def dual_bound(lam: jnp.ndarray, xt_lam: jnp.ndarray, c: ConstraintSet, groups=N
     """
     tiny = jnp.finfo(lam.dtype).tiny
     if groups is not None:
-        return _group_bound(lam, xt_lam, c, groups, tiny)
+        return _group_certificate(lam, xt_lam, c, groups, tiny)
+    a, b = _column_terms(lam, c)
     col_norm = jnp.max(jnp.abs(xt_lam), axis=0)
-    dual_norm = jnp.max(col_norm)
-    value = -support(lam, c)
-    uniform = jnp.where((value > 0) & (dual_norm > tiny), value / jnp.maximum(dual_norm, tiny), 0)
-    scale = jnp.where(col_norm > tiny, 1 / jnp.maximum(col_norm, tiny), 0)
-    per_column = -support(lam * scale, c)
-    return jnp.maximum(uniform, jnp.where(jnp.isfinite(per_column), per_column, 0))
+    admissible = jnp.all(jnp.where(c.omega, True, lam >= 0), axis=0) & (col_norm > tiny)
+    top = jnp.where(admissible, 1 / jnp.maximum(col_norm, tiny), 0)
+    candidates = jnp.stack(
+        [top, jnp.where(admissible, 1 / jnp.maximum(jnp.max(col_norm), tiny), 0), _best_scales(a, b, top, c.radius)]
+    )
+    values = jax.vmap(lambda t: _scaled_value(a, b, t, c.radius))(candidates)
+    best = jnp.argmax(values)
+    t = candidates[best]
+    lower = jnp.maximum(values[best], 0)
+    price = jnp.where(lower > 0, c.radius * jnp.sqrt(jnp.sum(b * t * t)), 0)
+    return Certificate(lower=lower, price=price)
 
 
-def _group_bound(lam, xt_lam, c, groups, tiny):
+def _column_terms(lam, c: ConstraintSet):
+    """(a, b): per column, -(the support function's linear part) and ||lam_m||^2 over the
+    ball's entries (every entry for C_soft, omega for C)."""
+    a = -jnp.sum(jnp.where(c.omega, lam * c.target, lam * c.threshold), axis=0)
+    b = jnp.sum(lam * lam if c.soft else jnp.where(c.omega, lam * lam, 0), axis=0)
+    return a, b
+
+
+def _scaled_value(a, b, t, radius):
+    """sum_m a_m t_m - radius sqrt(sum_m b_m t_m^2): the bound at lam diag(t)."""
+    return jnp.sum(a * t) - radius * jnp.sqrt(jnp.sum(b * t * t))
+
+
+def _best_scales(a, b, top, radius, steps: int = 60):
+    """argmax over 0 <= t <= top of ``_scaled_value`` (M,).
+
+    Stationarity gives t_m(s) = clip(a_m s / b_m, 0, top_m) with s = ||sqrt(b) t|| / radius;
+    g(s) = ||sqrt(b) t(s) / s|| - radius is nonincreasing in s, so its root is found by
+    bisection in log s.  Columns with a_m <= 0 get 0; those with b_m = 0 < a_m get top_m.
+    """
+    dtype = a.dtype
+    tiny = jnp.finfo(dtype).tiny
+    pos = (a > 0) & (top > 0)
+    ratio = jnp.where(pos & (b > 0), a / jnp.maximum(b, tiny), jnp.where(pos, jnp.inf, 0))
+
+    def scales(log_s):
+        return jnp.where(pos, jnp.minimum(ratio * jnp.exp(log_s), top), 0)
+
+    def g(log_s):
+        t = scales(log_s)
+        return jnp.sqrt(jnp.sum(b * t * t)) * jnp.exp(-log_s) - radius
+
+    # s_m = top_m / ratio_m is where column m reaches its bound; bracket all of them.
+    knees = jnp.where(pos & jnp.isfinite(ratio) & (ratio > 0), top / jnp.maximum(ratio, tiny), 1.0)
+    lo = jnp.log(jnp.maximum(jnp.min(knees), tiny)) - 1.0
+    full = jnp.sqrt(jnp.sum(b * top * top)) / jnp.maximum(radius, tiny)
+    hi = jnp.log(jnp.maximum(jnp.maximum(jnp.max(knees), full), tiny)) + 1.0
+
+    def bisect(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        up = g(mid) > 0
+        return jnp.where(up, mid, lo), jnp.where(up, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, steps, bisect, (lo, hi))
+    return scales(hi)
+
+
+def _group_certificate(lam, xt_lam, c, groups, tiny):
     dual_norm = structure.dual_norm(xt_lam, groups)
     value = -support(lam, c)
-    return jnp.where((value > 0) & (dual_norm > tiny), value / jnp.maximum(dual_norm, tiny), 0)
+    ok = (value > 0) & (dual_norm > tiny)
+    scale = 1 / jnp.maximum(dual_norm, tiny)
+    a, b = _column_terms(lam, c)
+    lower = jnp.where(ok, value * scale, 0)
+    return Certificate(lower=lower, price=jnp.where(ok, c.radius * jnp.sqrt(jnp.sum(b)) * scale, 0))

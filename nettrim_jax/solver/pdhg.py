@@ -24,7 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nettrim_jax.solver import constraints, gram, loop, prox, structure
+from nettrim_jax.solver import admm, constraints, gram, loop, prox, structure
 from nettrim_jax.solver.loop import Report
 
 
@@ -58,6 +58,7 @@ class State(NamedTuple):
     restart_y: jnp.ndarray
     restart_kkt: jnp.ndarray
     rho: jnp.ndarray  # primal weight
+    margin: jnp.ndarray  # () the radius shrink in use (``admm.next_margin``)
 
 
 def init_state(x, c: constraints.ConstraintSet, w0, rho0) -> State:
@@ -79,6 +80,7 @@ def init_state(x, c: constraints.ConstraintSet, w0, rho0) -> State:
         restart_y=y,
         restart_kkt=jnp.asarray(jnp.inf, w0.dtype),
         rho=jnp.asarray(rho0, w0.dtype),
+        margin=jnp.ones((), w0.dtype),
     )
 
 
@@ -96,7 +98,8 @@ def rescale_extra(state: State, kw, ky) -> dict:
     )
 
 
-def _iterate(x, xt, inner, s: State, eta, groups=None, weights=None) -> State:
+def _iterate(x, xt, outer, s: State, eta, groups=None, weights=None) -> State:
+    inner = constraints.shrink(outer, s.margin)
     tau = eta / s.rho
     sigma = eta * s.rho
     w = prox.shrink(s.w - tau * s.xty, tau, groups, weights)
@@ -130,13 +133,14 @@ def _measure(outer, w, z, y, xty, rho, groups=None, weights=None):
     """Objective, certificate, feasibility and a normalised KKT error of one candidate."""
     objective = prox.norm(w, groups, weights)
     dual_xty = prox.dual_argument(xty, weights)
-    lower = constraints.dual_bound(y, dual_xty, outer, groups)
+    cert = constraints.certificate(y, dual_xty, outer, groups)
+    lower = cert.lower
     misfit, violation, viol_norm = constraints.misfit(z, outer)
     primal_inf = _norm(z - constraints.project(z, outer))
     dual_inf = _norm(jnp.maximum(jnp.abs(dual_xty) - 1, 0)) if groups is None else structure.dual_excess(xty, groups)
     gap = jnp.abs(objective - lower)
     kkt = jnp.sqrt(rho * primal_inf**2 + dual_inf**2 / rho + gap**2)
-    return objective, lower, misfit, violation, viol_norm, primal_inf, dual_inf, kkt
+    return objective, lower, misfit, violation, viol_norm, primal_inf, dual_inf, kkt, cert.price
 
 
 def _check(outer, opts: Options, s: State, iterations, groups=None, weights=None):
@@ -148,10 +152,10 @@ def _check(outer, opts: Options, s: State, iterations, groups=None, weights=None
     cur = (s.w, s.z, s.y, s.xty)
     m_cur = _measure(outer, *cur, s.rho, groups, weights)
     m_avg = _measure(outer, *avg, s.rho, groups, weights)
-    use_avg = m_avg[-1] < m_cur[-1]
+    use_avg = m_avg[-2] < m_cur[-2]
     pick = lambda a, b: jax.tree_util.tree_map(lambda p, q: jnp.where(use_avg, p, q), a, b)
     cand = pick(avg, cur)
-    objective, lower, misfit, violation, viol_norm, primal_inf, dual_inf, kkt = pick(m_avg, m_cur)
+    objective, lower, misfit, violation, viol_norm, primal_inf, dual_inf, kkt, price = pick(m_avg, m_cur)
 
     slack = rounding * _norm(outer.target)
     feasible = (misfit <= outer.radius + slack) & (viol_norm <= opts.feas_tol * outer.radius + slack)
@@ -185,6 +189,7 @@ def _check(outer, opts: Options, s: State, iterations, groups=None, weights=None
         rho=jnp.where(converged, s.rho, new_rho),
     )
     s = jax.tree_util.tree_map(lambda a, b: jnp.where(restart, a, b), restarted, s)
+    s = s._replace(margin=admm.next_margin(s.margin, opts, objective, price))
     report = Report(iterations, converged, objective, lower, misfit, violation, primal_inf, dual_inf, s.rho)
     return s, report
 
@@ -195,11 +200,11 @@ def run(x, outer: constraints.ConstraintSet, state: State, opts: Options, groups
     ``groups``: the objective's (N,) group ids (``structure``), or None for ||U||_1;
     ``weights``: (N, M) positive entry weights of a weighted l1 (``prox.norm``), or None.
     """
-    inner = constraints.shrink(outer, opts.margin)
     eta = jnp.asarray(opts.step, state.w.dtype)
     xt = gram.transposed(x)
+    state = state._replace(margin=jnp.asarray(opts.margin, state.w.dtype))
     return loop.run(
-        lambda s: _iterate(x, xt, inner, s, eta, groups, weights),
+        lambda s: _iterate(x, xt, outer, s, eta, groups, weights),
         lambda s, k: _check(outer, opts, s, k, groups, weights),
         state,
         opts.max_iters,
