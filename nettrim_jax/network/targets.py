@@ -246,6 +246,10 @@ def solve_to_count(
         same_side = same_side + 1 if side == last_side else 0
         last_side = side
         lo, hi = _bracket(lo, hi, point, too_dense=n > keep)
+        if lo is not None and hi is not None and abs(hi[0] - lo[0]) < 1e-4:
+            # One epsilon gave counts on both sides (solves to gap_tol from other starts
+            # differ): keep this solve's side and step out from it again.
+            lo, hi = (point, None) if n > keep else (None, point)
         if lo is not None and hi is not None:
             u = _secant(lo, hi, target)
             if same_side >= 1:  # the secant keeps landing on one side (a kinked curve): bisect

@@ -58,15 +58,59 @@ class State(NamedTuple):
     xu: jnp.ndarray  # (P, M)
     rho: jnp.ndarray  # ()
     margin: jnp.ndarray  # () the radius shrink in use (``run`` starts it at opts.margin)
+    cuts: RhoCuts  # what the last lowering of rho did (``_adapt_rho``)
+
+
+class RhoCuts(NamedTuple):
+    """Memory of ADMM's rho cuts, so a cut that did not help is undone and not repeated.
+
+    Attributes:
+      floor: () the lowest rho allowed from now on (raised above a cut that failed).
+      cut_from: () rho before the last cut, 0 when the last due check made none.
+      cut_gap: () the lagging measure (certified gap over its tolerance) at that cut.
+    """
+
+    floor: jnp.ndarray
+    cut_from: jnp.ndarray
+    cut_gap: jnp.ndarray
+
+
+RHO_RANGE = (1e-3, 1e3)
+
+
+def no_cuts(dtype) -> RhoCuts:
+    zero = jnp.zeros((), dtype)
+    return RhoCuts(floor=jnp.asarray(RHO_RANGE[0], dtype), cut_from=zero, cut_gap=zero)
 
 
 def init_state(g: gram.Gram, c: constraints.ConstraintSet, w0: jnp.ndarray, rho0) -> State:
-    """Start from kernel w0 (N, M): Z = proj_C(X w0), zero duals."""
+    """Start from kernel w0 (N, M): Z = proj_C(X w0) and, when w0 is not zero, the duals
+    ``warm_dual`` guesses from it (zero duals otherwise)."""
     xw = g.x @ w0
     z = constraints.project(xw, c)
-    zeros_p = jnp.zeros_like(z)
+    rho = jnp.asarray(rho0, w0.dtype)
+    lam = warm_dual(g, c, w0, xw)
+    l1 = lam / rho
     one = jnp.ones((), w0.dtype)
-    return State(w=w0, z=z, l1=zeros_p, l2=jnp.zeros_like(w0), u=w0, xu=xw, rho=jnp.asarray(rho0, w0.dtype), margin=one)
+    return State(w=w0, z=z, l1=l1, l2=-(g.xt @ l1), u=w0, xu=xw, rho=rho, margin=one, cuts=no_cuts(w0.dtype))
+
+
+def warm_dual(g: gram.Gram, c: constraints.ConstraintSet, w0: jnp.ndarray, xw: jnp.ndarray) -> jnp.ndarray:
+    """A dual point (P, M) for a warm start from kernel w0: mu times the outward normal
+    of C at X w0 (the misfit on omega, the excess over V off it: ``constraints.normal``),
+    with mu >= 0 fitted so that X^T lam best matches -sign(w0) on w0's support (the
+    optimality condition of ||U||_1).  Zero for w0 = 0.
+
+    Why: started from a kernel near the optimum (a search's neighbouring epsilon) with zero
+    duals, W is feasible at once and only the certificate lags, which drove rho to its floor
+    where ADMM stopped moving (a TinyLM projection: 5000 iterations uncertified from the
+    kernel a 70-iteration solve had certified)."""
+    d = constraints.normal(xw, c)
+    xtd = g.xt @ d
+    s = jnp.sign(w0)
+    den = jnp.sum(jnp.where(s != 0, xtd * xtd, 0))
+    mu = -jnp.sum(xtd * s) / jnp.maximum(den, jnp.finfo(w0.dtype).tiny)
+    return jnp.maximum(mu, 0) * d
 
 
 def next_margin(margin, opts, objective, price):
@@ -130,38 +174,56 @@ def _check(g, outer, opts: Options, s: State, iterations, groups=None, weights=N
     if opts.residual_stop:
         converged = converged & (r <= eps_pri) & (sres <= eps_dual)
 
-    rho = s.rho
+    rho, cuts = s.rho, s.cuts
     if opts.adaptive_rho:
-        # Balance what the stopping test waits for: the certified gap (in units of gap_tol)
-        # against W's infeasibility (misfit above the shrunken radius in units of the
-        # margin, threshold excess in units of feas_tol).  A large rho makes W feasible
-        # fast and closes the gap slowly, a small rho the reverse, so rho moves toward the
-        # lagging side once one side leads by 4x.  The consensus residual r (Boyd's
-        # primal side), at a tenth of its weight, keeps a W that is feasible long before
-        # ADMM has settled from driving rho to its floor (ADMM stops moving there).
-        # Steps are bounded (x3) and taken only every ``adapt_every`` checks so ADMM can
-        # settle.  On MNIST LeNet-300-100 layers (4000 rows, relative epsilon 0.1-0.6, both
-        # budgets) this took 1860 iterations over 10 solves where counting r in full with a
-        # 25x dead band took 4870 (both with the adaptive margin of ``next_margin``).
         margin = s.margin
         unit = jnp.maximum(margin * outer.radius + slack, tiny)
         infeasible = jnp.maximum(
             jnp.maximum(misfit - (1 - margin) * outer.radius, 0) / unit, viol_norm / jnp.maximum(viol_tol, tiny)
         )
-        pri = jnp.maximum(infeasible, 0.1 * r / eps_pri)
-        dua = gap / gap_allowed
-        ratio = jnp.sqrt(jnp.maximum(pri, tiny) / jnp.maximum(dua, tiny))
-        # A lower rho only once the consensus residual is within 10x of its tolerance: a
-        # smaller rho before ADMM has settled made small problems oscillate between an
-        # infeasible W and a gap, with rho drifting to its floor.
-        ratio = jnp.where((ratio < 1) & (r > 10 * eps_pri), 1.0, ratio)
         due = (iterations // opts.check_every) % opts.adapt_every == 0
-        rebalance = due & ((ratio > 2) | (ratio < 0.5)) & ~converged & ((pri > 1) | (dua > 1))
-        rho = jnp.where(rebalance, jnp.clip(rho * jnp.clip(ratio, 1 / 3, 3), 1e-3, 1e3), rho)
+        rho, cuts = _adapt_rho(s.rho, s.cuts, infeasible, r / eps_pri, gap / gap_allowed, due & ~converged)
     margin = next_margin(s.margin, opts, objective, cert.price)
-    s = s._replace(rho=rho, l1=s.l1 * (s.rho / rho), l2=s.l2 * (s.rho / rho), margin=margin)
+    s = s._replace(rho=rho, l1=s.l1 * (s.rho / rho), l2=s.l2 * (s.rho / rho), margin=margin, cuts=cuts)
     report = Report(iterations, converged, objective, lower, misfit, violation, r, sres, s.rho)
     return s, report
+
+
+def _adapt_rho(rho, cuts: RhoCuts, infeasible, consensus, lagging, due):
+    """(rho, cuts) after a check.
+
+    Balances what the stopping test waits for: the certified gap over its tolerance
+    (``lagging``) against W's infeasibility (misfit above the shrunken radius in units of
+    the margin, threshold excess in units of feas_tol).  A large rho makes W feasible fast
+    and closes the gap slowly, a small rho the reverse, so on a ``due`` check rho moves
+    toward the lagging side once one side leads by 4x, by at most x3.  The consensus
+    residual over its tolerance (``consensus``, Boyd's primal side) counts at a tenth, and
+    rho is lowered only once it is within 10x: before ADMM settles, a lower rho made small
+    problems swing between an infeasible W and a gap.  A cut must pay: if the gap has not
+    halved by the next due check, rho goes back to where it was and never below again
+    (the gap can lag because W is still far from optimal, not the dual; then a lower rho
+    only stalls ADMM, down to its floor: a TinyLM projection warm-started near its optimum
+    ran 5000 iterations at rho 1e-3 where rho = 1 converges in 100).
+
+    On MNIST LeNet-300-100 layers (4000 rows, relative epsilon 0.1-0.6, both budgets) the
+    rule took 1860 iterations over 10 solves, where counting the consensus residual in full
+    with a 25x dead band (the rule before) took 4870."""
+    tiny = jnp.finfo(rho.dtype).tiny
+    failed = due & (cuts.cut_from > 0) & (lagging > 0.5 * cuts.cut_gap)
+    floor = jnp.where(failed, jnp.maximum(cuts.floor, cuts.cut_from), cuts.floor)
+    pri = jnp.maximum(infeasible, 0.1 * consensus)
+    ratio = jnp.sqrt(jnp.maximum(pri, tiny) / jnp.maximum(lagging, tiny))
+    ratio = jnp.where((ratio < 1) & (consensus > 10), 1.0, ratio)
+    move = due & ((ratio > 2) | (ratio < 0.5)) & ((pri > 1) | (lagging > 1))
+    proposed = jnp.where(move, rho * jnp.clip(ratio, 1 / 3, 3), rho)
+    new = jnp.clip(jnp.where(failed, jnp.maximum(proposed, cuts.cut_from), proposed), floor, RHO_RANGE[1])
+    cut = due & (new < rho)
+    cuts = RhoCuts(
+        floor=floor,
+        cut_from=jnp.where(cut, rho, jnp.where(due, 0, cuts.cut_from)),
+        cut_gap=jnp.where(cut, lagging, cuts.cut_gap),
+    )
+    return new, cuts
 
 
 def run(g: gram.Gram, outer: constraints.ConstraintSet, state: State, opts: Options, groups=None, weights=None):
@@ -177,7 +239,7 @@ def run(g: gram.Gram, outer: constraints.ConstraintSet, state: State, opts: Opti
     (``prox.norm``), or None.
     """
     a = jnp.asarray(opts.relaxation, state.w.dtype)
-    state = state._replace(margin=jnp.asarray(opts.margin, state.w.dtype))
+    state = state._replace(margin=jnp.asarray(opts.margin, state.w.dtype), cuts=no_cuts(state.w.dtype))
     return loop.run(
         lambda s: _iterate(g, outer, s, a, groups, weights),
         lambda s, k: _check(g, outer, opts, s, k, groups, weights),

@@ -72,6 +72,14 @@ def project(z: jnp.ndarray, c: ConstraintSet) -> jnp.ndarray:
     return jnp.where(c.omega, c.target + d * factor, nearest)
 
 
+def normal(z: jnp.ndarray, c: ConstraintSet) -> jnp.ndarray:
+    """z minus its nearest point of K = {Z_omega = Y, Z_omega^c <= V} (P, M): the misfit on
+    omega and the excess over V off it, the direction of the constraint's dual at a point
+    on C's boundary (exactly so for the ball and for C_soft; off omega, for C, it marks the
+    thresholds z already passes)."""
+    return jnp.where(c.omega, z - c.target, jnp.maximum(z - c.threshold, 0))
+
+
 def misfit(xu: jnp.ndarray, c: ConstraintSet):
     """Misfit and threshold violation of pre-activations xu (P, M).
 
