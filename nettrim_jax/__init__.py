@@ -2,7 +2,7 @@
 
 from nettrim_jax.io.checkpoint import CheckpointError
 from nettrim_jax.network.masking import masked
-from nettrim_jax.network.prune import PruneResult, PruneState, prune
+from nettrim_jax.network.prune import CollapsedModelError, PruneResult, PruneState, prune
 from nettrim_jax.network.report import LayerReport, PruneReport
 from nettrim_jax.network.specs import Conv, Dense
 from nettrim_jax.solver.layer import LayerInfo, LayerSolution, reweighting_weights, solve_layer
@@ -18,6 +18,7 @@ __all__ = [
     "prune",
     "PruneResult",
     "PruneState",
+    "CollapsedModelError",
     "PruneReport",
     "LayerReport",
     "Dense",

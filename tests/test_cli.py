@@ -49,7 +49,9 @@ def test_prune_cascade_writes_checkpoint_and_report(setup, tmp_path, capsys):
     assert 0 <= report["run"]["accuracy_after"] <= 1
     assert not (out / "partial.state").exists()
     assert "pruned checkpoint" in stdout
+    assert stdout.strip().splitlines()[-1].endswith("3/3 solves converged")  # the final line counts them
     md = (out / "report.md").read_text()
+    assert "; 3/3 solves converged;" in md  # and the report's summary line
     assert "| 0 | dense | relu | 9 | 16 | 150 |" in md  # N includes the bias row
     assert report["options"]["epsilon"] == 0.05 and report["options"]["max_iters"] == 400
 
@@ -167,10 +169,12 @@ def test_strict_exit_code_when_not_converged(setup, tmp_path, capsys, monkeypatc
 
     for mod in ("cascade", "parallel"):
         monkeypatch.setattr(f"nettrim_jax.network.{mod}.solved_outcome", unconverged)
-    rc, _, _ = run(prune_args(root, tmp_path / "o", "--strict"), capsys)
+    rc, stdout, _ = run(prune_args(root, tmp_path / "o", "--strict"), capsys)
     assert rc == cli.EXIT_NOT_CONVERGED
     rep = json.loads((tmp_path / "o" / "report.json").read_text())  # results are still written
     assert [r["converged"] for r in rep["layers"]] == [False] * 3
+    assert "0/3 solves converged (3 NOT certified)" in stdout.strip().splitlines()[-1]
+    assert "0/3 solves converged (3 NOT certified)" in (tmp_path / "o" / "report.md").read_text()
     rc, _, _ = run(prune_args(root, tmp_path / "o2"), capsys)  # without --strict: 0
     assert rc == cli.EXIT_OK
 

@@ -14,6 +14,7 @@ Exit codes (stable; scripts may rely on them):
        folder that already holds a result (pass --force) or an unfinished one (--resume),
        an OUT that cannot be written (checked before any work), permission denied
     3  finished, results written, but with --strict some layer's solve did not converge
+    4  the pruned model collapsed (its outputs no longer depend on the input); nothing written
     130 interrupted (Ctrl-C); finished layers of a cascade run are kept for --resume
 
 Errors print one line, ``nettrim: error: <message>``, on stderr; set ``NETTRIM_DEBUG=1`` for
@@ -38,6 +39,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_NOT_CONVERGED = 3
+EXIT_COLLAPSED = 4
 EXIT_INTERRUPTED = 130
 
 __all__ = ["main", "build_parser", "load_calibration", "UsageError"]
@@ -80,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nettrim",
         description="Net-Trim convex pruning of trained ReLU networks.",
         epilog="exit codes: 0 ok, 1 internal error (a bug), 2 bad usage or input, "
-        "3 not converged (--strict), 130 interrupted",
+        "3 not converged (--strict), 4 the pruned model collapsed (nothing written), 130 interrupted",
         parents=[common],
     )
     p.add_argument("--version", action="version", version=f"nettrim-jax {__version__}")
@@ -258,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(e.code or 0)
     console = _Console(args.quiet)
     from nettrim_jax.io.checkpoint import CheckpointError
+    from nettrim_jax.network.prune import CollapsedModelError
 
     try:
         with warnings.catch_warnings():
@@ -270,6 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nettrim: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except CollapsedModelError as e:  # nothing written: a constant model is no result
+        print(f"nettrim: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_COLLAPSED
     except (UsageError, CheckpointError, ValueError, FileNotFoundError, PermissionError) as e:
         _debug_traceback()
         print(f"nettrim: error: {one_line(e)}", file=sys.stderr)

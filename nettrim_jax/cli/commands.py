@@ -138,6 +138,16 @@ def _finish(out: Path, layers, input_shape, meta, report: dict, console, plot=Fa
     out = out if shown is None else Path(shown)
     print(f"pruned checkpoint: {out / MODEL_DIR} ({stored / 1024:.1f} KiB; {dense / 1024:.1f} KiB dense)")
     print(f"report: {out / REPORT_MD}, {out / REPORT_JSON}" + (f", {out / REPORT_PNG}" if plot else ""))
+    print(_final_line(report))
+
+
+def _final_line(report: dict) -> str:
+    """The last line printed: the sparsity reached and how many solves were certified."""
+    from nettrim_jax.network.report import PruneReport, converged_summary
+
+    rep = PruneReport.from_dict(report)
+    kept = rep.nnz_after / max(1, rep.nnz_before)
+    return f"done: {100 * (1 - kept):.2f}% of the pruned layers' weights removed; {converged_summary(rep)}"
 
 
 def _report_dict(result, run: dict) -> dict:
@@ -255,6 +265,7 @@ def _finish_user_model(out: Path, report: dict, dest: Path, console) -> None:
     console.say(md)
     print(f"pruned state (Orbax): {dest}")
     print(f"report: {out / REPORT_MD}, {out / REPORT_JSON}")
+    print(_final_line(report))
 
 
 def cmd_prune(args, console) -> int:

@@ -94,4 +94,11 @@ def build_report(net, x, scheme, orig, new, choices, outcomes, gamma, options, t
         ),
         seconds=time.perf_counter() - t_start,
         options=options,
+        output_spread=spread(out1) / max(spread(out0), 1e-30),
     )
+
+
+def spread(out) -> float:
+    """||out - its mean over samples (axis 0)||_F: how much the outputs vary with the input."""
+    out = np.asarray(out, np.float64)
+    return float(np.linalg.norm(out - out.mean(axis=0, keepdims=True)))

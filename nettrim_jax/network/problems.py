@@ -321,6 +321,7 @@ def jitted_solver(
         )
         return sol.kernel, sol.info
 
+    f.__name__ = "nettrim_layer_solve"  # names the compiled program (jax_log_compiles, profiles)
     return jax.jit(f)
 
 

@@ -44,7 +44,7 @@ from nettrim_jax.network.specs import kernel_matrix, with_matrix
 from nettrim_jax.network.targets import keep_counts, parse_sparsity, prune_at_one_epsilon
 from nettrim_jax.solver.layer import check_solver_options
 
-__all__ = ["prune", "PruneResult", "PruneState"]
+__all__ = ["prune", "PruneResult", "PruneState", "CollapsedModelError"]
 
 
 class PruneResult(NamedTuple):
@@ -369,7 +369,38 @@ def prune(
     pruned = net.rebuild(new)
     if fold_batchnorm:
         pruned, report = _fold(pruned, x, net, report)
-    return PruneResult(model=pruned, masks=net.masks(new), report=report)
+    result = PruneResult(model=pruned, masks=net.masks(new), report=report)
+    _refuse_collapsed(result)
+    return result
+
+
+# The pruned outputs' variation over the calibration samples, relative to the original's,
+# below which the model counts as collapsed (constant outputs measured 5e-6 of it).
+COLLAPSE_SPREAD = 1e-3
+
+
+class CollapsedModelError(RuntimeError):
+    """``prune`` produced a model whose outputs no longer depend on its input.  The
+    message names the emptiest layers; ``result`` holds the ``PruneResult`` for inspection."""
+
+    def __init__(self, message: str, result: PruneResult):
+        super().__init__(message)
+        self.result = result
+
+
+def _refuse_collapsed(result: PruneResult) -> None:
+    report = result.report
+    if not report.output_spread < COLLAPSE_SPREAD:
+        return
+    solved = [layer for layer in report.layers if layer.activation != "skipped"]
+    emptiest = sorted(solved, key=lambda layer: layer.nnz_after / max(1, layer.N * layer.M))[:2]
+    kept = ", ".join(f"{layer.name} keeps {layer.nnz_after} of {layer.N * layer.M}" for layer in emptiest)
+    raise CollapsedModelError(
+        f"the pruned model collapsed: its outputs vary {report.output_spread:.1e} times as much over the "
+        f"calibration samples as the original's ({kept}); prune less (a lower sparsity or epsilon) or give "
+        "more calibration samples (the pruned result is on this error's .result)",
+        result,
+    )
 
 
 def _warn_missed_target(sparsity, report):

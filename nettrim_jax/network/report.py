@@ -60,7 +60,10 @@ class PruneReport(NamedTuple):
     ``output_error`` (``nettrim_jax.network.bounds``; inf, None in JSON, when some layer has
     an affine epilogue: not derived there); seconds: total; options: every
     setting that shaped the result (epsilon, gamma, relative, output_epsilon, refit,
-    per_neuron, solver, max_patches, seed, solver options), JSON-able.
+    per_neuron, solver, max_patches, seed, solver options), JSON-able; output_spread: how
+    much of the model outputs' variation over the calibration samples the pruned model
+    keeps, ||out - mean over samples||_F relative to the original's (near 0: the outputs
+    no longer depend on the input, a collapsed model, which ``prune`` refuses to return).
     """
 
     scheme: str
@@ -73,6 +76,7 @@ class PruneReport(NamedTuple):
     bound: float
     seconds: float
     options: dict = {}
+    output_spread: float = 1.0
 
     def to_dict(self) -> dict:
         """JSON-able dict (numbers as Python floats/ints; layers as dicts)."""
@@ -118,6 +122,15 @@ def _option_line(options: dict) -> str:
     return ", ".join(shown)
 
 
+def converged_summary(report: PruneReport) -> str:
+    """'k/n solves converged' over the solved layers (skipped ones left out), with the
+    unconverged ones' count spelled out: the line a reader checks before trusting a result."""
+    solved = [layer for layer in report.layers if layer.activation != "skipped"]
+    ok = sum(bool(layer.converged) for layer in solved)
+    text = f"{ok}/{len(solved)} solves converged"
+    return text if ok == len(solved) else f"{text} ({len(solved) - ok} NOT certified)"
+
+
 def render_markdown(report: PruneReport, title: str | None = None, notes: Sequence[str] = ()) -> str:
     """GitHub markdown: optional ``# title``, the options, the per-layer table, the summary
     line (nonzeros, output discrepancy, output error against the bound), ``notes`` (one line
@@ -151,7 +164,7 @@ def render_markdown(report: PruneReport, title: str | None = None, notes: Sequen
     lines += [
         "",
         f"{scheme}: nonzeros {report.nnz_before} -> {report.nnz_after} ({100 * keep:.1f}% kept); "
-        f"output discrepancy {report.output_discrepancy:.4f}; output error "
+        f"{converged_summary(report)}; output discrepancy {report.output_discrepancy:.4f}; output error "
         f"{report.output_error:.4g} {bound}; {report.seconds:.1f} s",
     ]
     if any(layer.subsampled for layer in report.layers):

@@ -7,8 +7,10 @@ split into per-layer keep counts by ``allocation``:
 * ``"uniform"``: every pruned layer keeps the same fraction;
 * ``"scores"``: one global threshold on the activation-weighted magnitudes |W_ij| rms(x_j)
   (Wanda's score with the input column's root-mean-square over the program's rows, so conv
-  patches and Dense samples compare; computed on the calibration inputs): layers whose
-  weights matter less on the data give up more, and the total matches S exactly;
+  patches and Dense samples compare; computed on the calibration inputs), each output
+  unit's scores normalised to unit l2 norm (a weight's share of its unit's response, so
+  layers of different scales compare): layers whose weights matter less on the data give
+  up more, no layer keeps fewer weights than it has output units, and the total matches S;
 * ``"epsilon"``: no per-layer counts: Net-Trim's own allocation, one scalar epsilon (the
   parallel scheme: every layer's; the cascade: epsilon_1, later layers by the gamma rule, as
   in the paper), searched over whole prunes until the network's sparsity is within 0.5
@@ -67,7 +69,9 @@ def parse_sparsity(sparsity, allocation: str) -> float | dict | None:
 
 def _scores(spec, X, max_patches=None):
     """(scores, cap) of a layer.  scores: |W| weighted by the root-mean-square of each input
-    column over the program's rows (bias row: its ones column, 1).  The mean, not the sum: a
+    column over the program's rows (bias row: its ones column, 1), then divided by the
+    column's (output unit's) l2 norm of those, so each unit's scores have unit norm.  The
+    mean, not the sum: a
     conv layer has one row per image patch (576 per image for a 5x5 conv on 28x28), a Dense
     layer one per sample, and column norms summed over rows ranked every conv weight above
     every Dense one (LeNet-5 at 98%: both Dense layers got no weights).  Among layers with
@@ -79,6 +83,10 @@ def _scores(spec, X, max_patches=None):
         rows = with_ones(rows)
     rms = jnp.sqrt(jnp.mean(rows * rows, axis=0))
     scores = np.asarray(jnp.abs(kernel_matrix(spec)) * rms[:, None])
+    # Each output unit's scores to unit l2 norm: a weight's share of its unit's response, so
+    # layers of different output scales compare (raw scores let the digits MLP's last layer
+    # outbid the first: 34 of 4160 first-layer weights kept at 90%, a constant model).
+    scores = scores / np.maximum(np.sqrt(np.sum(scores * scores, axis=0, keepdims=True)), np.finfo(np.float32).tiny)
     r = int(rows.shape[0])
     if isinstance(spec, Conv) and max_patches is not None:
         r = min(r, int(max_patches))
@@ -126,12 +134,18 @@ def keep_counts(
         pool = np.concatenate([scored[i][0].ravel() for i in open_])
         budget = min(budget, pool.size)
         cut = np.partition(pool, pool.size - budget)[pool.size - budget]
-        counts = {i: max(1, int(np.sum(scored[i][0] >= cut))) for i in open_}
+        counts = {i: max(_floor(scored[i][0]), int(np.sum(scored[i][0] >= cut))) for i in open_}
         over = {i: scored[i][1] for i in open_ if counts[i] > scored[i][1]}
         fixed.update(over or counts)
         if not over:
             break
     return [fixed.get(i, 0) if a else None for i, a in enumerate(active)]
+
+
+def _floor(scores: np.ndarray) -> int:
+    """The fewest weights "scores" gives a layer: one per output unit (at most all of
+    them), so no layer is left without weights by the global threshold."""
+    return int(min(scores.size, scores.shape[1]))
 
 
 def _bracket(lo, hi, point, too_dense: bool):
@@ -278,7 +292,12 @@ def _count(K, info, size: int) -> int:
 @functools.lru_cache(maxsize=64)
 def _batched(solve):
     """``solve`` (a ``problems.jitted_solver``) over a vector of epsilons, in one call."""
-    return jax.jit(jax.vmap(solve, in_axes=(None, None, 0, None, None, None, None)))
+    batch = jax.vmap(solve, in_axes=(None, None, 0, None, None, None, None))
+
+    def nettrim_layer_solve_batch(*args):
+        return batch(*args)
+
+    return jax.jit(nettrim_layer_solve_batch)
 
 
 def one_epsilon(run, target: float, eps0: float, *, tol: float = 0.004, max_runs: int = 10, coarse_iters: int = 300):
@@ -344,7 +363,12 @@ def prune_at_one_epsilon(prune, call: dict, target: float):
     rounds = int(kw.get("reweight", 0))
 
     def run(e, iters):
-        return prune(**{**kw, "epsilon": e, "reweight": 0, **({} if iters is None else {"max_iters": iters})})
+        from nettrim_jax.network.prune import CollapsedModelError
+
+        try:
+            return prune(**{**kw, "epsilon": e, "reweight": 0, **({} if iters is None else {"max_iters": iters})})
+        except CollapsedModelError as err:  # a search step past the target: its count still steers
+            return err.result
 
     eps0 = float(np.max(call["epsilon"])) if np.size(call["epsilon"]) else 0.05
     res, e, runs = one_epsilon(run, target, eps0)
