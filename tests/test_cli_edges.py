@@ -79,15 +79,19 @@ def test_warnings_print_as_one_clean_line(setup, capsys, monkeypatch):
     assert err == "nettrim: warning: first line\n"
 
 
-def test_all_zero_result_warns_in_one_line(setup, tmp_path, capsys):
-    """--epsilon 1e9 prunes every weight: the run finishes (rc 0) but says so, one line per
-    layer, with no file path or source line."""
+def test_all_zero_result_is_refused_in_one_line(setup, tmp_path, capsys):
+    """--epsilon 1e9 prunes every weight: one warning line per layer, then one error line
+    and exit 4 (a collapsed model), no file path or source line, and no result written."""
+    out = tmp_path / "o"
     rc, _, err = run(["prune", setup / "ckpt", "--data", setup / "calib.npz", "--epsilon", "1e9",
-                       "--max-iters", "400", "--out", tmp_path / "o"], capsys)
-    assert rc == cli.EXIT_OK, err
+                       "--max-iters", "400", "--out", out], capsys)
+    assert rc == cli.EXIT_COLLAPSED, err
     lines = [l for l in err.splitlines() if "warning" in l.lower()]
     assert lines and all(l.startswith("nettrim: warning: layer ") and "pruned to all zeros" in l for l in lines)
+    errors = [l for l in err.splitlines() if l.startswith("nettrim: error:")]
+    assert len(errors) == 1 and "collapsed" in errors[0]
     assert ".py:" not in err and "warnings.warn" not in err
+    assert not (out / "report.json").exists() and not (out / "model").exists()
 
 
 def test_report_records_every_shaping_option(setup, tmp_path, capsys):

@@ -32,9 +32,14 @@ def test_parallel_layer_seconds_add_up_to_at_most_the_run():
 
 @pytest.mark.parametrize("scheme", ["cascade", "parallel"])
 def test_layer_pruned_to_all_zeros_warns(scheme):
-    with pytest.warns(RuntimeWarning) as rec:
-        res = prune(_net(), _x(), scheme=scheme, epsilon=1e9, progress=False, max_iters=400)
-    assert res.report.nnz_after == 0
+    """Every layer pruned to zeros: one warning per layer, then a CollapsedModelError (a
+    constant model is no result; the result rides on the error)."""
+    import nettrim_jax as nt
+
+    with pytest.warns(RuntimeWarning) as rec, pytest.raises(nt.CollapsedModelError) as err:
+        prune(_net(), _x(), scheme=scheme, epsilon=1e9, progress=False, max_iters=400)
+    res = err.value.result
+    assert res.report.nnz_after == 0 and res.report.output_spread == 0
     assert [str(w.message).split(" was")[0] for w in rec] == ["layer 0", "layer 1", "layer 2"]
     if scheme == "cascade":  # gamma shapes a cascade run: the summary keeps it
         assert next(l for l in res.report.to_markdown().splitlines() if "nonzeros" in l).startswith("cascade Net-Trim (gamma=1.1): nonzeros")

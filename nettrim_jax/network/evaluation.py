@@ -94,8 +94,15 @@ def build_report(net, x, scheme, orig, new, choices, outcomes, gamma, options, t
         ),
         seconds=time.perf_counter() - t_start,
         options=options,
-        output_spread=spread(out1) / max(spread(out0), 1e-30),
+        output_spread=_spread_kept(out0, out1),
     )
+
+
+def _spread_kept(out0, out1) -> float:
+    """spread(out1) / spread(out0); 1 when the original outputs are already constant on the
+    calibration data (nothing to lose: a network dead there)."""
+    s0 = spread(out0)
+    return spread(out1) / s0 if s0 > 1e-12 * max(1.0, float(np.max(np.abs(np.asarray(out0))))) else 1.0
 
 
 def spread(out) -> float:

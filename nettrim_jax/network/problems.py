@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nettrim_jax.network.specs import Conv, program_rows, program_targets
-from nettrim_jax.solver import patterns, structure
+from nettrim_jax.solver import admm, patterns, pdhg, structure
 from nettrim_jax.solver.layer import reweighting_weights, solve_layer
 from nettrim_jax.solver.refit import refit_layer
 
@@ -300,12 +300,31 @@ def jitted_solver(
 ):
     """``(X, Y, eps, V[, omega, w0, weights]) -> (kernel, info)``, compiled once per setting
     (``groups``: the group-l1 row ids, ``solver.structure``; None for plain l1; ``w0``: a
-    warm-start kernel; ``weights``: a weighted l1's, ``solve_layer(l1_weights=)``)."""
+    warm-start kernel; ``weights``: a weighted l1's, ``solve_layer(l1_weights=)``).
+
+    ``max_iters`` in ``opts`` is not part of the compiled program: settings that differ only
+    in it (a target search's capped steering solves and its full ones) share one compile, on
+    an H200 about 6 s each."""
+    options = dict(opts)
+    cap = int(options.pop("max_iters", (admm.Options if solver == "admm" else pdhg.Options)().max_iters))
+    core = _compiled_solver(
+        activation, per_neuron, solver, with_threshold, tuple(sorted(options.items())), with_omega, groups
+    )
+    iters = np.int32(cap)
+
+    def solve(X, Y, eps, thr, omega=None, w0=None, weights=None):
+        return core(X, Y, eps, thr, omega, w0, weights, iters)
+
+    return solve
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_solver(activation, per_neuron, solver, with_threshold, opts: tuple, with_omega, groups):
     options = dict(opts)
     if groups is not None:
         options.update(structure="rows", groups=np.asarray(groups, np.int32))
 
-    def f(X, Y, eps, thr, omega=None, w0=None, weights=None):
+    def f(X, Y, eps, thr, omega, w0, weights, iters):
         sol = solve_layer(
             X,
             Y,
@@ -317,6 +336,7 @@ def jitted_solver(
             omega=omega if with_omega else None,
             warm_start=w0,
             l1_weights=weights,
+            max_iters=iters,
             **options,
         )
         return sol.kernel, sol.info

@@ -226,8 +226,17 @@ def _adapt_rho(rho, cuts: RhoCuts, infeasible, consensus, lagging, due):
     return new, cuts
 
 
-def run(g: gram.Gram, outer: constraints.ConstraintSet, state: State, opts: Options, groups=None, weights=None):
-    """Iterate from ``state`` until converged or ``opts.max_iters``; returns (State, Report).
+def run(
+    g: gram.Gram,
+    outer: constraints.ConstraintSet,
+    state: State,
+    opts: Options,
+    groups=None,
+    weights=None,
+    max_iters=None,
+):
+    """Iterate from ``state`` until converged or ``max_iters`` (default ``opts.max_iters``;
+    may be traced); returns (State, Report).
 
     ``outer`` is the true constraint set; iterates are projected onto its shrunken copy
     (radius times 1 - margin; margin starts at ``opts.margin`` and is lowered by
@@ -244,6 +253,6 @@ def run(g: gram.Gram, outer: constraints.ConstraintSet, state: State, opts: Opti
         lambda s: _iterate(g, outer, s, a, groups, weights),
         lambda s, k: _check(g, outer, opts, s, k, groups, weights),
         state,
-        opts.max_iters,
+        opts.max_iters if max_iters is None else max_iters,
         opts.check_every,
     )

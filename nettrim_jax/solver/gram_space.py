@@ -330,7 +330,9 @@ def solve_reduced(
             f"infeasible linear program: epsilon {np.asarray(eps_orig)} is below the "
             f"least-squares misfit {floor} (no kernel fits Y that closely)"
         )
-    opts = layer._options(solver, dtype, solver_options)
+    opts, iters = layer.split_iterations(
+        layer._options(solver, dtype, layer.solver_options_static(solver_options)), solver_options
+    )
     if (
         warm_start is not None
         and not isinstance(warm_start, layer.LayerSolution)
@@ -357,6 +359,7 @@ def solve_reduced(
         w0,
         warm,
         rho0,
+        iters=iters,
         activation="linear",
         per_neuron=per_neuron,
         solver=solver,

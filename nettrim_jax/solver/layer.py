@@ -191,6 +191,7 @@ def _solve(
     groups=None,
     mask=None,
     weights=None,
+    iters=None,
     *,
     activation,
     per_neuron,
@@ -228,7 +229,7 @@ def _solve(
     def one(target, om, rad, thr, w, warm_state, wts):
         c = constraints.ConstraintSet(target=target, omega=om, radius=rad, threshold=thr, soft=soft)
         s0 = init(c, w, rho0) if warm_state is None else warm_state
-        return runner(c, s0, opts, groups=groups, weights=wts)
+        return runner(c, s0, opts, groups=groups, weights=wts, max_iters=iters)
 
     if per_neuron:
         cols = lambda a: jnp.moveaxis(a, 1, 0)[..., None]  # (P, M) -> (M, P, 1)
@@ -428,7 +429,7 @@ def solve_layer(
                 raise
     epsilon = jnp.asarray(epsilon, dtype)
     threshold = jnp.zeros((), dtype) if threshold is None else jnp.asarray(threshold, dtype)
-    opts = _options(solver, dtype, solver_options)
+    opts, iters = split_iterations(_options(solver, dtype, solver_options_static(solver_options)), solver_options)
 
     warm = None
     if isinstance(warm_start, LayerSolution):
@@ -464,6 +465,7 @@ def solve_layer(
             groups,
             omega,
             weights,
+            iters,
             activation=activation,
             per_neuron=per_neuron,
             solver=solver,
@@ -476,6 +478,20 @@ def solve_layer(
     else:
         jax.debug.callback(_warn_unconverged, info.converged, info.iterations, info.gap, info.residual)
     return LayerSolution(kernel=kernel, info=info, state=state)
+
+
+def solver_options_static(options: dict) -> dict:
+    """``options`` for validation and the static ``Options``: a traced ``max_iters`` (one
+    compiled program for every cap, ``network.problems.jitted_solver``) is left out."""
+    return {k: v for k, v in options.items() if not (k == "max_iters" and not is_concrete(v))}
+
+
+def split_iterations(opts, options: dict):
+    """(static options with max_iters 0, the cap as an int32 array): the compiled solve takes
+    its iteration cap as an argument, so solves that differ only in it share one program."""
+    cap = options.get("max_iters")
+    iters = jnp.asarray(opts.max_iters if cap is None or is_concrete(cap) else cap, jnp.int32)
+    return opts._replace(max_iters=0), iters
 
 
 def _checked_weights(weights, shape, groups):

@@ -23,14 +23,15 @@ class Report(NamedTuple):
     rho: jnp.ndarray
 
 
-def run(iterate: Callable, check: Callable, state, max_iters: int, check_every: int):
+def run(iterate: Callable, check: Callable, state, max_iters, check_every: int):
     """Run ``iterate`` in blocks of ``check_every`` inside ``lax.while_loop``.
 
     After each block ``check(state, iterations) -> (state, Report)`` decides convergence;
     the loop ends when converged or after ceil(max_iters / check_every) blocks, with no
-    host round-trip.  Returns the final (state, Report).
+    host round-trip.  ``max_iters`` may be traced (one compiled program serves every cap).
+    Returns the final (state, Report).
     """
-    blocks = -(-max_iters // check_every)
+    blocks = (max_iters + check_every - 1) // check_every
 
     def block(carry):
         s, _, k = carry

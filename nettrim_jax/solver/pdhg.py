@@ -194,8 +194,9 @@ def _check(outer, opts: Options, s: State, iterations, groups=None, weights=None
     return s, report
 
 
-def run(x, outer: constraints.ConstraintSet, state: State, opts: Options, groups=None, weights=None):
-    """Iterate from ``state`` until converged or ``opts.max_iters``; returns (State, Report).
+def run(x, outer: constraints.ConstraintSet, state: State, opts: Options, groups=None, weights=None, max_iters=None):
+    """Iterate from ``state`` until converged or ``max_iters`` (default ``opts.max_iters``;
+    may be traced); returns (State, Report).
 
     ``groups``: the objective's (N,) group ids (``structure``), or None for ||U||_1;
     ``weights``: (N, M) positive entry weights of a weighted l1 (``prox.norm``), or None.
@@ -207,6 +208,6 @@ def run(x, outer: constraints.ConstraintSet, state: State, opts: Options, groups
         lambda s: _iterate(x, xt, outer, s, eta, groups, weights),
         lambda s, k: _check(outer, opts, s, k, groups, weights),
         state,
-        opts.max_iters,
+        opts.max_iters if max_iters is None else max_iters,
         opts.check_every,
     )
