@@ -54,7 +54,7 @@ def load(name, root, n_train=None, n_test=None):
 
 
 def fetch(datasets, root):
-    """``nettrim_jax.data.download`` each dataset into ``root`` (or ``$NETTRIM_DATA``)."""
+    """``nettrim_jax.io.data.download`` each dataset into ``root`` (or ``$NETTRIM_DATA``)."""
     from nettrim_jax.io.data import download
 
     base = data_dir(root)

@@ -1,5 +1,6 @@
 """nettrim-jax: Net-Trim convex pruning of trained ReLU networks, in JAX."""
 
+import nettrim_jax._versions  # noqa: F401  (first: the dependency floors, checked at import)
 from nettrim_jax.io.checkpoint import CheckpointError
 from nettrim_jax.network.masking import masked
 from nettrim_jax.network.prune import CollapsedModelError, PruneResult, PruneState, prune

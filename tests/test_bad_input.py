@@ -406,3 +406,17 @@ def test_prune_overflow_in_forward_is_a_value_error(monkeypatch):
     net[0] = net[0]._replace(kernel=np.full((8, 16), 1e38, np.float32))
     with pytest.raises(ValueError, match=r"layer '0' output \(pre-activation\) .*NaN or Inf"):
         _prune(net, np.abs(_x()) + 1)
+
+
+def test_old_flax_is_named_in_one_line(monkeypatch):
+    """An environment with a flax older than the floor gets one ImportError line naming it."""
+    from importlib import metadata
+
+    from nettrim_jax import _versions
+
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "0.10.4" if name == "flax" else real(name))
+    with pytest.raises(ImportError, match=r"needs flax>=0.12, found flax 0.10.4"):
+        _versions.check_versions()
+    monkeypatch.setattr(metadata, "version", real)
+    _versions.check_versions()  # the installed versions pass

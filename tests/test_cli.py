@@ -226,12 +226,13 @@ def _bad_cases(root, tmp_path, x):
         "truncated data": (["--data", trunc], "corrupt or truncated"),
         "bad labels": (["--data", npz("l.npz", x=x, y=np.zeros(3, np.int32))], "do not match 150 samples"),
         "resume + parallel": (["--scheme", "parallel", "--resume"], "cascade only"),
+        "epsilon + sparsity": (["--sparsity", "0.5"], "not both"),
     }
 
 
 @pytest.mark.parametrize("case", ["wrong data shape", "nan in data", "empty calibration set", "epsilon < 0",
                                   "epsilon nan", "gamma < 1", "samples 0", "reweight < 0", "missing data", "pickled data",
-                                  "truncated data", "bad labels", "resume + parallel"])
+                                  "truncated data", "bad labels", "resume + parallel", "epsilon + sparsity"])
 def test_bad_input_exit_2_one_line_nothing_written(setup, tmp_path, capsys, case):
     root, _, x, _ = setup
     extra, expect = _bad_cases(root, tmp_path, x)[case]

@@ -127,3 +127,21 @@ def test_few_samples_quick(tmp_path):
         (20, "plain"), (20, "refit"), (100, "plain"), (100, "refit")]
     assert all(set(r["acc"]) == {"nettrim", "magnitude", "wanda", "sparsegpt", "alps"} for r in records)
     assert (tmp_path / "few_samples.png").exists()
+
+
+def test_bench_prune_quick(tmp_path):
+    """bench_prune: every solve certified, the target met, the baselines at Net-Trim's counts,
+    and a deeper model of the same shapes compiles no new solver program (one per shape)."""
+    import bench_prune
+
+    records = bench_prune.main(["--quick", "--out", str(tmp_path), "--models", "lm2", "lm12",
+                                "--baselines", "alps"])
+    assert [r["model"] for r in records] == ["lm2", "lm12"] and all("error" not in r for r in records)
+    for rec in records:
+        run = rec["runs"][0]
+        assert run["nettrim"]["converged"] == run["nettrim"]["layers"] > 0
+        assert abs(run["sparsity"] - run["target"]) < 0.05
+        assert np.isfinite(run["nettrim"]["quality"]) and np.isfinite(run["alps"]["quality"])
+    assert records[0]["runs"][0]["nettrim"]["solver_programs"] >= 1
+    assert records[1]["runs"][0]["nettrim"]["solver_programs"] == 0  # 4 blocks reuse the 2 blocks' programs
+    assert "| lm12 |" in (tmp_path / "bench_prune.md").read_text()

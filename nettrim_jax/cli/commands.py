@@ -190,6 +190,8 @@ def _check_args(args) -> None:
             raise UsageError(f"{flag} must be >= {low}, got {value}")
     if args.epsilon is None and args.sparsity is None:
         raise UsageError("give --epsilon or --sparsity")
+    if args.epsilon is not None and args.sparsity is not None:
+        raise UsageError("give --epsilon or --sparsity, not both (with --sparsity each layer's epsilon is searched)")
     if args.epsilon is not None and not args.epsilon >= 0:
         raise UsageError(f"--epsilon must be >= 0, got {args.epsilon}")
     if args.sparsity is not None and not 0 <= args.sparsity < 1:
