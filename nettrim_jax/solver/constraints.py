@@ -149,6 +149,9 @@ def certificate(lam: jnp.ndarray, xt_lam: jnp.ndarray, c: ConstraintSet, groups=
     only the whole-block factor 1 / ||X^T lam||_G* is used.
     """
     tiny = jnp.finfo(lam.dtype).tiny
+    # The linear program's omega is a constant (1, M) all-True row: without the barrier XLA
+    # constant-folds the reductions over it broadcast to (P, M), 1-2 s of every compile.
+    c = c._replace(omega=jax.lax.optimization_barrier(c.omega))
     if groups is not None:
         return _group_certificate(lam, xt_lam, c, groups, tiny)
     a, b = _column_terms(lam, c)
