@@ -98,3 +98,55 @@ def test_bad_model_paths_and_checkpoints(saved, tmp_path, capsys, monkeypatch):
         assert rc == 2, (factory, err)
         assert msg in err and len(err.splitlines()) == 1, (factory, err)
         assert not out.exists()
+
+
+def test_model_with_dropout_and_batchnorm(tmp_path, capsys, monkeypatch):
+    """An NNX model holding nnx.Dropout (a PRNG key in its state) prunes from its Orbax
+    checkpoint; accuracy is measured in inference mode (BatchNorm on running statistics,
+    Dropout off) and on --eval-data when given; --strict returns 3 when a solve is
+    uncertified; --compact is refused in one line (a --model state keeps its shapes)."""
+    import json
+
+    (tmp_path / "dropnet.py").write_text(textwrap.dedent("""
+        from flax import nnx
+        class Net(nnx.Module):
+            def __init__(self, rngs):
+                self.l1 = nnx.Linear(8, 16, rngs=rngs)
+                self.bn = nnx.BatchNorm(16, rngs=rngs)
+                self.drop = nnx.Dropout(0.5, rngs=rngs)
+                self.l2 = nnx.Linear(16, 3, rngs=rngs)
+            def __call__(self, x):
+                return self.l2(self.drop(nnx.relu(self.bn(self.l1(x)))))
+        def make():
+            return Net(nnx.Rngs(0))
+    """))
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    import importlib
+
+    dropnet = importlib.import_module("dropnet")
+    m = dropnet.make()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 8)).astype(np.float32)
+    m.eval()
+    y = np.asarray(np.argmax(np.asarray(m(x)), -1), np.int32)  # labels the model gets right in eval mode
+    m.train()
+    ckpt = _save(tmp_path / "ckpt", nnx.state(m))
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    np.savez(tmp_path / "e.npz", x=x[:50], y=y[:50])
+    out = tmp_path / "out"
+    base = ["--model", "dropnet:make", "--params", ckpt, "--data", tmp_path / "d.npz", "--epsilon", "0.01",
+            "--max-iters", "2000"]
+    assert _run(*base, "--out", out) == 0, capsys.readouterr().err
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["run"]["accuracy_before"] == 1.0  # eval mode: the labels' own predictions
+    assert rep["run"]["accuracy_after"] >= 0.9
+    out2 = tmp_path / "out2"
+    assert _run(*base, "--eval-data", tmp_path / "e.npz", "--out", out2) == 0
+    assert json.loads((out2 / "report.json").read_text())["run"]["accuracy_on"].endswith("e.npz")
+    capsys.readouterr()
+    rc = _run(*base, "--compact", "--out", tmp_path / "out3")
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--compact applies to model.json checkpoints only" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out3").exists()
+    rc = _run(*base[:-2], "--max-iters", "1", "--strict", "--out", tmp_path / "out4")
+    assert rc == 3

@@ -78,8 +78,8 @@ def restore(model, params: str | os.PathLike):
         raise UsageError(
             f"--params {params}: does not match the model built by --model ({type(e).__name__}: {one_line(e)})"
         ) from None
-    want = jax.tree.map(lambda a: (tuple(np.shape(a)), str(np.asarray(a).dtype)), template)
-    got = jax.tree.map(lambda a: (tuple(np.shape(a)), str(np.asarray(a).dtype)), state)
+    want = jax.tree.map(_signature, template)
+    got = jax.tree.map(_signature, state)
     same = str(jax.tree.structure(want)) == str(jax.tree.structure(got))
     if not same or jax.tree.leaves(want) != jax.tree.leaves(got):
         raise UsageError(
@@ -89,6 +89,13 @@ def restore(model, params: str | os.PathLike):
         nnx.update(model, state)
         return model
     return (model[0], state)
+
+
+def _signature(a) -> tuple:
+    """(shape, dtype name) of a leaf; PRNG key arrays (an ``nnx.Dropout``'s or an
+    ``nnx.Rngs``' state) have a dtype but no NumPy form."""
+    dtype = getattr(a, "dtype", None)
+    return tuple(np.shape(a)), str(dtype if dtype is not None else np.asarray(a).dtype)
 
 
 def save_state(out: Path, state) -> Path:
@@ -108,11 +115,18 @@ def save_state(out: Path, state) -> Path:
 
 
 def _accuracy(model, x, y) -> float | None:
+    """Top-1 accuracy of the model in inference mode (an NNX copy after ``.eval()``:
+    BatchNorm on its running statistics, Dropout off), or None without labels."""
     from flax import nnx
 
     if y is None:
         return None
-    out = model(x) if isinstance(model, nnx.Module) else model[0].apply(model[1], x)
+    if isinstance(model, nnx.Module):
+        work = nnx.clone(model)
+        work.eval()
+        out = work(x)
+    else:
+        out = model[0].apply(model[1], x)
     out = np.asarray(out)
     if out.ndim != 2 or out.shape[0] != len(y):
         return None
@@ -125,7 +139,7 @@ def cmd_prune_model(args, console, finish) -> int:
     from flax import nnx
 
     from nettrim_jax import prune
-    from nettrim_jax.cli.commands import _check_out, _report_dict, prune_options
+    from nettrim_jax.cli.commands import EXIT_NOT_CONVERGED, _check_out, _report_dict, prune_options
 
     if not args.params:
         raise UsageError("--model needs --params DIR (an Orbax checkpoint of the model's state)")
@@ -133,10 +147,18 @@ def cmd_prune_model(args, console, finish) -> int:
         raise UsageError("pass either CHECKPOINT (model.json) or --model/--params, not both")
     if args.resume:
         raise UsageError("--resume applies to model.json checkpoints only")
+    if args.compact:
+        raise UsageError("--compact applies to model.json checkpoints only (a --model state keeps its shapes)")
     out = Path(args.out)
     _check_out(out, args)
     model = restore(load_factory(args.model), args.params)
     x, y = load_calibration(args.data, None, key=args.key, labels=args.labels, split=args.split, samples=args.samples)
+    xe, ye, acc_on = x, y, "calibration data"
+    if args.eval_data:
+        xe, ye = load_calibration(args.eval_data, None, key=args.key, split="test")
+        if ye is None:
+            raise UsageError(f"{args.eval_data}: no labels to measure accuracy with")
+        acc_on = str(args.eval_data)
     t0 = time.perf_counter()
     try:
         res = prune(model, x, **prune_options(args))
@@ -151,13 +173,16 @@ def cmd_prune_model(args, console, finish) -> int:
         "params": str(args.params),
         "data": str(args.data),
         "samples": int(x.shape[0]),
-        "accuracy_on": "calibration data",
-        "accuracy_before": _accuracy(model, x, y),
-        "accuracy_after": _accuracy(pruned, x, y),
+        "accuracy_on": acc_on,
+        "accuracy_before": _accuracy(model, xe, ye),
+        "accuracy_after": _accuracy(pruned, xe, ye),
         "seconds": seconds,
     }
     out.mkdir(parents=True, exist_ok=True)
     state = nnx.state(pruned) if isinstance(pruned, nnx.Module) else pruned[1]
     dest = save_state(out, state)
     finish(out, _report_dict(res, run), dest)
+    if args.strict and not all(layer.converged for layer in res.report.layers):
+        console.note("some layer did not converge (--strict): exit 3")
+        return EXIT_NOT_CONVERGED
     return 0
