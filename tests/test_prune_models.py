@@ -202,3 +202,36 @@ def test_prune_fold_batchnorm_option():
     assert r.report.options["fold_batchnorm"] == ["a"]
     np.testing.assert_allclose(r.model.bn.mean.get_value(), 0.0)
     assert bool(jnp.all(r.masks["a"]["kernel"].get_value() == (r.model.a.kernel.get_value() != 0)))
+
+
+def test_linen_model_with_a_train_argument():
+    """A Flax-example-style Linen CNN whose __call__(x, train=True) switches BatchNorm and
+    Dropout: called as module.apply(variables, x) it would write batch_stats, so prune says in
+    one line how to call it; with model_kwargs={"train": False} it prunes, and the baselines
+    take the same argument."""
+    import flax.linen as linen
+
+    from nettrim_jax import baselines
+
+    class CNN(linen.Module):
+        @linen.compact
+        def __call__(self, x, train: bool = True):
+            x = linen.Conv(8, (3, 3))(x)
+            x = linen.BatchNorm(use_running_average=not train)(x)
+            x = linen.Dropout(0.2, deterministic=not train)(linen.relu(x))
+            return linen.Dense(10)(x.reshape((x.shape[0], -1)))
+
+    m = CNN()
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(32, 8, 8, 1)).astype(np.float32))
+    v = m.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=False)
+    with pytest.raises(ValueError, match=r"model_kwargs=\{'train': False\}") as err:
+        nt.prune((m, v), x, epsilon=0.1, progress=False)
+    assert len(str(err.value).splitlines()) == 1
+    res = nt.prune((m, v), x, epsilon=0.1, progress=False, model_kwargs={"train": False}, max_iters=2000)
+    assert [l.name for l in res.report.layers] == ["Conv_0", "Dense_0"]
+    assert all(l.converged for l in res.report.layers) and res.report.nnz_after < res.report.nnz_before
+    ref = m.apply(v, x, train=False)
+    out = m.apply(res.model, x, train=False)
+    assert float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref)) < 0.2
+    pruned, _ = baselines.prune_model((m, v), x, 0.5, "wanda", model_kwargs={"train": False})
+    assert np.count_nonzero(np.asarray(pruned["params"]["Dense_0"]["kernel"])) == 2560

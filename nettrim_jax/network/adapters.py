@@ -87,13 +87,18 @@ class SpecsAdapter:
         return out
 
 
-def adapt(model, x):
-    """Pick the adapter for ``model`` (NNX module, Linen ``(module, variables)``, or specs)."""
+def adapt(model, x, model_kwargs: dict | None = None):
+    """Pick the adapter for ``model`` (NNX module, Linen ``(module, variables)``, or specs).
+    ``model_kwargs``: keyword arguments of every call of the model, ``model(x, **kw)`` /
+    ``module.apply(variables, x, **kw)`` (e.g. ``{"train": False}``)."""
+    kw = dict(model_kwargs or {})
     if isinstance(model, nnx.Module):
-        return NNXAdapter(model, x)
+        return NNXAdapter(model, x, kw)
     if isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], nn.Module):
-        return LinenAdapter(model[0], model[1], x)
+        return LinenAdapter(model[0], model[1], x, kw)
     if isinstance(model, (list, tuple)):
+        if kw:
+            raise ValueError("model_kwargs apply to NNX and Linen models; a spec network takes no call arguments")
         return SpecsAdapter(model, x)
     raise TypeError(
         "model must be an nnx.Module, a Linen (module, variables) pair, or a "

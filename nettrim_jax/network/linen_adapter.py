@@ -31,14 +31,31 @@ def _plan(mod, kernel, args, kwargs):
     return einsum_plan(s if s is not None else mod.einsum_str, shape)
 
 
+def _apply(module, variables, x, kw):
+    """``module.apply(variables, x, **kw)``; a model that writes a collection (BatchNorm's
+    batch_stats in training mode) gets one line saying how to call it for inference."""
+    from flax.errors import ModifyScopeVariableError
+
+    try:
+        return module.apply(variables, x, **kw)
+    except ModifyScopeVariableError as e:
+        raise ValueError(
+            f"the Linen model writes a variable when called as module.apply(variables, x"
+            f"{', **' + repr(kw) if kw else ''}) ({str(e).splitlines()[0].split(' (https')[0]}): call it in inference "
+            "mode, "
+            "e.g. prune(..., model_kwargs={'train': False}) for a model taking train="
+        ) from None
+
+
 class LinenAdapter:
     """``prune`` view of a Linen ``(module, variables)`` pair; the model is run with
     ``module.apply(variables, x)``."""
 
-    def __init__(self, module: nn.Module, variables, x):
+    def __init__(self, module: nn.Module, variables, x, model_kwargs: dict | None = None):
         if "params" not in variables:
             raise ValueError("Linen variables must contain a 'params' collection")
         self.module = module
+        self._kw = dict(model_kwargs or {})
         self.variables = variables
         found: dict = {}
 
@@ -75,7 +92,7 @@ class LinenAdapter:
         tracing.ACTIVE.append(rec)
         try:
             with nn.intercept_methods(icpt):
-                out = tracing.first_forward(lambda: module.apply(variables, x), x)
+                out = tracing.first_forward(lambda: _apply(module, variables, x, self._kw), x)
         finally:
             tracing.ACTIVE.pop()
         self._paths = list(rec.keys)
@@ -148,7 +165,7 @@ class LinenAdapter:
         tracing.ACTIVE.append(rec)
         try:
             with nn.intercept_methods(self._icpt):
-                out = self.module.apply(v, x)
+                out = _apply(self.module, v, x, self._kw)
         finally:
             tracing.ACTIVE.pop()
         return tracing.Captured(out, rec.inputs, rec.preacts)

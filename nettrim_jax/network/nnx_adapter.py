@@ -82,8 +82,9 @@ def _tap_class(cls):
 class NNXAdapter:
     """``prune`` view of an ``nnx.Module`` (the model is cloned, never mutated)."""
 
-    def __init__(self, model: nnx.Module, x):
+    def __init__(self, model: nnx.Module, x, model_kwargs: dict | None = None):
         self.model = model
+        self._kw = dict(model_kwargs or {})
         work = nnx.clone(model)
         work.eval()
         found = {}
@@ -97,7 +98,7 @@ class NNXAdapter:
         rec = Recorder(namer=self._namer)
         ACTIVE.append(rec)
         try:
-            self._output = first_forward(lambda: work(x), x)
+            self._output = first_forward(lambda: work(x, **self._kw), x)
         finally:
             ACTIVE.pop()
         self._paths = [found[k][0] for k in rec.keys]
@@ -147,7 +148,7 @@ class NNXAdapter:
         rec = Recorder(override, self._namer)
         ACTIVE.append(rec)
         try:
-            out = self._work(x)
+            out = self._work(x, **self._kw)
         finally:
             ACTIVE.pop()
         return Captured(out, rec.inputs, rec.preacts)

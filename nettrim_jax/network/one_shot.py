@@ -40,7 +40,9 @@ def _counts(names, specs, keeps) -> list[int]:
     return [int(k) for k in keeps]
 
 
-def prune_model(model, x, keeps, method: str, *, max_rows: int | None = 50_000, seed: int = 0):
+def prune_model(
+    model, x, keeps, method: str, *, max_rows: int | None = 50_000, seed: int = 0, model_kwargs: dict | None = None
+):
     """Prune every Dense / Conv / projection kernel of ``model`` with a baseline.
 
     Args:
@@ -51,6 +53,7 @@ def prune_model(model, x, keeps, method: str, *, max_rows: int | None = 50_000, 
         every layer.  ``PruneReport.layers[i].nnz_after`` minus the bias gives Net-Trim's.
       method: "magnitude" | "wanda" | "sparsegpt" | "alps".
       max_rows: cap on a layer's calibration rows (random subset, ``seed``); None = all.
+      model_kwargs: keyword arguments of every call of the model, as ``prune``'s.
 
     Returns ``(model, masks)`` in the input's form (``prune``'s ``model`` and ``masks``).
     Grouped / depthwise convs are refused for the data-aware methods (their kernel matrix
@@ -61,7 +64,7 @@ def prune_model(model, x, keeps, method: str, *, max_rows: int | None = 50_000, 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     x = jnp.asarray(x)
-    net = adapt(model, x)
+    net = adapt(model, x, model_kwargs)
     specs = list(net.specs)
     counts = _counts(list(net.names), specs, keeps)
     fns: dict[str, Callable[..., Any]] = {

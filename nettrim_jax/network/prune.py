@@ -160,6 +160,7 @@ def prune(
     fold_batchnorm: bool = False,
     relu_budget: str = "output",
     reweight: int = 0,
+    model_kwargs: dict | None = None,
     **solver_options,
 ) -> PruneResult:
     """Prune every Dense / Conv layer of ``model`` with Net-Trim (see the module doc).
@@ -230,6 +231,10 @@ def prune(
         warm-started from it (``problems.solve_program``): at the same epsilon a sparser
         kernel, with a ``sparsity`` target a smaller misfit at the same count.  Each round
         costs about one more solve (a search, with a target).  Unstructured only.
+      model_kwargs: keyword arguments of every call of the model (NNX ``model(x, **kw)``,
+        Linen ``module.apply(variables, x, **kw)``), e.g. ``{"train": False}`` for a model
+        whose BatchNorm / Dropout mode is an argument.  NNX models are called in ``eval()``
+        mode either way.
       **solver_options: passed to ``solve_layer`` (max_iters, gap_tol, ...).
 
     Returns: ``PruneResult(model, masks, report)``.
@@ -258,7 +263,7 @@ def prune(
         output_epsilon = checks.epsilon_value(output_epsilon, what="output_epsilon")
     t_start = time.perf_counter()
     x = checks.check_calibration(x)
-    net = adapt(model, x)  # first forward pass: shape mismatches -> InputShapeError
+    net = adapt(model, x, model_kwargs)  # first forward pass: shape mismatches -> InputShapeError
     checks.check_layers(net)
     checks.check_weights(net)
     checks.check_forward(net)
