@@ -100,3 +100,45 @@ def test_prune_on_a_mesh_equals_prune_without():
         for plain, sharded, residual in layers:
             assert abs(plain - sharded) <= 1e-3 * plain, (scheme, plain, sharded)
             assert residual <= 1 + 1e-3, (scheme, residual)
+
+
+PADDED = r"""
+import json, warnings
+import jax, numpy as np
+import nettrim_jax as nt
+warnings.simplefilter("ignore", RuntimeWarning)
+rng = np.random.default_rng(1)
+x = np.concatenate([rng.standard_normal((250, 20)), np.ones((250, 1))], 1).astype(np.float32)
+w = (rng.standard_normal((21, 10)) * (rng.random((21, 10)) < 0.4)).astype(np.float32)
+y = np.maximum(x @ w, 0)
+out = []
+for shape in ((4, 2), (1, 8), (8, 1)):
+    mesh = jax.make_mesh(shape, ("samples", "units"))
+    for per_neuron in (False, True):
+        a = nt.solve_layer(x, y, epsilon=0.1 * np.linalg.norm(y), per_neuron=per_neuron, gap_tol=1e-4, max_iters=20000)
+        b = nt.solve_layer(x, y, epsilon=0.1 * np.linalg.norm(y), per_neuron=per_neuron, gap_tol=1e-4, max_iters=20000,
+                           mesh=mesh)
+        out.append(dict(mesh=shape, per_neuron=per_neuron, shape=list(np.shape(b.kernel)),
+                        a=float(a.info.objective), b=float(b.info.objective), residual=float(b.info.residual),
+                        converged=bool(b.info.converged)))
+net = [nt.Dense(w[:-1], w[-1], "relu"), nt.Dense((rng.standard_normal((10, 10)) / 3).astype(np.float32),
+                                                 np.zeros(10, np.float32), "linear")]
+res = nt.prune(net, x[:, :-1], epsilon=0.1, progress=False, mesh=jax.make_mesh((4, 2), ("samples", "units")))
+out.append(dict(prune=[bool(l.converged) for l in res.report.layers]))
+print(json.dumps(out))
+"""
+
+
+def test_a_mesh_that_does_not_divide_the_layer_is_padded():
+    """P = 250 rows and M = 10 units on 4 x 2, 1 x 8 and 8 x 1 meshes: solved (zero rows and
+    units appended, then dropped), equal to the unsharded solve; a 10-unit head prunes on a
+    4 x 2 mesh (it used to be refused: "M = 10 units over 2 'units' shards")."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+               JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    res = subprocess.run([sys.executable, "-c", PADDED], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads(res.stdout.strip().splitlines()[-1])
+    for r in rows[:-1]:
+        assert r["shape"] == [21, 10] and r["converged"], r
+        assert abs(r["a"] - r["b"]) <= 1e-3 * r["a"] and r["residual"] <= 1 + 1e-3, r
+    assert rows[-1]["prune"] == [True, True]

@@ -338,7 +338,9 @@ def solve_layer(
       mesh: a ``jax.sharding.Mesh`` with axes "samples" and "units": rows of X and Y are
         split over "samples", output units over "units" (``sharding``); works across
         processes under ``jax.distributed``.  The result is the unsharded one to the
-        solver's tolerance.
+        solver's tolerance.  A P or M the axis sizes do not divide is padded with zero rows
+        and units (``_solve_padded``), which change nothing; arrays already spread over
+        processes must fit.
       omega: (P, M) bool, relu only: Omega given explicitly instead of {Y > 0} (Y may
         then have any sign on it: the program of a layer behind an affine epilogue,
         ``network.epilogues``); entries of Y off Omega are ignored.
@@ -392,6 +394,28 @@ def solve_layer(
     dtype = jnp.result_type(*(jax.dtypes.canonicalize_dtype(_dtype_of(a)) for a in (X, Y)), jnp.float32)
     p, n = jnp.shape(X)
     m = jnp.shape(Y)[1]
+    if mesh is not None and any(sharding.padding(mesh, p, m)) and all(is_concrete(a) for a in (X, Y)):
+        return _solve_padded(
+            mesh,
+            X,
+            Y,
+            epsilon,
+            threshold,
+            omega,
+            warm_start,
+            l1_weights,
+            dict(
+                activation=activation,
+                per_neuron=per_neuron,
+                solver=solver,
+                rho=rho,
+                structure=structure,
+                groups=groups,
+                gram_space=gram_space,
+                relu_budget=relu_budget,
+                **solver_options,
+            ),
+        )
     if mesh is not None:
         sharding.check_mesh(mesh, p, m)
         mesh = sharding.auto_axes(mesh)
@@ -492,6 +516,38 @@ def split_iterations(opts, options: dict):
     cap = options.get("max_iters")
     iters = jnp.asarray(opts.max_iters if cap is None or is_concrete(cap) else cap, jnp.int32)
     return opts._replace(max_iters=0), iters
+
+
+def _solve_padded(mesh, X, Y, epsilon, threshold, omega, warm_start, weights, kw) -> LayerSolution:
+    """``solve_layer`` on ``mesh`` for a P or M its axis sizes do not divide: zero rows and
+    zero units are appended, which change nothing (a zero row has misfit 0 and X U = 0 <= V
+    with V = 0 there; a zero unit's optimal column is 0), and the kernel's extra columns are
+    dropped.  The solver state stays padded (a warm start from it fits the same padding)."""
+    p, m = np.shape(Y)
+    dp, dm = sharding.padding(mesh, p, m)
+    rows = lambda a, v: np.pad(np.asarray(a), ((0, dp), (0, 0)), constant_values=v)
+    both = lambda a, v: np.pad(np.asarray(a), ((0, dp), (0, dm)), constant_values=v)
+    cols = lambda a, v: np.pad(np.asarray(a), ((0, 0), (0, dm)), constant_values=v)
+    if threshold is not None and np.ndim(threshold) > 0:
+        threshold = both(np.broadcast_to(np.asarray(threshold), (p, m)), 0)
+    if np.ndim(epsilon) == 1:
+        epsilon = np.pad(np.asarray(epsilon), (0, dm))
+    if isinstance(warm_start, LayerSolution):
+        warm_start = warm_start._replace(kernel=cols(warm_start.kernel, 0))
+    elif warm_start is not None:
+        warm_start = cols(warm_start, 0)
+    sol = solve_layer(
+        rows(X, 0),
+        both(Y, 0),
+        epsilon=epsilon,
+        threshold=threshold,
+        omega=None if omega is None else both(omega, False),
+        warm_start=warm_start,
+        l1_weights=None if weights is None else cols(weights, 1),
+        mesh=mesh,
+        **kw,
+    )
+    return sol._replace(kernel=sol.kernel[:, :m])
 
 
 def _checked_weights(weights, shape, groups):

@@ -36,19 +36,32 @@ SAMPLES = "samples"
 UNITS = "units"
 
 
-def check_mesh(mesh, p: int, m: int) -> None:
-    """One-line ValueError unless ``mesh`` is a Mesh with axes exactly ("samples", "units")
-    (in either order) whose sizes divide P and M."""
+def padding(mesh, p: int, m: int) -> tuple[int, int]:
+    """(rows, units) to append so that ``mesh``'s "samples" size divides P and its "units"
+    size divides M; a one-line ValueError unless ``mesh`` is a Mesh with axes exactly
+    ("samples", "units") (in either order)."""
+    check_axes(mesh)
+    return (-p) % mesh.shape[SAMPLES], (-m) % mesh.shape[UNITS]
+
+
+def check_axes(mesh) -> None:
     if not isinstance(mesh, Mesh):
         raise ValueError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
     if set(mesh.axis_names) != {SAMPLES, UNITS} or len(mesh.axis_names) != 2:
         raise ValueError(f"mesh axes must be named ('samples', 'units'), got {tuple(mesh.axis_names)}")
+
+
+def check_mesh(mesh, p: int, m: int) -> None:
+    """One-line ValueError unless ``mesh`` is a Mesh with axes exactly ("samples", "units")
+    (in either order) whose sizes divide P and M (``solve_layer`` pads a problem held on this
+    host instead; arrays already spread over processes must fit)."""
+    check_axes(mesh)
     ns, nu = mesh.shape[SAMPLES], mesh.shape[UNITS]
     if p % ns or m % nu:
         raise ValueError(
             f"mesh {dict(mesh.shape)} does not divide the problem: P = {p} rows over "
-            f"{ns} 'samples' shards, M = {m} units over {nu} 'units' shards (pad or "
-            "pick a mesh whose sizes divide P and M)"
+            f"{ns} 'samples' shards, M = {m} units over {nu} 'units' shards (arrays spread over "
+            "processes are not padded: pad them or pick a mesh whose sizes divide P and M)"
         )
 
 
