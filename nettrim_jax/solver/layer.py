@@ -533,7 +533,7 @@ def _solve_padded(mesh, X, Y, epsilon, threshold, omega, warm_start, weights, kw
     if np.ndim(epsilon) == 1:
         epsilon = np.pad(np.asarray(epsilon), (0, dm))
     if isinstance(warm_start, LayerSolution):
-        warm_start = warm_start._replace(kernel=cols(warm_start.kernel, 0))
+        warm_start = warm_start._replace(kernel=jnp.asarray(cols(warm_start.kernel, 0)))
     elif warm_start is not None:
         warm_start = cols(warm_start, 0)
     sol = solve_layer(
