@@ -40,6 +40,7 @@ from nettrim_jax.network.problems import (
     SolveConfig,
     absolute_epsilon,
     build_problem,
+    carry_miss,
     finish_kernel,
     output_layer_epsilon,
     output_misfit,
@@ -209,6 +210,7 @@ class _Cascade:
         if cfg.keep and cfg.keep[i] is not None and floor is not None:
             floor = eps  # the found epsilon bounds this layer like a floor (network.bounds)
         K, fit = finish_kernel(cfg, spec, pr.inputs, pr.target, K, prog, V, pr.omega)
+        carry_miss(cfg, i, K)
         K = epi.from_program(K, pr)
         self.new[i] = with_matrix(spec, K)
         return solved_outcome(pr, K, eps, fit, info, time.perf_counter() - t0, floor=floor)
@@ -243,6 +245,7 @@ def solve_cascade(
         outcomes[k] = out
         if out.kernel is not None:
             state.new[k] = with_matrix(state.orig[k], jnp.asarray(out.kernel))
+            carry_miss(cfg, k, out.kernel)
     # a target searches each layer's epsilon; structure, patterns and reweighting go through the loop
     use_scan = (
         scan in ("auto", True)

@@ -28,6 +28,7 @@ from nettrim_jax.network.problems import (
     SolveConfig,
     absolute_epsilon,
     build_problem,
+    carry_miss,
     dispatch,
     finish_kernel,
     skipped_outcome,
@@ -95,6 +96,8 @@ def solve_parallel(
         out: LayerOutcome
         if prior is not None:
             out = prior
+            if prior.kernel is not None:
+                carry_miss(cfg, i, prior.kernel)
         elif i not in placed:
             K = kernel_matrix(orig[i])
             out = skipped_outcome(int(K.shape[0]), int(K.shape[1]))
@@ -104,6 +107,7 @@ def solve_parallel(
             K, info, e = got if len(got) == 3 else (*got, eps[i])
             pr = probs[i]
             K, fit = finish_kernel(cfg, orig[i], pr.inputs, pr.target, K, programs[i], pr.threshold, pr.omega)
+            carry_miss(cfg, i, K)
             K = K if pr.scale is None else K / pr.scale
             out = solved_outcome(pr, K, e, fit, info, spent.get(i, 0.0) + time.perf_counter() - t0)
         outcomes.append(out)

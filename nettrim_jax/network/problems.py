@@ -32,6 +32,7 @@ __all__ = [
     "dispatch",
     "misfit",
     "refit_or_measure",
+    "carry_miss",
     "output_layer_epsilon",
     "absolute_epsilon",
 ]
@@ -192,11 +193,21 @@ def solve_program(cfg: SolveConfig, i: int, spec, A, Y, eps: float, V, program: 
     for _ in range(cfg.reweight):
         weights = reweighting_weights(jnp.asarray(K))
         K, info, eps = _solve_once(cfg, spec, A, Y, eps, V, program, keep, device, omega, weights, K)
-    if keep is not None:
-        later = [j for j in range(i + 1, len(cfg.keep)) if cfg.keep[j] is not None]
-        if cfg.carry and later and isinstance(cfg.keep, list):  # the network's count stays on target
-            cfg.keep[later[0]] = max(0, cfg.keep[later[0]] + keep - int(np.count_nonzero(K)))
     return K, info, eps
+
+
+def carry_miss(cfg: SolveConfig, i: int, kernel) -> None:
+    """A global target's bookkeeping once layer ``i`` is final (``kernel``: what it keeps,
+    after any refit or N:M pattern): the miss (count asked minus count kept) is added to the
+    next targeted layer's count, so the network's total stays on target.  The schemes call
+    it for every layer in order, a resumed run for the finished layers it takes as they are
+    too, so its later counts are the uninterrupted run's."""
+    keep = cfg.keep[i] if cfg.keep else None
+    if keep is None or not cfg.carry or not isinstance(cfg.keep, list):
+        return
+    later = [j for j in range(i + 1, len(cfg.keep)) if cfg.keep[j] is not None]
+    if later:
+        cfg.keep[later[0]] = max(0, cfg.keep[later[0]] + keep - int(np.count_nonzero(np.asarray(kernel))))
 
 
 def _solve_once(cfg: SolveConfig, spec, A, Y, eps, V, program: str, keep, device, omega, weights=None, warm=None):
