@@ -265,3 +265,36 @@ def test_resume_with_a_target_is_exact(scheme):
         assert resumed.report.nnz_after == full.report.nnz_after
         for a, b in zip(full.model, resumed.model):
             np.testing.assert_array_equal(np.asarray(a.kernel), np.asarray(b.kernel))
+
+
+def test_search_started_above_the_zero_kernels_misfit_lands_on_the_count(monkeypatch):
+    """A cascade's gamma rule can seed the search far above ||Y|| (the zero kernel's misfit,
+    where the optimum is 0 weights); the search never solves up there and lands on the count
+    (a TinyLM fc1 at 90% seeded at 2x ||Y|| spent its solves there, miscounted unconverged
+    ones, and ended at 0 of 9332 weights)."""
+    from nettrim_jax.network import targets
+    from nettrim_jax.network.targets import solve_to_count
+
+    seen = []
+    real = targets.jitted_solver
+
+    def spy(*a, **k):
+        f = real(*a, **k)
+
+        def g(A, Y, e, *rest):
+            seen.append(e)
+            return f(A, Y, e, *rest)
+        return g
+
+    monkeypatch.setattr(targets, "jitted_solver", spy)
+
+    spec = _net()[0]
+    x = np.concatenate([_x(), np.ones((400, 1), np.float32)], axis=1)
+    y = np.maximum(x @ np.concatenate([spec.kernel, spec.bias[None]]), 0)
+    keep = 150
+    found = solve_to_count(jnp.asarray(x), jnp.asarray(y), jnp.zeros(()), "relu", keep,
+                           10 * float(np.linalg.norm(y)), per_neuron=False, solver="admm",
+                           opts=(("relu_budget", "output"),), tol=10)
+    assert abs(found.nnz - keep) <= 10 and bool(found.info.converged)
+    assert found.epsilon < float(np.linalg.norm(y))
+    assert seen and max(float(e) for e in seen) < float(np.linalg.norm(y))

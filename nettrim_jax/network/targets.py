@@ -218,7 +218,13 @@ def solve_to_count(
     size = int(A.shape[1] * Y.shape[1])
     tol = max(1, int(0.0025 * size)) if tol is None else tol
     norm_y = float(jnp.sqrt(jnp.sum(Y * Y))) or 1.0
+    # Every epsilon at or above the zero kernel's misfit has the optimum 0 (no weights): the
+    # search stays below it (a cascade's gamma rule can start far above it, where coarse
+    # solves from a dense kernel then miscounted: a TinyLM fc1 at 90% ended at 0 weights).
+    ceiling = _zero_misfit(Y, V, program, omega, dict(opts).get("relu_budget") == "output")
     eps = eps0 if eps0 > 0 else 0.1 * norm_y
+    if keep > 0 and eps >= ceiling:
+        eps = 0.5 * ceiling
     tried: list[tuple[float, int, np.ndarray, object, bool]] = []
     w0 = jnp.zeros((A.shape[1], Y.shape[1]), A.dtype) if warm is None else jnp.asarray(warm, A.dtype)
     target = math.log(keep + 1)
@@ -239,7 +245,7 @@ def solve_to_count(
         e, n, K, _, _ = min(tried, key=lambda t: abs(t[1] - keep))
         if lo is not None and hi is not None and abs(n - keep) > 10 * tol:
             e = math.exp(_secant(lo, hi, target))
-        eps, w0 = e, jnp.asarray(min(tried, key=lambda t: abs(math.log(t[0] / e)))[2])
+        eps, w0 = e, _nearest_start(tried, math.log(e), w0)
     for _ in range(max_solves - len(tried)):
         with warnings.catch_warnings():
             if not close:
@@ -271,9 +277,10 @@ def solve_to_count(
         else:
             step = math.log(4.0) if abs(point[1] - target) > 1 else math.log(2.0)
             u = math.log(eps) + (step if n > keep else -step)
+        if keep > 0 and math.exp(u) >= ceiling:  # halfway (in log) to the ceiling instead
+            u = 0.5 * (math.log(eps) + math.log(ceiling))
         eps = math.exp(u)
-        nearest = min(tried, key=lambda t: abs(math.log(t[0]) - u))
-        w0 = jnp.asarray(nearest[2])
+        w0 = _nearest_start(tried, u, w0)
     finals = [t for t in tried if t[4]]
     if not finals:  # never came close: one full solve at the nearest epsilon
         eps, _, K0, _, _ = min(tried, key=lambda t: abs(t[1] - keep))
@@ -281,6 +288,26 @@ def solve_to_count(
         finals = [(eps, int(np.count_nonzero(K)), K, info, True)]
     eps, n, K, info, _ = min(finals, key=lambda t: abs(t[1] - keep))
     return CountedSolve(K, info, float(eps), n, len(tried))
+
+
+def _zero_misfit(Y, V, program: str, omega, soft: bool) -> float:
+    """The program's misfit at the zero kernel: an epsilon at or above it has the optimum 0.
+    inf for the paper's ReLU program when 0 breaks a threshold (V < 0 off Omega)."""
+    mask = (Y > 0) if omega is None else omega
+    if program == "relu" and not soft and bool(jnp.any(jnp.where(mask, False, jnp.broadcast_to(V, Y.shape) < 0))):
+        return math.inf
+    from nettrim_jax.network.problems import output_misfit
+
+    return float(output_misfit(jnp.zeros_like(Y), Y, program, omega, V, soft))
+
+
+def _nearest_start(tried, u: float, fallback):
+    """The kernel to warm-start a solve at log epsilon ``u``: the nearest solve that met its
+    budget (an over-budget one is a dense kernel far from any optimum), else ``fallback``."""
+    ok = [t for t in tried if float(np.max(t[3].residual)) <= 1.01]
+    if not ok:
+        return fallback
+    return jnp.asarray(min(ok, key=lambda t: abs(math.log(t[0]) - u))[2])
 
 
 def _count(K, info, size: int) -> int:
