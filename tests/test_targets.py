@@ -2,6 +2,7 @@
 network loses the asked fraction of its weights."""
 
 import json
+import math
 
 import jax.numpy as jnp
 import numpy as np
@@ -298,3 +299,17 @@ def test_search_started_above_the_zero_kernels_misfit_lands_on_the_count(monkeyp
     assert abs(found.nnz - keep) <= 10 and bool(found.info.converged)
     assert found.epsilon < float(np.linalg.norm(y))
     assert seen and max(float(e) for e in seen) < float(np.linalg.norm(y))
+
+
+def test_a_step_rounded_onto_the_ceiling_is_not_solved():
+    """From half the zero kernel's misfit, a x2 step lands on the misfit up to rounding (it
+    ran at 35.66565 x 2 = 71.3313, the misfit in float32, on one machine): the search goes
+    halfway instead."""
+    from nettrim_jax.network.targets import _below
+
+    ceiling = 71.3314  # exp(log(c / 2) + log 2) is 1 ulp under c in float64
+    step = math.exp(math.log(ceiling / 2) + math.log(2.0))
+    assert step < ceiling and np.float32(step) == np.float32(ceiling)
+    nxt = _below(step, ceiling / 2, ceiling)
+    assert nxt == pytest.approx(ceiling / math.sqrt(2)) and nxt < ceiling
+    assert _below(0.9 * ceiling, ceiling / 2, ceiling) == 0.9 * ceiling

@@ -223,7 +223,8 @@ def solve_to_count(
     # solves from a dense kernel then miscounted: a TinyLM fc1 at 90% ended at 0 weights).
     ceiling = _zero_misfit(Y, V, program, omega, dict(opts).get("relu_budget") == "output")
     eps = eps0 if eps0 > 0 else 0.1 * norm_y
-    if keep > 0 and eps >= ceiling:
+    below = ceiling * (1 - 1e-6)  # an epsilon rounded up to the ceiling counts as at it
+    if keep > 0 and eps >= below:
         eps = 0.5 * ceiling
     tried: list[tuple[float, int, np.ndarray, object, bool]] = []
     w0 = jnp.zeros((A.shape[1], Y.shape[1]), A.dtype) if warm is None else jnp.asarray(warm, A.dtype)
@@ -234,6 +235,8 @@ def solve_to_count(
     width = (1 if jax.default_backend() == "cpu" else 4) if grid == "auto" else int(grid)
     if width > 1:  # one batch of coarse solves, then the steps below from the best bracket
         grid_eps = [eps * 4.0 ** (k - (width - 1) / 2) for k in range(width)]
+        if keep > 0 and grid_eps[-1] >= below:  # the whole grid shifted below the ceiling
+            grid_eps = [e * 0.5 * ceiling / grid_eps[-1] for e in grid_eps]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             Ks, infos = jax.device_get(_batched(coarse)(A, Y, jnp.asarray(grid_eps, A.dtype), V, omega, w0, weights))
@@ -277,9 +280,7 @@ def solve_to_count(
         else:
             step = math.log(4.0) if abs(point[1] - target) > 1 else math.log(2.0)
             u = math.log(eps) + (step if n > keep else -step)
-        if keep > 0 and math.exp(u) >= ceiling:  # halfway (in log) to the ceiling instead
-            u = 0.5 * (math.log(eps) + math.log(ceiling))
-        eps = math.exp(u)
+        eps = _below(math.exp(u), eps, ceiling) if keep > 0 else math.exp(u)
         w0 = _nearest_start(tried, u, w0)
     finals = [t for t in tried if t[4]]
     if not finals:  # never came close: one full solve at the nearest epsilon
@@ -288,6 +289,15 @@ def solve_to_count(
         finals = [(eps, int(np.count_nonzero(K)), K, info, True)]
     eps, n, K, info, _ = min(finals, key=lambda t: abs(t[1] - keep))
     return CountedSolve(K, info, float(eps), n, len(tried))
+
+
+def _below(step: float, eps: float, ceiling: float) -> float:
+    """The next epsilon: ``step``, or halfway (in log) from ``eps`` to the ``ceiling`` when
+    ``step`` is at or above it, rounding included (x2 from half the ceiling can land 1 ulp
+    under it in float64 and on it in float32)."""
+    if step >= ceiling * (1 - 1e-6):
+        return math.sqrt(eps * ceiling)
+    return step
 
 
 def _zero_misfit(Y, V, program: str, omega, soft: bool) -> float:
