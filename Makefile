@@ -18,6 +18,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check nettrim_jax tests experiments
 	$(VENV)/bin/ruff format --check nettrim_jax
 	$(VENV)/bin/mypy
+	$(PY) tests/layering.py
 
 test: lint
 	NETTRIM_DATA=$(DATA) $(PY) -m pytest -n auto --maxprocesses 4 --dist worksteal

@@ -7,7 +7,7 @@ the same calibration inputs.  For each: wall time (compiles included: the first 
 process pays them; ``--repeat`` times a second identical prune too, the steady state), and
 the quality reached without fine-tuning (test accuracy, or held-out bits per character for
 the language models).  Net-Trim's row also says how many layer solves ended certified, and
-how many distinct solver programs were compiled (``solver.layer._solve``'s jit cache: a
+how many distinct solver programs were compiled (``solver.engine.solve``'s jit cache: a
 12-block model should compile no more than a 2-block one of the same shapes).
 
 Models (``--models``):

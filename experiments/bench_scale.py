@@ -126,7 +126,7 @@ running averages and needs more, so ADMM is the memory choice.  The only avoidab
 found was a scalar threshold broadcast to (P, M) inside the loop; it is now kept as a (1, M) row.
 
 **Matmul precision.**  The solve runs its float32 products at `precision="highest"`
-(`layer.MATMUL_PRECISION`).  On GPUs the default is TF32 (10-bit mantissa), on TPUs bf16
+(`engine.MATMUL_PRECISION`).  On GPUs the default is TF32 (10-bit mantissa), on TPUs bf16
 passes: a relative error near 1e-3 per product, larger than the stopping test's margin
 (1e-3 eps with eps a few percent of ||Y||), so a kernel could be certified feasible that is
 not.  On CPUs the setting changes nothing.
@@ -243,12 +243,12 @@ def run_case(case: dict) -> dict:
 
 def memory_model(p: int = 8192) -> list[dict]:
     """Arrays the compiled solve keeps, from XLA's own buffer assignment (``memory_analysis``
-    of ``layer._solve``), in units of P x M and P x N float32 arrays.  Two shapes, (N, M) =
+    of ``engine.solve``), in units of P x M and P x N float32 arrays.  Two shapes, (N, M) =
     (32, 128) and (128, 32), separate the two units; O(N M) and O(N^2) terms are below
     0.01 units at this P."""
     import jax.numpy as jnp
 
-    from nettrim_jax.solver import layer
+    from nettrim_jax.solver import engine, options
 
     out = []
     for activation in ("relu", "linear"):
@@ -256,8 +256,8 @@ def memory_model(p: int = 8192) -> list[dict]:
             for solver in ("admm", "pdhg"):
                 eq = []
                 for n, m in ((32, 128), (128, 32)):
-                    opts = layer._options(solver, jnp.float32, {})
-                    c = layer._solve.lower(jnp.ones((p, n)), jnp.ones((p, m)), jnp.float32(1), jnp.zeros(()),
+                    opts = options.make_options(solver, jnp.float32, {})
+                    c = engine.solve.lower(jnp.ones((p, n)), jnp.ones((p, m)), jnp.float32(1), jnp.zeros(()),
                                            jnp.zeros((n, m)), None, None, activation=activation,
                                            per_neuron=per_neuron, solver=solver, opts=opts).compile()
                     ma = c.memory_analysis()

@@ -19,8 +19,8 @@ import numpy as np
 import optax
 
 import nettrim_jax
+from nettrim_jax import baselines
 from nettrim_jax.io import convert
-from nettrim_jax.network import one_shot
 from nettrim_jax.network.adapters import adapt
 from nettrim_jax.network.specs import Conv, Dense, apply_specs
 
@@ -106,10 +106,10 @@ def relative_discrepancy(net, pruned, x) -> float:
 
 def prune_baseline(net, x, keeps, method: str, *, max_rows: int | None = 50_000, seed: int = 0):
     """Prune every layer of the spec network ``net`` to ``keeps[l]`` nonzero weights with a
-    baseline (``nettrim_jax.network.one_shot.prune_model``: Wanda, SparseGPT and ALPS
+    baseline (``nettrim_jax.baselines.prune_model``: Wanda, SparseGPT and ALPS
     sequentially on the pruned prefix's inputs; conv layers as at most ``max_rows`` patch
     rows; biases kept)."""
-    model, _ = one_shot.prune_model(list(net), jnp.asarray(x), list(keeps), method, max_rows=max_rows, seed=seed)
+    model, _ = baselines.prune_model(list(net), jnp.asarray(x), list(keeps), method, max_rows=max_rows, seed=seed)
     return list(model)
 
 

@@ -3,8 +3,9 @@
 import nettrim_jax._versions  # noqa: F401  (first: the dependency floors, checked at import)
 from nettrim_jax.io.checkpoint import CheckpointError
 from nettrim_jax.network.masking import masked
-from nettrim_jax.network.prune import CollapsedModelError, PruneResult, PruneState, prune
-from nettrim_jax.network.report import LayerReport, PruneReport
+from nettrim_jax.network.options import Program, Run, Target
+from nettrim_jax.network.prune import PruneResult, PruneState, prune
+from nettrim_jax.network.report import CollapsedModelError, LayerReport, PruneReport
 from nettrim_jax.network.specs import Conv, Dense
 from nettrim_jax.solver.layer import LayerInfo, LayerSolution, reweighting_weights, solve_layer
 from nettrim_jax.solver.refit import RefitInfo, refit_layer
@@ -17,6 +18,9 @@ __all__ = [
     "refit_layer",
     "RefitInfo",
     "prune",
+    "Program",
+    "Target",
+    "Run",
     "PruneResult",
     "PruneState",
     "CollapsedModelError",

@@ -1,4 +1,4 @@
-"""Interior-point reference solutions (cvxpy + Clarabel) and problem generators for tests."""
+"""Interior-point reference solutions (cvxpy + Clarabel) and problem and network generators for tests."""
 
 from __future__ import annotations
 
@@ -13,6 +13,22 @@ def relu_problem(p, n, m, seed=0, density=0.3, bias=True):
         x = np.concatenate([x, np.ones((p, 1))], axis=1)
     w = rng.standard_normal((x.shape[1], m)) * (rng.random((x.shape[1], m)) < density)
     return x, np.maximum(x @ w, 0), w
+
+
+def random_mlp(sizes, seed=0, act="relu", bias=0.1, rng=None):
+    """A random chain of ``nt.Dense`` layers of widths ``sizes`` (inputs first): kernels
+    N(0, 1 / fan_in), biases ``bias`` x N(0, 1), float32; ``act`` between layers, a linear
+    output layer.  Drawn from ``rng`` when given (then ``seed`` is unused).  The one random
+    network of the test suite."""
+    from nettrim_jax import Dense
+
+    rng = np.random.default_rng(seed) if rng is None else rng
+    layers = []
+    for j, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        kernel = (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32)
+        shift = (bias * rng.standard_normal(b)).astype(np.float32)
+        layers.append(Dense(kernel, shift, act if j < len(sizes) - 2 else "linear"))
+    return layers
 
 
 def planted_sparse(p, n, m, s, seed=0):

@@ -193,12 +193,45 @@ def test_prune_empty_calibration_set(shape):
     (dict(check_every=0), "check_every must be >= 1"),
     (dict(gap_tol=-1e-3), "gap_tol must be >= 0"),
     (dict(solver="pdhg", step=1.5), "step must be > 0.0 and < 1.0"),
+    (dict(model_kwargs=["train"]), "model_kwargs must be a dict or None, got list"),
+    (dict(activations="relu"), "activations must be a dict or None, got str"),
 ])
 def test_prune_bad_parameters(kw, match):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # refused before any solve: no unconverged warnings
         with pytest.raises(ValueError, match=match):
             _prune(_net(), _x(), **kw)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(train=False), r"unknown keyword\(s\) \['train'\]; valid: \[.*'model_kwargs'.*\], and the options of "
+                        r"solver='admm': \[.*'max_iters'"),
+    (dict(solver="pdhg", rho=1.0), r"unknown keyword\(s\) \['rho'\].*solver='pdhg': \[.*'step'"),
+    (dict(solver_options={"max_iters": 5}), r"unknown keyword\(s\) \['solver_options'\]"),
+])
+def test_prune_unknown_keyword_lists_the_valid_ones(kw, match):
+    with pytest.raises(TypeError, match=match):
+        _prune(_net(), _x(), **kw)
+
+
+def test_prune_records_are_the_flat_keywords():
+    """Program / Target / Run records give the same prune as their flat keywords; a keyword
+    overrides its record's field; anything else positional, or a record twice, is refused."""
+    from nettrim_jax import Program, Run, Target, prune
+
+    flat = _prune(_net(), _x(), epsilon=0.2, sparsity=0.5, max_iters=300)
+    records = prune(_net(), _x(), Program(epsilon=0.9), Target(sparsity=0.5),
+                    Run(progress=False, solver_options={"max_iters": 300}), epsilon=0.2)
+    assert records.report.options == flat.report.options
+    assert records.report.options["max_iters"] == 300 and records.report.options["epsilon"] == 0.2
+    for a, b in zip(flat.model, records.model):
+        np.testing.assert_array_equal(np.asarray(a.kernel), np.asarray(b.kernel))
+    with pytest.raises(TypeError, match="got two Program records"):
+        prune(_net(), _x(), Program(), Program())
+    with pytest.raises(TypeError, match="got dict; pass other options by keyword"):
+        prune(_net(), _x(), {"epsilon": 0.1})
+    with pytest.raises(ValueError, match="gamma must be >= 1"):
+        prune(_net(), _x(), Program(gamma=0.5))
 
 
 def test_prune_one_dimensional_sample_is_refused():

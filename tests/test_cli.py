@@ -138,6 +138,25 @@ def test_interrupted_cascade_resumes_from_last_finished_layer(setup, tmp_path, c
     assert not (out / "partial.state").exists()
 
 
+def test_interrupt_before_the_first_layer_leaves_no_folder(setup, tmp_path, capsys, monkeypatch):
+    """Ctrl-C in the first layer's solve: OUT is not created (it was, empty, and a rerun
+    with --resume then refused it), so the same command simply runs again."""
+    import nettrim_jax.network.problems as problems
+
+    root, _, _, _ = setup
+    out = tmp_path / "out"
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(problems, "dispatch", interrupt)
+    rc, _, err = run(prune_args(root, out), capsys)
+    assert rc == cli.EXIT_INTERRUPTED and not out.exists()
+    monkeypatch.undo()
+    rc, _, err = run(prune_args(root, out), capsys)
+    assert rc == cli.EXIT_OK, err
+
+
 def test_parallel_report_and_plot(setup, tmp_path, capsys):
     root, layers, _, _ = setup
     out = tmp_path / "par"

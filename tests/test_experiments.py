@@ -135,11 +135,11 @@ def test_bench_prune_quick(tmp_path):
     and a deeper model of the same shapes compiles no new solver program (one per shape)."""
     import bench_prune
 
-    from nettrim_jax.network import problems, targets
+    from nettrim_jax.network import compiled, targets
 
     # Programs an earlier test in this process compiled would not be counted again.
     jax.clear_caches()
-    for cached in (problems.jitted_solver, problems._compiled_solver, targets._batched):
+    for cached in (compiled.jitted_solver, compiled._compiled_solver, targets._batched):
         cached.cache_clear()
     records = bench_prune.main(["--quick", "--out", str(tmp_path), "--models", "lm2", "lm12",
                                 "--baselines", "alps"])

@@ -3,16 +3,13 @@ the summary line, a warning for layers pruned to all zeros."""
 
 import numpy as np
 import pytest
+from reference import random_mlp
 
-from nettrim_jax import Dense, prune
+from nettrim_jax import prune
 
 
 def _net(seed=0, sizes=(8, 24, 16, 3)):
-    rng = np.random.default_rng(seed)
-    return [Dense((rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32),
-                  (0.1 * rng.standard_normal(b)).astype(np.float32),
-                  "relu" if j < len(sizes) - 2 else "linear")
-            for j, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
+    return random_mlp(sizes, seed)
 
 
 def _x(p=120, seed=1):

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from reference import random_mlp
 
 import nettrim_jax as nt
 from nettrim_jax.training import LinenMLP, accuracy, make_mlp, train_classifier
@@ -265,10 +266,10 @@ def test_nnx_linen_and_specs_give_the_same_pruned_weights(trained, cascade, cali
 
 
 def _random_specs(seed=3, sizes=(20, 16, 12, 5)):
+    """The network (its float64 weights, its specs) and 200 inputs drawn after it."""
     rng = np.random.default_rng(seed)
-    W = [(rng.normal(size=(a, b)) / np.sqrt(a), 0.1 * rng.normal(size=b)) for a, b in zip(sizes[:-1], sizes[1:])]
-    specs = [nt.Dense(jnp.asarray(k, jnp.float32), jnp.asarray(b, jnp.float32),
-                      "relu" if i < len(W) - 1 else "linear") for i, (k, b) in enumerate(W)]
+    specs = random_mlp(sizes, rng=rng)
+    W = [(np.asarray(s.kernel, np.float64), np.asarray(s.bias, np.float64)) for s in specs]
     x = jnp.asarray(rng.normal(size=(200, sizes[0])), jnp.float32)
     return W, specs, x
 

@@ -17,6 +17,7 @@ import optax
 import pytest
 from flax import nnx
 from jax import lax
+from reference import random_mlp
 
 import nettrim_jax as nt
 from nettrim_jax.network import specs as S
@@ -52,14 +53,7 @@ def test_patch_rows_times_kernel_matrix_is_the_convolution(strides, padding, dil
 
 
 def _random_mlp(sizes, seed=0, act="relu"):
-    rng = np.random.default_rng(seed)
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        last = i == len(sizes) - 2
-        layers.append(nt.Dense(jnp.asarray(rng.normal(size=(a, b)) / np.sqrt(a), jnp.float32),
-                               jnp.asarray(0.1 * rng.normal(size=b), jnp.float32),
-                               "linear" if last else act))
-    return layers
+    return random_mlp(sizes, seed, act)
 
 
 def test_masked_optimizer_keeps_pruned_weights_exactly_zero():

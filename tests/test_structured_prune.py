@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from reference import random_mlp
 
 import nettrim_jax as nt
 from nettrim_jax.io import convert
@@ -14,11 +15,7 @@ OPTS = {"max_iters": 3000, "progress": False}
 
 
 def _mlp(seed=0):
-    rng = np.random.default_rng(seed)
-    sizes = (12, 24, 16, 4)
-    return [nt.Dense((rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32),
-                     (0.1 * rng.standard_normal(b)).astype(np.float32), "relu" if j < 2 else "linear")
-            for j, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
+    return random_mlp((12, 24, 16, 4), seed)
 
 
 def _cnn(seed=0):

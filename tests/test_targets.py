@@ -7,6 +7,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import random_mlp
 
 import nettrim_jax as nt
 from nettrim_jax.network.targets import keep_counts
@@ -15,11 +16,7 @@ FAST = {"max_iters": 5000, "gap_tol": 1e-2, "progress": False}
 
 
 def _net(seed=0):
-    rng = np.random.default_rng(seed)
-    sizes = (12, 24, 16, 4)
-    return [nt.Dense((rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32),
-                     (0.1 * rng.standard_normal(b)).astype(np.float32), "relu" if j < 2 else "linear")
-            for j, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
+    return random_mlp((12, 24, 16, 4), seed)
 
 
 def _x(n=400, seed=1):

@@ -32,15 +32,17 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from nettrim_jax.cli.calibration import UsageError, load_calibration, one_line
-from nettrim_jax.cli.commands import REPORT_PNG, cmd_prune, cmd_report
+from nettrim_jax.cli.commands import cmd_prune, cmd_report
 from nettrim_jax.cli.demo import cmd_demo
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_NOT_CONVERGED = 3
-EXIT_COLLAPSED = 4
-EXIT_INTERRUPTED = 130
+from nettrim_jax.cli.outputs import (  # noqa: F401  (the exit codes are app's public names)
+    EXIT_COLLAPSED,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_CONVERGED,
+    EXIT_OK,
+    EXIT_USAGE,
+    REPORT_PNG,
+)
 
 __all__ = ["main", "build_parser", "load_calibration", "UsageError"]
 
@@ -260,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(e.code or 0)
     console = _Console(args.quiet)
     from nettrim_jax.io.checkpoint import CheckpointError
-    from nettrim_jax.network.prune import CollapsedModelError
+    from nettrim_jax.network.report import CollapsedModelError
 
     try:
         with warnings.catch_warnings():

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from nettrim_jax.cli.calibration import UsageError
-from nettrim_jax.cli.commands import EXIT_OK, REPORT_JSON, _finish, _report_dict, check_writable, solver_options
+from nettrim_jax.cli.options import solver_options
+from nettrim_jax.cli.outputs import EXIT_OK, REPORT_JSON, check_writable, report_dict, write_checkpoint_run
 
 # ----------------------------------------------------------------------------- demo
 
@@ -138,12 +139,12 @@ def _demo(args, console, out: Path, work: Path) -> int:
         "training_steps": args.steps,
         "seed": args.seed,
     }
-    _finish(
+    write_checkpoint_run(
         work,
         pruned,
         input_shape,
         {"pruned_from": str(out / "original"), "scheme": "cascade", "epsilon": args.epsilon, "gamma": 1.1},
-        _report_dict(res, run),
+        report_dict(res, run),
         console,
         plot=not args.no_plot and _has_matplotlib(console),
         shown=out,

@@ -22,10 +22,10 @@ import jax
 import numpy as np
 
 from nettrim_jax.cli.calibration import UsageError, load_calibration, one_line
+from nettrim_jax.cli.options import prune_options
+from nettrim_jax.cli.outputs import EXIT_NOT_CONVERGED, MODEL_DIR, check_out, report_dict, write_state_run
 
 __all__ = ["load_factory", "restore", "save_state", "cmd_prune_model"]
-
-MODEL_DIR = "model"
 
 
 def load_factory(spec: str):
@@ -133,13 +133,11 @@ def _accuracy(model, x, y) -> float | None:
     return float(np.mean(np.argmax(out, -1) == y))
 
 
-def cmd_prune_model(args, console, finish) -> int:
-    """``nettrim prune --model ... --params ...`` (module doc); ``finish(out, state, report)``
-    writes the report files."""
+def cmd_prune_model(args, console) -> int:
+    """``nettrim prune --model ... --params ...`` (module doc)."""
     from flax import nnx
 
     from nettrim_jax import prune
-    from nettrim_jax.cli.commands import EXIT_NOT_CONVERGED, _check_out, _report_dict, prune_options
 
     if not args.params:
         raise UsageError("--model needs --params DIR (an Orbax checkpoint of the model's state)")
@@ -150,7 +148,7 @@ def cmd_prune_model(args, console, finish) -> int:
     if args.compact:
         raise UsageError("--compact applies to model.json checkpoints only (a --model state keeps its shapes)")
     out = Path(args.out)
-    _check_out(out, args)
+    check_out(out, args)
     model = restore(load_factory(args.model), args.params)
     x, y = load_calibration(args.data, None, key=args.key, labels=args.labels, split=args.split, samples=args.samples)
     xe, ye, acc_on = x, y, "calibration data"
@@ -181,7 +179,7 @@ def cmd_prune_model(args, console, finish) -> int:
     out.mkdir(parents=True, exist_ok=True)
     state = nnx.state(pruned) if isinstance(pruned, nnx.Module) else pruned[1]
     dest = save_state(out, state)
-    finish(out, _report_dict(res, run), dest)
+    write_state_run(out, report_dict(res, run), dest, console)
     if args.strict and not all(layer.converged for layer in res.report.layers):
         console.note("some layer did not converge (--strict): exit 3")
         return EXIT_NOT_CONVERGED

@@ -2,21 +2,17 @@
 
 * ``from_model(model, x)``: any supported model (an NNX module, a Linen ``(module,
   variables)`` pair, or a spec network) whose forward pass is a chain of Dense / Conv layers,
-  ReLUs, max/average pooling and flattening -> ``(layer dicts, input_shape)``.  The chain is
-  read from the model's own forward pass on ``x`` (``network.adapters``): the prunable layers
-  are intercepted, each one's activation is detected (``network.activations``), and the op
-  between a layer's activation and the next layer's input is identified by trying flatten,
-  2x2..4x4 max/average pooling (and pooling then flatten) and keeping the one that reproduces
-  the recorded input exactly.  Anything else (a residual, a norm, attention) is refused with
-  a one-line ``CheckpointError``: a sequential ``model.json`` cannot describe it.
+  ReLUs, max/average pooling and flattening -> ``(layer dicts, input_shape)``, read from the
+  model's forward pass on ``x`` (``network.chain.read_chain``).  Anything else (a residual,
+  a norm, attention) is refused with a one-line ``CheckpointError``: a sequential
+  ``model.json`` cannot describe it.
 * ``to_network(layers)`` / ``from_network(network)``: layer dicts <-> a spec network
   (``Dense`` / ``Conv`` specs, ``Pool`` / ``Flatten`` ops), the form ``prune`` takes.
 * ``apply(layers, x)``: the layer dicts' forward pass (``specs.apply_specs``, in batches).
 * ``load_into(model, layers, x)``: a pruned checkpoint's weights written into one's own model
   (a new NNX module or new Linen variables; the input is not mutated).
-* ``to_nnx(network)``: a spec network as an ``nnx.Sequential`` of ``nnx.Linear`` /
-  ``nnx.Conv`` (these weights) and the ReLU, pooling and flatten ops between them (what
-  ``PruneResult.compact`` returns for an NNX chain: its widths are the compacted ones).
+* ``to_nnx(network)``: a spec network as an ``nnx.Sequential`` (``network.chain.to_nnx``,
+  re-exported here).
 """
 
 from __future__ import annotations
@@ -27,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nettrim_jax.io.checkpoint import ACTIVATIONS, OP_TYPES, PARAM_TYPES, CheckpointError
+from nettrim_jax.network.chain import ChainError, read_chain, to_nnx
 from nettrim_jax.network.specs import Conv, Dense, Flatten, Pool, apply_specs, pair
 
 __all__ = ["from_model", "to_network", "from_network", "apply", "load_into", "to_nnx"]
@@ -140,63 +137,16 @@ def apply(layers: Sequence[dict], x, batch_size: int = 4096) -> np.ndarray:
     return np.concatenate(outs, 0)
 
 
-_CANDIDATES: list = (
-    [[]]
-    + [[Flatten()]]
-    + [[Pool(kind, (k, k), (k, k))] + tail for k in (2, 3, 4) for kind in ("max", "avg") for tail in ([], [Flatten()])]
-)
-
-
-def _between(h, target, i):
-    """The ops (a candidate list) that turn ``h`` into ``target`` exactly."""
-    for ops in _CANDIDATES:
-        out = h
-        try:
-            for op in ops:
-                out = op(out)
-        except (TypeError, ValueError):
-            continue
-        if out.shape == target.shape and bool(jnp.allclose(out, target, rtol=1e-5, atol=1e-6)):
-            return ops
-    raise CheckpointError(
-        f"model: what follows prunable layer {i} is not a chain step a checkpoint "
-        "can describe (ReLU, flatten, max/avg pooling); save a residual or "
-        "attention model with the orbax route instead"
-    )
-
-
 def from_model(model, x) -> tuple[list, tuple]:
     """``(layer dicts, input_shape)`` of a chain model, read from its forward pass on ``x``
-    (a few calibration samples, batch first).  See the module doc."""
-    from nettrim_jax.network.activations import detect_activation
-    from nettrim_jax.network.adapters import adapt
-
-    x = jnp.asarray(x)
-    net = adapt(model, x)
-    base = net.first
-    L = len(net.specs)
-    layers: list = [{"type": "flatten"}] if base.inputs[0].ndim == 2 and x.ndim > 2 else []
-    if layers and not bool(jnp.array_equal(base.inputs[0], x.reshape(x.shape[0], -1))):
-        raise CheckpointError("model: its input reaches the first layer through ops other than flatten")
-    if not layers and not bool(jnp.array_equal(base.inputs[0], x)):
-        raise CheckpointError("model: its input reaches the first layer through ops a checkpoint cannot describe")
-    for i, spec in enumerate(net.specs):
-        act = spec.activation
-        if act is None:
-            act = detect_activation(net, net.specs, x, i, base) if i < L - 1 else "linear"
-        if act not in ACTIVATIONS:
-            raise CheckpointError(
-                f"model: layer {net.names[i]!r} is followed by an activation a "
-                "checkpoint cannot store (only relu, linear)"
-            )
-        layers += from_network([spec._replace(activation=act)])
-        z = base.preacts[i]
-        h = jnp.maximum(z, 0) if act == "relu" else z
-        target = base.inputs[i + 1] if i + 1 < L else base.output
-        if not isinstance(target, jnp.ndarray):
-            raise CheckpointError("model: its output is not a single array")
-        layers += from_network(_between(h, target, i))
-    return layers, tuple(int(a) for a in x.shape[1:])
+    (a few calibration samples, batch first; ``network.chain.read_chain``).  A model that is
+    not a chain is a one-line ``CheckpointError``: a sequential ``model.json`` cannot
+    describe it (save a residual or attention model with the orbax route instead)."""
+    try:
+        network, input_shape = read_chain(model, x)
+    except ChainError as e:
+        raise CheckpointError(f"{e}; save it with the orbax route instead") from None
+    return from_network(network), input_shape
 
 
 def load_into(model, layers: Sequence[dict], x):
@@ -223,49 +173,3 @@ def load_into(model, layers: Sequence[dict], x):
             )
         new.append(mine._replace(kernel=theirs.kernel, bias=theirs.bias))
     return net.rebuild(new)
-
-
-def _nnx_layer(spec):
-    from flax import nnx
-
-    k = np.asarray(spec.kernel)
-    rngs = nnx.Rngs(0)  # the initial values are replaced at once
-    if isinstance(spec, Dense):
-        mod = nnx.Linear(k.shape[0], k.shape[1], use_bias=spec.bias is not None, rngs=rngs)
-    else:
-        kh, kw, i, o = k.shape
-        mod = nnx.Conv(
-            i * spec.groups,
-            o,
-            (kh, kw),
-            strides=pair(spec.strides, "strides"),
-            padding=spec.padding,
-            kernel_dilation=pair(spec.dilation, "dilation"),
-            feature_group_count=spec.groups,
-            use_bias=spec.bias is not None,
-            rngs=rngs,
-        )
-    mod.kernel.set_value(jnp.asarray(k))
-    if spec.bias is not None:
-        mod.bias.set_value(jnp.asarray(spec.bias))
-    return mod
-
-
-def to_nnx(network: Sequence):
-    """An ``nnx.Sequential`` computing the spec network ``network`` (Dense / Conv specs with
-    "relu" or "linear" activations, ``Pool`` and ``Flatten`` ops): same outputs."""
-    from flax import nnx
-
-    items: list = []
-    for item in network:
-        if isinstance(item, (Dense, Conv)):
-            if item.activation not in ("relu", "linear", None):
-                raise ValueError(f"to_nnx: activation {item.activation!r} is not relu or linear")
-            items.append(_nnx_layer(item))
-            if item.activation == "relu":
-                items.append(nnx.relu)
-        elif isinstance(item, (Pool, Flatten)):
-            items.append(item)
-        else:
-            raise ValueError(f"to_nnx: {type(item).__name__} is not a Dense/Conv spec, Pool or Flatten")
-    return nnx.Sequential(*items)

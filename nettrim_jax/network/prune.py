@@ -1,19 +1,23 @@
 """``prune``: Net-Trim over a whole network, the one route from every entry point (library,
 command line, demo, notebook) to the layer solver.
 
-    prune(model, x, *, scheme="cascade", epsilon=0.05, gamma=1.1, ...) -> PruneResult
+    prune(model, x, [Program(...), Target(...), Run(...)], **keywords) -> PruneResult
 
 ``model`` is an ``nnx.Module``, a Linen ``(module, variables)`` pair, or a sequence of
 ``Dense`` / ``Conv`` specs and plain callables (``network.adapters``); ``x`` a batch of
-calibration inputs in the model's layout.  Nothing is mutated.  The steps, each in its own
-module:
+calibration inputs in the model's layout; the options are three records or their flat
+keywords (``network.options``).  Nothing is mutated.  The stages, each a function here over
+modules of their own:
 
-1. input checks (``network.checks``) and the first forward pass (``adapters``),
-2. one program per layer (``network.activations``: ReLU, linear, or skipped),
-3. the scheme (``network.cascade`` / ``network.parallel``) solving each layer's program
-   (``network.problems`` -> ``solver.solve_layer``), reporting each finished step to
+0. the options checked and parsed (``network.options.gather``),
+1. ``_adapted``: input checks (``network.checks``) and the first forward pass (``adapters``),
+2. ``_plan``: one program per layer (``network.activations``: ReLU, linear, or skipped) and
+   its budget (an epsilon, or a keep count of a sparsity target: ``network.targets``),
+3. ``_solve``: the scheme (``network.cascade`` / ``network.parallel``) solving each layer's
+   program (``network.problems`` -> ``solver.solve_layer``), reporting each finished step to
    ``on_layer`` and continuing a ``resume`` state,
-4. the report (``network.report``) with the scheme's a priori bound (``network.bounds``).
+4. ``_finish``: the pruned model and its report (``network.evaluation``) with the scheme's
+   a priori bound (``network.bounds``), a collapsed model refused (``network.report``).
 
 Epsilon: one value or one per prunable layer; with ``relative=True`` (default) epsilon_l =
 value x ||Y_l||_F (Y_l the program's target on its rows), otherwise absolute.
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -37,12 +40,12 @@ from nettrim_jax.network.activations import choose_layers
 from nettrim_jax.network.adapters import adapt
 from nettrim_jax.network.cascade import solve_cascade
 from nettrim_jax.network.evaluation import build_report
+from nettrim_jax.network.options import Program, PruneOptions, Run, Target, gather
 from nettrim_jax.network.parallel import solve_parallel
 from nettrim_jax.network.problems import LayerOutcome, SolveConfig
-from nettrim_jax.network.report import PruneReport
+from nettrim_jax.network.report import CollapsedModelError, PruneReport, refuse_collapsed  # noqa: F401  (re-export)
 from nettrim_jax.network.specs import kernel_matrix, with_matrix
-from nettrim_jax.network.targets import keep_counts, parse_sparsity, prune_at_one_epsilon
-from nettrim_jax.solver.layer import check_solver_options
+from nettrim_jax.network.targets import keep_counts, prune_at_one_epsilon
 
 __all__ = ["prune", "PruneResult", "PruneState", "CollapsedModelError"]
 
@@ -58,13 +61,13 @@ class PruneResult(NamedTuple):
     def compact(self, x=None, module=None):
         """The pruned model with dead units and channels physically removed, same outputs
         (``network.compact``).  A spec network comes back as one; an NNX chain (Linear /
-        Conv, ReLU, pooling, flatten: ``io.convert.from_model``) as an ``nnx.Sequential``
-        of the compacted layers (``io.convert.to_nnx``; its classes fix their widths at
+        Conv, ReLU, pooling, flatten: ``chain.read_chain``) as an ``nnx.Sequential``
+        of the compacted layers (``chain.to_nnx``; its classes fix their widths at
         construction, so the original class cannot hold them); a Linen chain as the
         compacted spec network (Linen variables would need a new module definition).
         ``x``: a few inputs to read an NNX / Linen chain from its forward pass; ``module``:
         the Linen module (a Linen result holds only its variables)."""
-        from nettrim_jax.io import convert
+        from nettrim_jax.network.chain import read_chain, to_nnx
         from nettrim_jax.network.compact import compact_network
 
         model = self.model
@@ -76,8 +79,8 @@ class PruneResult(NamedTuple):
             if module is None:
                 raise ValueError("compact() of a Linen result needs module=, the Linen module (it holds the variables)")
             model = (module, model)
-        specs = compact_network(convert.to_network(convert.from_model(model, x)[0]))
-        return convert.to_nnx(specs) if isinstance(model, nnx.Module) else specs
+        specs = compact_network(read_chain(model, x)[0])
+        return to_nnx(specs) if isinstance(model, nnx.Module) else specs
 
 
 class PruneState(NamedTuple):
@@ -113,303 +116,237 @@ def _check_resume(resume, scheme, orig) -> list:
     return list(resume.outcomes)
 
 
-def _options(
-    epsilon, gamma, relative, output_epsilon, per_neuron, solver, max_patches, seed, refit, solver_options
-) -> dict:
-    eps = epsilon if np.ndim(epsilon) == 0 and not isinstance(epsilon, (list, tuple)) else list(epsilon)
-    return {
-        "epsilon": eps,
-        "gamma": float(gamma),
-        "relative": bool(relative),
-        "output_epsilon": output_epsilon,
-        "refit": bool(refit),
-        "per_neuron": bool(per_neuron),
-        "solver": solver,
-        "max_patches": max_patches,
-        "seed": int(seed),
-        **solver_options,
-    }
-
-
-def prune(
-    model,
-    x,
-    *,
-    scheme: str = "cascade",
-    epsilon=0.05,
-    gamma: float = 1.1,
-    relative: bool = True,
-    output_epsilon=None,
-    per_neuron: bool = False,
-    solver: str = "admm",
-    activations: dict | None = None,
-    on_unsupported: str = "linear",
-    max_patches: int | None = 4096,
-    seed: int = 0,
-    scan="auto",
-    devices=None,
-    refit: bool = False,
-    progress: bool = True,
-    on_layer: Callable[[PruneState], None] | None = None,
-    resume: PruneState | None = None,
-    sparsity=None,
-    allocation: str = "scores",
-    structure: str = "unstructured",
-    pattern=None,
-    mesh=None,
-    fold_batchnorm: bool = False,
-    relu_budget: str = "output",
-    reweight: int = 0,
-    model_kwargs: dict | None = None,
-    **solver_options,
-) -> PruneResult:
+def prune(model, x, *records: Program | Target | Run, **keywords: Any) -> PruneResult:
     """Prune every Dense / Conv layer of ``model`` with Net-Trim (see the module doc).
+
+    ``prune(model, x, Program(...), Target(...), Run(...))`` or, the same call, with flat
+    keywords: any field of the three records (``network.options``) or any option of the
+    chosen solver (``max_iters``, ``gap_tol``, ...; ``solve_layer``), applied on top of
+    the records.  The stages: adapt the model (``_adapted``), plan each layer's program and
+    budget (``_plan``), solve the layers in the scheme (``_solve``), and finish the pruned
+    model and its report (``_finish``).
 
     Args:
       model: ``nnx.Module`` | Linen ``(module, variables)`` | sequence of specs/callables.
       x: calibration inputs (P0, ...) in the model's input layout.
-      scheme: "cascade" or "parallel".
-      epsilon: scalar or one per prunable layer (cascade: entry 0 is epsilon_1, later
-        entries are floors); relative to ||Y_l||_F unless ``relative=False``.
-      gamma: cascade inflation, >= 1.
-      output_epsilon: cascade only, linear output layer: the output layer's misfit budget
-        (relative unless ``relative=False``), replacing its gamma rule and its entry of
-        ``epsilon``; raised to 1.01 x the least-squares residual on the pruned features
-        when below it (``network.cascade``).
-      per_neuron: solve one program per output unit (epsilon split by ||y_m||).
-      solver: "admm" | "pdhg" (see ``solve_layer``).
-      activations: {layer name: "relu" | "linear" | "skip"} overrides, checked against the
-        forward pass (``network.activations``).
-      on_unsupported: for layers followed by an op with no Net-Trim program (GELU, tanh,
-        softmax, LayerNorm, ...; not a ReLU behind an affine epilogue, which gets the exact
-        ReLU program): "linear" (default: the linear program on the pre-activation), "error"
-        or "skip" (keep the layer).  The report's ``reason`` says what each layer got.
-      max_patches: cap on conv program rows (uniform random subset, ``seed``); None = all.
-      scan: cascade only: "auto"/True use ``lax.scan`` over runs of stacked square Dense
-        ReLU layers, False always loops.
-      devices: devices for the parallel scheme (default ``jax.devices()``).
-      refit: after each layer's solve, refit its kept weights to the layer's response on the
-        same rows (``nettrim_jax.refit_layer``: same support, per-unit never worse in
-        misfit^2 + threshold excess^2, so every bound still holds); in cascade the next
-        layer then sees the refit layer's outputs.  The report's ``misfit`` is then
-        sqrt(misfit^2 + excess^2) of the refit kernel.
-      progress: tqdm bar over layers.
-      on_layer: called with a ``PruneState`` after every finished step (a layer, or a
-        ``lax.scan`` run of layers), e.g. to save it.
-      resume: a ``PruneState`` from an interrupted run with the same model, data and
-        settings: its finished layers are taken as they are.
-      sparsity: a target instead of an epsilon: the fraction of weights (kernel and bias)
-        removed, for the whole network or as {layer name: fraction}; each layer's epsilon is
-        then searched (``network.targets``; ``epsilon`` only seeds the search) and reported.
-        With ``output_epsilon`` the output layer keeps its budget instead of a target.
-      allocation: how a global ``sparsity`` is split over layers: "scores" (one threshold on
-        activation-weighted magnitudes), "uniform", or "epsilon" (one scalar epsilon, as if given
-        as ``epsilon``, searched over whole prunes; ``network.targets``).
-      structure: "unstructured" (||U||_1), or "units" (aliases "neurons", "channels"): the
-        group-l1 program over input rows, which removes whole input units of Dense layers
-        and input channels of Conv layers (certified like the l1 program; ``result.compact()``
-        then removes them physically).
-      mesh: a ``jax.sharding.Mesh`` with axes ("samples", "units"): every layer's solve is
-        split over it (rows of X over "samples", output units over "units"), one layer at a
-        time in either scheme; under ``jax.distributed`` it may span processes.
-      pattern: "N:M" (e.g. "2:4"): at most N nonzeros in every M consecutive inputs of each
-        output unit, selected by magnitude from Net-Trim's solution and refit on that support.
-      fold_batchnorm: NNX models: fold each inference BatchNorm that directly follows a
-        pruned Linear / Conv into it (``network.folding``; same zeros, the BatchNorm becomes
-        the identity or a shift); default False keeps the BatchNorms and returns the
-        unfolded kernels.  Other model kinds keep their BatchNorms (with a warning).
-      relu_budget: what a ReLU layer's epsilon bounds (``solve_layer``): "output" (default)
-        the ReLU output's error, misfit over Omega and excess off it in one budget (in
-        cascade, V is the program's own threshold and W's excess counts in its gamma rule);
-        "omega" the paper's program, misfit over Omega with XU <= V exactly off it (cascade:
-        V = max(X_hat W, 0)).  "output" contains both the paper's feasible set and the linear
-        program's, so it is never denser at the same output error; measured on a BatchNorm
-        ResNet and LeNet-300-100 (README, "ReLU budget"), it keeps more accuracy at the same
-        sparsity.
-      reweight: rounds of reweighted l1 per layer (default 0): each re-solves the layer's
-        program with the l1 norm weighted by ``reweighting_weights`` of the previous kernel,
-        warm-started from it (``problems.solve_program``): at the same epsilon a sparser
-        kernel, with a ``sparsity`` target a smaller misfit at the same count.  Each round
-        costs about one more solve (a search, with a target).  Unstructured only.
-      model_kwargs: keyword arguments of every call of the model (NNX ``model(x, **kw)``,
-        Linen ``module.apply(variables, x, **kw)``), e.g. ``{"train": False}`` for a model
-        whose BatchNorm / Dropout mode is an argument.  NNX models are called in ``eval()``
-        mode either way.
-      **solver_options: passed to ``solve_layer`` (max_iters, gap_tol, ...).
+      *records: at most one each of ``Program`` (what each layer's program is: scheme,
+        epsilon, gamma, relative, output_epsilon, relu_budget, per_neuron, activations,
+        on_unsupported, max_patches, seed, refit), ``Target`` (how much to prune: sparsity,
+        allocation, structure, pattern, reweight) and ``Run`` (how to run it: solver,
+        solver_options, scan, devices, mesh, progress, on_layer, resume, model_kwargs,
+        fold_batchnorm).  Each field is documented on its record.
+      **keywords: any of those fields, or a solver option.
+
+    Some fields in short (the records say more):
+      scheme "cascade" | "parallel"; epsilon scalar or one per prunable layer (cascade: entry
+      0 is epsilon_1, later entries are floors), relative to ||Y_l||_F unless
+      ``relative=False``; gamma >= 1 the cascade inflation; output_epsilon the cascade's
+      linear output layer's own budget; relu_budget "output" (default: the ReLU output's
+      error) or "omega" (the paper's program); refit: each layer's kept weights refit to
+      its response on the same rows (misfit^2 + excess^2 never worse, so every bound holds);
+      sparsity a target instead of an epsilon (the fraction of kernel and bias weights
+      removed, global or {layer name: fraction}; each layer's epsilon is then searched,
+      ``network.targets``) split by allocation "scores" | "uniform" | "epsilon";
+      structure "unstructured" | "units" (whole input units / channels, certified like the
+      l1 program; ``result.compact()`` removes them); pattern "N:M"; reweight rounds of
+      reweighted l1; on_layer / resume: save and continue an interrupted run (``PruneState``);
+      model_kwargs: keyword arguments of every model call, e.g. ``{"train": False}`` (NNX
+      models are called in ``eval()`` mode either way); fold_batchnorm: fold inference
+      BatchNorms after pruned NNX layers into them.
 
     Returns: ``PruneResult(model, masks, report)``.
 
-    Raises ``ValueError`` (one line, before any solve) for: an unknown scheme / solver,
-    gamma < 1, a negative or non-finite epsilon (scalar or any entry) or a wrong entry count,
-    ``output_epsilon`` that is negative, non-finite, given with ``scheme="parallel"`` or for
-    a model whose output layer is not linear (or is skipped), empty calibration data, NaN/Inf
-    in ``x`` or in any prunable layer's kernel/bias (named), a layer input or pre-activation
-    that is non-finite on ``x`` (overflow), ``x`` whose shape does not fit the model
-    (``adapters.InputShapeError``, naming ``x``'s shape and the layer's expected input), an
-    override the forward pass contradicts, and a ``resume`` state that does not fit.
+    Raises ``TypeError`` for an unknown keyword (listing the valid ones) or a positional
+    argument that is not a record, and ``ValueError`` (one line, before any solve) for: an
+    unknown scheme / solver, gamma < 1, a negative or non-finite epsilon (scalar or any
+    entry) or a wrong entry count, ``output_epsilon`` that is negative, non-finite, given
+    with ``scheme="parallel"`` or for a model whose output layer is not linear (or is
+    skipped), empty calibration data, NaN/Inf in ``x`` or in any prunable layer's
+    kernel/bias (named), a layer input or pre-activation that is non-finite on ``x``
+    (overflow), ``x`` whose shape does not fit the model (``adapters.InputShapeError``,
+    naming ``x``'s shape and the layer's expected input), an override the forward pass
+    contradicts, and a ``resume`` state that does not fit.  ``CollapsedModelError`` when
+    the pruned model's outputs collapsed (``network.report``).
     """
-    call = dict(locals())  # the arguments, for allocation="epsilon"'s whole-network prunes
-    checks.check_options(scheme, gamma, on_unsupported, solver, max_patches, scan, relu_budget)
-    check_solver_options(solver, solver_options)
-    checks.check_epsilon_values(epsilon)
-    sparsity = parse_sparsity(sparsity, allocation)
-    structure, pattern = checks.parse_structure(structure, pattern, per_neuron)
-    reweight = checks.reweight_rounds(reweight, structure)
-    if output_epsilon is not None:
-        if scheme != "cascade":
-            raise ValueError(
-                "output_epsilon applies to scheme='cascade' only (parallel layers do not see the pruned features)"
-            )
-        output_epsilon = checks.epsilon_value(output_epsilon, what="output_epsilon")
+    opts = gather(records, keywords)
     t_start = time.perf_counter()
+    raw_x = x
     x = checks.check_calibration(x)
-    net = adapt(model, x, model_kwargs)  # first forward pass: shape mismatches -> InputShapeError
+    net = _adapted(model, x, opts)
+    if opts.target.allocation == "epsilon" and isinstance(opts.sparsity, float):  # dicts are refused there
+        return prune_at_one_epsilon(prune, {"model": model, "x": raw_x, **opts.keywords()}, opts.sparsity)
+    plan = _plan(net, x, opts)
+    outcomes = _solve(net, x, plan, opts)
+    return _finish(net, x, plan, outcomes, opts, t_start)
+
+
+def _adapted(model, x, opts: PruneOptions):
+    """Stage 1: the model as a traced network (first forward pass), its weights and
+    activations checked; warnings for layers the forward pass does not call or that stay."""
+    net = adapt(model, x, _dict(opts.run.model_kwargs))  # shape mismatches -> InputShapeError
     checks.check_layers(net)
     checks.check_weights(net)
     checks.check_forward(net)
     for name in net.unused:
-        warnings.warn(f"layer {name!r} is not called by the forward pass; left unchanged", stacklevel=2)
+        warnings.warn(f"layer {name!r} is not called by the forward pass; left unchanged", stacklevel=3)
     for name, why in getattr(net, "refused", {}).items():
-        warnings.warn(f"layer {name!r} left unpruned: {why}", stacklevel=2)
+        warnings.warn(f"layer {name!r} left unpruned: {why}", stacklevel=3)
+    return net
+
+
+def _dict(mapping) -> dict | None:
+    return None if mapping is None else dict(mapping)
+
+
+class _Plan(NamedTuple):
+    """Stage 2's result: per prunable layer, its original spec (``orig``), its outcome when
+    a resumed run finished it (``done``), its program choice (``choices``: program and
+    epilogue) and epsilon entry (``epsilons``); ``cfg`` the settings every solve shares."""
+
+    orig: list
+    done: list
+    choices: list
+    epsilons: list
+    cfg: SolveConfig
+
+
+def _plan(net, x, opts: PruneOptions) -> _Plan:
+    """Stage 2: each layer's program and budget (an epsilon entry, or a keep count of the
+    sparsity target), and the settings shared by every solve."""
+    program, target, run = opts.program, opts.target, opts.run
     orig = list(net.specs)
-    if allocation == "epsilon" and sparsity is not None:
-        return prune_at_one_epsilon(prune, call, sparsity)
-    done = _check_resume(resume, scheme, orig)
-    eps_list, per_layer = checks.epsilon_list(epsilon, len(orig))
-    choices = choose_layers(net, x, net.first, activations, on_unsupported)
+    done = _check_resume(run.resume, program.scheme, orig)
+    epsilons, per_layer = checks.epsilon_list(program.epsilon, len(orig))
+    choices = choose_layers(net, x, net.first, _dict(program.activations), program.on_unsupported)
     programs = [c.program for c in choices]
-    eps_of = [c.epilogue for c in choices]
-    if output_epsilon is not None and programs[-1] != "linear":
+    if opts.output_epsilon is not None and programs[-1] != "linear":
         raise ValueError(
             f"output_epsilon needs a linear output layer to refit; layer {net.names[-1]!r} has program {programs[-1]!r}"
         )
     keep = None
-    if sparsity is not None:
+    if opts.sparsity is not None:
         targeted = list(programs)
-        if output_epsilon is not None:
+        if opts.output_epsilon is not None:
             targeted[-1] = "skipped"  # the output layer keeps its own budget
-        keep = keep_counts(net.names, orig, net.first.inputs, targeted, sparsity, allocation, max_patches)
+        keep = keep_counts(
+            net.names, orig, net.first.inputs, targeted, opts.sparsity, target.allocation, program.max_patches
+        )
     cfg = SolveConfig(
-        per_neuron=bool(per_neuron),
-        solver=solver,
-        opts=tuple(sorted({**solver_options, "relu_budget": relu_budget}.items())),
-        relative=bool(relative),
-        max_patches=max_patches,
-        seed=int(seed),
-        gamma=float(gamma),
+        per_neuron=bool(program.per_neuron),
+        solver=run.solver,
+        opts=tuple(sorted({**run.solver_options, "relu_budget": program.relu_budget}.items())),
+        relative=bool(program.relative),
+        max_patches=program.max_patches,
+        seed=int(program.seed),
+        gamma=float(program.gamma),
         per_layer=per_layer,
-        refit=bool(refit),
-        output_epsilon=output_epsilon,
+        refit=bool(program.refit),
+        output_epsilon=opts.output_epsilon,
         keep=keep or (),
-        carry=not isinstance(sparsity, dict),
-        structure=structure,
-        pattern=pattern,
-        mesh=mesh,
-        reweight=reweight,
+        carry=not isinstance(opts.sparsity, dict),
+        structure=opts.structure,
+        pattern=opts.pattern,
+        mesh=run.mesh,
+        reweight=opts.reweight,
     )
-    bar = _bar(len(orig), progress, scheme, sum(o is not None for o in done))
+    return _Plan(orig, done, choices, epsilons, cfg)
+
+
+def _solve(net, x, plan: _Plan, opts: PruneOptions) -> list[LayerOutcome]:
+    """Stage 3: every layer's program solved in the scheme, each finished step reported to
+    ``on_layer`` as a ``PruneState`` (and to the progress bar)."""
+    scheme, run = opts.program.scheme, opts.run
+    done = list(plan.done)
+    programs = [c.program for c in plan.choices]
+    epilogues = [c.epilogue for c in plan.choices]
+    bar = _bar(len(plan.orig), run.progress, scheme, sum(o is not None for o in done))
 
     def finished(step: dict[int, LayerOutcome]):
         for i, out in step.items():
             done[i] = out
         if bar is not None:
             bar.update(len(step))
-        if on_layer is not None:
-            on_layer(PruneState(scheme, tuple(done)))
+        if run.on_layer is not None:
+            run.on_layer(PruneState(scheme, tuple(done)))
 
     try:
         if scheme == "parallel":
-            outcomes = solve_parallel(
-                orig,
+            return solve_parallel(
+                plan.orig,
                 net.first,
                 programs,
-                eps_list,
-                cfg,
-                devices,
+                plan.epsilons,
+                plan.cfg,
+                run.devices,
                 done,
                 on_layer=lambda i, out: finished({i: out}),
-                prebuilt=_epilogue_problems(net, x, orig, eps_of, done, cfg),
+                prebuilt=_epilogue_problems(net, x, plan.orig, epilogues, plan.done, plan.cfg),
             )
-        else:
-            outcomes = solve_cascade(net, x, programs, eps_list, cfg, scan, done, on_layers=finished, epilogues=eps_of)
+        return solve_cascade(
+            net, x, programs, plan.epsilons, plan.cfg, run.scan, done, on_layers=finished, epilogues=epilogues
+        )
     finally:
         if bar is not None:
             bar.close()
+
+
+def _finish(net, x, plan: _Plan, outcomes, opts: PruneOptions, t_start: float) -> PruneResult:
+    """Stages 4-5: the pruned model (BatchNorms folded when asked) and its report; refuses a
+    collapsed model (``CollapsedModelError``) and warns on a missed sparsity target."""
     new = [
-        spec if out.kernel is None else with_matrix(spec, jnp.asarray(out.kernel)) for spec, out in zip(orig, outcomes)
+        spec if out.kernel is None else with_matrix(spec, jnp.asarray(out.kernel))
+        for spec, out in zip(plan.orig, outcomes)
     ]
+    scheme = opts.program.scheme
     report = build_report(
         net,
         x,
         scheme,
-        orig,
+        plan.orig,
         new,
-        choices,
+        plan.choices,
         outcomes,
-        float(gamma),
-        _options(
-            epsilon,
-            gamma,
-            relative,
-            output_epsilon,
-            per_neuron,
-            solver,
-            max_patches,
-            seed,
-            refit,
-            {
-                **solver_options,
-                "sparsity": sparsity,
-                "allocation": allocation if sparsity is not None else None,
-                "structure": structure,
-                "pattern": None if pattern is None else f"{pattern[0]}:{pattern[1]}",
-                "relu_budget": relu_budget,
-                "reweight": reweight,
-            },
-        ),
+        float(opts.program.gamma),
+        _report_options(opts),
         t_start,
     )
-    if output_epsilon is None:  # else the output layer keeps its budget, not a share of S
-        _warn_missed_target(sparsity, report)
+    if opts.output_epsilon is None:  # else the output layer keeps its budget, not a share of S
+        _warn_missed_target(opts.sparsity, report)
     pruned = net.rebuild(new)
-    if fold_batchnorm:
+    if opts.run.fold_batchnorm:
         pruned, report = _fold(pruned, x, net, report)
     result = PruneResult(model=pruned, masks=net.masks(new), report=report)
-    _refuse_collapsed(result)
+    refuse_collapsed(result)
     return result
 
 
-# The pruned outputs' variation over the calibration samples, relative to the original's,
-# below which the model counts as collapsed (constant outputs measured 5e-6 of it).
-COLLAPSE_SPREAD = 1e-3
-
-
-class CollapsedModelError(RuntimeError):
-    """``prune`` produced a model whose outputs no longer depend on its input.  The
-    message names the emptiest layers; ``result`` holds the ``PruneResult`` for inspection."""
-
-    def __init__(self, message: str, result: PruneResult):
-        super().__init__(message)
-        self.result = result
-
-
-def _refuse_collapsed(result: PruneResult) -> None:
-    report = result.report
-    if not report.output_spread < COLLAPSE_SPREAD:
-        return
-    solved = [layer for layer in report.layers if layer.activation != "skipped"]
-    emptiest = sorted(solved, key=lambda layer: layer.nnz_after / max(1, layer.N * layer.M))[:2]
-    kept = ", ".join(f"{layer.name} keeps {layer.nnz_after} of {layer.N * layer.M}" for layer in emptiest)
-    raise CollapsedModelError(
-        f"the pruned model collapsed: its outputs vary {report.output_spread:.1e} times as much over the "
-        f"calibration samples as the original's ({kept}); prune less (a lower sparsity or epsilon) or give "
-        "more calibration samples (the pruned result is on this error's .result)",
-        result,
-    )
+def _report_options(opts: PruneOptions) -> dict:
+    """The options the report records (and the CLI writes to report.json)."""
+    p = opts.program
+    eps = p.epsilon if np.ndim(p.epsilon) == 0 and not isinstance(p.epsilon, (list, tuple)) else list(p.epsilon)
+    return {
+        "epsilon": eps,
+        "gamma": float(p.gamma),
+        "relative": bool(p.relative),
+        "output_epsilon": opts.output_epsilon,
+        "refit": bool(p.refit),
+        "per_neuron": bool(p.per_neuron),
+        "solver": opts.run.solver,
+        "max_patches": p.max_patches,
+        "seed": int(p.seed),
+        **opts.run.solver_options,
+        "sparsity": opts.sparsity,
+        "allocation": opts.target.allocation if opts.sparsity is not None else None,
+        "structure": opts.structure,
+        "pattern": None if opts.pattern is None else f"{opts.pattern[0]}:{opts.pattern[1]}",
+        "relu_budget": p.relu_budget,
+        "reweight": opts.reweight,
+    }
 
 
 def _warn_missed_target(sparsity, report):
-    """A global target missed by more than half a point: say so and the likely cause."""
+    """A global target missed by more than half a point: say so and the likely cause (warned
+    at the caller of ``prune``, through ``_finish``)."""
     if not isinstance(sparsity, float) or report.nnz_before == 0:
         return
     reached = 1 - report.nnz_after / report.nnz_before
@@ -420,7 +357,7 @@ def _warn_missed_target(sparsity, report):
             f"(an l1 solution keeps at most about one nonzero per program row in each output unit, "
             f"{rows} rows here; more calibration samples or a lower target help)",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
 
@@ -430,7 +367,7 @@ def _fold(model, x, net, report):
     from nettrim_jax.network.folding import fold_batchnorm
 
     if not isinstance(model, nnx.Module):
-        warnings.warn("fold_batchnorm applies to nnx.Module models only; BatchNorms kept", stacklevel=3)
+        warnings.warn("fold_batchnorm applies to nnx.Module models only; BatchNorms kept", stacklevel=4)
         return model, report
     model, folded = fold_batchnorm(model, x, list(net.names))
     return model, report._replace(options={**report.options, "fold_batchnorm": folded})

@@ -12,7 +12,14 @@ import json
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-__all__ = ["LayerReport", "PruneReport", "render_markdown"]
+__all__ = [
+    "LayerReport",
+    "PruneReport",
+    "render_markdown",
+    "CollapsedModelError",
+    "COLLAPSE_SPREAD",
+    "refuse_collapsed",
+]
 
 
 class LayerReport(NamedTuple):
@@ -176,3 +183,34 @@ def render_markdown(report: PruneReport, title: str | None = None, notes: Sequen
             f"Warning: the solve did not converge for layer(s) {bad}; the kernels are usable but not certified optimal."
         )
     return "\n".join(lines) + "\n"
+
+
+# The pruned outputs' variation over the calibration samples, relative to the original's,
+# below which the model counts as collapsed (constant outputs measured 5e-6 of it).
+COLLAPSE_SPREAD = 1e-3
+
+
+class CollapsedModelError(RuntimeError):
+    """``prune`` produced a model whose outputs no longer depend on its input.  The
+    message names the emptiest layers; ``result`` holds the ``PruneResult`` for inspection."""
+
+    def __init__(self, message: str, result):
+        super().__init__(message)
+        self.result = result
+
+
+def refuse_collapsed(result) -> None:
+    """Raise ``CollapsedModelError`` when ``result.report``'s output spread is below
+    ``COLLAPSE_SPREAD``."""
+    report = result.report
+    if not report.output_spread < COLLAPSE_SPREAD:
+        return
+    solved = [layer for layer in report.layers if layer.activation != "skipped"]
+    emptiest = sorted(solved, key=lambda layer: layer.nnz_after / max(1, layer.N * layer.M))[:2]
+    kept = ", ".join(f"{layer.name} keeps {layer.nnz_after} of {layer.N * layer.M}" for layer in emptiest)
+    raise CollapsedModelError(
+        f"the pruned model collapsed: its outputs vary {report.output_spread:.1e} times as much over the "
+        f"calibration samples as the original's ({kept}); prune less (a lower sparsity or epsilon) or give "
+        "more calibration samples (the pruned result is on this error's .result)",
+        result,
+    )

@@ -222,7 +222,7 @@ def layer_rows(spec, x):
     kh, kw = spec.kernel.shape[:2]
     p = lax.conv_general_dilated_patches(x, (kh, kw), strides, padding, rhs_dilation=dilation, dimension_numbers=_DN)
     p = p.reshape(-1, p.shape[-1])
-    g = _groups(spec)
+    g = conv_groups(spec)
     if g == 1:
         return p
     rows, n = p.shape[0], p.shape[1] // g
@@ -231,7 +231,7 @@ def layer_rows(spec, x):
     return (eye[:, None, :, None] * blocks[:, :, None, :]).reshape(g * rows, g * n)
 
 
-def _groups(spec) -> int:
+def conv_groups(spec) -> int:
     return int(getattr(spec, "groups", 1) or 1)
 
 
@@ -241,7 +241,7 @@ def program_rows(spec, x):
     rows = layer_rows(spec, x)
     if spec.bias is None:
         return rows
-    g = _groups(spec)
+    g = conv_groups(spec)
     if g == 1:
         return with_ones(rows)
     ind = jnp.repeat(jnp.eye(g, dtype=rows.dtype), rows.shape[0] // g, axis=0)
@@ -253,7 +253,7 @@ def program_targets(spec, z):
     group-major."""
     m = z.shape[-1]
     zr = z.reshape(-1, m)
-    g = _groups(spec)
+    g = conv_groups(spec)
     if g == 1:
         return zr
     return zr.reshape(-1, g, m // g).transpose(1, 0, 2).reshape(-1, m // g)
@@ -261,7 +261,7 @@ def program_targets(spec, z):
 
 def from_targets(spec, t, m: int):
     """Inverse of ``program_targets`` on rows: (G * P, M / G) -> (P, M)."""
-    g = _groups(spec)
+    g = conv_groups(spec)
     if g == 1:
         return t
     return t.reshape(g, -1, m // g).transpose(1, 0, 2).reshape(-1, m)
@@ -275,7 +275,7 @@ def with_ones(rows):
 def kernel_matrix(spec):
     """(N' [+1], M) kernel of the dense program, with the bias as the last row if present."""
     k = spec.kernel
-    g = _groups(spec)
+    g = conv_groups(spec)
     if isinstance(spec, Conv):
         kh, kw, i, o = k.shape
         k = jnp.transpose(k, (2, 0, 1, 3)).reshape(i * kh * kw, o)
@@ -291,7 +291,7 @@ def with_matrix(spec, mat):
     """Inverse of ``kernel_matrix``: a spec of the same geometry with weights from ``mat``."""
     k = spec.kernel
     bias = None
-    g = _groups(spec)
+    g = conv_groups(spec)
     if spec.bias is not None:
         mat, bias = mat[:-g], mat[-g:].reshape(-1).astype(jnp.asarray(spec.bias).dtype)
     if isinstance(spec, Conv):

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nettrim_jax.network.problems import jitted_solver
+from nettrim_jax.network.compiled import jitted_solver, output_misfit
 from nettrim_jax.network.specs import Conv, kernel_matrix, layer_rows, with_ones
 
 __all__ = ["parse_sparsity", "keep_counts", "solve_to_count", "one_epsilon", "prune_at_one_epsilon", "ALLOCATIONS"]
@@ -306,8 +306,6 @@ def _zero_misfit(Y, V, program: str, omega, soft: bool) -> float:
     mask = (Y > 0) if omega is None else omega
     if program == "relu" and not soft and bool(jnp.any(jnp.where(mask, False, jnp.broadcast_to(V, Y.shape) < 0))):
         return math.inf
-    from nettrim_jax.network.problems import output_misfit
-
     return float(output_misfit(jnp.zeros_like(Y), Y, program, omega, V, soft))
 
 
@@ -388,19 +386,19 @@ def one_epsilon(run, target: float, eps0: float, *, tol: float = 0.004, max_runs
 
 def prune_at_one_epsilon(prune, call: dict, target: float):
     """``prune(..., sparsity=target, allocation="epsilon")``: ``prune`` itself at one scalar
-    epsilon (``call``: its arguments), searched by ``one_epsilon``; the report's options say
+    epsilon (``call``: its model, x and flat keywords), searched by ``one_epsilon``; the report's options say
     so (``epsilon_search_prunes``: prunes run).  With ``reweight`` = R > 0 the search runs
     without it (reweighting makes a kernel sparser at one epsilon, so it would move the
     count being searched) and a last prune takes the counts the search found, per layer, as
     targets with R rounds of reweighted l1: Net-Trim's allocation, a reweighted support."""
     if call["on_layer"] is not None or call["resume"] is not None:
         raise ValueError("allocation='epsilon' runs whole prunes; on_layer= and resume= do not apply")
-    kw = {k: v for k, v in call.items() if k != "solver_options"} | dict(call["solver_options"])
+    kw = dict(call)
     kw.update(sparsity=None, allocation="scores", progress=False)
     rounds = int(kw.get("reweight", 0))
 
     def run(e, iters):
-        from nettrim_jax.network.prune import CollapsedModelError
+        from nettrim_jax.network.report import CollapsedModelError
 
         try:
             return prune(**{**kw, "epsilon": e, "reweight": 0, **({} if iters is None else {"max_iters": iters})})

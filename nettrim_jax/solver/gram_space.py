@@ -39,7 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nettrim_jax.solver import admm, scaling, sharding
+from nettrim_jax.solver import admm, engine, scaling, sharding
+from nettrim_jax.solver.options import make_options, solver_options_static, split_iterations
+from nettrim_jax.solver.solution import LayerSolution, warn_unconverged
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -309,8 +311,6 @@ def solve_reduced(
     itself rather than the reduced identity.  ``mesh``: Q and the kernel are split over its
     "units" axis (the N-row problem has no samples axis to split).
     """
-    from nettrim_jax.solver import layer  # layer imports this module for its auto path
-
     dtype = red.r.dtype
     m = red.q.shape[1]
     eshape = jnp.shape(epsilon)
@@ -330,28 +330,26 @@ def solve_reduced(
             f"infeasible linear program: epsilon {np.asarray(eps_orig)} is below the "
             f"least-squares misfit {floor} (no kernel fits Y that closely)"
         )
-    opts, iters = layer.split_iterations(
-        layer._options(solver, dtype, layer.solver_options_static(solver_options)), solver_options
-    )
+    opts, iters = split_iterations(make_options(solver, dtype, solver_options_static(solver_options)), solver_options)
     if (
         warm_start is not None
-        and not isinstance(warm_start, layer.LayerSolution)
+        and not isinstance(warm_start, LayerSolution)
         and tuple(jnp.shape(warm_start)) != tuple(red.b.shape)
     ):
         raise ValueError(f"warm_start kernel has shape {tuple(jnp.shape(warm_start))}, expected {tuple(red.b.shape)}")
-    warm_kernel = warm_start.kernel if isinstance(warm_start, layer.LayerSolution) else warm_start
+    warm_kernel = warm_start.kernel if isinstance(warm_start, LayerSolution) else warm_start
     w0 = jnp.zeros_like(red.b) if warm_kernel is None else jnp.asarray(warm_kernel, dtype)
     warm = None
-    if isinstance(warm_start, layer.LayerSolution) and isinstance(warm_start.state, ReducedState):
+    if isinstance(warm_start, LayerSolution) and isinstance(warm_start.state, ReducedState):
         prev = warm_start.state.inner
-        if layer._state_fits(prev[0], solver, per_neuron, *red.b.shape):
-            warm = layer._rescale_state(prev, red.r, red.q)
+        if engine.state_fits(prev[0], solver, per_neuron, *red.b.shape):
+            warm = engine.rescale_state(prev, red.r, red.q)
     rho0 = None if rho is None else jnp.asarray(rho, dtype)
     q = red.q
     if mesh is not None:
         q = sharding.place(mesh, q, "kernel", dtype)
         w0 = sharding.place(mesh, w0, "kernel", dtype)
-    kernel, info, solved = layer._solve(
+    kernel, info, solved = engine.solve(
         red.r,
         q,
         eps_red,
@@ -373,8 +371,8 @@ def solve_reduced(
     info = _report(red, kernel, dual_direction(state), eps_orig, col, info, per_neuron=per_neuron)
     summary = [sharding.host_value(a) for a in (info.converged, info.iterations, info.gap, info.residual)]
     if all(v is not None for v in summary):
-        layer._warn_unconverged(*summary)
-    return layer.LayerSolution(kernel=kernel, info=info, state=ReducedState(solved))
+        warn_unconverged(*summary)
+    return LayerSolution(kernel=kernel, info=info, state=ReducedState(solved))
 
 
 def solve_layer_gram(

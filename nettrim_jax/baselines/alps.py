@@ -1,5 +1,5 @@
 """ALPS (Meng, Behdin, Wang, Mazumder 2024, arXiv 2406.07831), the fourth layer-wise baseline
-beside ``baselines.magnitude`` / ``wanda`` / ``sparsegpt``: ADMM on the l0-constrained layer
+beside ``magnitude`` / ``wanda`` / ``sparsegpt``: ADMM on the l0-constrained layer
 reconstruction, then a preconditioned conjugate-gradient refit on the final support.  The
 defaults follow the reference implementation (mazumder-lab/ALPS); see ``alps``."""
 
@@ -10,7 +10,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from nettrim_jax.baselines import _check_keep
+from nettrim_jax.baselines.common import check_keep
 
 
 def _check_layer(kernel, X):
@@ -201,7 +201,7 @@ def alps(
         kernel = kernel.astype(jnp.float32)
     X = jnp.asarray(X, kernel.dtype)
     _check_layer(kernel, X)
-    keep = _check_keep(kernel, keep)
+    keep = check_keep(kernel, keep)
     if not (
         rho > 0
         and damp >= 0

@@ -1,4 +1,4 @@
-"""The layer-wise baselines (``nettrim_jax.baselines``) applied to a whole model of any kind
+"""The layer-wise baselines applied to a whole model of any kind
 ``prune`` accepts, at given per-layer counts: what Net-Trim is compared against.
 
 Wanda, SparseGPT and ALPS run sequentially, as in their papers: layer l's calibration rows
@@ -16,8 +16,13 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from nettrim_jax.baselines.alps import alps
+from nettrim_jax.baselines.common import keep_count
+from nettrim_jax.baselines.magnitude import magnitude
+from nettrim_jax.baselines.sparsegpt import sparsegpt
+from nettrim_jax.baselines.wanda import wanda
 from nettrim_jax.network.adapters import adapt
-from nettrim_jax.network.specs import _groups, kernel_matrix, layer_rows, with_matrix
+from nettrim_jax.network.specs import conv_groups, kernel_matrix, layer_rows, with_matrix
 
 __all__ = ["METHODS", "prune_model"]
 
@@ -25,8 +30,6 @@ METHODS = ("magnitude", "wanda", "sparsegpt", "alps")
 
 
 def _counts(names, specs, keeps) -> list[int]:
-    from nettrim_jax import baselines
-
     sizes = [int(np.size(s.kernel)) for s in specs]
     if isinstance(keeps, dict):
         unknown = set(keeps) - set(names)
@@ -34,7 +37,7 @@ def _counts(names, specs, keeps) -> list[int]:
             raise ValueError(f"keeps names unknown layer(s) {sorted(unknown)}; the model's are {names}")
         return [int(keeps.get(n, size)) for n, size in zip(names, sizes)]
     if np.ndim(keeps) == 0:  # a sparsity fraction, the same in every layer
-        return [baselines.keep_count(size, float(keeps)) for size in sizes]
+        return [keep_count(size, float(keeps)) for size in sizes]
     if len(keeps) != len(specs):
         raise ValueError(f"keeps has {len(keeps)} entries, the model has {len(specs)} prunable layers")
     return [int(k) for k in keeps]
@@ -59,8 +62,6 @@ def prune_model(
     Grouped / depthwise convs are refused for the data-aware methods (their kernel matrix
     is block-diagonal; the baselines assume a dense one).
     """
-    from nettrim_jax import baselines  # (it re-exports this function)
-
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     x = jnp.asarray(x)
@@ -68,17 +69,17 @@ def prune_model(
     specs = list(net.specs)
     counts = _counts(list(net.names), specs, keeps)
     fns: dict[str, Callable[..., Any]] = {
-        "wanda": baselines.wanda,
-        "sparsegpt": baselines.sparsegpt,
-        "alps": baselines.alps,
+        "wanda": wanda,
+        "sparsegpt": sparsegpt,
+        "alps": alps,
     }
     rng = np.random.default_rng(seed)
     for i, spec in enumerate(specs):
         bare = spec._replace(bias=None)
         if method == "magnitude":
-            new = baselines.magnitude(kernel_matrix(bare), counts[i])
+            new = magnitude(kernel_matrix(bare), counts[i])
         else:
-            if _groups(spec) > 1:
+            if conv_groups(spec) > 1:
                 raise ValueError(f"layer {net.names[i]!r}: {method} does not handle grouped convolutions")
             rows = layer_rows(spec, net.run(specs, x).inputs[i])
             if max_rows is not None and rows.shape[0] > max_rows:
