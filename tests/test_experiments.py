@@ -152,3 +152,18 @@ def test_bench_prune_quick(tmp_path):
     assert records[0]["runs"][0]["nettrim"]["solver_programs"] >= 1
     assert records[1]["runs"][0]["nettrim"]["solver_programs"] == 0  # 4 blocks reuse the 2 blocks' programs
     assert "| lm12 |" in (tmp_path / "bench_prune.md").read_text()
+
+
+@needs_data
+def test_l0_finish_quick(tmp_path):
+    """Both Net-Trim variants at the target with every layer certified, ALPS at each one's
+    counts, and a verdict per row."""
+    import l0_finish
+
+    records = l0_finish.main(["--quick", "--out", str(tmp_path), "--data", _data_root()])
+    assert [r["variant"] for r in records] == ["refit", "refit+l0"]
+    for r in records:
+        assert abs(r["sparsity"] - 0.9) < 0.01 and r["converged"] == r["layers"] == 2
+        assert 0.5 < r["nettrim"] <= 1 and 0.5 < r["alps"] <= 1
+    text = (tmp_path / "l0_finish.md").read_text()
+    assert "| 0.9 | refit+l0 | 1 |" in text and ("behind" in text or "ahead" in text or "tie" in text)

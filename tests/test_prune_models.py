@@ -51,7 +51,7 @@ def test_attention_projections_pruned_and_exact_at_epsilon_zero():
     b = "blocks/0/"
     assert list(rows) == [b + n for n in ("attn/query", "attn/key", "attn/value", "attn/out", "fc1", "fc2")] + ["head"]
     assert all(l.activation == "linear" for l in rows.values())
-    assert rows[b + "fc1"].reason == "linear (followed by an op with no Net-Trim program)"
+    assert rows[b + "fc1"].reason == "linear (followed by an op with no Net-Trim program: no ReLU follows it)"
     assert rows[b + "attn/query"].N == 9 and rows[b + "attn/query"].M == 8 and rows[b + "attn/query"].rows == 32
     assert rows[b + "attn/out"].N == 9  # (heads, head_dim) contracted: 8 inputs + bias
     np.testing.assert_allclose(res.model(t), m(t), rtol=0, atol=2e-3 * float(jnp.max(jnp.abs(m(t)))))
@@ -235,3 +235,47 @@ def test_linen_model_with_a_train_argument():
     assert float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref)) < 0.2
     pruned, _ = baselines.prune_model((m, v), x, 0.5, "wanda", model_kwargs={"train": False})
     assert np.count_nonzero(np.asarray(pruned["params"]["Dense_0"]["kernel"])) == 2560
+
+
+def test_programs_are_chosen_on_the_first_samples_whatever_the_calibration_size():
+    """Detection runs on the first PROBE_SAMPLES samples only: 600 images and their first 256
+    give every layer the same program and epilogue scale, and no probe runs more rows."""
+    from nettrim_jax.network import activations
+    from nettrim_jax.network.adapters import adapt
+
+    m = _resnet()
+    x = jax.random.normal(jax.random.key(3), (600, 12, 12, 1))
+    chosen = []
+    for data in (x, x[: activations.PROBE_SAMPLES]):
+        net = adapt(m, data, None)
+        seen = []
+        run = net.run
+        net.run = lambda specs, xs, *a, run=run, seen=seen: seen.append(xs.shape[0]) or run(specs, xs, *a)
+        chosen.append(activations.choose_layers(net, data, net.first, None))
+        assert seen and max(seen) == activations.PROBE_SAMPLES
+    big, small = chosen
+    assert [c.reason for c in big] == [c.reason for c in small]
+    assert all(c.epilogue is not None for c in big[:-1])
+    for a, b in zip(big[:-1], small[:-1]):
+        np.testing.assert_array_equal(np.asarray(a.epilogue.scale), np.asarray(b.epilogue.scale))
+
+
+def test_a_layer_whose_output_bypasses_its_relu_says_so():
+    """relu(bn(z)) + z: the ReLU input is affine in z, but z also reaches the output another
+    way, so the exact ReLU program does not apply; the report's reason names that test."""
+
+    class Leaky(nnx.Module):
+        def __init__(self, rngs):
+            self.a = nnx.Linear(6, 8, rngs=rngs)
+            self.b = nnx.Linear(8, 3, rngs=rngs)
+
+        def __call__(self, x):
+            z = self.a(x)
+            return self.b(nnx.relu(2.0 * z + 0.1) + 0.5 * z)
+
+    x = jax.random.normal(jax.random.key(0), (64, 6))
+    res = _quiet(lambda: nt.prune(Leaky(nnx.Rngs(0)), x, epsilon=0.1, progress=False, max_iters=500))
+    assert res.report.layers[0].reason == (
+        "linear (followed by an op with no Net-Trim program: ReLU call 0: the layer's output also "
+        "reaches the model by another path than this ReLU)"
+    )

@@ -198,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="rounds of reweighted l1 per layer (default 0): sparser at one epsilon, closer at one --sparsity",
     )
     q.add_argument(
+        "--finish",
+        choices=("l0",),
+        default=None,
+        help="l0: after the refit, hard-thresholding steps at each layer's count that move its "
+        "support while they lower the refit objective",
+    )
+    q.add_argument(
         "--allocation",
         choices=("scores", "uniform", "epsilon"),
         default="scores",

@@ -29,6 +29,7 @@ RUN_FLAGS = (
     "pattern",
     "relu_budget",
     "reweight",
+    "finish",
 )
 
 

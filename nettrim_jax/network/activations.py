@@ -16,7 +16,10 @@ probe w = z + (random noise of z's spread), which has negative entries whatever 
 BatchNorm / scale / residual before the ReLU): the exact ReLU program.  Otherwise, by
 default (``on_unsupported="linear"``), the linear program on the pre-activation (what
 SparseGPT-style methods reconstruct); "error" and "skip" refuse or keep the layer instead.
-Every choice comes with its reason (``LayerChoice``), shown in the report.
+Every choice comes with its reason (``LayerChoice``), shown in the report; a layer that falls
+back to the linear program says which test the ReLUs after it failed.  The tests run on the
+first ``PROBE_SAMPLES`` (256) calibration samples only, so a layer's program does not depend
+on how many samples are given beyond those.
 
 A user override (``activations={name: "relu" | "linear" | "skip"}``) is checked against the
 same tests: an override the forward pass contradicts ("relu" for a layer whose negative
@@ -144,6 +147,18 @@ def choose_programs(
 
 _REASONS = {"relu": "relu", "linear": "linear (affine map to the next layer)"}
 
+PROBE_SAMPLES = 256  # the programs are chosen on the first samples only: the same for any P above
+
+
+def probe_batch(adapter: Adapter, x, base: Captured):
+    """(x, base) cut to the first ``PROBE_SAMPLES`` samples, on which every detection test
+    runs, so that the program a layer gets does not depend on how much calibration data is
+    given (and the probes cost the same for 1000 or 55 000 samples)."""
+    if int(jnp.shape(x)[0]) <= PROBE_SAMPLES:
+        return x, base
+    x = x[:PROBE_SAMPLES]
+    return x, adapter.run(adapter.specs, x)
+
 
 def choose_layers(
     adapter: Adapter, x, base: Captured, overrides: dict | None, on_unsupported: str = "linear"
@@ -160,6 +175,7 @@ def choose_layers(
     if unknown:
         raise ValueError(f"activations= names {sorted(unknown)} are not layers; layers: {adapter.names}")
     specs = adapter.specs
+    x, base = probe_batch(adapter, x, base)
     last = len(specs) - 1
     choices = []
     for i, (name, spec) in enumerate(zip(adapter.names, specs)):
@@ -172,8 +188,9 @@ def choose_layers(
         else:
             prog = declared or detect_activation(adapter, specs, x, i, base)
             choice = LayerChoice(prog, _REASONS.get(prog, ""))
+            why = ""
             if prog == "unsupported" and declared is None:
-                ep = detect_epilogue(adapter, specs, x, i)
+                ep, why = detect_epilogue(adapter, specs, x, i)
                 if ep is not None:
                     choice = LayerChoice("relu", ep.describe(), ep)
         if choice.program == "unsupported":
@@ -187,6 +204,7 @@ def choose_layers(
                 warnings.warn(msg + "; skipping it", stacklevel=3)
                 choice = LayerChoice("skipped", "skipped (no program for what follows)")
             else:
-                choice = LayerChoice("linear", "linear (followed by an op with no Net-Trim program)")
+                detail = f": {why}" if why else ""
+                choice = LayerChoice("linear", f"linear (followed by an op with no Net-Trim program{detail})")
         choices.append(choice)
     return choices

@@ -6,7 +6,8 @@ Layer l is solved from the *pruned* network's input X_hat_l (the model re-run wi
     epsilon_1 from ``epsilon``;  epsilon_l = max(gamma ||(X_hat_l W_l - Y_l)_Omega||_F, f_l)
 
 for l >= 2 (W_l the original kernel with its bias row, f_l an optional floor: the l-th entry
-of a per-layer ``epsilon``, 0 for a scalar), and for ReLU layers the off-support constraint
+of a per-layer ``epsilon``, 0 for a scalar, and epsilon as for layer 1 for a layer whose
+input no pruned layer reaches: a branch beside the first, K and V beside Q), and for ReLU layers the off-support constraint
 (X_hat_l U)_{Omega^c} <= max(X_hat_l W_l, 0), so that W_l itself is feasible (gamma >= 1).
 The last layer uses the linear program.
 
@@ -141,18 +142,30 @@ class _Cascade:
         self.first = solved[0] if solved else -1
         self.new = list(self.orig)
 
-    def floor_of(self, k, target):
-        """epsilon_1 for the first solved layer (X_hat = X there, so the gamma rule gives 0);
-        afterwards per-layer epsilons are floors, a scalar epsilon gives none."""
-        if k == self.first or self.cfg.per_layer:
+    def floor_of(self, k, target, Xh=None):
+        """epsilon_1 for the first solved layer and for every layer whose input no pruned
+        layer has reached (X_hat = X there, so the gamma rule gives 0: a branch reading the
+        model's input, an attention block's K and V beside its Q); afterwards per-layer
+        epsilons are floors, a scalar epsilon gives none."""
+        if k == self.first or self.cfg.per_layer or self.unchanged_input(k, Xh):
             return absolute_epsilon(self.eps_list[k], target, self.cfg.relative)
         return 0.0
+
+    def unchanged_input(self, k, Xh) -> bool:
+        """Layer ``k``'s input on the pruned prefix equals the original's (relative 1e-6:
+        re-running the model may round differently)."""
+        if Xh is None:
+            return False
+        X = self.base.inputs[k]
+        if jnp.shape(Xh) != jnp.shape(X):
+            return False
+        return bool(jnp.linalg.norm(Xh - X) <= 1e-6 * jnp.linalg.norm(X))
 
     def run_scan(self, i, j, Xh) -> dict[int, LayerOutcome]:
         cfg, orig, base = self.cfg, self.orig, self.base
         t0 = time.perf_counter()
         probs = [build_problem(orig[k], base.inputs[k], base.preacts[k], "relu", None, 0) for k in range(i, j)]
-        floors = [self.floor_of(k, probs[k - i].target) for k in range(i, j)]
+        floors = [self.floor_of(k, probs[k - i].target, Xh if k == i else None) for k in range(i, j)]
         Ws = jnp.stack([kernel_matrix(orig[k]) for k in range(i, j)])
         runner = _scan_solver(cfg.per_neuron, cfg.solver, cfg.opts, cfg.gamma, orig[i].bias is not None, cfg.refit)
         xh = layer_rows(orig[i], Xh)
@@ -191,7 +204,7 @@ class _Cascade:
             c, _ = epi.offsets(self.net, self.new, self.x, i, ep)
             _, u0 = epi.offsets(self.net, self.orig, self.x, i, ep)
             pr = epi.epilogue_problem(spec, Xh, jax.nn.relu(u0), c, ep, cfg.max_patches, cfg.seed + i)
-        floor = self.floor_of(i, pr.target)
+        floor = self.floor_of(i, pr.target, Xh)
         V = jnp.zeros((), pr.inputs.dtype) if pr.threshold is None else pr.threshold
         if cfg.output_epsilon is not None and i == len(self.orig) - 1:  # linear (checked)
             floor = None  # the bound restarts at the output layer's own epsilon
@@ -254,6 +267,7 @@ def solve_cascade(
         and cfg.structure == "unstructured"
         and cfg.pattern is None
         and cfg.mesh is None
+        and cfg.finish is None
     )
     runs = scan_runs(state.orig, state.base, programs, cfg.per_neuron) if use_scan else []
     if scan is True and not runs:

@@ -108,14 +108,15 @@ def _close(a, b, scale):
     return bool(jnp.allclose(a, b, rtol=1e-4, atol=1e-5 * scale))
 
 
-def detect_epilogue(adapter: Adapter, specs, x, i: int) -> Epilogue | None:
-    """The affine epilogue of layer ``i`` (module doc), or None."""
+def detect_epilogue(adapter: Adapter, specs, x, i: int) -> tuple[Epilogue | None, str]:
+    """(the affine epilogue of layer ``i`` (module doc), "") or (None, why not: which test
+    the ReLUs after the layer failed, for the report)."""
     base, r0 = run_tapped(adapter, specs, x)
     z0 = base.preacts[i]
     m = int(z0.shape[-1])
     cands = [k for k, u in enumerate(r0) if jnp.size(u) == jnp.size(z0)]
     if not cands:
-        return None
+        return None, "no ReLU follows it"
     std = float(jnp.std(z0)) or 1.0
     k1, k2, k3 = jax.random.split(jax.random.key(4321), 3)
     w1 = z0 + std * jax.random.normal(k1, z0.shape, z0.dtype)
@@ -123,8 +124,9 @@ def detect_epilogue(adapter: Adapter, specs, x, i: int) -> Epilogue | None:
     cap1, r1 = run_tapped(adapter, specs, x, (i, lambda t: w1))
     _, r2 = run_tapped(adapter, specs, x, (i, lambda t: w2))
     if not (len(r0) == len(r1) == len(r2)):
-        return None
+        return None, "the number of ReLU calls changes with the layer's output"
     dw = (w1 - w2).reshape(-1, m)
+    why = "no ReLU of the layer's output shape moves with the layer's output"
     for k in cands:
         u0, u1, u2 = (jnp.reshape(r[k], (-1, m)) for r in (r0, r1, r2))
         scale = max(float(jnp.max(jnp.abs(u1))), 1.0)
@@ -132,10 +134,15 @@ def detect_epilogue(adapter: Adapter, specs, x, i: int) -> Epilogue | None:
         if _close(du, 0 * du, scale):
             continue  # this ReLU does not see the layer
         a = jnp.median(du / dw, axis=0)
-        if not (bool(jnp.all(jnp.abs(a) > 1e-6 * scale / std)) and _close(du, a * dw, scale)):
+        if not bool(jnp.all(jnp.abs(a) > 1e-6 * scale / std)):
+            why = f"ReLU call {k}: {int(jnp.sum(jnp.abs(a) <= 1e-6 * scale / std))} channels scale the layer's output by about 0"
+            continue
+        if not _close(du, a * dw, scale):
+            why = f"ReLU call {k}: its input is not a per-channel affine map of the layer's output"
             continue
         c1 = u1 - a * w1.reshape(-1, m)
         if not _close(c1, u0 - a * z0.reshape(-1, m), scale):
+            why = f"ReLU call {k}: its input's offset changes with the layer's output"
             continue
         s = jnp.sign(a)
         push = jnp.where(u1 < 0, jnp.abs(jax.random.normal(k3, u1.shape, u1.dtype)) * std + std, 0)
@@ -143,9 +150,10 @@ def detect_epilogue(adapter: Adapter, specs, x, i: int) -> Epilogue | None:
         ref = _after(cap1, i)
         cap3, _ = run_tapped(adapter, specs, x, (i, lambda t, w3=w3: w3))
         if not _close(_after(cap3, i), ref, max(float(jnp.max(jnp.abs(ref))), 1.0)):
+            why = f"ReLU call {k}: the layer's output also reaches the model by another path than this ReLU"
             continue
-        return Epilogue(scale=a, relu_call=k, flipped=int(jnp.sum(a < 0)))
-    return None
+        return Epilogue(scale=a, relu_call=k, flipped=int(jnp.sum(a < 0))), ""
+    return None, why
 
 
 def offsets(adapter: Adapter, specs, x, i: int, ep: Epilogue):

@@ -47,6 +47,9 @@ class Program:
       max_patches: cap on a conv program's rows (a uniform random subset); None = all.
       seed: the row subset's seed.
       refit: refit each layer's kept weights to its response on the same rows.
+      finish: None, or "l0": after the refit, hard-thresholding steps at the layer's count
+        that move its support while they lower the refit objective (``solver.l0``;
+        unstructured layers without a pattern; the objective never rises).
     """
 
     scheme: str = "cascade"
@@ -61,6 +64,10 @@ class Program:
     max_patches: int | None = 4096
     seed: int = 0
     refit: bool = False
+    finish: str | None = None
+
+
+FINISHES = (None, "l0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +210,8 @@ def _parsed(program: Program, target: Target, run: Run) -> PruneOptions:
     if not isinstance(run.solver_options, Mapping):
         raise ValueError(f"solver_options must be a dict, got {type(run.solver_options).__name__}")
     check_solver_options(run.solver, dict(run.solver_options))
+    if program.finish not in FINISHES:
+        raise ValueError(f"finish must be None or 'l0', got {program.finish!r}")
     checks.check_epsilon_values(program.epsilon)
     sparsity = parse_sparsity(target.sparsity, target.allocation)
     structure, pattern = checks.parse_structure(target.structure, target.pattern, program.per_neuron)

@@ -10,6 +10,7 @@ of them (fixed seed, without replacement); the program then constrains only thos
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, NamedTuple
 
@@ -20,7 +21,8 @@ import numpy as np
 from nettrim_jax.network.compiled import dispatch, jitted_solver, misfit, output_misfit
 from nettrim_jax.network.specs import Conv, program_rows, program_targets
 from nettrim_jax.network.targets import solve_to_count
-from nettrim_jax.solver import patterns, structure
+from nettrim_jax.solver import gram_space, patterns, structure
+from nettrim_jax.solver.l0 import l0_finish
 from nettrim_jax.solver.layer import reweighting_weights, solve_layer
 from nettrim_jax.solver.refit import refit_layer
 
@@ -52,7 +54,8 @@ class SolveConfig(NamedTuple):
     program (``solver.structure``); pattern: (n, m) keeps n of every m inputs per output
     unit (``solver.patterns``) on Net-Trim's solution, then refits; mesh: each layer's solve
     is split over the mesh (``solve_layer(mesh=)``: rows over "samples", units over "units");
-    reweight: rounds of reweighted l1 (``solve_program``).
+    reweight: rounds of reweighted l1 (``solve_program``); finish: "l0" runs ``solver.l0``
+    on every unstructured layer's kernel (``finish_kernel``).
     """
 
     per_neuron: bool
@@ -71,6 +74,7 @@ class SolveConfig(NamedTuple):
     pattern: tuple | None = None  # (n, m): an N:M support along the input axis, then a refit
     mesh: Any = None  # a jax.sharding.Mesh ("samples", "units"): every layer sharded over it
     reweight: int = 0  # rounds of reweighted l1 after each layer's first solve
+    finish: str | None = None  # "l0": hard-thresholding steps at the count after the refit
 
     @property
     def soft(self) -> bool:
@@ -171,9 +175,21 @@ def solver_for(cfg: SolveConfig, spec, program: str, with_threshold: bool, with_
 
 
 def finish_kernel(cfg: SolveConfig, spec, A, Y, K, program: str, V=None, omega=None):
-    """(kernel, misfit) of a solved layer: the N:M pattern applied (``cfg.pattern``, then
-    always refit on it), else ``refit_or_measure``."""
+    """(kernel, misfit) of a solved layer: with ``cfg.finish == "l0"`` the l0 finish at the
+    kernel's count (``solver.l0``: refit, then hard-thresholding steps that lower the refit
+    objective; its sqrt(2 x objective) as the misfit), else the N:M pattern applied
+    (``cfg.pattern``, then always refit on it), else ``refit_or_measure``."""
     K = jnp.asarray(K)
+    if cfg.finish == "l0" and cfg.pattern is None and cfg.structure == "unstructured":
+        K, info = l0_finish(
+            A,
+            Y,
+            K,
+            activation=program,
+            threshold=V if program == "relu" else None,
+            omega=omega if program == "relu" else None,
+        )
+        return K, info.error_after
     if cfg.pattern is None:
         return refit_or_measure(cfg.refit, A, Y, K, program, V, omega, cfg.soft)
     mask = patterns.nm_mask(K, cfg.pattern[0], cfg.pattern[1], axis=0, bias=spec.bias is not None)
@@ -191,11 +207,29 @@ def solve_program(cfg: SolveConfig, i: int, spec, A, Y, eps: float, V, program: 
     the same epsilon (a sparser kernel in the same ball), or, with a keep count, at the
     epsilon the search finds for the count again (a smaller misfit at the same count)."""
     keep = cfg.keep[i] if cfg.keep else None
-    K, info, eps = _solve_once(cfg, spec, A, Y, eps, V, program, keep, device, omega)
+    gram = gram_reduction(cfg, A, Y, program, omega)
+    K, info, eps = _solve_once(cfg, spec, A, Y, eps, V, program, keep, device, omega, gram=gram)
     for _ in range(cfg.reweight):
         weights = reweighting_weights(jnp.asarray(K))
-        K, info, eps = _solve_once(cfg, spec, A, Y, eps, V, program, keep, device, omega, weights, K)
+        K, info, eps = _solve_once(cfg, spec, A, Y, eps, V, program, keep, device, omega, weights, K, gram=gram)
     return K, info, eps
+
+
+GRAM_ROWS = 2  # a linear program with more than GRAM_ROWS x N rows is solved on N rows
+
+
+def gram_reduction(cfg: SolveConfig, A, Y, program: str, omega=None):
+    """The N-row problem equivalent to a linear layer program (``gram_space.range_reduction``:
+    R, Q and the constant c with ||A U - Y||_F^2 = ||R U - Q||_F^2 + sum c for every U,
+    rank-deficient A included), when it is cheaper: the linear program, P > 2N rows, coupled
+    (not per neuron), not over a mesh.  Decided by shapes alone, so layers of one shape
+    share one compiled program.  Every iteration then costs N instead of P rows; a TinyLM
+    projection has 8192 rows for N = 129."""
+    if program != "linear" or omega is not None or cfg.per_neuron or cfg.mesh is not None:
+        return None
+    if int(A.shape[0]) <= GRAM_ROWS * int(A.shape[1]):
+        return None
+    return gram_space.range_reduction(jnp.asarray(A), jnp.asarray(Y))
 
 
 def carry_miss(cfg: SolveConfig, i: int, kernel) -> None:
@@ -212,10 +246,24 @@ def carry_miss(cfg: SolveConfig, i: int, kernel) -> None:
         cfg.keep[later[0]] = max(0, cfg.keep[later[0]] + keep - int(np.count_nonzero(np.asarray(kernel))))
 
 
-def _solve_once(cfg: SolveConfig, spec, A, Y, eps, V, program: str, keep, device, omega, weights=None, warm=None):
+def _solve_once(
+    cfg: SolveConfig, spec, A, Y, eps, V, program: str, keep, device, omega, weights=None, warm=None, gram=None
+):
     """One solve of the program (the l1 objective weighted by ``weights`` if given, started
     from the kernel ``warm``): searched to ``keep`` nonzeros, split over ``cfg.mesh``, or
-    dispatched at ``eps``; returns (kernel, info, epsilon)."""
+    dispatched at ``eps``; returns (kernel, info, epsilon).  With ``gram`` (a
+    ``gram_reduction``) the same program is solved on its N rows, epsilons mapped between
+    sqrt(eps^2 - sum c) there and eps here (the kernel's misfit is measured on A, Y after)."""
+    if gram is not None:
+        c = float(jnp.sum(gram.c))
+        reduced = math.sqrt(max(float(eps) ** 2 - c, 0.0))
+        V = jnp.zeros((), gram.r.dtype)
+        if keep is not None:
+            K, info, found = _counted(cfg, spec, gram.r, gram.q, V, program, keep, reduced, None, weights, warm)
+            return K, info, math.sqrt(float(found) ** 2 + c)
+        f = solver_for(cfg, spec, program, False, False)
+        K, info = dispatch(f, gram.r, gram.q, reduced, V, device, cfg.per_neuron, None, warm, weights)()
+        return K, info, eps
     if keep is not None:
         return _counted(cfg, spec, A, Y, V, program, keep, float(eps), omega, weights, warm)
     if cfg.mesh is not None:

@@ -248,6 +248,7 @@ def _plan(net, x, opts: PruneOptions) -> _Plan:
         pattern=opts.pattern,
         mesh=run.mesh,
         reweight=opts.reweight,
+        finish=program.finish,
     )
     return _Plan(orig, done, choices, epsilons, cfg)
 
@@ -341,6 +342,7 @@ def _report_options(opts: PruneOptions) -> dict:
         "pattern": None if opts.pattern is None else f"{opts.pattern[0]}:{opts.pattern[1]}",
         "relu_budget": p.relu_budget,
         "reweight": opts.reweight,
+        "finish": p.finish,
     }
 
 

@@ -175,6 +175,31 @@ def reduce(stats: GramStats, ridge=None) -> Reduced:
 
 
 @jax.jit
+def range_reduction(X, Y) -> Reduced:
+    """The reduction of X (P, N), Y (P, M) through the eigendecomposition X^T X = V L V^T,
+    exact for rank-deficient X too (no ridge): R = L^1/2 V^T and Q = L^-1/2 V^T X^T Y on the
+    eigenvalues above N x unit roundoff x the largest (0 on the others), so ||X U - Y||^2 =
+    ||R U - Q||^2 + sum c for every U up to that roundoff, c from the least-squares residual
+    itself.  R is square but not triangular.  A LayerNorm'd input with its bias column is
+    exactly rank-deficient (every row's features sum to a constant), where the Cholesky
+    route needs a ridge and a stricter program."""
+    X = X.astype(jnp.result_type(X.dtype, jnp.float32))
+    Y = Y.astype(X.dtype)
+    g = jnp.matmul(X.T, X, precision=HIGHEST)
+    lam, vec = jnp.linalg.eigh(0.5 * (g + g.T))
+    n = g.shape[0]
+    keep = lam > n * jnp.finfo(g.dtype).eps * jnp.max(lam)
+    root = jnp.sqrt(jnp.where(keep, lam, 0))
+    inv = jnp.where(keep, 1 / jnp.where(keep, root, 1), 0)
+    r = root[:, None] * vec.T
+    q = inv[:, None] * jnp.matmul(vec.T, jnp.matmul(X.T, Y, precision=HIGHEST), precision=HIGHEST)
+    b = jnp.matmul(vec, inv[:, None] * q, precision=HIGHEST)
+    d = jnp.matmul(X, b, precision=HIGHEST) - Y
+    yty = jnp.sum(Y * Y, axis=0)
+    return Reduced(r=r, q=q, b=b, c=jnp.sum(d * d, axis=0), yty=yty, ridge=jnp.zeros((), g.dtype))
+
+
+@jax.jit
 def exact_constant(red: Reduced, X, Y) -> Reduced:
     """c from the least-squares residual itself, c_m = ||X b_m - y_m||^2 + ridge ||b_m||^2
     (an identity; no cancellation between two sums of P squares).  X (P, N), Y (P, M)."""
