@@ -7,6 +7,7 @@ from nettrim_jax.network.options import Program, Run, Target
 from nettrim_jax.network.prune import PruneResult, PruneState, prune
 from nettrim_jax.network.report import CollapsedModelError, LayerReport, PruneReport
 from nettrim_jax.network.specs import Conv, Dense
+from nettrim_jax.network.sweep import SweepPoint, sweep
 from nettrim_jax.solver.layer import LayerInfo, LayerSolution, reweighting_weights, solve_layer
 from nettrim_jax.solver.refit import RefitInfo, refit_layer
 
@@ -18,6 +19,8 @@ __all__ = [
     "refit_layer",
     "RefitInfo",
     "prune",
+    "sweep",
+    "SweepPoint",
     "Program",
     "Target",
     "Run",

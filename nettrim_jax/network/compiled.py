@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nettrim_jax.network.batching import current_pool
 from nettrim_jax.solver import admm, pdhg
 from nettrim_jax.solver.layer import solve_layer
 
@@ -33,7 +34,8 @@ def jitted_solver(
 
     ``max_iters`` in ``opts`` is not part of the compiled program: settings that differ only
     in it (a target search's capped steering solves and its full ones) share one compile, on
-    an H200 about 6 s each."""
+    an H200 about 6 s each.  Inside a ``batching.SolvePool`` (a ``sweep``) the call is
+    handed to the pool, which batches it with the other points' solves."""
     options = dict(opts)
     cap = int(options.pop("max_iters", (admm.Options if solver == "admm" else pdhg.Options)().max_iters))
     core = _compiled_solver(
@@ -42,7 +44,11 @@ def jitted_solver(
     iters = np.int32(cap)
 
     def solve(X, Y, eps, thr, omega=None, w0=None, weights=None):
-        return core(X, Y, eps, thr, omega, w0, weights, iters)
+        args = (X, Y, eps, thr, omega, w0, weights, iters)
+        pool = current_pool()  # a sweep's points: batched with the other points' solves
+        if pool is not None and not any(isinstance(a, jax.core.Tracer) for a in args):
+            return pool.submit(core, args)
+        return core(*args)
 
     return solve
 
