@@ -3,6 +3,7 @@
     nettrim demo [--dataset digits|spirals] [--out DIR]
     nettrim prune CHECKPOINT --data DATA --scheme cascade|parallel --epsilon E --out OUT [--resume]
     nettrim prune --model pkg.module:factory --params ORBAX_DIR --data DATA --epsilon E --out OUT
+    nettrim sweep CHECKPOINT --data DATA --epsilon 0.02,0.05,0.1 | --sparsity 0.5,0.9 [--seeds 0,1,2] --out OUT
     nettrim report OUT [--plot [PNG]] [--json]
 
 Exit codes (stable; scripts may rely on them):
@@ -15,6 +16,7 @@ Exit codes (stable; scripts may rely on them):
        an OUT that cannot be written (checked before any work), permission denied
     3  finished, results written, but with --strict some layer's solve did not converge
     4  the pruned model collapsed (its outputs no longer depend on the input); nothing written
+       (sweep: every point collapsed; a sweep records a collapsed point and goes on)
     130 interrupted (Ctrl-C); finished layers of a cascade run are kept for --resume
 
 Errors print one line, ``nettrim: error: <message>``, on stderr; set ``NETTRIM_DEBUG=1`` for
@@ -43,6 +45,8 @@ from nettrim_jax.cli.outputs import (  # noqa: F401  (the exit codes are app's p
     EXIT_USAGE,
     REPORT_PNG,
 )
+from nettrim_jax.cli.sweep import add_parser as add_sweep_parser
+from nettrim_jax.cli.sweep import cmd_sweep
 
 __all__ = ["main", "build_parser", "load_calibration", "UsageError"]
 
@@ -246,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--gamma; bounds the output error (prune's output_epsilon)",
     )
 
+    add_sweep_parser(sub, common)
+
     r = sub.add_parser(
         "report",
         parents=[common],
@@ -278,7 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.filterwarnings("ignore", message="Net-Trim solve did not converge")
             if args.quiet:
                 warnings.simplefilter("ignore")
-            return {"demo": cmd_demo, "prune": cmd_prune, "report": cmd_report}[args.command](args, console)
+            return {"demo": cmd_demo, "prune": cmd_prune, "sweep": cmd_sweep, "report": cmd_report}[args.command](
+                args, console
+            )
     except KeyboardInterrupt:
         print("nettrim: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
