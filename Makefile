@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DATA   ?= $(if $(NETTRIM_DATA),$(NETTRIM_DATA),$(wildcard ../shared/data))
 
-.PHONY: install lint test demo bench bench-prune bench-scale multiprocess-check gpu-check experiments experiments-quick dist clean
+.PHONY: install lint test demo bench bench-prune bench-sweep bench-scale multiprocess-check gpu-check experiments experiments-quick dist clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,6 +34,10 @@ bench: $(STAMP)
 bench-prune: $(STAMP)
 	# Whole prunes against Wanda / SparseGPT / ALPS; about an hour on 2 CPU cores (--models to pick).
 	NETTRIM_DATA=$(DATA) $(PY) experiments/bench_prune.py
+
+bench-sweep: $(STAMP)
+	# K = 1, 4, 8, 16 sweep points batched against sequential; about 20 minutes on 2 CPU cores.
+	NETTRIM_DATA=$(DATA) $(PY) experiments/bench_sweep.py
 
 bench-scale: $(STAMP)
 	# Full mode: about 15-25 minutes on 2 CPU cores; N = M = 4096 only with --big (a GPU).

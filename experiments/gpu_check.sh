@@ -12,10 +12,11 @@
 #   layer      the layer-solver bench (bench_layer.py)
 #   scale      the scale bench with N = M = 4096 (bench_scale.py --big)
 #   lenet55k   the LeNet-300-100 parallel prune at one epsilon on 55k rows (gpu_prune.py)
+#   sweep      K = 1, 4, 8, 16 sweep points batched against sequential (bench_sweep.py)
 set -euo pipefail
 DATA=${1:?usage: gpu_check.sh DATA_DIR [OUT_DIR]}
 OUT=${2:-experiments/results/gpu}
-STAGES=${STAGES:-prune prune_big layer scale lenet55k}
+STAGES=${STAGES:-prune prune_big layer scale lenet55k sweep}
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$(pwd)
 export NETTRIM_DATA=$DATA PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
@@ -32,6 +33,8 @@ for stage in $STAGES; do
              --clarabel-timeout 30 --published-limit 30 --out "$OUT/bench_layer.md" || echo "layer: exit $?" ;;
     scale) timeout "${T_SCALE:-230}" $PY experiments/bench_scale.py --big --out "$OUT" --timeout 120 || echo "scale: exit $?" ;;
     lenet55k) timeout "${T_55K:-110}" $PY experiments/gpu_prune.py --data "$DATA" --out "$OUT" || echo "lenet55k: exit $?" ;;
+    sweep) timeout "${T_SWEEP:-240}" $PY experiments/bench_sweep.py --data "$DATA" --out "$OUT" \
+             2>&1 | tee "$OUT/bench_sweep.log" || echo "sweep: exit $?" ;;
     *) echo "unknown stage $stage" ;;
   esac
 done

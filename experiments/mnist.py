@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 
 import common
+import jax.numpy as jnp
 import nets
 import numpy as np
 
+import nettrim_jax
 from nettrim_jax import training
 from nettrim_jax.io.data import data_dir, load_idx_folder, load_mnist
 
@@ -115,19 +118,20 @@ def run(dataset, kind, cfg, root, seed, log=print):
     for scheme in schemes:
         base_scheme, _, variant = scheme.partition("+")
         targets = cfg["sparsities"] if cfg.get("sparsities") else cfg["epsilons"]
-        for e in targets:
-            t0 = time.time()
-            if cfg.get("sparsities"):  # a sparsity target: prune finds the epsilons
-                pruned, rep = nets.prune_nettrim(net, xcal, scheme=base_scheme, sparsity=e, gamma=1.0,
-                                                 allocation=cfg.get("allocation", "scores"),
-                                                 refit=variant == "refit", **cfg["solver"])
-            else:
-                eps = [e] * len(nets.layers_of(net)) if base_scheme == "cascade" else e
-                pruned, rep = nets.prune_nettrim(net, xcal, scheme=base_scheme, epsilon=eps, gamma=1.0,
-                                                 refit=variant == "refit", **cfg["solver"])
-            t_prune = time.time() - t0
+        by_target = bool(cfg.get("sparsities"))
+        if by_target:  # a sparsity target: prune finds the epsilons
+            points = {"sparsity": list(targets), "allocation": cfg.get("allocation", "scores")}
+        else:  # cascade: one epsilon per layer (floors); parallel: the same epsilon everywhere
+            points = {"epsilon": [[e] * len(nets.layers_of(net)) if base_scheme == "cascade" else e for e in targets]}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            frontier = nettrim_jax.sweep(net, jnp.asarray(xcal), scheme=base_scheme, gamma=1.0,
+                                         refit=variant == "refit", progress=False, **points, **cfg["solver"])
+        for e, point in zip(targets, frontier):
+            if point.result is None:
+                raise RuntimeError(f"{dataset} {kind} {scheme} at {e}: {point.error}")
+            pruned, rep, t_prune = list(point.result.model), point.result.report, point.seconds
             keeps, acc = evaluate_point(net, pruned, xcal, xtr_in, ytr, xte_in, yte, cfg, seed)
-            by_target = bool(cfg.get("sparsities"))
             rec = dict(dataset=dataset, net=kind, scheme=scheme, epsilon=None if by_target else e,
                        target=e if by_target else None, layer_epsilons=[l.epsilon for l in rep.layers],
                        sparsity=1 - sum(keeps) / sum(nets.sizes(net)), keeps=keeps,

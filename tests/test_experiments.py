@@ -167,3 +167,20 @@ def test_l0_finish_quick(tmp_path):
         assert 0.5 < r["nettrim"] <= 1 and 0.5 < r["alps"] <= 1
     text = (tmp_path / "l0_finish.md").read_text()
     assert "| 0.9 | refit+l0 | 1 |" in text and ("behind" in text or "ahead" in text or "tie" in text)
+
+
+def test_bench_sweep_quick(tmp_path):
+    """Both modes of a 2-point sweep in fresh processes: the same nonzeros per point, the
+    batched one served by batched solver calls, and the table written."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "bench_sweep.py"), "--quick", "--ks", "2", "--out", str(tmp_path)],
+        capture_output=True, text=True, cwd=ROOT / "experiments", timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "bench_sweep.json").read_text())
+    seq, bat = (next(r for r in rows if r["mode"] == m) for m in ("sequential", "batched"))
+    assert seq["K"] == bat["K"] == 2 and bat["nnz"] == seq["nnz"] and bat["batched_calls"] >= 1
+    assert all(c == [2, 2] for c in bat["certified"] + seq["certified"])
+    assert "| 2 |" in (tmp_path / "bench_sweep.md").read_text()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -45,7 +46,7 @@ class SweepPoint(NamedTuple):
     chunk's points), or of its prune; pool: in batched mode, what its chunk's pool did
     (``batching.PoolStats``: solves asked, compiled calls, how many batched, the largest)."""
 
-    epsilon: float | None
+    epsilon: float | list[float] | None
     sparsity: float | None
     seed: int
     result: PruneResult | None
@@ -95,22 +96,34 @@ class SweepPoint(NamedTuple):
         }
 
 
-def _values(name: str, values) -> list[float]:
-    """The point list, checked: non-empty, finite, epsilon >= 0, 0 <= sparsity < 1."""
-    listed = [values] if np.ndim(values) == 0 else list(np.ravel(np.asarray(values, dtype=float)))
+def _values(name: str, values) -> list:
+    """The point list, checked: non-empty, finite, epsilon >= 0, 0 <= sparsity < 1.  An
+    epsilon point may itself be a list, one entry per prunable layer (``prune(epsilon=)``)."""
+    listed = [values] if np.ndim(values) == 0 else list(values)
     if not listed:
         raise ValueError(f"sweep: {name} is an empty list; give at least one point")
-    out = []
-    for v in listed:
-        v = float(v)
-        if not math.isfinite(v):
-            raise ValueError(f"sweep: {name} point {v} is not finite")
-        if name == "epsilon" and v < 0:
-            raise ValueError(f"sweep: epsilon point {v} is negative (epsilon >= 0)")
-        if name == "sparsity" and not 0 <= v < 1:
-            raise ValueError(f"sweep: sparsity point {v} is outside [0, 1) (the fraction of weights removed)")
-        out.append(v)
+    out: list = []
+    for point in listed:
+        if name == "epsilon" and np.ndim(point) == 1:
+            out.append([_value(name, v) for v in point])
+        elif np.ndim(point) == 0:
+            out.append(_value(name, point))
+        else:
+            raise ValueError(
+                f"sweep: a {name} point must be a number" + (" or one per layer" if name == "epsilon" else "")
+            )
     return out
+
+
+def _value(name: str, v) -> float:
+    v = float(v)
+    if not math.isfinite(v):
+        raise ValueError(f"sweep: {name} point {v} is not finite")
+    if name == "epsilon" and v < 0:
+        raise ValueError(f"sweep: epsilon point {v} is negative (epsilon >= 0)")
+    if name == "sparsity" and not 0 <= v < 1:
+        raise ValueError(f"sweep: sparsity point {v} is outside [0, 1) (the fraction of weights removed)")
+    return v
 
 
 def _seeds(seeds) -> list[int]:
@@ -172,7 +185,8 @@ def sweep(
       model, x, records, keywords: as ``prune`` (every option but ``epsilon`` / ``sparsity``
         / ``seed``, which the points set; ``epsilon`` with ``sparsity=`` points still seeds
         each layer's search when given in a record).
-      epsilon: a list of epsilons (relative unless ``relative=False``), or
+      epsilon: a list of epsilons (relative unless ``relative=False``; a point may be a
+        list, one epsilon per prunable layer, as ``prune`` takes), or
       sparsity: a list of targets, fractions of weights removed in [0, 1).
       seeds: one or several seeds (each point's ``prune(seed=)``, and its calibration draw).
       samples: each seed's calibration set: that many rows of ``x`` drawn without
@@ -215,7 +229,7 @@ def sweep(
         rows = np.sort(np.random.default_rng(seed).choice(n, int(samples), replace=False))
         return np.asarray(x)[rows]
 
-    def task(v: float, s: int):
+    def task(v, s: int):
         return lambda: prune(model, point_x(s), *records, **{**keywords, name: v, "seed": s, "progress": False})
 
     if mode == "batched" and batch is None:
@@ -237,7 +251,10 @@ def sweep(
                         outcomes.append((None, e))
             else:
                 pool = SolvePool()
-                outcomes = pool.run([task(v, s) for v, s in chunk])
+                # warnings.catch_warnings in the threads' prunes saves and restores the global
+                # filters; interleaved, they could leave a thread's filter behind: restored here
+                with warnings.catch_warnings():
+                    outcomes = pool.run([task(v, s) for v, s in chunk])
                 stats = pool.stats
             seconds = time.perf_counter() - t0
             for (v, s), (res, err) in zip(chunk, outcomes):
