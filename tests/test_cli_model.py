@@ -150,3 +150,28 @@ def test_model_with_dropout_and_batchnorm(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "out3").exists()
     rc = _run(*base[:-2], "--max-iters", "1", "--strict", "--out", tmp_path / "out4")
     assert rc == 3
+
+
+def test_sweep_user_model_from_orbax(saved, tmp_path, capsys):
+    """``nettrim sweep --model --params``: the restored model's frontier, each row the prune
+    of the restored model at that point (labels given: accuracy in eval mode)."""
+    import json
+
+    import nettrim_jax as nt
+
+    m, ckpt, data, x = saved
+    y = np.arange(len(x)) % 10
+    np.save(tmp_path / "y.npy", y)
+    out = tmp_path / "sw"
+    rc = main(["sweep", "-q", "--model", FACTORY, "--params", str(ckpt), "--data", str(data), "--labels",
+               str(tmp_path / "y.npy"), "--epsilon", "0.1,0.4", "--scheme", "parallel", "--max-iters", "300",
+               "--no-plot", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    doc = json.loads((out / "sweep.json").read_text())
+    assert doc["run"]["checkpoint"] == FACTORY and doc["run"]["value"] == "accuracy"
+    for row in doc["points"]:
+        ref = nt.prune(m, x, epsilon=row["epsilon"], scheme="parallel", max_iters=300, progress=False)
+        assert row["nnz_after"] == ref.report.nnz_after and 0 <= row["value"] <= 1
+    assert doc["points"][1]["nnz_after"] < doc["points"][0]["nnz_after"]
+    assert main(["sweep", "-q", "--model", FACTORY, "--data", str(data), "--epsilon", "0.1", "--out",
+                 str(tmp_path / "sw2")]) == 2

@@ -1,4 +1,4 @@
-"""``nettrim sweep``: a checkpoint's frontier (accuracy, or the calibration misfit, against
+"""``nettrim sweep``: a checkpoint's (or, with ``--model/--params``, a Flax model's) frontier (accuracy, or the calibration misfit, against
 sparsity) over an epsilon or sparsity list and seeds, through ``nettrim_jax.sweep``.
 
 Writes OUT/sweep.md (the table), OUT/sweep.json (one row per point, the options and the run)
@@ -28,7 +28,16 @@ def add_parser(sub, common) -> None:
         "(and every seed); writes OUT/sweep.md, OUT/sweep.json and OUT/sweep.png "
         "(accuracy, or the output discrepancy without labels, against sparsity).",
     )
-    s.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint folder (model.json + weights)")
+    s.add_argument(
+        "checkpoint", metavar="CHECKPOINT", nargs="?", default=None, help="checkpoint folder (model.json + weights)"
+    )
+    s.add_argument(
+        "--model",
+        metavar="PKG.MODULE:FACTORY",
+        default=None,
+        help="your own Flax model instead of CHECKPOINT (as `nettrim prune --model`), its state from --params",
+    )
+    s.add_argument("--params", metavar="DIR", default=None, help="with --model: an Orbax checkpoint of its state")
     s.add_argument("--data", required=True, help=".npy / .npz file or a folder of MNIST IDX files")
     s.add_argument("--key", help="array name in a .npz file holding the inputs")
     s.add_argument("--labels", help=".npy file of integer labels (for the accuracy column)")
@@ -95,7 +104,6 @@ def _check(args, out: Path) -> None:
 
 
 def cmd_sweep(args, console) -> int:
-    from nettrim_jax.io import checkpoint as ck
     from nettrim_jax.io.atomic import atomic_write_json, atomic_write_text
     from nettrim_jax.io.convert import apply, to_network
     from nettrim_jax.network.sweep import sweep
@@ -103,22 +111,21 @@ def cmd_sweep(args, console) -> int:
     out = Path(args.out)
     _check(args, out)
     check_writable(out)
-    model = ck.load(args.checkpoint)
-    x, y = load_calibration(
-        args.data, model.input_shape, key=args.key, labels=args.labels, split=args.split, samples=args.samples
-    )
-    if args.eval_data:
-        xe, ye = load_calibration(args.eval_data, model.input_shape, key=args.key, split="test")
-        if ye is None:
-            raise UsageError(f"{args.eval_data}: no labels to measure accuracy with")
+    model, x, y, xe, ye = _load(args)
+    if args.model:
+        from nettrim_jax.cli.usermodel import accuracy_of
+
+        target, source = model, args.model
+        evaluate = None if ye is None else (lambda m: _user_accuracy(accuracy_of, m, model, xe, ye))
+        dense_acc = accuracy_of(model, xe, ye)
     else:
-        xe, ye = x, y
-    evaluate = None if ye is None else (lambda net: float(np.mean(np.argmax(apply_net(net, xe), -1) == ye)))
-    dense_acc = None if ye is None else float(np.mean(np.argmax(apply(model.layers, xe), -1) == ye))
+        target, source = to_network(model.layers), str(args.checkpoint)
+        evaluate = None if ye is None else (lambda net: float(np.mean(np.argmax(apply_net(net, xe), -1) == ye)))
+        dense_acc = None if ye is None else float(np.mean(np.argmax(apply(model.layers, xe), -1) == ye))
     kind = "epsilon" if args.epsilon is not None else "sparsity"
     values = args.epsilon if args.epsilon is not None else args.sparsity
     console.note(
-        f"sweeping {len(values)} {kind} point(s) x {len(args.seeds)} seed(s) of {args.checkpoint} "
+        f"sweeping {len(values)} {kind} point(s) x {len(args.seeds)} seed(s) of {source} "
         f"on {x.shape[0] if args.draw is None else args.draw} samples ({args.scheme})"
     )
     options = {"scheme": args.scheme, "gamma": args.gamma, "refit": args.refit}
@@ -126,7 +133,7 @@ def cmd_sweep(args, console) -> int:
         options["max_iters"] = args.max_iters
     t0 = time.perf_counter()
     points = sweep(
-        to_network(model.layers),
+        target,
         x,
         seeds=args.seeds,
         samples=args.draw,
@@ -145,7 +152,7 @@ def cmd_sweep(args, console) -> int:
         "options": {**options, kind: values, "seeds": args.seeds, "draw": args.draw, "mode": args.mode},
         "run": {
             "command": "sweep",
-            "checkpoint": str(args.checkpoint),
+            "checkpoint": source,
             "data": str(args.data),
             "samples": int(x.shape[0]),
             "value": None if ye is None else "accuracy",
@@ -166,6 +173,39 @@ def cmd_sweep(args, console) -> int:
     unconverged = sum(r["error"] is None and r["converged"] < r["solves"] for r in rows)
     print(f"done: {len(rows)} point(s), {failed} collapsed, {unconverged} with an uncertified solve")
     return EXIT_COLLAPSED if failed == len(rows) else EXIT_OK
+
+
+def _load(args):
+    """(model, x, y, eval x, eval y): a model.json checkpoint, or --model/--params."""
+    from nettrim_jax.io import checkpoint as ck
+
+    if args.model:
+        from nettrim_jax.cli.usermodel import load_factory, restore
+
+        if not args.params:
+            raise UsageError("--model needs --params DIR (an Orbax checkpoint of the model's state)")
+        if args.checkpoint:
+            raise UsageError("pass either CHECKPOINT (model.json) or --model/--params, not both")
+        model, shape = restore(load_factory(args.model), args.params), None
+    elif not args.checkpoint:
+        raise UsageError("pass a CHECKPOINT folder (model.json) or --model pkg.module:factory --params DIR")
+    else:
+        model = ck.load(args.checkpoint)
+        shape = model.input_shape
+    x, y = load_calibration(args.data, shape, key=args.key, labels=args.labels, split=args.split, samples=args.samples)
+    if not args.eval_data:
+        return model, x, y, x, y
+    xe, ye = load_calibration(args.eval_data, shape, key=args.key, split="test")
+    if ye is None:
+        raise UsageError(f"{args.eval_data}: no labels to measure accuracy with")
+    return model, x, y, xe, ye
+
+
+def _user_accuracy(accuracy, pruned, model, x, y):
+    """A --model point's accuracy (a Linen point holds only its variables)."""
+    from flax import nnx
+
+    return accuracy(pruned if isinstance(pruned, nnx.Module) else (model[0], pruned), x, y)
 
 
 def apply_net(net, x):

@@ -114,7 +114,7 @@ def save_state(out: Path, state) -> Path:
     return dest
 
 
-def _accuracy(model, x, y) -> float | None:
+def accuracy_of(model, x, y) -> float | None:
     """Top-1 accuracy of the model in inference mode (an NNX copy after ``.eval()``:
     BatchNorm on its running statistics, Dropout off), or None without labels."""
     from flax import nnx
@@ -172,8 +172,8 @@ def cmd_prune_model(args, console) -> int:
         "data": str(args.data),
         "samples": int(x.shape[0]),
         "accuracy_on": acc_on,
-        "accuracy_before": _accuracy(model, xe, ye),
-        "accuracy_after": _accuracy(pruned, xe, ye),
+        "accuracy_before": accuracy_of(model, xe, ye),
+        "accuracy_after": accuracy_of(pruned, xe, ye),
         "seconds": seconds,
     }
     out.mkdir(parents=True, exist_ok=True)
