@@ -1,6 +1,7 @@
 """What a sparsity target costs: ``prune(sparsity=S)`` against one prune at the epsilons it found.
 
-LeNet-300-100 on MNIST (the network and calibration images of ``mnist.py``), parallel scheme
+LeNet-300-100 on MNIST (the network and calibration images of ``mnist.py``; ``--quick``: its
+784-32-10 MLP), parallel scheme
 (every layer's program is fixed by its own epsilon, so the epsilons the search reports
 reproduce its programs exactly), ``allocation="scores"``, with and without reweighted l1.
 For each setting: the wall time of the targeted prune, then of ``prune(epsilon=found,
@@ -78,7 +79,9 @@ def main(argv=None):
     (out / "target_cost.json").write_text(json.dumps(rows, indent=1))
     lines = ["# Cost of a sparsity target", "", __doc__.split("\n\n")[1].replace("\n", " "), "",
              common.provenance(args, started), "",
-             f"{cfg['n_cal']} calibration images, solver options {cfg['solver']}, refit on.", "",
+             f"Network {'-'.join(map(str, cfg['fc_sizes']))}"
+             + (" (LeNet-300-100)" if tuple(cfg["fc_sizes"]) == (784, 300, 100, 10) else " (the quick mode's small MLP)")
+             + f"; {cfg['n_cal']} calibration images, solver options {cfg['solver']}, refit on.", "",
              "| target | reweight | targeted prune (s) | one prune at its epsilons (s) | ratio | sparsity reached | "
              "at the fixed epsilons |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {100 * r['sparsity']:.0f}% | {r['reweight']} | {r['target_seconds']:.0f} | {r['fixed_seconds']:.0f} | "

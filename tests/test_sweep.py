@@ -109,3 +109,11 @@ def test_pool_hands_each_task_its_own_error():
 
     out = pool.run([lambda: 7, fails])
     assert out[0] == (7, None) and isinstance(out[1][1], RuntimeError)
+
+
+def test_batch_size_from_memory_fits_every_point_of_a_small_model():
+    from nettrim_jax.network.sweep import sweep_batch
+
+    assert sweep_batch(_net(), _x(), {}, 5) == 5  # a few KiB per point
+    points = nt.sweep(_net(), _x(), epsilon=[0.1, 0.3], mode="batched", progress=False, max_iters=400)
+    assert points[0].pool.largest == 2 and points[0].pool is points[1].pool
