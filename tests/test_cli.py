@@ -425,3 +425,18 @@ def test_conv_checkpoint_cascade_matches_library(tmp_path, capsys):
     assert rep["layers"][0]["subsampled"] and rep["layers"][0]["rows"] == 300
     back = convert.load_into(model, mine, images[:4])
     np.testing.assert_allclose(np.asarray(back(images)), convert.apply(mine, images), rtol=1e-5, atol=1e-5)
+
+
+def test_prune_pattern_flag_keeps_n_of_every_m_inputs(tmp_path, capsys):
+    """``--pattern 2:4``: in the saved model every output unit keeps at most 2 of each 4
+    consecutive inputs, and the report records the pattern."""
+    write_setup(tmp_path)
+    rc, _, err = run(prune_args(tmp_path, tmp_path / "out", "--pattern", "2:4"), capsys)
+    assert rc == 0, err
+    layers = ck.load(tmp_path / "out" / "model").layers
+    for layer in layers:
+        k = np.asarray(layer["kernel"])
+        groups = (k.reshape(k.shape[0] // 4, 4, k.shape[1]) != 0).sum(axis=1)
+        assert groups.max() <= 2, groups
+    assert sum(int((np.asarray(l["kernel"]) != 0).sum()) for l in layers) <= 0.5 * (8 * 16 + 16 * 12 + 12 * 3)
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["options"]["pattern"] == "2:4"

@@ -92,3 +92,46 @@ def test_a_linear_layer_with_many_rows_is_solved_on_its_gram_rows(monkeypatch, k
     if "sparsity" not in kw:  # a count search may land one weight apart: kernels differ there
         k_g, k_r = np.asarray(gram.model[1].kernel), np.asarray(rows.model[1].kernel)
         assert np.linalg.norm(k_g - k_r) <= 2e-2 * np.linalg.norm(k_r)
+
+
+def test_prune_with_the_pdhg_solver_certifies_the_same_program():
+    """``prune(solver="pdhg")``: every layer certified and feasible, the same kept count as
+    ADMM's (both solve the program to a 1e-3 gap)."""
+    net, x = _net(), _x()
+    admm = prune(net, x, scheme="parallel", epsilon=0.1, progress=False).report
+    pdhg = prune(net, x, scheme="parallel", epsilon=0.1, solver="pdhg", progress=False, max_iters=20000).report
+    assert all(l.converged and l.misfit <= l.epsilon * (1 + 1e-4) for l in pdhg.layers)
+    assert abs(pdhg.nnz_after - admm.nnz_after) <= 0.02 * admm.nnz_after, (pdhg.nnz_after, admm.nnz_after)
+    assert pdhg.options["solver"] == "pdhg"
+
+
+def test_cascade_per_neuron_keeps_every_layer_within_its_budget():
+    """Cascade with ``per_neuron=True``: each layer certified, its misfit within its epsilon,
+    and each unit's own share within its own (the per-neuron program's constraint)."""
+
+    net, x = _net(), _x()
+    res = prune(net, x, scheme="cascade", epsilon=0.1, per_neuron=True, progress=False)
+    assert all(l.converged and l.misfit <= l.epsilon * (1 + 1e-4) for l in res.report.layers)
+    pruned = res.model
+    # the first layer's per-unit budgets: 0.1 x each unit's own ||Y_m|| on its ReLU output
+    A = np.concatenate([x, np.ones((len(x), 1), np.float32)], 1)
+    W = np.concatenate([np.asarray(net[0].kernel), np.asarray(net[0].bias)[None]], 0)
+    U = np.concatenate([np.asarray(pruned[0].kernel), np.asarray(pruned[0].bias)[None]], 0)
+    Y = np.maximum(A @ W, 0)
+    err = np.linalg.norm(np.maximum(A @ U, 0) - Y, axis=0)
+    assert np.all(err <= 0.1 * np.linalg.norm(Y, axis=0) * (1 + 1e-3) + 1e-6), err / np.linalg.norm(Y, axis=0)
+    assert res.report.nnz_after < res.report.nnz_before
+
+
+def test_compact_refuses_a_residual_batchnorm_model_in_one_line():
+    from flax import nnx
+
+    import nettrim_jax as nt
+    from nettrim_jax.models import ResNet
+
+    m = ResNet(4, 10, rngs=nnx.Rngs(0))
+    x = np.random.default_rng(0).random((8, 12, 12, 1)).astype(np.float32)
+    res = nt.prune(m, x, epsilon=0.2, progress=False, max_iters=300)
+    with pytest.raises(ValueError, match="cannot be described as a chain") as err:
+        res.compact(x)
+    assert "\n" not in str(err.value) and "residual" in str(err.value)

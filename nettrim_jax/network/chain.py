@@ -78,7 +78,8 @@ def read_chain(model, x) -> tuple[list, tuple]:
             act = detect_activation(net, net.specs, x, i, base) if i < L - 1 else "linear"
         if act not in CHAIN_ACTIVATIONS:
             raise ChainError(
-                f"model: layer {net.names[i]!r} is followed by an activation a chain cannot store (only relu, linear)"
+                f"model: layer {net.names[i]!r} is followed by neither a ReLU nor nothing (a norm, a residual add "
+                "or another activation); a residual, norm or attention model cannot be described as a chain"
             )
         items.append(spec._replace(activation=act))
         z = base.preacts[i]
