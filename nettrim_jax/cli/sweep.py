@@ -10,8 +10,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-
 from nettrim_jax.cli.calibration import UsageError, load_calibration
 from nettrim_jax.cli.outputs import EXIT_COLLAPSED, EXIT_OK, check_writable
 
@@ -104,8 +102,9 @@ def _check(args, out: Path) -> None:
 
 
 def cmd_sweep(args, console) -> int:
+    from nettrim_jax.cli.commands import accuracy
     from nettrim_jax.io.atomic import atomic_write_json, atomic_write_text
-    from nettrim_jax.io.convert import apply, to_network
+    from nettrim_jax.io.convert import from_network, to_network
     from nettrim_jax.network.sweep import sweep
 
     out = Path(args.out)
@@ -120,8 +119,8 @@ def cmd_sweep(args, console) -> int:
         dense_acc = accuracy_of(model, xe, ye)
     else:
         target, source = to_network(model.layers), str(args.checkpoint)
-        evaluate = None if ye is None else (lambda net: float(np.mean(np.argmax(apply_net(net, xe), -1) == ye)))
-        dense_acc = None if ye is None else float(np.mean(np.argmax(apply(model.layers, xe), -1) == ye))
+        evaluate = None if ye is None else (lambda net: accuracy(from_network(net), xe, ye))
+        dense_acc = accuracy(model.layers, xe, ye)
     kind = "epsilon" if args.epsilon is not None else "sparsity"
     values = args.epsilon if args.epsilon is not None else args.sparsity
     console.note(
@@ -206,13 +205,6 @@ def _user_accuracy(accuracy, pruned, model, x, y):
     from flax import nnx
 
     return accuracy(pruned if isinstance(pruned, nnx.Module) else (model[0], pruned), x, y)
-
-
-def apply_net(net, x):
-    """Outputs of a spec network (a pruned point's model) on x."""
-    from nettrim_jax.io.convert import apply, from_network
-
-    return apply(from_network(net), x)
 
 
 def render_sweep(doc: dict) -> str:

@@ -134,8 +134,9 @@ def detect_epilogue(adapter: Adapter, specs, x, i: int) -> tuple[Epilogue | None
         if _close(du, 0 * du, scale):
             continue  # this ReLU does not see the layer
         a = jnp.median(du / dw, axis=0)
-        if not bool(jnp.all(jnp.abs(a) > 1e-6 * scale / std)):
-            why = f"ReLU call {k}: {int(jnp.sum(jnp.abs(a) <= 1e-6 * scale / std))} channels scale the layer's output by about 0"
+        vanishing = jnp.abs(a) <= 1e-6 * scale / std
+        if bool(jnp.any(vanishing)):
+            why = f"ReLU call {k}: {int(jnp.sum(vanishing))} channels scale the layer's output by about 0"
             continue
         if not _close(du, a * dw, scale):
             why = f"ReLU call {k}: its input is not a per-channel affine map of the layer's output"

@@ -254,16 +254,12 @@ def _solve_once(
     dispatched at ``eps``; returns (kernel, info, epsilon).  With ``gram`` (a
     ``gram_reduction``) the same program is solved on its N rows, epsilons mapped between
     sqrt(eps^2 - sum c) there and eps here (the kernel's misfit is measured on A, Y after)."""
-    if gram is not None:
+    if gram is not None:  # the same program on the N rows (R, Q), its epsilon mapped there and back
         c = float(jnp.sum(gram.c))
         reduced = math.sqrt(max(float(eps) ** 2 - c, 0.0))
-        V = jnp.zeros((), gram.r.dtype)
-        if keep is not None:
-            K, info, found = _counted(cfg, spec, gram.r, gram.q, V, program, keep, reduced, None, weights, warm)
-            return K, info, math.sqrt(float(found) ** 2 + c)
-        f = solver_for(cfg, spec, program, False, False)
-        K, info = dispatch(f, gram.r, gram.q, reduced, V, device, cfg.per_neuron, None, warm, weights)()
-        return K, info, eps
+        V0 = jnp.zeros((), gram.r.dtype)
+        K, info, found = _solve_once(cfg, spec, gram.r, gram.q, reduced, V0, program, keep, device, None, weights, warm)
+        return K, info, (math.sqrt(float(found) ** 2 + c) if keep is not None else eps)
     if keep is not None:
         return _counted(cfg, spec, A, Y, V, program, keep, float(eps), omega, weights, warm)
     if cfg.mesh is not None:

@@ -56,9 +56,7 @@ def _total(X, Y, U, omega, V, relu):
 
 
 def _gradient(X, Y, U, omega, V, relu):
-    xu = X @ U
-    r = jnp.where(omega, xu - Y, jnp.maximum(xu - V, 0)) if relu else xu - Y
-    return X.T @ r
+    return X.T @ refit._residual(X @ U, Y, omega, V, relu)
 
 
 def _spectral_sq(X, iters: int = 30):
@@ -73,18 +71,16 @@ def _spectral_sq(X, iters: int = 30):
     return jnp.sum((X @ v) ** 2) * 1.01  # a little above: a step of 1/L must not overshoot
 
 
-def _top(W, k):
-    """Mask of the k largest |W| entries (k >= 1, a traced int)."""
-    a = jnp.abs(W).ravel()
-    thr = jnp.sort(a)[a.size - k]
-    return (jnp.abs(W) >= thr) & (jnp.abs(W) > 0)
+def _largest(scores, n):
+    """Mask of the ``n`` largest positive ``scores`` (n >= 1, a traced int; ties at the n-th
+    value all kept)."""
+    return (scores >= jnp.sort(scores.ravel())[scores.size - n]) & (scores > 0)
 
 
 @functools.partial(jax.jit, static_argnames=("relu", "steps", "rounds", "cg_iters"))
 def _finish(X, Y, U0, V, omega, grow, *, relu, steps, rounds, cg_iters):
     omega = ((Y > 0) if omega is None else omega) if relu else jnp.ones(Y.shape, bool)
     k = jnp.sum(U0 != 0)
-    size = U0.size
     U, _ = refit._refit(X, Y, U0, V, omega, relu=relu, rounds=rounds, cg_iters=cg_iters)
     f0 = _total(X, Y, U, omega, V, relu)
     lip = _spectral_sq(X)
@@ -98,10 +94,10 @@ def _finish(X, Y, U0, V, omega, grow, *, relu, steps, rounds, cg_iters):
         G = _gradient(X, Y, U, omega, V, relu)
         outside = jnp.where(U != 0, -1.0, jnp.abs(G))
         added = jnp.maximum(1, (grow * k).astype(jnp.int32))
-        T = (U != 0) | ((outside >= jnp.sort(outside.ravel())[size - added]) & (outside > 0))
+        T = (U != 0) | _largest(outside, added)
         UT = refit_on(jnp.where(T, jnp.where(U != 0, U, -G / lip), 0))  # the union, refit
         score = jnp.where(UT != 0, jnp.abs(UT) * rms, 0)
-        S = (score >= jnp.sort(score.ravel())[size - jnp.maximum(k, 1)]) & (score > 0)
+        S = _largest(score, jnp.maximum(k, 1))
         U1 = refit_on(jnp.where(S, UT, 0))
         f1 = _total(X, Y, U1, omega, V, relu)
         better = jnp.isfinite(f1) & (f1 < f) & (jnp.sum(U1 != 0) <= k)

@@ -49,12 +49,15 @@ class RefitInfo(NamedTuple):
     error_after: Any
 
 
+def _residual(xu, y, omega, v, relu):
+    """(P, M) the refit objective's residual: the misfit on omega and the excess over v off
+    it (relu), or xu - y."""
+    return jnp.where(omega, xu - y, jnp.maximum(xu - v, 0)) if relu else xu - y
+
+
 def _objective(xu, y, omega, v, relu):
     """(M,) per-unit refit objective."""
-    if relu:
-        r = jnp.where(omega, xu - y, jnp.maximum(xu - v, 0))
-    else:
-        r = xu - y
+    r = _residual(xu, y, omega, v, relu)
     return 0.5 * jnp.sum(r * r, axis=0)
 
 
