@@ -51,6 +51,11 @@ def test_prune_user_model_from_orbax(saved, tmp_path, capsys):
     k0, k1 = m.block1.conv1.kernel.get_value(), pruned.block1.conv1.kernel.get_value()
     assert np.count_nonzero(k1) < np.count_nonzero(k0)
     np.testing.assert_array_equal(pruned.bn.scale.get_value(), m.bn.scale.get_value())  # BN kept
+    m.eval()
+    pruned.eval()
+    dense, out_p = np.asarray(m(x)), np.asarray(pruned(x))
+    rel = np.linalg.norm(out_p - dense) / np.linalg.norm(dense)
+    assert rel < 0.3, rel  # 0.12 when written; a model written back wrong or all zeros gives ~1.0
     import json
 
     rep = json.loads((out / "report.json").read_text())

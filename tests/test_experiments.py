@@ -67,6 +67,9 @@ def test_mnist_quick(tmp_path):
         assert set(r["acc"]) == {"nettrim", "nettrim+ft", "magnitude", "magnitude+ft", "wanda",
                                  "sparsegpt", "alps"}
         assert all(0.0 <= v <= 1.0 for v in r["acc"].values())
+        # at ~97% sparsity on 500 images the quick runs keep 36-67% (chance is 10%): a
+        # collapsed or constant model (<= 12%) fails here
+        assert r["acc"]["nettrim"] > 0.25, (r["net"], r["scheme"], r["acc"])
     saved = json.loads((tmp_path / "mnist.json").read_text())
     assert len(saved) == len(records)
     assert "per-layer nnz" in (tmp_path / "mnist.md").read_text()
