@@ -257,13 +257,17 @@ def solve_to_count(
                 (full if close else coarse)(A, Y, jnp.asarray(eps, A.dtype), V, omega, w0, weights)
             )
         n = _count(K, info, size)
-        tried.append((eps, n, K, info, close))
-        if abs(n - keep) <= 10 * tol and not close:
-            close = True  # from here on, full solves (this one again, warm)
-            w0 = jnp.asarray(K)
-            continue
-        if close and abs(n - keep) <= tol:
+        # a capped solve that converged within its cap is the full solve: the options differ
+        # only in max_iters, so it is kept as a final candidate and not solved again
+        final = close or bool(np.all(info.converged))
+        tried.append((eps, n, K, info, final))
+        if final and abs(n - keep) <= tol:
             break
+        if abs(n - keep) <= 10 * tol and not close:
+            close = True  # from here on, full solves
+            if not final:  # this one again, warm, with the full cap
+                w0 = jnp.asarray(K)
+                continue
         point = (math.log(eps), math.log(n + 1))
         side = n > keep
         same_side = same_side + 1 if side == last_side else 0
@@ -278,8 +282,7 @@ def solve_to_count(
             if same_side >= 1:  # the secant keeps landing on one side (a kinked curve): bisect
                 u = 0.5 * (lo[0] + hi[0])
         else:
-            step = math.log(4.0) if abs(point[1] - target) > 1 else math.log(2.0)
-            u = math.log(eps) + (step if n > keep else -step)
+            u = _step_out(tried, point, target, n > keep)
         eps = _below(math.exp(u), eps, ceiling) if keep > 0 else math.exp(u)
         w0 = _nearest_start(tried, u, w0)
     finals = [t for t in tried if t[4]]
@@ -289,6 +292,23 @@ def solve_to_count(
         finals = [(eps, int(np.count_nonzero(K)), K, info, True)]
     eps, n, K, info, _ = min(finals, key=lambda t: abs(t[1] - keep))
     return CountedSolve(K, info, float(eps), n, len(tried))
+
+
+def _step_out(tried, point, target: float, too_dense: bool) -> float:
+    """log epsilon of the next solve while the count is not yet bracketed: the secant
+    through the last two solves within its budget extended to ``target`` (log count falls
+    about linearly in log epsilon), its step kept between x1.05 and x16 in the direction
+    the count asks; with fewer than two such solves, or a slope of the wrong sign, x4 when
+    the count is far (more than e times off), else x2."""
+    u, v = point
+    sign = 1.0 if too_dense else -1.0
+    step = math.log(4.0) if abs(v - target) > 1 else math.log(2.0)
+    met = [(math.log(e), math.log(n + 1)) for e, n, _, info, _ in tried if float(np.max(info.residual)) <= 1.01]
+    if len(met) >= 2:
+        (u0, v0), (u1, v1) = met[-2], met[-1]
+        if u1 != u0 and (v1 - v0) / (u1 - u0) < 0:
+            step = min(max(abs((target - v1) * (u1 - u0) / (v1 - v0)), math.log(1.05)), math.log(16.0))
+    return u + sign * step
 
 
 def _below(step: float, eps: float, ceiling: float) -> float:
