@@ -21,7 +21,7 @@ TRIES = 4  # before the fix 7 of 8 tries crashed: 4 catch it with probability > 
 DELAYS = np.linspace(0.15, 0.9, TRIES)  # seconds after OUT/partial.state appears
 
 
-def _layers(sizes=(8, 48, 48, 48, 3), seed=0):
+def _layers(sizes=(8, 48, 40, 32, 24, 3), seed=0):
     rng = np.random.default_rng(seed)
     return [{"type": "dense", "activation": "relu" if j < len(sizes) - 2 else "linear",
              "kernel": (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32),
@@ -60,7 +60,9 @@ def test_real_sigint_exits_130_and_keeps_partial_state(tmp_path):
         out = tmp_path / f"out{t}"
         rc, err = _interrupt_once(tmp_path, out, float(delay))
         left = sorted(p.name for p in out.iterdir()) if out.is_dir() else None
-        if rc == 0 and (out / "report.json").is_file():  # finished before the signal: nothing to test
+        if (out / "report.json").is_file():
+            # the run had finished (report.json is written last, then partial.state removed)
+            # before the signal, or the signal landed in its final prints: nothing to test
             continue
         results.append((float(delay), rc, err.strip().splitlines()[-1:]))
         interrupted.append(out)
