@@ -4,9 +4,17 @@
 / ``nn.Einsum`` ``__call__``; the last two are recorded as dense programs through a
 ``projections.Plan`` (an Einsum that is not a plain projection is left unpruned, with its
 reason in ``refused``).  New weights go in through a modified copy of ``variables``.
+
+Stacked layers (``nn.scan`` over blocks with ``variable_axes={"params": 0}``: parameters with
+a leading layer axis) are pruned one slice per scan step, as in ``nnx_adapter``: the forward
+passes run under ``jax.disable_jit`` so that the scan steps in Python, a layer whose kernel
+in ``variables`` has one more axis than the kernel it is called with is stacked, each slice
+is its own layer ("blocks/lin1[2]"), and the pruned slices are written back stacked.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import flax.linen as nn
 import jax
@@ -63,49 +71,60 @@ class LinenAdapter:
             mod = context.module
             if context.method_name != "__call__" or not isinstance(mod, (nn.Dense, nn.Conv, *PROJECTIONS)):
                 return next_fun(*args, **kwargs)
+            if not (tracing.ACTIVE and args and mod.has_variable("params", "kernel")):
+                return next_fun(*args, **kwargs)
+            if isinstance(args[0], jax.core.Tracer):  # nn.scan's trial trace of its body
+                return next_fun(*args, **kwargs)
+            rec = tracing.ACTIVE[-1]
             path = tuple(mod.scope.path)
+            kernel = mod.get_variable("params", "kernel")
+            if jnp.ndim(self._get(self.variables["params"], path)["kernel"]) > jnp.ndim(kernel):
+                rec.stacked.add(path)  # called with a slice of its stacked kernel: nn.scan
+            key = rec.key(path)
             if isinstance(mod, PROJECTIONS):
-                if not (tracing.ACTIVE and args and mod.has_variable("params", "kernel")):
-                    return next_fun(*args, **kwargs)
                 try:
-                    plan = _plan(mod, mod.get_variable("params", "kernel"), args, kwargs)
+                    plan = _plan(mod, kernel, args, kwargs)
                 except NotAProjection as e:
-                    tracing.ACTIVE[-1].refuse(path, str(e))
+                    rec.refuse(key, str(e))
                     return next_fun(*args, **kwargs)
-                tracing.ACTIVE[-1].plans[path] = plan
+                rec.plans[key] = plan
                 z = next_fun(*args, **kwargs)
                 found.setdefault(path, mod)
-                return plan.uncols(tracing.ACTIVE[-1].record(path, plan.rows(args[0]), plan.cols(z)), z.shape)
-            if tracing.ACTIVE and args and mod.has_variable("params", "kernel"):
-                kernel = mod.get_variable("params", "kernel")
-                if isinstance(mod, nn.Conv):
-                    problem = tracing.conv_mismatch(args[0], kernel, mod.feature_group_count)
-                else:
-                    problem = tracing.dense_mismatch(args[0], int(jnp.shape(kernel)[0]))
-                tracing.ACTIVE[-1].check(path, problem)
+                return plan.uncols(rec.record(key, plan.rows(args[0]), plan.cols(z)), z.shape)
+            if isinstance(mod, nn.Conv):
+                problem = tracing.conv_mismatch(args[0], kernel, mod.feature_group_count)
+            else:
+                problem = tracing.dense_mismatch(args[0], int(jnp.shape(kernel)[0]))
+            rec.check(key, problem)
             z = next_fun(*args, **kwargs)
             found.setdefault(path, mod)
-            return tracing.ACTIVE[-1].record(path, args[0], z) if tracing.ACTIVE else z
+            return rec.record(key, args[0], z)
 
         self._icpt = icpt
-        rec = tracing.Recorder(namer=tracing.path_name)
+        # the first pass runs with jit off: a model that scans over stacked blocks shows each
+        # step's call there (and tells the recorder which layers are stacked)
+        rec = tracing.Recorder(namer=tracing.key_name)
         tracing.ACTIVE.append(rec)
         try:
-            with nn.intercept_methods(icpt):
+            with nn.intercept_methods(icpt), jax.disable_jit():
                 out = tracing.first_forward(lambda: _apply(module, variables, x, self._kw), x)
         finally:
             tracing.ACTIVE.pop()
-        self._paths = list(rec.keys)
+        self._stacked = frozenset(rec.stacked)
+        self._keys = list(rec.keys)
         self._plans = {k: rec.plans[k] for k in rec.keys if k in rec.plans}
-        self.names = [tracing.path_name(p) for p in self._paths]
+        self.names = [tracing.key_name(k) for k in self._keys]
         self.first = tracing.Captured(out, rec.inputs, rec.preacts)
-        self.refused = {tracing.path_name(k): why for k, why in rec.refused.items() if k not in rec.keys}
+        self.refused = {tracing.key_name(k): why for k, why in rec.refused.items() if k not in rec.keys}
         self.specs = []
-        for path in self._paths:
+        for key in self._keys:
+            path, index = key
             mod = found[path]
             p = self._get(variables["params"], path)
+            if index is not None:
+                p = {k: v[index] for k, v in p.items()}
             bias = p.get("bias") if getattr(mod, "use_bias", True) else None
-            plan = self._plans.get(path)
+            plan = self._plans.get(key)
             if plan is not None:
                 self.specs.append(
                     Dense(
@@ -124,7 +143,7 @@ class LinenAdapter:
                         mod.kernel_dilation,
                         mod.input_dilation,
                         mod.feature_group_count,
-                        tracing.path_name(path),
+                        tracing.key_name(key),
                     )
                 )
             else:
@@ -139,32 +158,47 @@ class LinenAdapter:
 
     def _variables(self, specs):
         params = dict(self.variables["params"])  # copied path by path below; input untouched
-
-        def put(tree, path, spec, plan=None):
-            tree = dict(tree)
-            if len(path) == 1:
-                leaf = dict(tree[path[0]])
-                old = jnp.asarray(leaf["kernel"])
-                kernel = spec.kernel if plan is None else plan.unmatrix(spec.kernel, old.shape)
-                leaf["kernel"] = jnp.asarray(kernel, old.dtype)
-                if "bias" in leaf and spec.bias is not None:
-                    b = jnp.asarray(leaf["bias"])
-                    leaf["bias"] = jnp.reshape(jnp.asarray(spec.bias, b.dtype), b.shape)
-                tree[path[0]] = leaf
+        leaves: dict = {}  # path -> new {"kernel": ..., "bias": ...}; stacked slices stacked
+        for key, spec in zip(self._keys, specs):
+            path, index = key
+            old = self._get(self.variables["params"], path)
+            if index is None:
+                leaves[path] = self._leaf(old, spec, self._plans.get(key))
             else:
-                tree[path[0]] = put(tree[path[0]], path[1:], spec, plan)
-            return tree
-
-        for path, spec in zip(self._paths, specs):
-            params = put(params, path, spec, self._plans.get(path))
+                slices = leaves.setdefault(path, {k: list(v) for k, v in old.items()})
+                new = self._leaf({k: v[index] for k, v in old.items()}, spec, self._plans.get(key))
+                for k, v in new.items():
+                    slices[k][index] = v
+        for path, leaf in leaves.items():
+            if path in self._stacked:
+                leaf = {k: jnp.stack(v) for k, v in leaf.items()}
+            params = self._put(params, path, leaf)
         return {**self.variables, "params": params}
+
+    @staticmethod
+    def _leaf(old: dict, spec, plan=None) -> dict:
+        """A layer's parameter dict ``old`` with the kernel and bias of ``spec``."""
+        leaf = dict(old)
+        kernel = jnp.asarray(old["kernel"])
+        new = spec.kernel if plan is None else plan.unmatrix(spec.kernel, kernel.shape)
+        leaf["kernel"] = jnp.asarray(new, kernel.dtype)
+        if "bias" in leaf and spec.bias is not None:
+            b = jnp.asarray(leaf["bias"])
+            leaf["bias"] = jnp.reshape(jnp.asarray(spec.bias, b.dtype), b.shape)
+        return leaf
+
+    def _put(self, tree, path, leaf):
+        tree = dict(tree)
+        tree[path[0]] = leaf if len(path) == 1 else self._put(tree[path[0]], path[1:], leaf)
+        return tree
 
     def run(self, specs, x, override=None) -> tracing.Captured:
         v = self._variables(specs)
-        rec = tracing.Recorder(override, tracing.path_name)
+        rec = tracing.Recorder(override, tracing.key_name, self._stacked)
         tracing.ACTIVE.append(rec)
+        stepping = jax.disable_jit() if self._stacked else contextlib.nullcontext()
         try:
-            with nn.intercept_methods(self._icpt):
+            with nn.intercept_methods(self._icpt), stepping:
                 out = _apply(self.module, v, x, self._kw)
         finally:
             tracing.ACTIVE.pop()
@@ -177,7 +211,7 @@ class LinenAdapter:
     def masks(self, specs):
         """Bool pytree matching ``variables["params"]``."""
         params = self._variables(specs)["params"]
-        pruned = set(self._paths)
+        pruned = {path for path, _ in self._keys}
 
         def f(kp, leaf):
             keys = tuple(k.key for k in kp if isinstance(k, jax.tree_util.DictKey))

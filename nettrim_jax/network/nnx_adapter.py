@@ -8,9 +8,17 @@ programs through a ``projections.Plan`` (inputs (..., N), outputs (..., M)); an 
 is not a plain projection is left unpruned, with its reason in ``refused``.  New weights are
 written into the clone's ``Param``s before each run.  Embeddings and norms are not prunable
 layers: they stay as they are.
+
+Stacked layers (parameters with a leading layer axis, built under ``nnx.vmap`` and applied
+by ``nnx.scan``, as large models repeat their blocks) are pruned one slice per scan step:
+the forward passes of such a model run under ``jax.disable_jit`` (``lax.scan`` then steps in
+Python, so each step's call is seen with concrete values), every slice is its own layer
+("blocks/lin1[2]"), and the pruned slices are written back stacked.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +34,7 @@ from nettrim_jax.network.tracing import (
     conv_spec,
     dense_mismatch,
     first_forward,
+    key_name,
     path_name,
 )
 
@@ -35,6 +44,22 @@ __all__ = ["NNXAdapter"]
 _TAPS: dict = {}
 PRUNABLE = (nnx.Linear, nnx.Conv, nnx.LinearGeneral, nnx.Einsum)
 PROJECTIONS = (nnx.LinearGeneral, nnx.Einsum)
+_PATH = "_nettrim_path"  # static attribute naming a layer's path; it survives nnx.scan's split/merge
+
+
+def _stacked(node) -> bool:
+    """True when ``node``'s kernel has a leading layer axis beyond its layer's own
+    (``nnx.vmap``-built blocks applied by ``nnx.scan``)."""
+    if isinstance(node, nnx.Conv):
+        ks = node.kernel_size
+        own = (1 if isinstance(ks, int) else len(ks)) + 2
+    elif isinstance(node, nnx.LinearGeneral):
+        own = len(node.batch_axis) + len(node.in_features) + len(node.out_features)
+    elif isinstance(node, nnx.Einsum):
+        own = len(node.kernel_shape)
+    else:
+        own = 2
+    return jnp.ndim(node.kernel.get_value()) > own
 
 
 def _plan(node, args, kwargs):
@@ -46,34 +71,36 @@ def _plan(node, args, kwargs):
     return einsum_plan(s if s is not None else node.einsum_str, shape)
 
 
-def _tap_projection(cls, self, x, args, kwargs):
+def _tap_projection(cls, self, key, x, args, kwargs):
     rec = ACTIVE[-1]
     try:
         plan = _plan(self, args, kwargs)
     except NotAProjection as e:
-        rec.refuse(id(self), str(e))
+        rec.refuse(key, str(e))
         return cls.__call__(self, x, *args, **kwargs)
-    rec.plans[id(self)] = plan
+    rec.plans[key] = plan
+    rec.seen[key] = self
     z = cls.__call__(self, x, *args, **kwargs)
-    return plan.uncols(rec.record(id(self), plan.rows(x), plan.cols(z)), z.shape)
+    return plan.uncols(rec.record(key, plan.rows(x), plan.cols(z)), z.shape)
 
 
 def _tap_class(cls):
     if cls not in _TAPS:
 
         def __call__(self, x, *args, **kwargs):
-            if ACTIVE and isinstance(self, PROJECTIONS):
-                return _tap_projection(cls, self, x, args, kwargs)
-            if ACTIVE:
-                if isinstance(self, nnx.Conv):
-                    problem = conv_mismatch(x, self.kernel.get_value(), self.feature_group_count)
-                else:
-                    problem = dense_mismatch(x, self.in_features)
-                ACTIVE[-1].check(id(self), problem)
-            z = cls.__call__(self, x, *args, **kwargs)
-            if ACTIVE:
-                return ACTIVE[-1].record(id(self), x, z)
-            return z
+            if not ACTIVE:
+                return cls.__call__(self, x, *args, **kwargs)
+            rec = ACTIVE[-1]
+            key = rec.key(getattr(self, _PATH))
+            if isinstance(self, PROJECTIONS):
+                return _tap_projection(cls, self, key, x, args, kwargs)
+            if isinstance(self, nnx.Conv):
+                problem = conv_mismatch(x, self.kernel.get_value(), self.feature_group_count)
+            else:
+                problem = dense_mismatch(x, self.in_features)
+            rec.check(key, problem)
+            rec.seen[key] = self
+            return rec.record(key, x, cls.__call__(self, x, *args, **kwargs))
 
         _TAPS[cls] = type(f"Tapped{cls.__name__}", (cls,), {"__call__": __call__})
     return _TAPS[cls]
@@ -87,30 +114,38 @@ class NNXAdapter:
         self._kw = dict(model_kwargs or {})
         work = nnx.clone(model)
         work.eval()
-        found = {}
+        found = {}  # path -> node of the clone
         for path, node in nnx.iter_graph(work):
             if isinstance(node, PRUNABLE):
-                found[id(node)] = (tuple(path), node)
-        for _, node in found.values():
+                found[tuple(path)] = node
+        for path, node in found.items():
+            setattr(node, _PATH, path)
             node.__class__ = _tap_class(type(node))
         self._work = work
-        self._namer = lambda k: path_name(found[k][0]) if k in found else str(k)
-        rec = Recorder(namer=self._namer)
+        self._stacked = frozenset(p for p, node in found.items() if _stacked(node))
+        rec = self._recorder()
         ACTIVE.append(rec)
         try:
-            self._output = first_forward(lambda: work(x, **self._kw), x)
+            with self._stepping():
+                self._output = first_forward(lambda: work(x, **self._kw), x)
         finally:
             ACTIVE.pop()
-        self._paths = [found[k][0] for k in rec.keys]
-        self._nodes = [found[k][1] for k in rec.keys]
+        self._keys = list(rec.keys)
         self._plans = [rec.plans.get(k) for k in rec.keys]
-        self.names = [path_name(p) for p in self._paths]
+        self.names = [key_name(k) for k in rec.keys]
         self.first = Captured(self._output, rec.inputs, rec.preacts)
-        self.specs = [self._spec(n, name, plan) for n, name, plan in zip(self._nodes, self.names, self._plans)]
-        self.refused = {path_name(found[k][0]): why for k, why in rec.refused.items() if k not in rec.keys}
-        self.unused: list[str] = [
-            path_name(p) for k, (p, _) in found.items() if k not in rec.keys and k not in rec.refused
-        ]
+        self.specs = [self._spec(rec.seen[k], name, plan) for k, name, plan in zip(rec.keys, self.names, self._plans)]
+        self.refused = {key_name(k): why for k, why in rec.refused.items() if k not in rec.keys}
+        called = {p for p, _ in rec.keys} | {p for p, _ in rec.refused}
+        self.unused: list[str] = [path_name(p) for p in found if p not in called]
+
+    def _recorder(self, override=None) -> Recorder:
+        return Recorder(override, key_name, self._stacked)
+
+    def _stepping(self):
+        """A stacked model's forward passes run with jit off: ``lax.scan`` (under
+        ``nnx.scan``) then runs its steps in Python and each step's layer call is seen."""
+        return jax.disable_jit() if self._stacked else contextlib.nullcontext()
 
     @staticmethod
     def _spec(node, name, plan=None):
@@ -134,21 +169,58 @@ class NNXAdapter:
         return Dense(kernel=kernel, bias=bias, activation=None)
 
     @staticmethod
-    def _write(node, spec, plan=None):
+    def _values(spec, plan, kernel_shape, bias_shape):
+        """The kernel and bias arrays ``spec`` gives a layer of these shapes."""
+        kernel = spec.kernel if plan is None else plan.unmatrix(spec.kernel, kernel_shape)
+        bias = None if bias_shape is None else jnp.reshape(spec.bias, bias_shape)
+        return kernel, bias
+
+    def _assign(self, root, specs) -> None:
+        """Write ``specs`` into the model ``root`` (the working clone or a fresh one): plain
+        layers directly, the slices of a stacked layer as one new stacked array."""
+        stacks: dict = {}
+        for (path, index), spec, plan in zip(self._keys, specs, self._plans):
+            if index is None:
+                self._write(self._locate(root, path), lambda k, b, s=spec, p=plan: self._values(s, p, k, b))
+            else:
+                stacks.setdefault(path, {})[index] = (spec, plan)
+        for path, slices in stacks.items():
+
+            def stacked(k, b, slices=slices):
+                ks, bs = [], []
+                for i in range(k[0]):
+                    if i in slices:
+                        kern, bias = self._values(*slices[i], k[1:], None if b is None else b[1:])
+                    else:  # a step the forward pass never reached keeps its weights
+                        kern, bias = None, None
+                    ks.append(kern)
+                    bs.append(bias)
+                return ks, bs
+
+            self._write(self._locate(root, path), stacked, stacked=True)
+
+    @staticmethod
+    def _write(node, values, stacked=False):
+        """Set ``node``'s kernel and bias to ``values(kernel_shape, bias_shape)`` (lists of
+        per-step slices, None keeping a step's old slice, when ``stacked``)."""
         old = node.kernel.get_value()
-        kernel = spec.kernel if plan is None else plan.unmatrix(spec.kernel, old.shape)
+        b = None if node.bias is None else node.bias.get_value()
+        kernel, bias = values(old.shape, None if b is None else b.shape)
+        if stacked:
+            kernel = jnp.stack([old[i] if k is None else jnp.asarray(k, old.dtype) for i, k in enumerate(kernel)])
+            if b is not None:
+                bias = jnp.stack([b[i] if v is None else jnp.asarray(v, b.dtype) for i, v in enumerate(bias)])
         node.kernel.set_value(jnp.asarray(kernel, old.dtype))
-        if node.bias is not None:
-            b = node.bias.get_value()
-            node.bias.set_value(jnp.reshape(jnp.asarray(spec.bias, b.dtype), b.shape))
+        if b is not None:
+            node.bias.set_value(jnp.asarray(bias, b.dtype))
 
     def run(self, specs, x, override=None) -> Captured:
-        for node, spec, plan in zip(self._nodes, specs, self._plans):
-            self._write(node, spec, plan)
-        rec = Recorder(override, self._namer)
+        self._assign(self._work, specs)
+        rec = self._recorder(override)
         ACTIVE.append(rec)
         try:
-            out = self._work(x, **self._kw)
+            with self._stepping():
+                out = self._work(x, **self._kw)
         finally:
             ACTIVE.pop()
         return Captured(out, rec.inputs, rec.preacts)
@@ -161,8 +233,7 @@ class NNXAdapter:
 
     def rebuild(self, specs) -> nnx.Module:
         new = nnx.clone(self.model)
-        for path, spec, plan in zip(self._paths, specs, self._plans):
-            self._write(self._locate(new, path), spec, plan)
+        self._assign(new, specs)
         return new
 
     def masks(self, specs):
@@ -170,7 +241,7 @@ class NNXAdapter:
         wrt=nnx.Param)`` updates): kernel/bias of pruned layers True where nonzero, every
         other parameter all True."""
         model = self.rebuild(specs)
-        pruned = {p for p in self._paths}
+        pruned = {p for p, _ in self._keys}
         state = nnx.state(model, nnx.Param)
 
         def f(kp, leaf):

@@ -24,6 +24,13 @@ def path_name(path) -> str:
     return "/".join(str(p) for p in path)
 
 
+def key_name(key) -> str:
+    """The report name of a layer key ``(path, index)``: "blocks/lin1" for a plain layer
+    (index None), "blocks/lin1[2]" for the third layer of a stacked (scanned) one."""
+    path, index = key
+    return path_name(path) + ("" if index is None else f"[{index}]")
+
+
 class InputShapeError(ValueError):
     """The calibration data does not fit the model's input (found on the first forward pass)."""
 
@@ -113,14 +120,32 @@ class Adapter(Protocol):
 
 
 class Recorder:
-    def __init__(self, override=None, namer=str):
+    """One forward pass's record of the prunable layers' calls.
+
+    Layers are keyed ``(path, index)``: ``index`` is None for a plain layer and, for a path
+    in ``stacked`` (parameters with a leading layer axis, applied by ``nnx.scan`` /
+    ``nn.scan``), the number of earlier calls of that path in this pass (the scan step).
+    """
+
+    def __init__(self, override=None, namer=str, stacked=frozenset()):
         self.inputs: list = []
         self.preacts: list = []
         self.keys: list = []
         self.override = override
         self.namer = namer
+        self.stacked = set(stacked)  # an adapter that finds them while tracing adds to it
         self.plans: dict = {}  # key -> projections.Plan for LinearGeneral / Einsum layers
         self.refused: dict = {}  # key -> why the layer is left unpruned (not a projection)
+        self.seen: dict = {}  # key -> the layer object as called (a stacked layer's slice)
+        self._calls: dict = {}
+
+    def key(self, path) -> tuple:
+        """The key of this call of the layer at ``path`` (call once per call)."""
+        if path not in self.stacked:
+            return (path, None)
+        n = self._calls.get(path, 0)
+        self._calls[path] = n + 1
+        return (path, n)
 
     def check(self, key, problem):
         """Raise ``InputShapeError`` if the layer's input does not fit (``problem`` not None)."""
@@ -134,7 +159,7 @@ class Recorder:
     def record(self, key, x, z):
         if key in self.keys:
             raise ValueError(
-                f"layer {key!r} is called more than once in one forward pass; shared (re-used) layers are not supported"
+                f"layer {self.namer(key)!r} is called more than once in one forward pass; shared (re-used) layers are not supported"
             )
         i = len(self.keys)
         self.keys.append(key)
