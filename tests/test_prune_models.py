@@ -286,3 +286,59 @@ def test_a_layer_whose_output_bypasses_its_relu_says_so():
         "linear (followed by an op with no Net-Trim program: ReLU call 0: the layer's output also "
         "reaches the model by another path than this ReLU)"
     )
+
+
+def test_layers_holding_a_kernel_that_are_not_pruned_are_named_in_the_report():
+    """GPT-2's FlaxConv1D projections (a module of its own holding kernel (out, in)) and its
+    tied head (nn.Dense applied with the embedding's transpose) are left dense by name, with
+    the reason, in the report; before, the tied head raised a bare KeyError: 'kernel' and a
+    custom projection vanished from the report."""
+    import flax.linen as nn
+
+    class Conv1D(nn.Module):
+        features: int
+
+        @nn.compact
+        def __call__(self, x):
+            k = self.param("kernel", nn.initializers.normal(0.3), (self.features, x.shape[-1]))
+            return x @ k.T
+
+    class Tied(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.relu(nn.Dense(16, name="fc")(x))
+            h = nn.relu(Conv1D(16, name="c_attn")(h))
+            emb = self.param("wte", nn.initializers.normal(0.3), (5, 16))
+            return nn.Dense(5, use_bias=False).apply({"params": {"kernel": emb.T}}, h)
+
+    x = jax.random.normal(jax.random.key(0), (200, 8))
+    m = Tied()
+    v = m.init(jax.random.key(1), x)
+    with pytest.warns(UserWarning, match="'c_attn' left unpruned: holds a kernel but is a Conv1D"):
+        r = nt.prune((m, v), x, epsilon=0.1, progress=False)
+    assert [layer.name for layer in r.report.layers] == ["fc"]
+    assert set(r.report.left_dense) == {"c_attn", "Dense (applied on its own)"}
+    assert "tied embedding" in r.report.left_dense["Dense (applied on its own)"]
+    np.testing.assert_array_equal(r.model["params"]["c_attn"]["kernel"], v["params"]["c_attn"]["kernel"])
+    md = r.report.to_markdown()
+    assert "Left dense: c_attn (holds a kernel but is a Conv1D" in md
+    assert nt.PruneReport.from_dict(r.report.to_dict()).left_dense == r.report.left_dense
+
+    class Proj(nnx.Module):
+        def __init__(self, rngs):
+            self.kernel = nnx.Param(0.3 * jax.random.normal(rngs.params(), (16, 16)))
+
+        def __call__(self, x):
+            return x @ self.kernel.T
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.fc, self.proj, self.head = nnx.Linear(8, 16, rngs=rngs), Proj(rngs), nnx.Linear(16, 5, rngs=rngs)
+
+        def __call__(self, x):
+            return self.head(nnx.relu(self.proj(nnx.relu(self.fc(x)))))
+
+    with pytest.warns(UserWarning, match="'proj' left unpruned: holds a kernel but is a Proj"):
+        r = nt.prune(Net(nnx.Rngs(0)), x, epsilon=0.1, progress=False)
+    assert [layer.name for layer in r.report.layers] == ["fc", "head"]
+    assert list(r.report.left_dense) == ["proj"]

@@ -47,6 +47,7 @@ class SpecsAdapter:
         self.specs = [self.network[i] for i in self._index]
         self.first = first_forward(lambda: self.run(self.specs, x), x)
         self.unused: list[str] = []
+        self.refused: dict = {}
 
     def run(self, specs, x, override=None) -> Captured:
         rec = Recorder(override, lambda k: self.names[k])

@@ -14,6 +14,7 @@ from nettrim_jax.network.bounds import output_bound
 from nettrim_jax.network.problems import fro
 from nettrim_jax.network.report import LayerReport, PruneReport
 from nettrim_jax.network.specs import Conv
+from nettrim_jax.network.tracing import left_dense
 
 __all__ = ["build_report", "warn_if_pruned_to_zero"]
 
@@ -95,6 +96,7 @@ def build_report(net, x, scheme, orig, new, choices, outcomes, gamma, options, t
         seconds=time.perf_counter() - t_start,
         options=options,
         output_spread=_spread_kept(out0, out1),
+        left_dense=left_dense(net),
     )
 
 

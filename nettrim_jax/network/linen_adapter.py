@@ -27,6 +27,20 @@ from nettrim_jax.network.specs import Dense
 __all__ = ["LinenAdapter"]
 
 PROJECTIONS = (nn.DenseGeneral, nn.Einsum)
+_KNOWN = "nn.Dense / nn.Conv / nn.DenseGeneral / nn.Einsum"
+_FOREIGN = (
+    "applied with a kernel that is not the model's parameter at its path (a tied embedding, or "
+    "weights passed to .apply)"
+)
+
+
+def _kernel_paths(params, prefix=()):
+    """Paths of the parameter dicts that hold a "kernel" (every layer with weights)."""
+    if not hasattr(params, "items"):
+        return []
+    if "kernel" in params and not hasattr(params["kernel"], "items"):
+        return [prefix]
+    return [p for k, v in params.items() for p in _kernel_paths(v, (*prefix, k))]
 
 
 def _plan(mod, kernel, args, kwargs):
@@ -66,9 +80,12 @@ class LinenAdapter:
         self._kw = dict(model_kwargs or {})
         self.variables = variables
         found: dict = {}
+        classes: dict = {}  # path -> class name of every module called (for the report)
 
         def icpt(next_fun, args, kwargs, context):
             mod = context.module
+            if mod.scope is not None:
+                classes.setdefault(tuple(mod.scope.path), type(mod).__name__)
             if context.method_name != "__call__" or not isinstance(mod, (nn.Dense, nn.Conv, *PROJECTIONS)):
                 return next_fun(*args, **kwargs)
             if not (tracing.ACTIVE and args and mod.has_variable("params", "kernel")):
@@ -78,7 +95,12 @@ class LinenAdapter:
             rec = tracing.ACTIVE[-1]
             path = tuple(mod.scope.path)
             kernel = mod.get_variable("params", "kernel")
-            if jnp.ndim(self._get(self.variables["params"], path)["kernel"]) > jnp.ndim(kernel):
+            own = self._find(path)
+            if own is None or jnp.shape(own)[-jnp.ndim(kernel) :] != jnp.shape(kernel):
+                where = tracing.path_name(path) or f"{type(mod).__name__} (applied on its own)"
+                rec.refuse(((where,), None), _FOREIGN)
+                return next_fun(*args, **kwargs)
+            if jnp.ndim(own) > jnp.ndim(kernel):
                 rec.stacked.add(path)  # called with a slice of its stacked kernel: nn.scan
             key = rec.key(path)
             if isinstance(mod, PROJECTIONS):
@@ -116,6 +138,15 @@ class LinenAdapter:
         self.names = [tracing.key_name(k) for k in self._keys]
         self.first = tracing.Captured(out, rec.inputs, rec.preacts)
         self.refused = {tracing.key_name(k): why for k, why in rec.refused.items() if k not in rec.keys}
+        seen = {path for path, _ in rec.keys} | {path for path, _ in rec.refused}
+        for path in _kernel_paths(variables["params"]):
+            if path not in seen:
+                cls = classes.get(path)
+                self.refused[tracing.path_name(path)] = (
+                    f"holds a kernel but is a {cls}, not {_KNOWN}"
+                    if cls
+                    else f"holds a kernel that no {_KNOWN} call used"
+                )
         self.specs = []
         for key in self._keys:
             path, index = key
@@ -149,6 +180,15 @@ class LinenAdapter:
             else:
                 self.specs.append(Dense(kernel=p["kernel"], bias=bias, activation=None))
         self.unused: list[str] = []
+
+    def _find(self, path):
+        """The kernel at ``path`` in the model's params, None when there is none."""
+        tree = self.variables["params"]
+        for p in path:
+            if not hasattr(tree, "get") or p not in tree:
+                return None
+            tree = tree[p]
+        return tree.get("kernel") if hasattr(tree, "get") else None
 
     @staticmethod
     def _get(tree, path):

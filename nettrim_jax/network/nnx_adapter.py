@@ -62,6 +62,20 @@ def _stacked(node) -> bool:
     return jnp.ndim(node.kernel.get_value()) > own
 
 
+def _unknown_kernels(model) -> dict:
+    """name -> why for modules of ``model`` that hold a ``kernel`` variable but are not a
+    layer Net-Trim prunes (a user's own projection, say): they are left dense."""
+    out = {}
+    for path, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Module) and not isinstance(node, PRUNABLE):
+            if isinstance(getattr(node, "kernel", None), nnx.Variable):
+                out[path_name(tuple(path))] = (
+                    f"holds a kernel but is a {type(node).__name__}, not nnx.Linear / nnx.Conv / "
+                    "nnx.LinearGeneral / nnx.Einsum"
+                )
+    return out
+
+
 def _plan(node, args, kwargs):
     """The ``projections.Plan`` of a LinearGeneral / Einsum call (raises NotAProjection)."""
     shape = tuple(node.kernel.get_value().shape)
@@ -136,6 +150,7 @@ class NNXAdapter:
         self.first = Captured(self._output, rec.inputs, rec.preacts)
         self.specs = [self._spec(rec.seen[k], name, plan) for k, name, plan in zip(rec.keys, self.names, self._plans)]
         self.refused = {key_name(k): why for k, why in rec.refused.items() if k not in rec.keys}
+        self.refused.update(_unknown_kernels(work))
         called = {p for p, _ in rec.keys} | {p for p, _ in rec.refused}
         self.unused: list[str] = [path_name(p) for p in found if p not in called]
 

@@ -70,7 +70,10 @@ class PruneReport(NamedTuple):
     per_neuron, solver, max_patches, seed, solver options), JSON-able; output_spread: how
     much of the model outputs' variation over the calibration samples the pruned model
     keeps, ||out - mean over samples||_F relative to the original's (near 0: the outputs
-    no longer depend on the input, a collapsed model, which ``prune`` refuses to return).
+    no longer depend on the input, a collapsed model, which ``prune`` refuses to return);
+    left_dense: name -> why, for every layer that holds a kernel and was left as it was (not
+    called, a module Net-Trim does not prune, an Einsum that is not a projection, weights
+    applied from outside the model's parameters).
     """
 
     scheme: str
@@ -84,6 +87,7 @@ class PruneReport(NamedTuple):
     seconds: float
     options: dict = {}
     output_spread: float = 1.0
+    left_dense: dict = {}
 
     def to_dict(self) -> dict:
         """JSON-able dict (numbers as Python floats/ints; layers as dicts)."""
@@ -176,6 +180,7 @@ def render_markdown(report: PruneReport, title: str | None = None, notes: Sequen
     ]
     if any(layer.subsampled for layer in report.layers):
         lines.append("* conv rows sampled (max_patches): the epsilon guarantee holds on the sampled rows.")
+    lines += [f"Left dense: {name} ({why})." for name, why in report.left_dense.items()]
     lines += list(notes)
     bad = [layer.name for layer in report.layers if not layer.converged]
     if bad:

@@ -99,12 +99,15 @@ class Adapter(Protocol):
       declared for plain specs, None for Flax models).
     first: ``Captured`` of the unmodified model on the calibration batch.
     unused: names of prunable layers the forward pass never calls (left unchanged).
+    refused: name -> why, for layers that hold a kernel and are left dense (an Einsum that is
+      not a projection, a module Net-Trim does not know, weights applied from outside).
     """
 
     names: list
     specs: list
     first: Captured
     unused: list
+    refused: dict
 
     def run(self, specs: Sequence, x, override=None) -> Captured:
         """The model with these weights on ``x``; ``override=(i, fn)`` replaces layer i's z."""
@@ -117,6 +120,14 @@ class Adapter(Protocol):
     def masks(self, specs: Sequence) -> Any:
         """Bools matching the model's parameters: True where a weight survives."""
         ...
+
+
+def left_dense(net) -> dict:
+    """name -> why for every layer of ``net`` (an ``Adapter``) that holds a kernel and is
+    left as it was: never called, or refused (the report's ``left_dense``)."""
+    out = {name: "not called by the forward pass" for name in net.unused}
+    out.update(net.refused)
+    return out
 
 
 class Recorder:
