@@ -440,3 +440,22 @@ def test_prune_pattern_flag_keeps_n_of_every_m_inputs(tmp_path, capsys):
         assert groups.max() <= 2, groups
     assert sum(int((np.asarray(l["kernel"]) != 0).sum()) for l in layers) <= 0.5 * (8 * 16 + 16 * 12 + 12 * 3)
     assert json.loads((tmp_path / "out" / "report.json").read_text())["options"]["pattern"] == "2:4"
+
+
+def test_prune_joint_refit_flag(tmp_path, capsys):
+    """``--joint-refit 30``: the saved model has the layer-wise run's supports, a lower
+    output error on the calibration data, and the report says how the joint refit ended."""
+    layers, x, _ = write_setup(tmp_path)
+    assert run(prune_args(tmp_path, tmp_path / "a"), capsys)[0] == 0
+    rc, _, err = run(prune_args(tmp_path, tmp_path / "b", "--joint-refit", "30"), capsys)
+    assert rc == 0, err
+    a, b = ck.load(tmp_path / "a" / "model").layers, ck.load(tmp_path / "b" / "model").layers
+    for la, lb in zip(a, b):
+        np.testing.assert_array_equal(np.asarray(la["kernel"]) != 0, np.asarray(lb["kernel"]) != 0)
+    dense = convert.apply(layers, x)
+    err_a, err_b = (np.sum((convert.apply(m, x) - dense) ** 2) / np.sum(dense**2) for m in (a, b))
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert report["options"]["joint_refit"] == 30
+    assert report["joint"]["loss_after"] == pytest.approx(err_b, rel=1e-3, abs=1e-7)
+    assert err_b < err_a
+    assert "Joint refit:" in (tmp_path / "b" / "report.md").read_text()

@@ -161,3 +161,14 @@ def test_linen_scan_model_prunes_as_its_unrolled_twin(data):
             assert np.count_nonzero(got) < got.size
             np.testing.assert_allclose(got, want, atol=2e-5, err_msg=f"{name}[{i}]")
     np.testing.assert_allclose(model.apply(r.model, data), twin.apply(u.model, data), rtol=1e-4, atol=1e-4)
+
+
+def test_joint_refit_of_a_stacked_model_keeps_its_slices_supports(data):
+    model = Stacked(nnx.Rngs(0))
+    layerwise = nt.prune(model, data, epsilon=0.1, progress=False)
+    joint = nt.prune(model, data, epsilon=0.1, joint_refit=20, progress=False)
+    for a, b in zip(_stacked_kernels(layerwise.model), _stacked_kernels(joint.model)):
+        assert b.shape == a.shape
+        np.testing.assert_array_equal(a != 0, b != 0)
+    j = joint.report.joint
+    assert j["loss_after"] < 0.9 * j["loss_before"], j

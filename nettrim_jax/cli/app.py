@@ -209,6 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
         "support while they lower the refit objective",
     )
     q.add_argument(
+        "--joint-refit",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N L-BFGS iterations re-fitting every pruned layer's kept weights together to the original "
+        "model's output on the calibration data (default 0: off; counts unchanged)",
+    )
+    q.add_argument(
         "--allocation",
         choices=("scores", "uniform", "epsilon"),
         default="scores",

@@ -30,6 +30,7 @@ RUN_FLAGS = (
     "relu_budget",
     "reweight",
     "finish",
+    "joint_refit",
 )
 
 

@@ -69,6 +69,11 @@ class SpecsAdapter:
                 x = item(x)
         return Captured(x, rec.inputs, rec.preacts)
 
+    def pure(self):
+        """``(fn, consts)``: ``fn(consts, specs, x)`` is the model's output, a pure function
+        of the weights (jit- and grad-able)."""
+        return (lambda _, specs, x: self.run(specs, x).output), None
+
     def rebuild(self, specs) -> list:
         out = list(self.network)
         for i, spec in zip(self._index, specs):

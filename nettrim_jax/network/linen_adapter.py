@@ -196,12 +196,13 @@ class LinenAdapter:
             tree = tree[p]
         return tree
 
-    def _variables(self, specs):
-        params = dict(self.variables["params"])  # copied path by path below; input untouched
+    def _variables(self, specs, variables=None):
+        variables = self.variables if variables is None else variables
+        params = dict(variables["params"])  # copied path by path below; input untouched
         leaves: dict = {}  # path -> new {"kernel": ..., "bias": ...}; stacked slices stacked
         for key, spec in zip(self._keys, specs):
             path, index = key
-            old = self._get(self.variables["params"], path)
+            old = self._get(variables["params"], path)
             if index is None:
                 leaves[path] = self._leaf(old, spec, self._plans.get(key))
             else:
@@ -213,7 +214,11 @@ class LinenAdapter:
             if path in self._stacked:
                 leaf = {k: jnp.stack(v) for k, v in leaf.items()}
             params = self._put(params, path, leaf)
-        return {**self.variables, "params": params}
+        return {**variables, "params": params}
+
+    def pure(self):
+        """``(fn, variables)``: ``fn(variables, specs, x)`` applies the module."""
+        return (lambda v, specs, x: self.module.apply(self._variables(specs, v), x, **self._kw)), self.variables
 
     @staticmethod
     def _leaf(old: dict, spec, plan=None) -> dict:

@@ -240,6 +240,18 @@ class NNXAdapter:
             ACTIVE.pop()
         return Captured(out, rec.inputs, rec.preacts)
 
+    def pure(self):
+        """``(fn, state)``: ``fn(state, specs, x)`` merges the working clone from ``state``
+        (``nnx.split``) and writes ``specs`` into it, so nothing outside is mutated."""
+        graphdef, state = nnx.split(self._work)
+
+        def fn(state, specs, x):
+            model = nnx.merge(graphdef, state, copy=True)  # fresh Variables in this trace
+            self._assign(model, specs)
+            return model(x, **self._kw)
+
+        return fn, state
+
     def _locate(self, model, path):
         node = model
         for p in path:

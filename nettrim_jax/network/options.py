@@ -50,6 +50,9 @@ class Program:
       finish: None, or "l0": after the refit, hard-thresholding steps at the layer's count
         that move its support while they lower the refit objective (``solver.l0``;
         unstructured layers without a pattern; the objective never rises).
+      joint_refit: L-BFGS iterations of a joint refit of every pruned layer's kept weights
+        against the original model's output on the calibration data (``network.joint``;
+        masks fixed, so counts are unchanged); 0: off.
     """
 
     scheme: str = "cascade"
@@ -65,6 +68,7 @@ class Program:
     seed: int = 0
     refit: bool = False
     finish: str | None = None
+    joint_refit: int = 0
 
 
 FINISHES = (None, "l0")
@@ -212,6 +216,8 @@ def _parsed(program: Program, target: Target, run: Run) -> PruneOptions:
     check_solver_options(run.solver, dict(run.solver_options))
     if program.finish not in FINISHES:
         raise ValueError(f"finish must be None or 'l0', got {program.finish!r}")
+    if isinstance(program.joint_refit, bool) or not isinstance(program.joint_refit, int) or program.joint_refit < 0:
+        raise ValueError(f"joint_refit must be a number of iterations >= 0, got {program.joint_refit!r}")
     checks.check_epsilon_values(program.epsilon)
     sparsity = parse_sparsity(target.sparsity, target.allocation)
     structure, pattern = checks.parse_structure(target.structure, target.pattern, program.per_neuron)

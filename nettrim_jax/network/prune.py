@@ -40,6 +40,7 @@ from nettrim_jax.network.activations import choose_layers
 from nettrim_jax.network.adapters import adapt
 from nettrim_jax.network.cascade import solve_cascade
 from nettrim_jax.network.evaluation import build_report
+from nettrim_jax.network.joint import joint_refit
 from nettrim_jax.network.options import Program, PruneOptions, Run, Target, gather
 from nettrim_jax.network.parallel import solve_parallel
 from nettrim_jax.network.problems import LayerOutcome, SolveConfig
@@ -298,6 +299,10 @@ def _finish(net, x, plan: _Plan, outcomes, opts: PruneOptions, t_start: float) -
         spec if out.kernel is None else with_matrix(spec, jnp.asarray(out.kernel))
         for spec, out in zip(plan.orig, outcomes)
     ]
+    joint = None
+    if opts.program.joint_refit:
+        pruned = [out.kernel is not None for out in outcomes]
+        new, joint = joint_refit(net, x, new, pruned, opts.program.joint_refit)
     scheme = opts.program.scheme
     report = build_report(
         net,
@@ -311,6 +316,8 @@ def _finish(net, x, plan: _Plan, outcomes, opts: PruneOptions, t_start: float) -
         _report_options(opts),
         t_start,
     )
+    if joint is not None:
+        report = report._replace(joint=joint._asdict())
     if opts.output_epsilon is None:  # else the output layer keeps its budget, not a share of S
         _warn_missed_target(opts.sparsity, report)
     pruned = net.rebuild(new)
@@ -343,6 +350,7 @@ def _report_options(opts: PruneOptions) -> dict:
         "relu_budget": p.relu_budget,
         "reweight": opts.reweight,
         "finish": p.finish,
+        "joint_refit": int(p.joint_refit),
     }
 
 

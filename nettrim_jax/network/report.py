@@ -73,7 +73,9 @@ class PruneReport(NamedTuple):
     no longer depend on the input, a collapsed model, which ``prune`` refuses to return);
     left_dense: name -> why, for every layer that holds a kernel and was left as it was (not
     called, a module Net-Trim does not prune, an Einsum that is not a projection, weights
-    applied from outside the model's parameters).
+    applied from outside the model's parameters); joint: how the joint refit ended
+    (``network.joint.JointRefit`` as a dict: loss_before, loss_after, iterations, seconds),
+    empty without one.
     """
 
     scheme: str
@@ -88,6 +90,7 @@ class PruneReport(NamedTuple):
     options: dict = {}
     output_spread: float = 1.0
     left_dense: dict = {}
+    joint: dict = {}
 
     def to_dict(self) -> dict:
         """JSON-able dict (numbers as Python floats/ints; layers as dicts)."""
@@ -181,6 +184,13 @@ def render_markdown(report: PruneReport, title: str | None = None, notes: Sequen
     if any(layer.subsampled for layer in report.layers):
         lines.append("* conv rows sampled (max_patches): the epsilon guarantee holds on the sampled rows.")
     lines += [f"Left dense: {name} ({why})." for name, why in report.left_dense.items()]
+    if report.joint:
+        j = report.joint
+        lines.append(
+            f"Joint refit: relative squared output error {j['loss_before']:.4g} -> {j['loss_after']:.4g} "
+            f"in {j['iterations']} L-BFGS iterations ({j['seconds']:.1f} s); the layers' certificates are "
+            "those of their solves before it."
+        )
     lines += list(notes)
     bad = [layer.name for layer in report.layers if not layer.converged]
     if bad:

@@ -113,6 +113,11 @@ class Adapter(Protocol):
         """The model with these weights on ``x``; ``override=(i, fn)`` replaces layer i's z."""
         ...
 
+    def pure(self) -> tuple:
+        """``(fn, consts)``: ``fn(consts, specs, x)`` is the model's output with these
+        weights, a pure function (jit- and grad-able; no layer is recorded)."""
+        ...
+
     def rebuild(self, specs: Sequence) -> Any:
         """A new model in the input's form with these weights (the input is not mutated)."""
         ...
