@@ -1,14 +1,16 @@
-"""The l0 finish against the refit and ALPS, over seeds.
+"""The l0 finish and the joint refit against the refit and ALPS, over seeds.
 
 For each seed (training and calibration sampling both follow it): LeNet-300-100 on MNIST
 (4000 calibration rows; ``--quick``: the small net of ``mnist.py --quick``), pruned with what a
 user types, ``prune(model, x, sparsity=S, refit=True)``, and the same with
 ``finish="l0"`` (``nettrim_jax.solver.l0``: hard-thresholding steps at each layer's count on
-the refit objective); ALPS (``baselines.prune_model``) at each Net-Trim run's own per-layer
+the refit objective), and with ``joint_refit=300`` (``network.joint``: every layer's kept
+weights re-fit together to the dense model's output) when ``--variants`` names them; ALPS (``baselines.prune_model``) at each Net-Trim run's own per-layer
 counts.  Test accuracy without fine-tuning; mean and spread (min-max) over seeds; wall
 seconds of each prune (compiles included for the first one of a process).
 
     python experiments/l0_finish.py [--quick] [--data DIR] [--seeds 0 1 2] [--targets 0.9 0.95]
+        [--variants refit refit+l0 refit+joint refit+l0+joint]
 
 Writes l0_finish.md / l0_finish.json into the results folder.
 """
@@ -27,6 +29,13 @@ import numpy as np
 import nettrim_jax as nt
 from nettrim_jax import baselines
 
+VARIANTS = {
+    "refit": {},
+    "refit+l0": {"finish": "l0"},
+    "refit+joint": {"joint_refit": 300},
+    "refit+l0+joint": {"finish": "l0", "joint_refit": 300},
+}
+
 
 def run_seed(seed, targets, args):
     model, xcal, evaluate, _ = bench_prune.setup_lenet("fc", args.quick, args.data, seed, 100 if args.quick else 4000)
@@ -34,7 +43,8 @@ def run_seed(seed, targets, args):
     sizes = nets.kernel_sizes(model, xcal)
     rows = []
     for s in targets:
-        for variant, extra in (("refit", {}), ("refit+l0", {"finish": "l0"})):
+        for variant in args.variants:
+            extra = VARIANTS[variant]
             t0 = time.perf_counter()
             res = nt.prune(model, xcal, sparsity=s, refit=True, progress=False, **extra)
             sec = time.perf_counter() - t0
@@ -73,6 +83,8 @@ def main(argv=None):
     p.add_argument("--data", default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--targets", type=float, nargs="+", default=None)
+    p.add_argument("--variants", nargs="+", default=["refit", "refit+l0"], choices=list(VARIANTS),
+                   help="Net-Trim variants (joint: joint_refit=300, the layers' kept weights re-fit together)")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", category=RuntimeWarning)
     started = time.time()

@@ -110,7 +110,14 @@ def check_layers(net):
     """At least one prunable layer on the forward pass."""
     if not net.names:
         refused = getattr(net, "refused", {})
-        why = f" ({len(refused)} left unpruned: {next(iter(refused.values()))})" if refused else ""
+        by_reason: dict = {}
+        for name, reason in refused.items():
+            by_reason.setdefault(reason, []).append(name)
+        parts = [
+            f"{', '.join(names[:3])}{f' and {len(names) - 3} more' if len(names) > 3 else ''}: {reason}"
+            for reason, names in by_reason.items()
+        ]
+        why = f"; {len(refused)} left unpruned: " + "; ".join(parts) if refused else ""
         raise ValueError(
             "the model has no prunable layer on its forward pass (Linear, Conv, "
             f"LinearGeneral / DenseGeneral, projection Einsum){why}"
