@@ -87,9 +87,10 @@ def test_a_linear_layer_with_many_rows_is_solved_on_its_gram_rows(monkeypatch, k
     g, r = gram.report.layers[1], rows.report.layers[1]
     assert g.converged and r.converged
     assert g.misfit <= g.epsilon * (1 + 1e-5)
-    assert g.epsilon == pytest.approx(r.epsilon, rel=2e-2)
     assert abs(g.nnz_after - r.nnz_after) <= 2
-    if "sparsity" not in kw:  # a count search may land one weight apart: kernels differ there
+    if "sparsity" not in kw:  # a count search may land one weight apart, at another epsilon of
+        # the same count (11.1 and 12.0 here): epsilons and kernels are compared at fixed epsilon
+        assert g.epsilon == pytest.approx(r.epsilon, rel=2e-2)
         k_g, k_r = np.asarray(gram.model[1].kernel), np.asarray(rows.model[1].kernel)
         assert np.linalg.norm(k_g - k_r) <= 2e-2 * np.linalg.norm(k_r)
 

@@ -160,19 +160,21 @@ def test_cli_sparsity(tmp_path, capsys):
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_reweighted_l1_is_sparser_at_one_epsilon_and_closer_at_one_count():
     """reweight=1 (parallel: every layer sees the same inputs either way): at one epsilon
-    fewer nonzeros within the same budgets; at one sparsity target the same count within
-    tolerance and a smaller misfit in every layer."""
+    fewer nonzeros within the same budgets; at one sparsity per layer the same count within
+    tolerance and a smaller misfit in every layer (measured 25-28% smaller)."""
     base = nt.prune(_net(), _x(), scheme="parallel", epsilon=0.1, **FAST)
     rew = nt.prune(_net(), _x(), scheme="parallel", epsilon=0.1, reweight=1, **FAST)
     assert rew.report.nnz_after < 0.95 * base.report.nnz_after
     for a, b in zip(rew.report.layers, base.report.layers):
         assert a.misfit <= a.epsilon * (1 + 1e-3) and a.epsilon == pytest.approx(b.epsilon)
     assert rew.report.options["reweight"] == 1
-    base = nt.prune(_net(), _x(), scheme="parallel", sparsity=0.7, **FAST)
-    rew = nt.prune(_net(), _x(), scheme="parallel", sparsity=0.7, reweight=1, **FAST)
+    # per-layer targets: a global one carries each layer's miss to the next, so counts differ
+    per_layer = {"0": 0.7, "1": 0.7, "2": 0.7}
+    base = nt.prune(_net(), _x(), scheme="parallel", sparsity=per_layer, **FAST)
+    rew = nt.prune(_net(), _x(), scheme="parallel", sparsity=per_layer, reweight=1, **FAST)
     assert abs(_sparsity(rew.report) - 0.7) <= 0.005
     for a, b in zip(rew.report.layers, base.report.layers):
-        assert a.misfit < b.misfit
+        assert abs(a.nnz_after - b.nnz_after) <= 2 and a.misfit < b.misfit, (a.name, a.nnz_after, b.nnz_after)
 
 
 @pytest.mark.parametrize("bad, match", [
