@@ -86,3 +86,13 @@ def test_joint_refit_must_be_a_count_of_iterations(bad):
     x = jnp.ones((20, 10))
     with pytest.raises(ValueError, match="joint_refit must be a number of iterations"):
         nt.prune(random_mlp((10, 8, 3)), x, epsilon=0.1, joint_refit=bad, progress=False)
+
+
+def test_joint_refit_with_float64_inputs_on_a_float32_model():
+    """Under jax_enable_x64 float64 calibration data made a float32 model's loss float64,
+    which optax's line search (its state in the weights' dtype) refused."""
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(1), (300, 10), dtype=jnp.float64)
+        res = nt.prune(random_mlp((10, 40, 4), seed=3), x, sparsity=0.6, refit=True, joint_refit=10, progress=False)
+    j = res.report.joint
+    assert j["iterations"] >= 1 and j["loss_after"] < j["loss_before"]

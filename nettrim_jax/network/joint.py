@@ -73,11 +73,14 @@ def joint_refit(net, x, specs: Sequence, pruned: Sequence[bool], iters: int) -> 
 
     def loss(params, consts, x):
         err = _flat_output(fn(consts, weights(params), x)) - target
-        return jnp.sum(err * err) / norm
+        # in the weights' dtype, as optax's line-search state holds it (float64 inputs under
+        # jax_enable_x64 would make a float32 model's loss float64)
+        return (jnp.sum(err * err) / norm).astype(dtype)
 
     params = [
         (jnp.asarray(specs[i].kernel), None if specs[i].bias is None else jnp.asarray(specs[i].bias)) for i in idx
     ]
+    dtype = jnp.result_type(*[k for k, _ in params])
     opt = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(loss)
 
