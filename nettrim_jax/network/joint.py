@@ -88,19 +88,21 @@ def joint_refit(net, x, specs: Sequence, pruned: Sequence[bool], iters: int) -> 
     def step(params, state, consts, x):
         value, grad = value_and_grad(params, consts, x, state=state)
         updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=loss, consts=consts, x=x)
-        return optax.apply_updates(params, updates), state
+        return optax.apply_updates(params, updates), state, value
 
-    before = float(jax.jit(loss)(params, consts, x))
-    best, best_loss, state, done = params, before, opt.init(params), 0
-    while done < iters:
-        params, state = step(params, state, consts, x)
-        done += 1
-        value = float(optax.tree_utils.tree_get(state, "value"))
+    start = params
+    params, state, value = step(start, opt.init(start), consts, x)  # value: L at the layer-wise weights
+    before = float(value)
+    best, best_loss, done = start, before, 1
+    while True:
+        value = float(optax.tree_utils.tree_get(state, "value"))  # L at params
         if not np.isfinite(value):
             break
         if value < best_loss:
             best, best_loss = params, value
-        if best_loss <= 1e-12:
+        if best_loss <= 1e-12 or done >= iters:
             break
+        params, state, _ = step(params, state, consts, x)
+        done += 1
     out = weights(best) if best_loss < before else specs
     return [jax.device_get(s) for s in out], JointRefit(before, min(best_loss, before), done, time.perf_counter() - t0)

@@ -183,12 +183,10 @@ class LinenAdapter:
 
     def _find(self, path):
         """The kernel at ``path`` in the model's params, None when there is none."""
-        tree = self.variables["params"]
-        for p in path:
-            if not hasattr(tree, "get") or p not in tree:
-                return None
-            tree = tree[p]
-        return tree.get("kernel") if hasattr(tree, "get") else None
+        try:
+            return self._get(self.variables["params"], path)["kernel"]
+        except (KeyError, TypeError, IndexError):
+            return None
 
     @staticmethod
     def _get(tree, path):

@@ -191,43 +191,34 @@ class NNXAdapter:
         return kernel, bias
 
     def _assign(self, root, specs) -> None:
-        """Write ``specs`` into the model ``root`` (the working clone or a fresh one): plain
-        layers directly, the slices of a stacked layer as one new stacked array."""
-        stacks: dict = {}
+        """Write ``specs`` into the model ``root`` (the working clone or a fresh one): a plain
+        layer's kernel and bias, or a stacked layer's slices stacked again (a step the forward
+        pass never reached keeps its old slice)."""
+        steps: dict = {}  # path -> {step index (None: a plain layer): (spec, plan)}
         for (path, index), spec, plan in zip(self._keys, specs, self._plans):
-            if index is None:
-                self._write(self._locate(root, path), lambda k, b, s=spec, p=plan: self._values(s, p, k, b))
+            steps.setdefault(path, {})[index] = (spec, plan)
+        for path, by_step in steps.items():
+            node = self._locate(root, path)
+            kernel = node.kernel.get_value()
+            bias = None if node.bias is None else node.bias.get_value()
+
+            def values(i, kernel_shape, bias_shape, by_step=by_step):
+                spec, plan = by_step[i]
+                return self._values(spec, plan, kernel_shape, bias_shape)
+
+            if None in by_step:
+                k, b = values(None, kernel.shape, None if bias is None else bias.shape)
             else:
-                stacks.setdefault(path, {})[index] = (spec, plan)
-        for path, slices in stacks.items():
-
-            def stacked(k, b, slices=slices):
-                ks, bs = [], []
-                for i in range(k[0]):
-                    if i in slices:
-                        kern, bias = self._values(*slices[i], k[1:], None if b is None else b[1:])
-                    else:  # a step the forward pass never reached keeps its weights
-                        kern, bias = None, None
-                    ks.append(kern)
-                    bs.append(bias)
-                return ks, bs
-
-            self._write(self._locate(root, path), stacked, stacked=True)
-
-    @staticmethod
-    def _write(node, values, stacked=False):
-        """Set ``node``'s kernel and bias to ``values(kernel_shape, bias_shape)`` (lists of
-        per-step slices, None keeping a step's old slice, when ``stacked``)."""
-        old = node.kernel.get_value()
-        b = None if node.bias is None else node.bias.get_value()
-        kernel, bias = values(old.shape, None if b is None else b.shape)
-        if stacked:
-            kernel = jnp.stack([old[i] if k is None else jnp.asarray(k, old.dtype) for i, k in enumerate(kernel)])
-            if b is not None:
-                bias = jnp.stack([b[i] if v is None else jnp.asarray(v, b.dtype) for i, v in enumerate(bias)])
-        node.kernel.set_value(jnp.asarray(kernel, old.dtype))
-        if b is not None:
-            node.bias.set_value(jnp.asarray(bias, b.dtype))
+                one = (kernel.shape[1:], None if bias is None else bias.shape[1:])
+                pairs = [
+                    values(i, *one) if i in by_step else (kernel[i], None if bias is None else bias[i])
+                    for i in range(kernel.shape[0])
+                ]
+                k = jnp.stack([jnp.asarray(kp, kernel.dtype) for kp, _ in pairs])
+                b = None if bias is None else jnp.stack([jnp.asarray(bp, bias.dtype) for _, bp in pairs])
+            node.kernel.set_value(jnp.asarray(k, kernel.dtype))
+            if bias is not None:
+                node.bias.set_value(jnp.asarray(b, bias.dtype))
 
     def run(self, specs, x, override=None) -> Captured:
         self._assign(self._work, specs)

@@ -307,7 +307,7 @@ def _step_out(tried, point, target: float, too_dense: bool) -> float:
     u, v = point
     sign = 1.0 if too_dense else -1.0
     step = min(max(abs((target - v) / _SLOPE), math.log(1.05)), math.log(4.0))
-    met = [(math.log(e), math.log(n + 1)) for e, n, _, info, _ in tried if float(np.max(info.residual)) <= 1.01]
+    met = [(math.log(e), math.log(n + 1)) for e, n, _, info, _ in tried if _within_budget(info)]
     if len(met) >= 2:
         (u0, v0), (u1, v1) = met[-2], met[-1]
         if u1 != u0 and (v1 - v0) / (u1 - u0) < 0:
@@ -336,16 +336,21 @@ def _zero_misfit(Y, V, program: str, omega, soft: bool) -> float:
 def _nearest_start(tried, u: float, fallback):
     """The kernel to warm-start a solve at log epsilon ``u``: the nearest solve that met its
     budget (an over-budget one is a dense kernel far from any optimum), else ``fallback``."""
-    ok = [t for t in tried if float(np.max(t[3].residual)) <= 1.01]
+    ok = [t for t in tried if _within_budget(t[3])]
     if not ok:
         return fallback
     return jnp.asarray(min(ok, key=lambda t: abs(math.log(t[0]) - u))[2])
 
 
+def _within_budget(info) -> bool:
+    """The solve met its budget (relative residual at most 1.01 in every unit)."""
+    return float(np.max(info.residual)) <= 1.01
+
+
 def _count(K, info, size: int) -> int:
     """K's nonzeros as the search sees them: a solve over its budget (an epsilon below what
     any kernel reaches here) counts as ``size``, too dense, so a larger epsilon is tried."""
-    return size if float(np.max(info.residual)) > 1.01 else int(np.count_nonzero(K))
+    return int(np.count_nonzero(K)) if _within_budget(info) else size
 
 
 @functools.lru_cache(maxsize=64)
