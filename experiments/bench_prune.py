@@ -57,12 +57,13 @@ def _classifier_eval(model_or_net, x, y):
     return training.accuracy(model_or_net, x, y, batch_size=1000)
 
 
-def setup_lenet(kind, quick, data, seed, n_cal):
-    """(model, calibration x, evaluate(model) -> float, metric name)."""
+def setup_lenet(kind, quick, data, seed, n_cal, dataset="mnist"):
+    """(model, calibration x, evaluate(model) -> float, metric name); ``kind`` "fc"
+    (LeNet-300-100) or "lenet" (LeNet-5), trained on ``dataset`` ("mnist" | "fashion-mnist")."""
     import mnist
 
     cfg = mnist.config(quick)
-    xtr, ytr, xte, yte = mnist.load("mnist", data, cfg["n_train"], cfg["n_test"])
+    xtr, ytr, xte, yte = mnist.load(dataset, data, cfg["n_train"], cfg["n_test"])
     net = mnist.train_network(kind, cfg, xtr, ytr, seed)
     rng = np.random.default_rng(seed)
     cal = rng.choice(len(xtr), min(n_cal, len(xtr)), replace=False) if n_cal < len(xtr) else np.arange(len(xtr))

@@ -1,7 +1,8 @@
 """The l0 finish and the joint refit against the refit and ALPS, over seeds.
 
-For each seed (training and calibration sampling both follow it): LeNet-300-100 on MNIST
-(4000 calibration rows; ``--quick``: the small net of ``mnist.py --quick``), pruned with what a
+For each seed (training and calibration sampling both follow it): LeNet-300-100 (``--net fc``,
+4000 calibration rows) or LeNet-5 (``--net lenet``, 1000 rows) trained on MNIST or
+Fashion-MNIST (``--dataset``; ``--quick``: the small nets of ``mnist.py --quick``), pruned with what a
 user types, ``prune(model, x, sparsity=S, refit=True)``, and the same with
 ``finish="l0"`` (``nettrim_jax.solver.l0``: hard-thresholding steps at each layer's count on
 the refit objective), and with ``joint_refit=300`` (``network.joint``: every layer's kept
@@ -9,10 +10,12 @@ weights re-fit together to the dense model's output) when ``--variants`` names t
 counts.  Test accuracy without fine-tuning; mean and spread (min-max) over seeds; wall
 seconds of each prune (compiles included for the first one of a process).
 
-    python experiments/l0_finish.py [--quick] [--data DIR] [--seeds 0 1 2] [--targets 0.9 0.95]
+    python experiments/l0_finish.py [--quick] [--data DIR] [--net fc|lenet]
+        [--dataset mnist|fashion-mnist] [--seeds 0 1 2] [--targets 0.9 0.95]
         [--variants refit refit+l0 refit+joint refit+l0+joint]
 
-Writes l0_finish.md / l0_finish.json into the results folder.
+Writes l0_finish[_NET_DATASET].md / .json into the results folder (no suffix for
+LeNet-300-100 on MNIST).
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ VARIANTS = {
 
 
 def run_seed(seed, targets, args):
-    model, xcal, evaluate, _ = bench_prune.setup_lenet("fc", args.quick, args.data, seed, 100 if args.quick else 4000)
+    n_cal = (100 if args.net == "fc" else 50) if args.quick else (4000 if args.net == "fc" else 1000)
+    model, xcal, evaluate, _ = bench_prune.setup_lenet(args.net, args.quick, args.data, seed, n_cal, args.dataset)
     dense = evaluate(model)
     sizes = nets.kernel_sizes(model, xcal)
     rows = []
@@ -81,6 +85,8 @@ def summary(records):
 def main(argv=None):
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--data", default=None)
+    p.add_argument("--net", choices=["fc", "lenet"], default="fc", help="LeNet-300-100 or LeNet-5")
+    p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--targets", type=float, nargs="+", default=None)
     p.add_argument("--variants", nargs="+", default=["refit", "refit+l0"], choices=list(VARIANTS),
@@ -92,15 +98,17 @@ def main(argv=None):
     targets = args.targets or ([0.9] if args.quick else [0.9, 0.95])
     records = [r for seed in seeds for r in run_seed(seed, targets, args)]
     out = common.out_dir(args)
-    text = ["# The l0 finish against the refit and ALPS (LeNet-300-100, MNIST)", "",
+    net = {"fc": "LeNet-300-100", "lenet": "LeNet-5"}[args.net]
+    name = "l0_finish" if (args.net, args.dataset) == ("fc", "mnist") else f"l0_finish_{args.net}_{args.dataset}"
+    text = [f"# The l0 finish against the refit and ALPS ({net}, {args.dataset})", "",
             "Test accuracy % without fine-tuning, mean (min-max) over seeds; ALPS at each Net-Trim "
             "run's own per-layer counts; the difference is per seed.  'ahead' / 'behind' only when "
             f"every seed agrees.  Seeds: {seeds}.", "",
             common.table(["S", "Net-Trim", "seeds", "sparsity %", "Net-Trim acc", "ALPS acc",
                           "Net-Trim - ALPS", "verdict", "prune s", "certified"], summary(records)), "",
             common.provenance(args, started)]
-    (out / "l0_finish.md").write_text("\n".join(text) + "\n")
-    (out / "l0_finish.json").write_text(json.dumps(records, indent=1))
+    (out / f"{name}.md").write_text("\n".join(text) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(records, indent=1))
     print("\n".join(text))
     return records
 
