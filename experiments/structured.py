@@ -4,8 +4,11 @@ baselines at equal parameter counts, and the measured speed of the compacted mod
 Networks (as in ``mnist.py``): LeNet-300-100 (784-300-100-10 FC) and the LeNet-5-style CNN
 (5x5 conv 6 -> pool -> 5x5 conv 16 -> pool -> 120 -> 10) trained on MNIST.  Net-Trim:
 ``prune(structure="units", scheme="cascade", gamma=1, refit=True)`` with one epsilon e for
-all layers, then ``result.compact()``: every hidden unit / channel that the next layer no
-longer reads is removed.  At each point the baselines keep exactly as many units in every
+all layers, and the same with ``finish="l0"`` (group hard-thresholding steps at each layer's
+unit count on the refit objective, ``solver.l0``), then ``result.compact()``: every hidden
+unit / channel that the next layer no longer reads is removed.  The first layer is left
+dense (``activations={first: "skip"}``): its groups are input pixels, which none of the
+compared models removes.  At each point the baselines keep exactly as many units in every
 hidden layer (so the compacted models have the same parameter count):
 
 * L1-filter: the units whose incoming filter (kernel column) has the largest L1 norm (Li
@@ -19,7 +22,7 @@ Accuracy on the 10 000 test images, no fine-tuning.  Speed: the original and the
 Net-Trim model, jit-compiled, median of repeated calls, batch 1 (latency) and 1024
 (throughput), side by side in one run on this machine's CPU.
 
-    python experiments/structured.py [--quick] [--data DIR]
+    python experiments/structured.py [--quick] [--data DIR] [--seeds 0 1 2] [--nets fc lenet]
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import numpy as np
 from bench_inference import timeit
 
 import nettrim_jax as nt
+from nettrim_jax.network.adapters import adapt
 from nettrim_jax.network.compact import remove_units
 from nettrim_jax.network.specs import Conv, Dense, apply_specs, kernel_matrix, program_rows, with_matrix
 
@@ -107,38 +111,79 @@ def speed(net, x):
     return timeit(f, (x[:1],), 30, budget=1e9), timeit(f, (x[:1024],), 30, budget=1e9)
 
 
-def run(kind, cfg, args, eps_grid, log):
+def run(kind, cfg, args, eps_grid, seed, log):
     xtr, ytr, xte, yte = mnist.load("mnist", args.data, cfg["n_train"], cfg["n_test"])
     xtr_in, xte_in = mnist.as_input(kind, xtr), mnist.as_input(kind, xte)
-    net = mnist.train_network(kind, cfg, xtr, ytr, args.seed)
+    net = mnist.train_network(kind, cfg, xtr, ytr, seed)
     base = nets.accuracy(net, xte_in, yte)
-    xcal = xtr_in[np.random.default_rng(args.seed).choice(len(xtr), cfg["n_cal"], replace=False)]
+    xcal = xtr_in[np.random.default_rng(seed).choice(len(xtr), cfg["n_cal"], replace=False)]
     t_dense = speed(net, jnp.asarray(xte_in))
     L = len(nets.layers_of(net))
+    # the first layer stays dense: its groups are the input pixels, which no model here removes
+    first_dense = {adapt(net, jnp.asarray(xcal[:8])).names[0]: "skip"}
     recs = []
     for e in eps_grid:
+        kw = dict(structure="units", scheme="cascade", epsilon=[e] * L, gamma=1.0, refit=True, progress=False,
+                  max_iters=cfg["solver"]["max_iters"], activations=first_dense)
         t0 = time.time()
-        res = nt.prune(net, jnp.asarray(xcal), structure="units", scheme="cascade", epsilon=[e] * L, gamma=1.0,
-                       refit=True, progress=False, max_iters=cfg["solver"]["max_iters"])
+        res = nt.prune(net, jnp.asarray(xcal), **kw)
         small = res.compact()
+        seconds = time.time() - t0
+        t0 = time.time()
+        small_l0 = nt.prune(net, jnp.asarray(xcal), finish="l0", **kw).compact()
+        seconds_l0 = time.time() - t0
         counts = widths(small)
-        rec = {"net": kind, "epsilon": e, "widths": counts, "widths_before": widths(net), "params": params(small),
-               "params_before": params(net), "seconds": time.time() - t0,
+        rec = {"net": kind, "seed": seed, "epsilon": e, "widths": counts, "widths_l0": widths(small_l0),
+               "widths_before": widths(net), "params": params(small), "params_before": params(net),
+               "seconds": seconds, "seconds_l0": seconds_l0,
                "acc": {"nettrim": nets.accuracy(small, xte_in, yte),
+                       "nettrim+l0": nets.accuracy(small_l0, xte_in, yte),
                        "l1-filter": nets.accuracy(l1_filter(net, counts, xcal), xte_in, yte),
                        "act-norm+refit": nets.accuracy(act_norm_refit(net, counts, xcal), xte_in, yte)}}
         t_small = speed(small, jnp.asarray(xte_in))
         rec["latency_speedup"] = t_dense[0] / t_small[0]
         rec["throughput_speedup"] = t_dense[1] / t_small[1]
-        log(f"{kind} e={e}: widths {counts} params {rec['params']}/{rec['params_before']} {rec['acc']} "
-            f"speedup {rec['latency_speedup']:.2f}/{rec['throughput_speedup']:.2f}")
+        log(f"{kind} seed {seed} e={e}: widths {counts} (l0 {rec['widths_l0']}) params "
+            f"{rec['params']}/{rec['params_before']} {rec['acc']} speedup "
+            f"{rec['latency_speedup']:.2f}/{rec['throughput_speedup']:.2f}")
         recs.append(rec)
-    return {"net": kind, "base": base, "records": recs}
+    return {"net": kind, "seed": seed, "base": base, "records": recs}
+
+
+METHODS = ("nettrim", "nettrim+l0", "l1-filter", "act-norm+refit")
+
+
+def summary(results):
+    """One row per (net, epsilon): widths and params of the first seed, accuracy mean
+    (min-max) over seeds, the best mean in bold, and the l0 finish against act-norm+refit
+    per seed ('ahead' / 'behind' only when every seed agrees)."""
+    rows = []
+    for kind in dict.fromkeys(r["net"] for r in results):
+        runs = [r for r in results if r["net"] == kind]
+        for n, rec in enumerate(runs[0]["records"]):
+            recs = [r["records"][n] for r in runs]
+            acc = {m: 100 * np.array([x["acc"][m] for x in recs]) for m in METHODS}
+            best = max(v.mean() for v in acc.values())
+            diff = acc["nettrim+l0"] - acc["act-norm+refit"]
+            verdict = "ahead" if diff.min() > 0 else "behind" if diff.max() < 0 else "tie (sign varies)"
+            same = all(x["widths_l0"] == x["widths"] for x in recs)
+            rows.append([kind, f"{100 * np.mean([r['base'] for r in runs]):.2f}", rec["epsilon"], len(recs),
+                         " / ".join(f"{a}->{b}" for a, b in zip(rec["widths_before"], rec["widths"])),
+                         f"{100 * rec['params'] / rec['params_before']:.1f}",
+                         *((f"**{v.mean():.2f}**" if v.mean() == best else f"{v.mean():.2f}") +
+                           f" ({v.min():.2f}-{v.max():.2f})" for v in acc.values()),
+                         f"{diff.mean():+.2f} ({diff.min():+.2f} to {diff.max():+.2f}) {verdict}"
+                         + ("" if same else " (l0 narrower)"),
+                         f"{np.mean([x['seconds'] for x in recs]):.1f} / {np.mean([x['seconds_l0'] for x in recs]):.1f}",
+                         f"{rec['latency_speedup']:.2f}", f"{rec['throughput_speedup']:.2f}"])
+    return rows
 
 
 def main(argv=None):
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--data", default=None)
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds of training and calibration")
+    p.add_argument("--nets", nargs="+", choices=["fc", "lenet"], default=["fc", "lenet"])
     args = p.parse_args(argv)
     started = time.time()
     common.quiet_solver_warnings()
@@ -147,26 +192,20 @@ def main(argv=None):
         cfg["n_cal"] = 200
     grid = {"fc": (0.3,) if args.quick else (0.1, 0.2, 0.3, 0.5),
             "lenet": (0.3,) if args.quick else (0.1, 0.2, 0.3, 0.5)}
-    results = [run(kind, cfg, args, grid[kind], print) for kind in ("fc", "lenet")]
-    rows = []
-    for r in results:
-        for rec in r["records"]:
-            acc = rec["acc"]
-            best = max(acc.values())
-            rows.append([r["net"], f"{100 * r['base']:.2f}", rec["epsilon"],
-                         " / ".join(f"{a}->{b}" for a, b in zip(rec["widths_before"], rec["widths"])),
-                         f"{100 * rec['params'] / rec['params_before']:.1f}",
-                         *((f"**{100 * v:.2f}**" if v == best else f"{100 * v:.2f}") for v in acc.values()),
-                         f"{rec['latency_speedup']:.2f}", f"{rec['throughput_speedup']:.2f}"])
+    seeds = args.seeds or [args.seed]
+    results = [run(kind, cfg, args, grid[kind], seed, print) for kind in args.nets for seed in seeds]
     text = ["# Structured Net-Trim on networks: units and channels removed", "",
             __doc__.split("\n\n")[1].replace("\n", " "), "",
-            common.table(["net", "dense acc %", "e", "hidden widths", "params kept %", "Net-Trim units+refit",
-                          "L1-filter", "act-norm+refit", "latency speedup (batch 1)",
-                          "throughput speedup (batch 1024)"], rows), "",
+            common.table(["net", "dense acc %", "e", "seeds", "hidden widths (seed 1st)", "params kept %",
+                          "Net-Trim units+refit", "Net-Trim units+refit+l0", "L1-filter", "act-norm+refit",
+                          "l0 - act-norm (per seed)", "prune s (l1 / +l0)", "latency speedup (batch 1)",
+                          "throughput speedup (batch 1024)"], summary(results)), "",
             f"Sizes: {cfg['n_cal']} calibration images, training {cfg['train_steps']} Adam steps; solver "
-            f"{cfg['solver']}.  Params kept: the compacted model's weights and biases over the original's (the "
-            "first layer keeps all its inputs: only hidden units are removed).  Speedups: original / compacted "
-            "median time, CPU, jit.", "", common.provenance(args, started)]
+            f"{cfg['solver']}.  Accuracy %: mean (min-max) over seeds {seeds}.  Params kept: the compacted "
+            "model's weights and biases over the original's (the first layer keeps all its inputs: only hidden "
+            "units are removed).  Speedups (first seed): original / compacted median time, CPU, jit.  "
+            "'l0 narrower': the l0 finish's model kept fewer units than the widths the baselines get.", "",
+            common.provenance(args, started)]
     out = common.out_dir(args)
     (out / "structured.md").write_text("\n".join(text) + "\n")
     (out / "structured.json").write_text(json.dumps(results, indent=1))

@@ -48,8 +48,9 @@ class Program:
       seed: the row subset's seed.
       refit: refit each layer's kept weights to its response on the same rows.
       finish: None, or "l0": after the refit, hard-thresholding steps at the layer's count
-        that move its support while they lower the refit objective (``solver.l0``;
-        unstructured layers without a pattern; the objective never rises).
+        that move its support while they lower the refit objective (``solver.l0``; with a
+        ``structure``, whole units / channels at the layer's count of them; not with a
+        pattern; the objective never rises).
       joint_refit: L-BFGS iterations of a joint refit of every pruned layer's kept weights
         against the original model's output on the calibration data (``network.joint``;
         masks fixed, so counts are unchanged); 0: off.

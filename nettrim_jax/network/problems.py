@@ -177,10 +177,11 @@ def solver_for(cfg: SolveConfig, spec, program: str, with_threshold: bool, with_
 def finish_kernel(cfg: SolveConfig, spec, A, Y, K, program: str, V=None, omega=None):
     """(kernel, misfit) of a solved layer: with ``cfg.finish == "l0"`` the l0 finish at the
     kernel's count (``solver.l0``: refit, then hard-thresholding steps that lower the refit
-    objective; its sqrt(2 x objective) as the misfit), else the N:M pattern applied
+    objective, whole groups under ``cfg.structure``; its sqrt(2 x objective) as the
+    misfit), else the N:M pattern applied
     (``cfg.pattern``, then always refit on it), else ``refit_or_measure``."""
     K = jnp.asarray(K)
-    if cfg.finish == "l0" and cfg.pattern is None and cfg.structure == "unstructured":
+    if cfg.finish == "l0" and cfg.pattern is None:
         K, info = l0_finish(
             A,
             Y,
@@ -188,12 +189,21 @@ def finish_kernel(cfg: SolveConfig, spec, A, Y, K, program: str, V=None, omega=N
             activation=program,
             threshold=V if program == "relu" else None,
             omega=omega if program == "relu" else None,
+            groups=layer_groups(cfg, spec),
+            reference=_reference(spec, K),
         )
         return K, info.error_after
     if cfg.pattern is None:
         return refit_or_measure(cfg.refit, A, Y, K, program, V, omega, cfg.soft)
     mask = patterns.nm_mask(K, cfg.pattern[0], cfg.pattern[1], axis=0, bias=spec.bias is not None)
     return refit_or_measure(True, A, Y, jnp.where(mask, K, 0), program, V, omega, cfg.soft)
+
+
+def _reference(spec, K):
+    """The layer's original kernel matrix, the l0 finish's second start, when it is the
+    program's (same shape as the solved kernel ``K``), else None."""
+    W = kernel_matrix(spec)
+    return jnp.asarray(W, K.dtype) if tuple(W.shape) == tuple(K.shape) else None
 
 
 def solve_program(cfg: SolveConfig, i: int, spec, A, Y, eps: float, V, program: str, device=None, omega=None):
