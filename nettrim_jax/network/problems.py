@@ -174,7 +174,7 @@ def solver_for(cfg: SolveConfig, spec, program: str, with_threshold: bool, with_
     )
 
 
-def finish_kernel(cfg: SolveConfig, spec, A, Y, K, program: str, V=None, omega=None):
+def finish_kernel(cfg: SolveConfig, spec, A, Y, K, program: str, V=None, omega=None, scale=None):
     """(kernel, misfit) of a solved layer: with ``cfg.finish == "l0"`` the l0 finish at the
     kernel's count (``solver.l0``: refit, then hard-thresholding steps that lower the refit
     objective, whole groups under ``cfg.structure``; its sqrt(2 x objective) as the
@@ -190,7 +190,7 @@ def finish_kernel(cfg: SolveConfig, spec, A, Y, K, program: str, V=None, omega=N
             threshold=V if program == "relu" else None,
             omega=omega if program == "relu" else None,
             groups=layer_groups(cfg, spec),
-            reference=_reference(spec, K),
+            reference=_reference(program_kernel(spec, scale), K),
         )
         return K, info.error_after
     if cfg.pattern is None:
@@ -199,18 +199,27 @@ def finish_kernel(cfg: SolveConfig, spec, A, Y, K, program: str, V=None, omega=N
     return refit_or_measure(True, A, Y, jnp.where(mask, K, 0), program, V, omega, cfg.soft)
 
 
-def _reference(spec, K):
-    """The layer's original kernel matrix, the l0 finish's second start, when it is the
-    program's (same shape as the solved kernel ``K``), else None."""
+def program_kernel(spec, scale=None):
+    """The layer's original kernel matrix (N[+1], M) in its program's columns: times
+    ``scale`` (M,), the column scales of an affine epilogue (``LayerProblem.scale``)."""
     W = kernel_matrix(spec)
+    return W if scale is None else W * scale
+
+
+def _reference(W, K):
+    """``W`` (the program's original kernel), the l0 finish's second start, when it has the
+    solved kernel ``K``'s shape, else None."""
     return jnp.asarray(W, K.dtype) if tuple(W.shape) == tuple(K.shape) else None
 
 
-def solve_program(cfg: SolveConfig, i: int, spec, A, Y, eps: float, V, program: str, device=None, omega=None):
+def solve_program(
+    cfg: SolveConfig, i: int, spec, A, Y, eps: float, V, program: str, device=None, omega=None, scale=None
+):
     """(kernel, info, epsilon) of layer ``i``'s program: at ``eps``, or, when the run has a
     keep count for the layer, at the epsilon the search finds (starting from
     ``seed_epsilon``, else ``eps``).
-    ``omega``: Omega of a layer behind an affine epilogue (``network.epilogues``).
+    ``omega``, ``scale``: Omega and the column scales of a layer behind an affine epilogue
+    (``network.epilogues``).
 
     With ``cfg.reweight`` = r > 0, r more solves follow, each minimizing the l1 norm
     weighted by ``reweighting_weights`` of the previous kernel (Candes, Wakin & Boyd 2008:
@@ -218,11 +227,12 @@ def solve_program(cfg: SolveConfig, i: int, spec, A, Y, eps: float, V, program: 
     the same epsilon (a sparser kernel in the same ball), or, with a keep count, at the
     epsilon the search finds for the count again (a smaller misfit at the same count)."""
     keep = cfg.keep[i] if cfg.keep else None
+    gram = gram_reduction(cfg, A, Y, program, omega)
     if keep is not None and not cfg.per_neuron:  # the count search starts near its answer
         soft = dict(cfg.opts).get("relu_budget") == "output"
-        seed = seed_epsilon(spec, A, Y, V, program, keep, omega, soft)
+        floor_sq = 0.0 if gram is None else float(jnp.sum(gram.c))
+        seed = seed_epsilon(program_kernel(spec, scale), A, Y, V, program, keep, omega, soft, floor_sq)
         eps = eps if seed is None else seed
-    gram = gram_reduction(cfg, A, Y, program, omega)
     K, info, eps = _solve_once(cfg, spec, A, Y, eps, V, program, keep, device, omega, gram=gram)
     for _ in range(cfg.reweight):
         weights = reweighting_weights(jnp.asarray(K))
@@ -289,19 +299,25 @@ def _solve_once(
 _SEED_RATIO = 2.5
 
 
-def seed_epsilon(spec, A, Y, V, program: str, keep: int, omega=None, soft: bool = False) -> float | None:
-    """Where the count search starts: the program's misfit of the original kernel cut to its
-    ``keep`` entries of largest |w_ij| * ||a_i|| (Wanda's score; ``A`` (P, N), ``Y`` (P, M)),
-    divided by ``_SEED_RATIO``; None when the layer's kernel is not the program's (an
-    epilogue's folded kernel) or nothing is kept."""
-    W = kernel_matrix(spec)
+def seed_epsilon(
+    W, A, Y, V, program: str, keep: int, omega=None, soft: bool = False, floor_sq: float = 0.0
+) -> float | None:
+    """Where the count search starts: from the program's misfit m of ``W`` (N, M), the
+    layer's original kernel in the program's columns, cut to its ``keep`` entries of largest
+    |w_ij| * ||a_i|| (Wanda's score; ``A`` (P, N), ``Y`` (P, M)), the part above the misfit
+    no kernel goes below (``floor_sq``, squared: a linear program's least-squares residual
+    when it is known, else 0) divided by ``_SEED_RATIO``:
+    sqrt(floor_sq + (m^2 - floor_sq) / ratio^2).  None when ``W`` is not the program's shape
+    or nothing is kept."""
     if tuple(W.shape) != (A.shape[1], Y.shape[1]) or keep <= 0 or keep >= W.size:
         return None
     W = jnp.asarray(W, A.dtype)
     score = jnp.abs(W) * jnp.sqrt(jnp.sum(A * A, axis=0))[:, None]
     cut = jnp.sort(score.ravel())[-keep]
-    cut_misfit = float(output_misfit(A @ jnp.where(score >= cut, W, 0), Y, program, omega, V, soft))
-    return cut_misfit / _SEED_RATIO if math.isfinite(cut_misfit) and cut_misfit > 0 else None
+    m = float(output_misfit(A @ jnp.where(score >= cut, W, 0), Y, program, omega, V, soft))
+    if not math.isfinite(m) or m <= 0:
+        return None
+    return math.sqrt(floor_sq + max(m * m - floor_sq, 0.0) / _SEED_RATIO**2)
 
 
 def _counted(cfg: SolveConfig, spec, A, Y, V, program: str, keep: int, eps0: float, omega, weights=None, warm=None):

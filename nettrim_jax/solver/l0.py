@@ -12,7 +12,10 @@ output's error, misfit over Omega and excess over V off it; for a linear layer
     U_{t+1} = refit on S
 
 and keeps U_{t+1} only when it lowers f, so the result never has a larger objective than
-U_0 and never more than k nonzeros.  Each step costs two refits.  Because f is the objective
+U_0 and never more than k nonzeros; the first step that does not lower f ends the finish
+(U, hence the next step, would be the same).  Each step costs two refits.  On LeNet-300-100
+at 95% (seed 0) 12 steps were accepted 10, 10 and 8 times in the three layers, and lifted
+test accuracy from 96.77% (4 steps) to 97.19%.  Because f is the objective
 every layer-wise guarantee of Net-Trim runs through (``refit`` module doc), a kernel with a
 smaller f keeps them.  Plain iterative hard thresholding (a gradient step of 1/||X||^2,
 then the k largest) was tried first: on an MNIST first layer the step is so short that 20
@@ -153,15 +156,20 @@ def _finish(X, Y, U0, V, omega, grow, groups, reference, *, relu, steps, rounds,
         S = _largest(jnp.where(T, score, 0), jnp.maximum(k, 1))
         return refit_on(jnp.where(_entries(S, groups) | fixed, UT, 0))
 
-    def step(_, carry):
-        U, f, accepted = carry
+    def step(carry):
+        U, f, accepted, _ = carry
         G = _gradient(X, Y, U, omega, V, relu)
         U1 = entries_step(U, G) if groups is None else groups_step(U, G)
         f1 = _total(X, Y, U1, omega, V, relu)
         better = jnp.isfinite(f1) & (f1 < f) & (count(U1) <= k)
-        return jnp.where(better, U1, U), jnp.where(better, f1, f), accepted + better.astype(jnp.int32)
+        # a rejected step leaves U, hence the next step, unchanged: stop there
+        return jnp.where(better, U1, U), jnp.where(better, f1, f), accepted + better.astype(jnp.int32), better
 
-    U, f, accepted = jax.lax.fori_loop(0, steps, step, (U, f, jnp.zeros((), jnp.int32)))
+    def going(carry):
+        _, _, accepted, moved = carry
+        return moved & (accepted < steps)
+
+    U, f, accepted, _ = jax.lax.while_loop(going, step, (U, f, jnp.zeros((), jnp.int32), jnp.asarray(steps > 0)))
     return U, f0, f, accepted, from_reference
 
 
@@ -173,7 +181,7 @@ def l0_finish(
     activation: str = "relu",
     threshold=None,
     omega=None,
-    steps: int = 4,
+    steps: int = 16,
     grow: float = 0.1,
     rounds: int = 3,
     cg_iters: int = 40,
@@ -188,7 +196,8 @@ def l0_finish(
       kernel: (N, M) a pruned kernel (Net-Trim's); its count k = nonzeros is kept.
       activation: "relu" or "linear"; threshold: V off Omega (relu; default 0);
       omega: (P, M) bool, relu only: Omega given explicitly (affine epilogues).
-      steps: swap steps; grow: entries added per step, as a fraction of k;
+      steps: at most this many accepted swap steps (the first rejected one ends the
+        finish); grow: entries added per step, as a fraction of k;
       rounds, cg_iters: each refit's (``refit_layer``).
       groups: None (k counts entries), or (N,) int group id of each kernel row, -1 for an
         ungrouped row (``solver.structure``'s ids): k then counts groups with a nonzero
