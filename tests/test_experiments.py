@@ -172,6 +172,34 @@ def test_l0_finish_quick(tmp_path):
     assert "| 0.9 | refit+l0 | 1 |" in text and ("behind" in text or "ahead" in text or "tie" in text)
 
 
+def test_ablation_quick(tmp_path):
+    """All 8 configurations of the ablation at the target, every layer certified, the
+    pre-activation runs on the linear program only, and ALPS as the reference row."""
+    import ablation
+
+    records = ablation.main(["--quick", "--out", str(tmp_path), "--data", _data_root()])
+    runs = [r for r in records if r["objective"] != "ALPS"]
+    assert len(runs) == 8 and len({(r["objective"], r["finish"], r["scheme"]) for r in runs}) == 8
+    for r in runs:
+        assert abs(r["sparsity"] - 0.9) < 0.01 and r["converged"] == r["layers"] == 2
+        assert 0.5 < r["accuracy"] <= 1
+    text = (tmp_path / "ablation.md").read_text()
+    assert "| pre-activation | l1+l0 | cascade | 1 |" in text and "| ALPS |" in text
+
+
+def test_count_search_quick(tmp_path):
+    """Every searched layer of the quick LeNet-300-100 recorded, at its count, with a
+    positive start and the solves it made."""
+    import count_search
+
+    records = count_search.main(["--quick", "--out", str(tmp_path), "--data", _data_root(), "--models", "lenet300"])
+    assert [r["layer"] for r in records] == ["0", "1"]
+    for r in records:
+        assert r["start"] > 0 and r["found"] > 0 and 1 <= r["solves"] <= 12
+        assert abs(r["nnz"] - r["keep"]) <= max(2, 0.01 * r["keep"])
+    assert "| lenet300 | 2 |" in (tmp_path / "count_search.md").read_text()
+
+
 def test_bench_sweep_quick(tmp_path):
     """Both modes of a 2-point sweep in fresh processes: the same nonzeros per point, the
     batched one served by batched solver calls, and the table written."""
