@@ -107,7 +107,7 @@ def test_resnet_quick(tmp_path):
     (b,) = rec["baselines"]
     # the target counts kernels and biases, the table kernels only: biases are 30 of the
     # quick model's 682 weights, so the kernels' sparsity may sit up to 2.3 points off
-    assert abs(b["sparsity"] - 0.5) <= 0.025
+    assert abs(b["sparsity"] - 0.5) <= 0.025, f"kernel counts per layer: {b['keeps']}"
     assert all(0.0 <= b[m] <= 1.0 for m in ("nettrim", "magnitude", "wanda"))
     text = (tmp_path / "resnet.md").read_text()
     assert "Matched sparsity, cascade" in text and "equal per-layer counts" in text
@@ -196,7 +196,8 @@ def test_count_search_quick(tmp_path):
     assert [r["layer"] for r in records] == ["0", "1"]
     for r in records:
         assert r["start"] > 0 and r["found"] > 0 and 1 <= r["solves"] <= 12
-        assert abs(r["nnz"] - r["keep"]) <= max(2, 0.01 * r["keep"])
+        # the search stops within its own tolerance: 0.25% of the kernel's entries
+        assert abs(r["nnz"] - r["keep"]) <= max(1, int(0.0025 * r["N"] * r["M"]))
     assert "| lenet300 | 2 |" in (tmp_path / "count_search.md").read_text()
 
 

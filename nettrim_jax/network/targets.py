@@ -286,10 +286,16 @@ def solve_to_count(
         eps = _below(math.exp(u), eps, ceiling) if keep > 0 else math.exp(u)
         w0 = _nearest_start(tried, u, w0)
     finals = [t for t in tried if t[4]]
-    if not finals:  # never came close: one full solve at the nearest epsilon
-        eps, _, K0, _, _ = min(tried, key=lambda t: abs(t[1] - keep))
+    nearest = min(tried, key=lambda t: abs(t[1] - keep))
+    miss = min((abs(t[1] - keep) for t in finals), default=None)
+    if miss is None or (miss > tol and abs(nearest[1] - keep) < miss):
+        # never came close with a full solve, or a capped solve came closer than any full one
+        # (counts of capped solves are noisy): one full solve at the nearest epsilon, warm
+        eps, _, K0, _, _ = nearest
         K, info = jax.device_get(full(A, Y, jnp.asarray(eps, A.dtype), V, omega, jnp.asarray(K0), weights))
-        finals = [(eps, int(np.count_nonzero(K)), K, info, True)]
+        n = int(np.count_nonzero(K)) if miss is None else _count(K, info, size)
+        finals.append((eps, n, K, info, True))
+        tried.append(finals[-1])
     eps, n, K, info, _ = min(finals, key=lambda t: abs(t[1] - keep))
     return CountedSolve(K, info, float(eps), n, len(tried))
 
