@@ -20,14 +20,11 @@ from __future__ import annotations
 import math
 import time
 
+import common
 import jax
 import numpy as np
 
-jax.config.update("jax_enable_x64", True)
-
-import common  # noqa: E402
-
-from nettrim_jax import solve_layer  # noqa: E402
+from nettrim_jax import solve_layer
 
 REL_EPS = 1e-6
 SUPPORT_TOL = 1e-3
@@ -74,6 +71,13 @@ def run_row(rng, n, s, cs, trials, program, max_iters):
 
 
 def main(argv=None):
+    """Float64 throughout (recovery to 1e-6 of the weights), inside this call only: importing
+    the module leaves the process's precision as it was."""
+    with jax.enable_x64(True):
+        return _main(argv)
+
+
+def _main(argv=None):
     ap = common.parser(__doc__.splitlines()[0])
     ap.add_argument("--program", choices=["relu", "linear", "both"], default=None,
                     help="program(s) to run (default: relu in --quick, both in full)")

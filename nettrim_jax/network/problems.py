@@ -70,6 +70,7 @@ class SolveConfig(NamedTuple):
     output_epsilon: float | None
     keep: list | tuple = ()  # per-layer nonzeros to keep (``network.targets``); (): epsilon rule
     carry: bool = False  # a global target: a layer's miss is added to the next layer's count
+    sizes: tuple = ()  # per-layer kernel entries (N * M, bias row included): a carried count's cap
     structure: str = "unstructured"  # or "units": group-l1 over input units / channels
     pattern: tuple | None = None  # (n, m): an N:M support along the input axis, then a refit
     mesh: Any = None  # a jax.sharding.Mesh ("samples", "units"): every layer sharded over it
@@ -260,15 +261,21 @@ def gram_reduction(cfg: SolveConfig, A, Y, program: str, omega=None):
 def carry_miss(cfg: SolveConfig, i: int, kernel) -> None:
     """A global target's bookkeeping once layer ``i`` is final (``kernel``: what it keeps,
     after any refit or N:M pattern): the miss (count asked minus count kept) is added to the
-    next targeted layer's count, so the network's total stays on target.  The schemes call
-    it for every layer in order, a resumed run for the finished layers it takes as they are
-    too, so its later counts are the uninterrupted run's."""
+    next targeted layer's count, so the network's total stays on target; no layer is asked
+    for more than its kernel's entries nor less than 0 (what one cannot take goes on to the
+    next).  The schemes call it for every layer in order, a resumed run for the finished
+    layers it takes as they are too, so its later counts are the uninterrupted run's."""
     keep = cfg.keep[i] if cfg.keep else None
     if keep is None or not cfg.carry or not isinstance(cfg.keep, list):
         return
-    later = [j for j in range(i + 1, len(cfg.keep)) if cfg.keep[j] is not None]
-    if later:
-        cfg.keep[later[0]] = max(0, cfg.keep[later[0]] + keep - int(np.count_nonzero(np.asarray(kernel))))
+    miss = keep - int(np.count_nonzero(np.asarray(kernel)))
+    for j in range(i + 1, len(cfg.keep)):
+        if cfg.keep[j] is None or miss == 0:
+            continue
+        cap = cfg.sizes[j] if cfg.sizes else math.inf
+        new = int(min(max(0, cfg.keep[j] + miss), cap))
+        miss -= new - cfg.keep[j]
+        cfg.keep[j] = new
 
 
 def _solve_once(

@@ -245,6 +245,7 @@ def _plan(net, x, opts: PruneOptions) -> _Plan:
         output_epsilon=opts.output_epsilon,
         keep=keep or (),
         carry=not isinstance(opts.sparsity, dict),
+        sizes=tuple(int(np.prod(kernel_matrix(s).shape)) for s in orig),
         structure=opts.structure,
         pattern=opts.pattern,
         mesh=run.mesh,
