@@ -30,7 +30,7 @@ import functools
 import math
 import warnings
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -226,7 +226,7 @@ def solve_to_count(
     below = ceiling * (1 - 1e-6)  # an epsilon rounded up to the ceiling counts as at it
     if keep > 0 and eps >= below:
         eps = 0.5 * ceiling
-    tried: list[tuple[float, int, np.ndarray, object, bool]] = []
+    tried: list[tuple[float, int, np.ndarray, Any, bool]] = []
     w0 = jnp.zeros((A.shape[1], Y.shape[1]), A.dtype) if warm is None else jnp.asarray(warm, A.dtype)
     target = math.log(keep + 1)
     lo = hi = None  # (log eps, log nnz) with nnz > keep / nnz < keep
@@ -249,7 +249,8 @@ def solve_to_count(
         if lo is not None and hi is not None and abs(n - keep) > 10 * tol:
             e = math.exp(_secant(lo, hi, target))
         eps, w0 = e, _nearest_start(tried, math.log(e), w0)
-    stale, rechecks = None, 0  # an unconverged bracket end to solve again; rechecks made
+    stale: int | None = None  # index in ``tried`` of an unconverged bracket end to solve again
+    rechecks = 0
     while len(tried) < max_solves + rechecks:
         recheck = stale is not None
         with warnings.catch_warnings():
@@ -263,11 +264,11 @@ def solve_to_count(
         # only in max_iters, so it is kept as a final candidate and not solved again
         final = close or recheck or bool(np.all(info.converged))
         tried.append((eps, n, K, info, final))
-        if recheck:  # the unconverged end is replaced by its full solve, the bracket rebuilt:
-            # from the converged solves only when the end's count was on the wrong side
+        if stale is not None:  # the unconverged end is replaced by its full solve, the bracket
+            # rebuilt: from the converged solves only when the end's count was on the wrong side
             refuted = (tried.pop(stale)[1] > keep) != (n > keep)
             stale, rechecks = None, rechecks + 1
-            lo, hi = _bracket_of([t for t in tried if not refuted or bool(np.all(t[3].converged))], keep)
+            lo, hi = _bracket_of([t for t in tried if not refuted or _converged(t[3])], keep)
             last_side, same_side = None, 0
         if final and abs(n - keep) <= tol:
             break
@@ -290,9 +291,9 @@ def solve_to_count(
             # count (a capped iterate is denser, or sparser, than its optimum; a ResNet
             # conv's capped 144 of 148 sat 1% in epsilon from converged 36s and the search
             # bisected onto it).  Solve that end again, from its iterate, with the full cap.
-            k = _entry(tried, lo if n < keep else hi)
-            if k is not None and not bool(np.all(tried[k][3].converged)):
-                stale, eps, w0 = k, tried[k][0], jnp.asarray(tried[k][2])
+            end = _entry(tried, lo if n < keep else hi)
+            if end is not None and not _converged(tried[end][3]):
+                stale, eps, w0 = end, tried[end][0], jnp.asarray(tried[end][2])
                 continue
         if lo is not None and hi is not None:
             u = _secant(lo, hi, target)
@@ -327,6 +328,11 @@ def _bracket_of(tried, keep: int):
     for e, n, *_ in tried:
         lo, hi = _bracket(lo, hi, (math.log(e), math.log(n + 1)), too_dense=n > keep)
     return lo, hi
+
+
+def _converged(info) -> bool:
+    """The solve converged in every unit."""
+    return bool(np.all(info.converged))
 
 
 def _entry(tried, point) -> int | None:
