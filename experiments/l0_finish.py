@@ -2,7 +2,10 @@
 
 For each seed (training and calibration sampling both follow it): LeNet-300-100 (``--net fc``,
 4000 calibration rows) or LeNet-5 (``--net lenet``, 1000 rows) trained on MNIST or
-Fashion-MNIST (``--dataset``; ``--quick``: the small nets of ``mnist.py --quick``), pruned with what a
+Fashion-MNIST (``--dataset``; ``--quick``: the small nets of ``mnist.py --quick``), or the
+BatchNorm ResNet of ``resnet.py`` (``--net resnet``: Fashion-MNIST, 16 channels, 4000
+training steps, the last 512 training images as calibration data; its training follows the
+seed, its calibration set does not), pruned with what a
 user types, ``prune(model, x, sparsity=S, refit=True)``, and the same with
 ``finish="l0"`` (``nettrim_jax.solver.l0``: hard-thresholding steps at each layer's count on
 the refit objective), and with ``joint_refit=300`` (``network.joint``: every layer's kept
@@ -10,8 +13,8 @@ weights re-fit together to the dense model's output) when ``--variants`` names t
 counts.  Test accuracy without fine-tuning; mean and spread (min-max) over seeds; wall
 seconds of each prune (compiles included for the first one of a process).
 
-    python experiments/l0_finish.py [--quick] [--data DIR] [--net fc|lenet]
-        [--dataset mnist|fashion-mnist] [--seeds 0 1 2] [--targets 0.9 0.95]
+    python experiments/l0_finish.py [--quick] [--data DIR]
+        [--net fc|lenet|resnet] [--dataset mnist|fashion-mnist] [--seeds 0 1 2] [--targets 0.9 0.95]
         [--variants refit refit+l0 refit+joint refit+l0+joint]
 
 Writes l0_finish[_NET_DATASET].md / .json into the results folder (no suffix for
@@ -41,8 +44,11 @@ VARIANTS = {
 
 
 def run_seed(seed, targets, args):
-    n_cal = (100 if args.net == "fc" else 50) if args.quick else (4000 if args.net == "fc" else 1000)
-    model, xcal, evaluate, _ = bench_prune.setup_lenet(args.net, args.quick, args.data, seed, n_cal, args.dataset)
+    if args.net == "resnet":
+        model, xcal, evaluate, _ = bench_prune.setup_resnet(args.quick, args.data, seed)
+    else:
+        n_cal = (100 if args.net == "fc" else 50) if args.quick else (4000 if args.net == "fc" else 1000)
+        model, xcal, evaluate, _ = bench_prune.setup_lenet(args.net, args.quick, args.data, seed, n_cal, args.dataset)
     dense = evaluate(model)
     sizes = nets.kernel_sizes(model, xcal)
     rows = []
@@ -85,20 +91,23 @@ def summary(records):
 def main(argv=None):
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--data", default=None)
-    p.add_argument("--net", choices=["fc", "lenet"], default="fc", help="LeNet-300-100 or LeNet-5")
+    p.add_argument("--net", choices=["fc", "lenet", "resnet"], default="fc",
+                   help="LeNet-300-100, LeNet-5 or the BatchNorm ResNet (Fashion-MNIST only)")
     p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--targets", type=float, nargs="+", default=None)
     p.add_argument("--variants", nargs="+", default=["refit", "refit+l0"], choices=list(VARIANTS),
                    help="Net-Trim variants (joint: joint_refit=300, the layers' kept weights re-fit together)")
     args = p.parse_args(argv)
+    if args.net == "resnet" and args.dataset != "fashion-mnist":
+        p.error("--net resnet is trained on Fashion-MNIST only: add --dataset fashion-mnist")
     warnings.filterwarnings("ignore", category=RuntimeWarning)
     started = time.time()
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     targets = args.targets or ([0.9] if args.quick else [0.9, 0.95])
     records = [r for seed in seeds for r in run_seed(seed, targets, args)]
     out = common.out_dir(args)
-    net = {"fc": "LeNet-300-100", "lenet": "LeNet-5"}[args.net]
+    net = {"fc": "LeNet-300-100", "lenet": "LeNet-5", "resnet": "BatchNorm ResNet"}[args.net]
     name = "l0_finish" if (args.net, args.dataset) == ("fc", "mnist") else f"l0_finish_{args.net}_{args.dataset}"
     text = [f"# The l0 finish against the refit and ALPS ({net}, {args.dataset})", "",
             "Test accuracy % without fine-tuning, mean (min-max) over seeds; ALPS at each Net-Trim "
