@@ -86,8 +86,9 @@ def test_scores_counts_respect_what_each_program_can_keep():
 
 def test_an_unreachable_target_is_reported():
     """With fewer program rows than inputs an l1 solution keeps at most about one nonzero per
-    row in each unit: 10 samples cannot keep 90% of a 13-input layer, and prune says so."""
-    with pytest.warns(RuntimeWarning, match="sparsity target 0.1 reached .* 10 rows here"):
+    row in each unit: 10 samples cannot keep 90% of a 13-input layer, and prune says so,
+    naming the layer furthest from its count."""
+    with pytest.warns(RuntimeWarning, match=r"sparsity target 0.1 reached .*layer '\d' kept \d+ of the \d+ asked, 10 program rows"):
         nt.prune(_net(), _x(n=10), scheme="parallel", sparsity=0.1, **FAST)
 
 

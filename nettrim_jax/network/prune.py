@@ -320,7 +320,7 @@ def _finish(net, x, plan: _Plan, outcomes, opts: PruneOptions, t_start: float) -
     if joint is not None:
         report = report._replace(joint=joint._asdict())
     if opts.output_epsilon is None:  # else the output layer keeps its budget, not a share of S
-        _warn_missed_target(opts.sparsity, report)
+        _warn_missed_target(opts.sparsity, report, plan.cfg.keep)
     pruned = net.rebuild(new)
     if opts.run.fold_batchnorm:
         pruned, report = _fold(pruned, x, net, report)
@@ -355,21 +355,28 @@ def _report_options(opts: PruneOptions) -> dict:
     }
 
 
-def _warn_missed_target(sparsity, report):
-    """A global target missed by more than half a point: say so and the likely cause (warned
-    at the caller of ``prune``, through ``_finish``)."""
+def _warn_missed_target(sparsity, report, keep=()):
+    """A global target missed by more than half a point: say so, which layer is furthest from
+    the count it was asked for (``keep``: per-layer counts after the carried misses), and the
+    likely cause (warned at the caller of ``prune``, through ``_finish``)."""
     if not isinstance(sparsity, float) or report.nnz_before == 0:
         return
     reached = 1 - report.nnz_after / report.nnz_before
-    if abs(reached - sparsity) > 0.005:
-        rows = min(layer.rows for layer in report.layers)
-        warnings.warn(
-            f"sparsity target {sparsity:g} reached {reached:.4f}: a layer could not keep its count "
-            f"(an l1 solution keeps at most about one nonzero per program row in each output unit, "
-            f"{rows} rows here; more calibration samples or a lower target help)",
-            RuntimeWarning,
-            stacklevel=4,
-        )
+    if abs(reached - sparsity) <= 0.005:
+        return
+    asked = [(abs(layer.nnz_after - k), layer, k) for layer, k in zip(report.layers, keep) if k is not None]
+    if asked:
+        _, layer, k = max(asked, key=lambda t: t[0])
+        where = f"layer {layer.name!r} kept {layer.nnz_after} of the {k} asked, {layer.rows} program rows"
+    else:
+        where = f"{min(layer.rows for layer in report.layers)} program rows in the smallest layer"
+    warnings.warn(
+        f"sparsity target {sparsity:g} reached {reached:.4f}: a layer could not keep its count "
+        f"({where}; an l1 solution keeps at most about one nonzero per program row in each output "
+        f"unit, so more calibration samples or a lower target help)",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 def _fold(model, x, net, report):
