@@ -5,7 +5,9 @@ For each seed (training and calibration sampling both follow it): LeNet-300-100 
 Fashion-MNIST (``--dataset``; ``--quick``: the small nets of ``mnist.py --quick``), or the
 BatchNorm ResNet of ``resnet.py`` (``--net resnet``: Fashion-MNIST, 16 channels, 4000
 training steps, the last 512 training images as calibration data; its training follows the
-seed, its calibration set does not), pruned with what a
+seed, its calibration set does not), or the 2-block TinyLM of ``bench_prune.py`` (``--net lm``:
+d=128, 4 heads, ReLU MLP, 64 x 128 calibration tokens; held-out bits/char, lower is better;
+training and calibration windows follow the seed), pruned with what a
 user types, ``prune(model, x, sparsity=S, refit=True)``, and the same with
 ``finish="l0"`` (``nettrim_jax.solver.l0``: hard-thresholding steps at each layer's count on
 the refit objective), and with ``joint_refit=300`` (``network.joint``: every layer's kept
@@ -46,6 +48,10 @@ VARIANTS = {
 def run_seed(seed, targets, args):
     if args.net == "resnet":
         model, xcal, evaluate, _ = bench_prune.setup_resnet(args.quick, args.data, seed)
+    elif args.net == "lm":
+        c = bench_prune.configs(args.quick, False)["lm2"]
+        model, xcal, evaluate, _ = bench_prune.setup_lm(args.quick, seed, d=c["d"], heads=c["heads"],
+                                                       layers=c["layers"], n_cal=c["n_cal"], steps=c["steps"])
     else:
         n_cal = (100 if args.net == "fc" else 50) if args.quick else (4000 if args.net == "fc" else 1000)
         model, xcal, evaluate, _ = bench_prune.setup_lenet(args.net, args.quick, args.data, seed, n_cal, args.dataset)
@@ -70,19 +76,24 @@ def run_seed(seed, targets, args):
     return rows
 
 
-def summary(records):
+def summary(records, higher_is_better=True):
+    """Per (target, variant): mean (min-max) of Net-Trim's and ALPS's metric and of their
+    per-seed difference, and the verdict ('ahead' / 'behind' only when every seed agrees)."""
     out = []
     keys = sorted({(r["target"], r["variant"]) for r in records})
+    d = 2 if higher_is_better else 3
     for target, variant in keys:
         rs = [r for r in records if (r["target"], r["variant"]) == (target, variant)]
-        nt_acc = np.array([100 * r["nettrim"] for r in rs])
-        alps = np.array([100 * r["alps"] for r in rs])
+        scale = 100 if higher_is_better else 1
+        nt_acc = np.array([scale * r["nettrim"] for r in rs])
+        alps = np.array([scale * r["alps"] for r in rs])
         diff = nt_acc - alps
-        verdict = "ahead" if diff.min() > 0 else "behind" if diff.max() < 0 else "tie (sign varies)"
+        better = diff if higher_is_better else -diff
+        verdict = "ahead" if better.min() > 0 else "behind" if better.max() < 0 else "tie (sign varies)"
         out.append([f"{target:g}", variant, len(rs), f"{100 * np.mean([r['sparsity'] for r in rs]):.2f}",
-                    f"{nt_acc.mean():.2f} ({nt_acc.min():.2f}-{nt_acc.max():.2f})",
-                    f"{alps.mean():.2f} ({alps.min():.2f}-{alps.max():.2f})",
-                    f"{diff.mean():+.2f} ({diff.min():+.2f} to {diff.max():+.2f})", verdict,
+                    f"{nt_acc.mean():.{d}f} ({nt_acc.min():.{d}f}-{nt_acc.max():.{d}f})",
+                    f"{alps.mean():.{d}f} ({alps.min():.{d}f}-{alps.max():.{d}f})",
+                    f"{diff.mean():+.{d}f} ({diff.min():+.{d}f} to {diff.max():+.{d}f})", verdict,
                     f"{np.mean([r['seconds'] for r in rs]):.1f}",
                     f"{sum(r['converged'] for r in rs)}/{sum(r['layers'] for r in rs)}"])
     return out
@@ -91,8 +102,8 @@ def summary(records):
 def main(argv=None):
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--data", default=None)
-    p.add_argument("--net", choices=["fc", "lenet", "resnet"], default="fc",
-                   help="LeNet-300-100, LeNet-5 or the BatchNorm ResNet (Fashion-MNIST only)")
+    p.add_argument("--net", choices=["fc", "lenet", "resnet", "lm"], default="fc",
+                   help="LeNet-300-100, LeNet-5, the BatchNorm ResNet (Fashion-MNIST only) or the 2-block TinyLM")
     p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--targets", type=float, nargs="+", default=None)
@@ -107,14 +118,18 @@ def main(argv=None):
     targets = args.targets or ([0.9] if args.quick else [0.9, 0.95])
     records = [r for seed in seeds for r in run_seed(seed, targets, args)]
     out = common.out_dir(args)
-    net = {"fc": "LeNet-300-100", "lenet": "LeNet-5", "resnet": "BatchNorm ResNet"}[args.net]
+    net = {"fc": "LeNet-300-100", "lenet": "LeNet-5", "resnet": "BatchNorm ResNet", "lm": "TinyLM, 2 blocks"}[args.net]
+    metric = "held-out bits/char (lower is better)" if args.net == "lm" else "Test accuracy %"
     name = "l0_finish" if (args.net, args.dataset) == ("fc", "mnist") else f"l0_finish_{args.net}_{args.dataset}"
+    if args.net == "lm":
+        name = "l0_finish_lm"
     text = [f"# The l0 finish against the refit and ALPS ({net}, {args.dataset})", "",
-            "Test accuracy % without fine-tuning, mean (min-max) over seeds; ALPS at each Net-Trim "
+            f"{metric} without fine-tuning, mean (min-max) over seeds; ALPS at each Net-Trim "
             "run's own per-layer counts; the difference is per seed.  'ahead' / 'behind' only when "
             f"every seed agrees.  Seeds: {seeds}.", "",
-            common.table(["S", "Net-Trim", "seeds", "sparsity %", "Net-Trim acc", "ALPS acc",
-                          "Net-Trim - ALPS", "verdict", "prune s", "certified"], summary(records)), "",
+            common.table(["S", "Net-Trim", "seeds", "sparsity %", "Net-Trim", "ALPS",
+                          "Net-Trim - ALPS", "verdict", "prune s", "certified"],
+                         summary(records, higher_is_better=args.net != "lm")), "",
             common.provenance(args, started)]
     (out / f"{name}.md").write_text("\n".join(text) + "\n")
     (out / f"{name}.json").write_text(json.dumps(records, indent=1))
