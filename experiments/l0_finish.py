@@ -36,6 +36,7 @@ import numpy as np
 
 import nettrim_jax as nt
 from nettrim_jax import baselines
+from nettrim_jax.io.atomic import atomic_write_text
 
 VARIANTS = {
     "refit": {},
@@ -99,6 +100,26 @@ def summary(records, higher_is_better=True):
     return out
 
 
+def write(records, args, seeds, started, out) -> list[str]:
+    """The results table (markdown lines) of ``records``, written with them as JSON."""
+    net = {"fc": "LeNet-300-100", "lenet": "LeNet-5", "resnet": "BatchNorm ResNet", "lm": "TinyLM, 2 blocks"}[args.net]
+    metric = "held-out bits/char (lower is better)" if args.net == "lm" else "Test accuracy %"
+    name = "l0_finish" if (args.net, args.dataset) == ("fc", "mnist") else f"l0_finish_{args.net}_{args.dataset}"
+    if args.net == "lm":
+        name = "l0_finish_lm"
+    text = [f"# The l0 finish against the refit and ALPS ({net}, {args.dataset})", "",
+            f"{metric} without fine-tuning, mean (min-max) over seeds; ALPS at each Net-Trim "
+            "run's own per-layer counts; the difference is per seed.  'ahead' / 'behind' only when "
+            f"every seed agrees.  Seeds: {seeds}.", "",
+            common.table(["S", "Net-Trim", "seeds", "sparsity %", "Net-Trim", "ALPS",
+                          "Net-Trim - ALPS", "verdict", "prune s", "certified"],
+                         summary(records, higher_is_better=args.net != "lm")), "",
+            common.provenance(args, started)]
+    atomic_write_text(out / f"{name}.md", "\n".join(text) + "\n")
+    atomic_write_text(out / f"{name}.json", json.dumps(records, indent=1))
+    return text
+
+
 def main(argv=None):
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--data", default=None)
@@ -116,23 +137,11 @@ def main(argv=None):
     started = time.time()
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     targets = args.targets or ([0.9] if args.quick else [0.9, 0.95])
-    records = [r for seed in seeds for r in run_seed(seed, targets, args)]
     out = common.out_dir(args)
-    net = {"fc": "LeNet-300-100", "lenet": "LeNet-5", "resnet": "BatchNorm ResNet", "lm": "TinyLM, 2 blocks"}[args.net]
-    metric = "held-out bits/char (lower is better)" if args.net == "lm" else "Test accuracy %"
-    name = "l0_finish" if (args.net, args.dataset) == ("fc", "mnist") else f"l0_finish_{args.net}_{args.dataset}"
-    if args.net == "lm":
-        name = "l0_finish_lm"
-    text = [f"# The l0 finish against the refit and ALPS ({net}, {args.dataset})", "",
-            f"{metric} without fine-tuning, mean (min-max) over seeds; ALPS at each Net-Trim "
-            "run's own per-layer counts; the difference is per seed.  'ahead' / 'behind' only when "
-            f"every seed agrees.  Seeds: {seeds}.", "",
-            common.table(["S", "Net-Trim", "seeds", "sparsity %", "Net-Trim", "ALPS",
-                          "Net-Trim - ALPS", "verdict", "prune s", "certified"],
-                         summary(records, higher_is_better=args.net != "lm")), "",
-            common.provenance(args, started)]
-    (out / f"{name}.md").write_text("\n".join(text) + "\n")
-    (out / f"{name}.json").write_text(json.dumps(records, indent=1))
+    records = []
+    for k, seed in enumerate(seeds):  # rewritten after every seed: a run stopped early keeps them
+        records += run_seed(seed, targets, args)
+        text = write(records, args, seeds[: k + 1], started, out)
     print("\n".join(text))
     return records
 
