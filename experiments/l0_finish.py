@@ -16,7 +16,7 @@ counts.  Test accuracy without fine-tuning; mean and spread (min-max) over seeds
 seconds of each prune (compiles included for the first one of a process).
 
     python experiments/l0_finish.py [--quick] [--data DIR]
-        [--net fc|lenet|resnet] [--dataset mnist|fashion-mnist] [--seeds 0 1 2] [--targets 0.9 0.95]
+        [--net fc|lenet|resnet|lm] [--dataset mnist|fashion-mnist] [--seeds 0 1 2] [--targets 0.9 0.95]
         [--variants refit refit+l0 refit+joint refit+l0+joint]
 
 Writes l0_finish[_NET_DATASET].md / .json into the results folder (no suffix for
@@ -82,10 +82,9 @@ def summary(records, higher_is_better=True):
     per-seed difference, and the verdict ('ahead' / 'behind' only when every seed agrees)."""
     out = []
     keys = sorted({(r["target"], r["variant"]) for r in records})
-    d = 2 if higher_is_better else 3
+    d, scale = (2, 100) if higher_is_better else (3, 1)  # accuracy in %, bits/char as they are
     for target, variant in keys:
         rs = [r for r in records if (r["target"], r["variant"]) == (target, variant)]
-        scale = 100 if higher_is_better else 1
         nt_acc = np.array([scale * r["nettrim"] for r in rs])
         alps = np.array([scale * r["alps"] for r in rs])
         diff = nt_acc - alps

@@ -46,7 +46,7 @@ from nettrim_jax.network.parallel import solve_parallel
 from nettrim_jax.network.problems import LayerOutcome, SolveConfig
 from nettrim_jax.network.report import CollapsedModelError, PruneReport, refuse_collapsed  # noqa: F401  (re-export)
 from nettrim_jax.network.specs import kernel_matrix, with_matrix
-from nettrim_jax.network.targets import keep_counts, prune_at_one_epsilon
+from nettrim_jax.network.targets import keep_counts, kernel_sizes, prune_at_one_epsilon
 
 __all__ = ["prune", "PruneResult", "PruneState", "CollapsedModelError"]
 
@@ -245,7 +245,7 @@ def _plan(net, x, opts: PruneOptions) -> _Plan:
         output_epsilon=opts.output_epsilon,
         keep=keep or (),
         carry=not isinstance(opts.sparsity, dict),
-        sizes=tuple(int(np.prod(kernel_matrix(s).shape)) for s in orig),
+        sizes=tuple(kernel_sizes(orig)),
         structure=opts.structure,
         pattern=opts.pattern,
         mesh=run.mesh,

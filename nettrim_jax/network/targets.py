@@ -94,6 +94,12 @@ def _scores(spec, X, max_patches=None):
     return scores, int(min(n, r) * m)
 
 
+def kernel_sizes(specs: Sequence) -> list[int]:
+    """Entries of each layer's program kernel (N * M, the bias row included): what a count
+    is out of."""
+    return [int(np.prod(kernel_matrix(s).shape)) for s in specs]
+
+
 def keep_counts(
     names: Sequence[str],
     specs: Sequence,
@@ -110,7 +116,7 @@ def keep_counts(
     (conv: patches, at most ``max_patches``) and an (N, M) kernel keeps at most
     min(N, R) * M; what a capped layer cannot take goes to the others (the threshold is
     lowered over the rest until the total is met or every layer is at its cap)."""
-    sizes = [int(np.prod(kernel_matrix(s).shape)) for s in specs]
+    sizes = kernel_sizes(specs)
     active = [p != "skipped" for p in programs]
     if isinstance(sparsity, dict):
         unknown = set(sparsity) - set(names)
