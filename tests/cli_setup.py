@@ -13,10 +13,15 @@ FAST = ["--max-iters", "400", "-q"]
 def mlp_layers(seed=0, sizes=(8, 16, 12, 3)):
     """Checkpoint layers of a random ReLU MLP (linear output layer)."""
     rng = np.random.default_rng(seed)
-    return [{"type": "dense", "activation": "relu" if j < len(sizes) - 2 else "linear",
-             "kernel": (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32),
-             "bias": (0.1 * rng.standard_normal(b)).astype(np.float32)}
-            for j, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
+    return [
+        {
+            "type": "dense",
+            "activation": "relu" if j < len(sizes) - 2 else "linear",
+            "kernel": (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32),
+            "bias": (0.1 * rng.standard_normal(b)).astype(np.float32),
+        }
+        for j, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))
+    ]
 
 
 def write_setup(root):

@@ -29,12 +29,15 @@ def _problem(p=40, n=12, m=4, seed=0):
 # ----------------------------------------------------------------------------- layer level
 
 
-@pytest.mark.parametrize("xs, ys, match", [
-    ((40, 12), (39, 4), "40 samples but Y has 39"),
-    ((40,), (40, 4), "X must be 2-D"),
-    ((40, 12), (40, 4, 1), "Y must be 2-D"),
-    ((40, 12, 1), (40, 4), "X must be 2-D"),
-])
+@pytest.mark.parametrize(
+    "xs, ys, match",
+    [
+        ((40, 12), (39, 4), "40 samples but Y has 39"),
+        ((40,), (40, 4), "X must be 2-D"),
+        ((40, 12), (40, 4, 1), "Y must be 2-D"),
+        ((40, 12, 1), (40, 4), "X must be 2-D"),
+    ],
+)
 def test_layer_wrong_shapes(xs, ys, match):
     with pytest.raises(ValueError, match=match):
         solve_layer(np.ones(xs, np.float32), np.ones(ys, np.float32), epsilon=0.1)
@@ -64,22 +67,34 @@ def test_layer_bad_epsilon(eps):
         solve_layer(x, y, epsilon=eps)
 
 
-@pytest.mark.parametrize("eps, match", [("1", "epsilon must be a number, got '1'"),
-                                         (None, "epsilon must be a number, got None"),
-                                         (1 + 2j, "epsilon must be a real number")])
+@pytest.mark.parametrize(
+    "eps, match",
+    [
+        ("1", "epsilon must be a number, got '1'"),
+        (None, "epsilon must be a number, got None"),
+        (1 + 2j, "epsilon must be a real number"),
+    ],
+)
 def test_layer_epsilon_of_wrong_type(eps, match):
     x, y = _problem()
     with pytest.raises(ValueError, match=match):
         solve_layer(x, y, epsilon=eps)
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(max_iters=0), "max_iters must be >= 1"), (dict(max_iters="10"), "max_iters must be an integer"),
-    (dict(check_every=0), "check_every must be >= 1"), (dict(gap_tol=float("nan")), "gap_tol must be >= 0"),
-    (dict(eps_rel=-1.0), "eps_rel must be >= 0"), (dict(relaxation=2.0), "relaxation must be > 0.0 and < 2.0"),
-    (dict(margin=1.0), "margin must be >= 0.0 and < 1.0"), (dict(adaptive_rho=1), "adaptive_rho must be True or False"),
-    (dict(feas_tol=-1e-3), "feas_tol must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(max_iters=0), "max_iters must be >= 1"),
+        (dict(max_iters="10"), "max_iters must be an integer"),
+        (dict(check_every=0), "check_every must be >= 1"),
+        (dict(gap_tol=float("nan")), "gap_tol must be >= 0"),
+        (dict(eps_rel=-1.0), "eps_rel must be >= 0"),
+        (dict(relaxation=2.0), "relaxation must be > 0.0 and < 2.0"),
+        (dict(margin=1.0), "margin must be >= 0.0 and < 1.0"),
+        (dict(adaptive_rho=1), "adaptive_rho must be True or False"),
+        (dict(feas_tol=-1e-3), "feas_tol must be >= 0"),
+    ],
+)
 def test_layer_bad_solver_options(kw, match):
     x, y = _problem()
     with pytest.raises(ValueError, match=match):
@@ -173,29 +188,32 @@ def test_prune_empty_calibration_set(shape):
         _prune(_net(), np.zeros(shape, np.float32))
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(epsilon=-0.1), "epsilon must be >= 0"),
-    (dict(epsilon=[0.1, -1.0]), r"epsilon must be >= 0 .*entry 1"),
-    (dict(epsilon=float("nan")), "epsilon must be >= 0 and finite"),
-    (dict(epsilon=[0.1, np.inf]), "epsilon must be >= 0 and finite"),
-    (dict(epsilon=[0.1, 0.1, 0.1]), "epsilon has 3 entries but the network has 2"),
-    (dict(gamma=0.99), "gamma must be >= 1"),
-    (dict(gamma=float("nan")), "gamma must be >= 1"),
-    (dict(scheme="serial"), "unknown scheme"),
-    (dict(solver="lbfgs"), "unknown solver"),
-    (dict(max_patches=0), "max_patches must be a positive int"),
-    (dict(output_epsilon=-0.1), "output_epsilon must be >= 0"),
-    (dict(output_epsilon="x"), "output_epsilon must be a number"),
-    (dict(output_epsilon=0.02, scheme="parallel"), "output_epsilon applies to scheme='cascade' only"),
-    (dict(output_epsilon=0.02, activations={"1": "skip"}), "output_epsilon needs a linear output layer"),
-    (dict(max_iters=0), r"^max_iters must be >= 1, got 0$"),
-    (dict(max_iters=2.5), "max_iters must be an integer"),
-    (dict(check_every=0), "check_every must be >= 1"),
-    (dict(gap_tol=-1e-3), "gap_tol must be >= 0"),
-    (dict(solver="pdhg", step=1.5), "step must be > 0.0 and < 1.0"),
-    (dict(model_kwargs=["train"]), "model_kwargs must be a dict or None, got list"),
-    (dict(activations="relu"), "activations must be a dict or None, got str"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(epsilon=-0.1), "epsilon must be >= 0"),
+        (dict(epsilon=[0.1, -1.0]), r"epsilon must be >= 0 .*entry 1"),
+        (dict(epsilon=float("nan")), "epsilon must be >= 0 and finite"),
+        (dict(epsilon=[0.1, np.inf]), "epsilon must be >= 0 and finite"),
+        (dict(epsilon=[0.1, 0.1, 0.1]), "epsilon has 3 entries but the network has 2"),
+        (dict(gamma=0.99), "gamma must be >= 1"),
+        (dict(gamma=float("nan")), "gamma must be >= 1"),
+        (dict(scheme="serial"), "unknown scheme"),
+        (dict(solver="lbfgs"), "unknown solver"),
+        (dict(max_patches=0), "max_patches must be a positive int"),
+        (dict(output_epsilon=-0.1), "output_epsilon must be >= 0"),
+        (dict(output_epsilon="x"), "output_epsilon must be a number"),
+        (dict(output_epsilon=0.02, scheme="parallel"), "output_epsilon applies to scheme='cascade' only"),
+        (dict(output_epsilon=0.02, activations={"1": "skip"}), "output_epsilon needs a linear output layer"),
+        (dict(max_iters=0), r"^max_iters must be >= 1, got 0$"),
+        (dict(max_iters=2.5), "max_iters must be an integer"),
+        (dict(check_every=0), "check_every must be >= 1"),
+        (dict(gap_tol=-1e-3), "gap_tol must be >= 0"),
+        (dict(solver="pdhg", step=1.5), "step must be > 0.0 and < 1.0"),
+        (dict(model_kwargs=["train"]), "model_kwargs must be a dict or None, got list"),
+        (dict(activations="relu"), "activations must be a dict or None, got str"),
+    ],
+)
 def test_prune_bad_parameters(kw, match):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # refused before any solve: no unconverged warnings
@@ -203,12 +221,18 @@ def test_prune_bad_parameters(kw, match):
             _prune(_net(), _x(), **kw)
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(train=False), r"unknown keyword\(s\) \['train'\]; valid: \[.*'model_kwargs'.*\], and the options of "
-                        r"solver='admm': \[.*'max_iters'"),
-    (dict(solver="pdhg", rho=1.0), r"unknown keyword\(s\) \['rho'\].*solver='pdhg': \[.*'step'"),
-    (dict(solver_options={"max_iters": 5}), r"unknown keyword\(s\) \['solver_options'\]"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (
+            dict(train=False),
+            r"unknown keyword\(s\) \['train'\]; valid: \[.*'model_kwargs'.*\], and the options of "
+            r"solver='admm': \[.*'max_iters'",
+        ),
+        (dict(solver="pdhg", rho=1.0), r"unknown keyword\(s\) \['rho'\].*solver='pdhg': \[.*'step'"),
+        (dict(solver_options={"max_iters": 5}), r"unknown keyword\(s\) \['solver_options'\]"),
+    ],
+)
 def test_prune_unknown_keyword_lists_the_valid_ones(kw, match):
     with pytest.raises(TypeError, match=match):
         _prune(_net(), _x(), **kw)
@@ -220,8 +244,14 @@ def test_prune_records_are_the_flat_keywords():
     from nettrim_jax import Program, Run, Target, prune
 
     flat = _prune(_net(), _x(), epsilon=0.2, sparsity=0.5, max_iters=300)
-    records = prune(_net(), _x(), Program(epsilon=0.9), Target(sparsity=0.5),
-                    Run(progress=False, solver_options={"max_iters": 300}), epsilon=0.2)
+    records = prune(
+        _net(),
+        _x(),
+        Program(epsilon=0.9),
+        Target(sparsity=0.5),
+        Run(progress=False, solver_options={"max_iters": 300}),
+        epsilon=0.2,
+    )
     assert records.report.options == flat.report.options
     assert records.report.options["max_iters"] == 300 and records.report.options["epsilon"] == 0.2
     for a, b in zip(flat.model, records.model):
@@ -239,8 +269,10 @@ def test_prune_one_dimensional_sample_is_refused():
     from nettrim_jax import Dense
 
     rng = np.random.default_rng(0)
-    net = [Dense(rng.standard_normal((64, 8)).astype(np.float32), None, "relu"),
-           Dense(rng.standard_normal((8, 3)).astype(np.float32), None, "linear")]
+    net = [
+        Dense(rng.standard_normal((64, 8)).astype(np.float32), None, "relu"),
+        Dense(rng.standard_normal((8, 3)).astype(np.float32), None, "linear"),
+    ]
     with pytest.raises(ValueError, match=r"shape \(64,\) has no sample axis: pass shape \(P, 64\)"):
         _prune(net, rng.standard_normal(64).astype(np.float32))
 
@@ -322,17 +354,25 @@ def _no_solve(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the solver was reached")
 
-    for module, name in (("problems", "solve_layer"), ("problems", "jitted_solver"),
-                         ("parallel", "solver_for"), ("targets", "jitted_solver"),
-                         ("cascade", "solve_layer"), ("cascade", "_scan_solver")):
+    for module, name in (
+        ("problems", "solve_layer"),
+        ("problems", "jitted_solver"),
+        ("parallel", "solver_for"),
+        ("targets", "jitted_solver"),
+        ("cascade", "solve_layer"),
+        ("cascade", "_scan_solver"),
+    ):
         monkeypatch.setattr(importlib.import_module(f"nettrim_jax.network.{module}"), name, boom)
 
 
 @pytest.mark.parametrize("scheme", ["cascade", "parallel"])
 def test_prune_wrong_data_shape_is_a_value_error(monkeypatch, scheme):
     _no_solve(monkeypatch)
-    with pytest.raises(ValueError, match=r"^calibration data x of shape \(60, 5\) does not fit the "
-                                         r"model: layer '0' expects 8 input features.*\(60, 5\)$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^calibration data x of shape \(60, 5\) does not fit the "
+        r"model: layer '0' expects 8 input features.*\(60, 5\)$",
+    ):
         _prune(_net(), _x()[:, :5], scheme=scheme)
 
 
@@ -375,7 +415,9 @@ def test_prune_wrong_data_shape_nnx_linen_conv(monkeypatch):
     conv = Conv(rng.standard_normal((3, 3, 2, 4)).astype(np.float32), np.zeros(4, np.float32))
     dense = _net()[1]._replace(kernel=rng.standard_normal((64, 3)).astype(np.float32))
     imgs = rng.standard_normal((5, 4, 4, 2)).astype(np.float32)
-    with pytest.raises(ValueError, match=r"x of shape \(5, 4, 4, 3\) .*layer '0' expects NHWC inputs \(batch, H, W, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"x of shape \(5, 4, 4, 3\) .*layer '0' expects NHWC inputs \(batch, H, W, 2\)"
+    ):
         _prune([conv, dense], np.concatenate([imgs, imgs[..., :1]], -1))
     with pytest.raises(ValueError, match=r"x of shape \(5, 5, 5, 2\) .*layer '1' expects 64 input"):
         _prune([conv, dense], np.zeros((5, 5, 5, 2), np.float32))
@@ -388,6 +430,7 @@ def test_prune_wrong_data_shape_nnx_linen_conv(monkeypatch):
 
 def test_prune_unrelated_forward_errors_are_not_rewritten():
     """Only shape errors become the calibration-shape ValueError."""
+
     def broken(t):
         raise RuntimeError("model bug")
 

@@ -22,9 +22,14 @@ def _problem(p=400, n=60, m=12, seed=0, correlated=True):
 def test_every_method_hits_the_exact_count(sparsity):
     x, w = _problem()
     keep = bl.keep_count(w.size, sparsity)
-    for out in (bl.magnitude(w, keep), bl.wanda(w, x, keep), bl.wanda(w, x, keep, per_output=False),
-                bl.sparsegpt(w, x, keep), bl.sparsegpt(w, x, keep, blocksize=7),
-                bl.alps(w, x, keep)):
+    for out in (
+        bl.magnitude(w, keep),
+        bl.wanda(w, x, keep),
+        bl.wanda(w, x, keep, per_output=False),
+        bl.sparsegpt(w, x, keep),
+        bl.sparsegpt(w, x, keep, blocksize=7),
+        bl.alps(w, x, keep),
+    ):
         assert out.shape == w.shape
         assert int(jnp.sum(out != 0)) == keep
 
@@ -165,11 +170,13 @@ def test_alps_dtypes():
         assert out.dtype == jnp.float64
         assert int(jnp.sum(out != 0)) == keep
         assert bl.reconstruction_error(x, w, out) <= bl.reconstruction_error(
-            x, w, bl.sparsegpt(w.astype(np.float64), x.astype(np.float64), keep))
+            x, w, bl.sparsegpt(w.astype(np.float64), x.astype(np.float64), keep)
+        )
 
 
-@pytest.mark.parametrize("case", ["keep<0", "keep>size", "x cols", "x 1-D", "kernel 1-D",
-                                  "nan x", "nan kernel", "inf kernel", "rho"])
+@pytest.mark.parametrize(
+    "case", ["keep<0", "keep>size", "x cols", "x 1-D", "kernel 1-D", "nan x", "nan kernel", "inf kernel", "rho"]
+)
 def test_alps_bad_input_is_a_one_line_value_error(case):
     x, w = _problem(p=50, n=8, m=3)
     keep = 10

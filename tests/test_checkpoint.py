@@ -14,14 +14,29 @@ from nettrim_jax.io.checkpoint import CheckpointError
 def _layers(seed=0):
     rng = np.random.default_rng(seed)
     return [
-        {"type": "conv", "activation": "relu", "kernel": rng.standard_normal((3, 3, 1, 4)).astype(np.float32),
-         "bias": np.zeros(4, np.float32), "strides": [1, 1], "padding": "SAME", "dilation": [1, 1]},
+        {
+            "type": "conv",
+            "activation": "relu",
+            "kernel": rng.standard_normal((3, 3, 1, 4)).astype(np.float32),
+            "bias": np.zeros(4, np.float32),
+            "strides": [1, 1],
+            "padding": "SAME",
+            "dilation": [1, 1],
+        },
         {"type": "maxpool", "window": [2, 2], "strides": [2, 2], "padding": "VALID"},
         {"type": "flatten"},
-        {"type": "dense", "activation": "relu", "kernel": rng.standard_normal((64, 16)).astype(np.float32),
-         "bias": rng.standard_normal(16).astype(np.float32)},
-        {"type": "dense", "activation": "linear", "kernel": rng.standard_normal((16, 10)).astype(np.float32),
-         "bias": None},
+        {
+            "type": "dense",
+            "activation": "relu",
+            "kernel": rng.standard_normal((64, 16)).astype(np.float32),
+            "bias": rng.standard_normal(16).astype(np.float32),
+        },
+        {
+            "type": "dense",
+            "activation": "linear",
+            "kernel": rng.standard_normal((16, 10)).astype(np.float32),
+            "bias": None,
+        },
     ]
 
 
@@ -63,7 +78,7 @@ def test_no_pickle_anywhere(tmp_path, monkeypatch):
     ckpt.load(path)
     raw = _weights_file(path).read_bytes()  # safetensors: u64 header length + JSON header
     (n,) = struct.unpack("<Q", raw[:8])
-    assert json.loads(raw[8:8 + n])["3.kernel"]["shape"] == [64, 16]
+    assert json.loads(raw[8 : 8 + n])["3.kernel"]["shape"] == [64, 16]
     json.loads((path / "model.json").read_text())
 
 
@@ -144,6 +159,7 @@ def _damage_cases():
             m = json.loads((p / "model.json").read_text())
             fn(m)
             (p / "model.json").write_text(json.dumps(m))
+
         return go
 
     def rm_weights(p):

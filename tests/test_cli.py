@@ -82,8 +82,7 @@ def test_cli_output_epsilon(setup, tmp_path, capsys):
     assert report["options"]["output_epsilon"] == 0.03
     assert report["layers"][-1]["epsilon"] >= 0.03 * np.linalg.norm(z) * (1 - 1e-6)
     assert report["bound"] == pytest.approx(report["layers"][-1]["epsilon"])
-    rc, _, err = run(prune_args(root, tmp_path / "p", "--scheme", "parallel", "--output-epsilon", "0.03"),
-                      capsys)
+    rc, _, err = run(prune_args(root, tmp_path / "p", "--scheme", "parallel", "--output-epsilon", "0.03"), capsys)
     assert rc == cli.EXIT_USAGE and "--output-epsilon applies to --scheme cascade only" in err
 
 
@@ -122,8 +121,10 @@ def test_interrupted_cascade_resumes_from_last_finished_layer(setup, tmp_path, c
     assert rc == cli.EXIT_USAGE and "--resume" in err
     rc, _, err = run(prune_args(root, out), capsys)  # no --resume: refused, nothing touched
     assert rc == cli.EXIT_USAGE and "unfinished run" in err
-    rc, _, err = run(["prune", root / "ckpt", "--data", root / "calib.npz", "--epsilon", "0.1",
-                       "--out", out, "--resume", *FAST], capsys)
+    rc, _, err = run(
+        ["prune", root / "ckpt", "--data", root / "calib.npz", "--epsilon", "0.1", "--out", out, "--resume", *FAST],
+        capsys,
+    )
     assert rc == cli.EXIT_USAGE and "different inputs or settings (epsilon)" in err
 
     calls.clear()
@@ -211,7 +212,9 @@ def test_data_formats(setup, tmp_path):
 
     imgs = (np.arange(5 * 28 * 28) % 256).astype(np.uint8).reshape(5, 28, 28)
     (tmp_path / "mn").mkdir()
-    (tmp_path / "mn" / "train-images-idx3-ubyte").write_bytes(struct.pack(">HBBIII", 0, 8, 3, 5, 28, 28) + imgs.tobytes())
+    (tmp_path / "mn" / "train-images-idx3-ubyte").write_bytes(
+        struct.pack(">HBBIII", 0, 8, 3, 5, 28, 28) + imgs.tobytes()
+    )
     (tmp_path / "mn" / "train-labels-idx1-ubyte").write_bytes(struct.pack(">HBBI", 0, 8, 1, 5) + bytes(range(5)))
     got, lab = cli.load_calibration(tmp_path / "mn", (28, 28, 1))
     assert got.shape == (5, 28, 28, 1) and got.max() <= 1 and list(lab) == [0, 1, 2, 3, 4]
@@ -249,16 +252,31 @@ def _bad_cases(root, tmp_path, x):
     }
 
 
-@pytest.mark.parametrize("case", ["wrong data shape", "nan in data", "empty calibration set", "epsilon < 0",
-                                  "epsilon nan", "gamma < 1", "samples 0", "reweight < 0", "missing data", "pickled data",
-                                  "truncated data", "bad labels", "resume + parallel", "epsilon + sparsity"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "wrong data shape",
+        "nan in data",
+        "empty calibration set",
+        "epsilon < 0",
+        "epsilon nan",
+        "gamma < 1",
+        "samples 0",
+        "reweight < 0",
+        "missing data",
+        "pickled data",
+        "truncated data",
+        "bad labels",
+        "resume + parallel",
+        "epsilon + sparsity",
+    ],
+)
 def test_bad_input_exit_2_one_line_nothing_written(setup, tmp_path, capsys, case):
     root, _, x, _ = setup
     extra, expect = _bad_cases(root, tmp_path, x)[case]
-    args = ["prune", root / "ckpt", "--data", root / "calib.npz", "--epsilon", "0.05",
-            "--out", tmp_path / "out", *FAST]
+    args = ["prune", root / "ckpt", "--data", root / "calib.npz", "--epsilon", "0.05", "--out", tmp_path / "out", *FAST]
     for k in range(0, len(extra), 2):  # later flags override earlier ones
-        args += extra[k:k + 2]
+        args += extra[k : k + 2]
     rc, stdout, err = run(args, capsys)
     assert rc == cli.EXIT_USAGE
     assert err.startswith("nettrim: error: ") and err.count("\n") == 1, err
@@ -272,22 +290,38 @@ def _edit_model(path, fn):
     (path / "model.json").write_text(json.dumps(m))
 
 
-@pytest.mark.parametrize("case, damage, expect", [
-    ("unsupported layer type", lambda p: _edit_model(p, lambda m: m["layers"][1].update(type="lstm")),
-     "unsupported type 'lstm'"),
-    ("non-ReLU hidden activation", lambda p: _edit_model(p, lambda m: m["layers"][0].update(activation="tanh")),
-     "unsupported activation 'tanh'"),
-    ("mismatched layers", lambda p: _edit_model(p, lambda m: m.update(input_shape=[9])),
-     "expects 8 inputs, but the previous layer gives 9"),
-    ("truncated weights", lambda p: [w.write_bytes(w.read_bytes()[:64]) for w in p.glob("weights-*")],
-     "corrupt or truncated"),
-])
+@pytest.mark.parametrize(
+    "case, damage, expect",
+    [
+        (
+            "unsupported layer type",
+            lambda p: _edit_model(p, lambda m: m["layers"][1].update(type="lstm")),
+            "unsupported type 'lstm'",
+        ),
+        (
+            "non-ReLU hidden activation",
+            lambda p: _edit_model(p, lambda m: m["layers"][0].update(activation="tanh")),
+            "unsupported activation 'tanh'",
+        ),
+        (
+            "mismatched layers",
+            lambda p: _edit_model(p, lambda m: m.update(input_shape=[9])),
+            "expects 8 inputs, but the previous layer gives 9",
+        ),
+        (
+            "truncated weights",
+            lambda p: [w.write_bytes(w.read_bytes()[:64]) for w in p.glob("weights-*")],
+            "corrupt or truncated",
+        ),
+    ],
+)
 def test_bad_checkpoint_exit_2(setup, tmp_path, capsys, case, damage, expect):
     root, layers, _, _ = setup
     bad = ck.save(tmp_path / "bad", layers, (8,))
     damage(bad)
-    rc, _, err = run(["prune", bad, "--data", root / "calib.npz", "--epsilon", "0.05",
-                       "--out", tmp_path / "out", *FAST], capsys)
+    rc, _, err = run(
+        ["prune", bad, "--data", root / "calib.npz", "--epsilon", "0.05", "--out", tmp_path / "out", *FAST], capsys
+    )
     assert rc == cli.EXIT_USAGE and expect in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
 
@@ -305,8 +339,9 @@ def test_nan_weights_checkpoint_exit_2(setup, tmp_path, capsys):
     tensors["1.kernel"][0, 0] = np.inf
     save_file(tensors, w)
     _edit_model(path, lambda m: m["weights"].update(sha256=hashlib.sha256(w.read_bytes()).hexdigest()))
-    rc, _, err = run(["prune", path, "--data", root / "calib.npz", "--epsilon", "0.05",
-                       "--out", tmp_path / "out", *FAST], capsys)
+    rc, _, err = run(
+        ["prune", path, "--data", root / "calib.npz", "--epsilon", "0.05", "--out", tmp_path / "out", *FAST], capsys
+    )
     assert rc == cli.EXIT_USAGE and "layer 1 kernel contains NaN or Inf" in err
 
 
@@ -317,8 +352,20 @@ def test_dead_layer_prunes_to_zero(tmp_path, capsys):
     layers[0]["bias"] = np.full(16, -100.0, np.float32)  # relu(x W - 100) == 0
     ck.save(tmp_path / "dead", layers, (8,))
     np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((150, 8)).astype(np.float32))
-    rc, _, err = run(["prune", tmp_path / "dead", "--data", tmp_path / "x.npy", "--epsilon", "0.05",
-                       "--out", tmp_path / "out", *FAST], capsys)
+    rc, _, err = run(
+        [
+            "prune",
+            tmp_path / "dead",
+            "--data",
+            tmp_path / "x.npy",
+            "--epsilon",
+            "0.05",
+            "--out",
+            tmp_path / "out",
+            *FAST,
+        ],
+        capsys,
+    )
     assert rc == cli.EXIT_OK, err
     pruned = ck.load(tmp_path / "out" / "model").layers
     assert not np.any(pruned[0]["kernel"]) and not np.any(pruned[0]["bias"])
@@ -334,8 +381,22 @@ def test_fewer_samples_than_inputs_and_rank_deficient_data(setup, tmp_path, caps
     cases = {"few": x[:5], "rank": low}
     for name, data in cases.items():
         np.save(tmp_path / f"{name}.npy", data)
-        rc, _, err = run(["prune", root / "ckpt", "--data", tmp_path / f"{name}.npy", "--epsilon", "0.05",
-                           "--out", tmp_path / name, "-q", "--max-iters", "2000"], capsys)
+        rc, _, err = run(
+            [
+                "prune",
+                root / "ckpt",
+                "--data",
+                tmp_path / f"{name}.npy",
+                "--epsilon",
+                "0.05",
+                "--out",
+                tmp_path / name,
+                "-q",
+                "--max-iters",
+                "2000",
+            ],
+            capsys,
+        )
         assert rc == cli.EXIT_OK, err
         rep = json.loads((tmp_path / name / "report.json").read_text())
         for row in rep["layers"]:
@@ -375,9 +436,24 @@ def test_real_process_exit_codes(setup, tmp_path):
     root, layers, _, _ = setup
     bad = ck.save(tmp_path / "bad", layers, (8,))
     (bad / "model.json").write_text((bad / "model.json").read_text()[:40])
-    p = subprocess.run([sys.executable, "-m", "nettrim_jax.cli", "prune", str(bad), "--data",
-                        str(root / "calib.npz"), "--epsilon", "0.05", "--out", str(tmp_path / "o")],
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nettrim_jax.cli",
+            "prune",
+            str(bad),
+            "--data",
+            str(root / "calib.npz"),
+            "--epsilon",
+            "0.05",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 2
     assert p.stderr.startswith(f"nettrim: error: {bad / 'model.json'}: invalid JSON")
     assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
@@ -385,11 +461,19 @@ def test_real_process_exit_codes(setup, tmp_path):
 
 def test_demo_runs(tmp_path, capsys):
     out = tmp_path / "demo"
-    rc, stdout, err = run(["demo", "--out", out, "--steps", "100", "--max-iters", "300", "--calibration", "300",
-                            "-q"], capsys)
+    rc, stdout, err = run(
+        ["demo", "--out", out, "--steps", "100", "--max-iters", "300", "--calibration", "300", "-q"], capsys
+    )
     assert rc == cli.EXIT_OK, err
-    for f in ("report.md", "report.json", "report.png", "model/model.json", "original/model.json",
-              "calibration.npz", "test.npz"):
+    for f in (
+        "report.md",
+        "report.json",
+        "report.png",
+        "model/model.json",
+        "original/model.json",
+        "calibration.npz",
+        "test.npz",
+    ):
         assert (out / f).exists(), f
     rep = json.loads((out / "report.json").read_text())
     assert len(rep["layers"]) == 3 and rep["run"]["accuracy_before"] > 0.8
@@ -410,13 +494,26 @@ def test_conv_checkpoint_cascade_matches_library(tmp_path, capsys):
     assert [l["type"] for l in layers] == ["conv", "maxpool", "flatten", "dense", "dense"]
     ck.save(tmp_path / "cnn", layers, shape)
     np.save(tmp_path / "x.npy", x)
-    rc, _, err = run(["prune", tmp_path / "cnn", "--data", tmp_path / "x.npy", "--epsilon", "0.1",
-                       "--max-patches", "300", "--out", tmp_path / "o", *FAST], capsys)
+    rc, _, err = run(
+        [
+            "prune",
+            tmp_path / "cnn",
+            "--data",
+            tmp_path / "x.npy",
+            "--epsilon",
+            "0.1",
+            "--max-patches",
+            "300",
+            "--out",
+            tmp_path / "o",
+            *FAST,
+        ],
+        capsys,
+    )
     assert rc == cli.EXIT_OK, err
     mine = ck.load(tmp_path / "o" / "model").layers
     images = x.reshape(20, 6, 6, 1)
-    res = prune(model, images, scheme="cascade", epsilon=0.1, max_patches=300, progress=False,
-                max_iters=400)
+    res = prune(model, images, scheme="cascade", epsilon=0.1, max_patches=300, progress=False, max_iters=400)
     theirs, _ = convert.from_model(res.model, images[:4])
     for a, b in zip(mine, theirs):
         if a["type"] in ("conv", "dense"):

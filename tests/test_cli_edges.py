@@ -83,8 +83,21 @@ def test_all_zero_result_is_refused_in_one_line(setup, tmp_path, capsys):
     """--epsilon 1e9 prunes every weight: one warning line per layer, then one error line
     and exit 4 (a collapsed model), no file path or source line, and no result written."""
     out = tmp_path / "o"
-    rc, _, err = run(["prune", setup / "ckpt", "--data", setup / "calib.npz", "--epsilon", "1e9",
-                       "--max-iters", "400", "--out", out], capsys)
+    rc, _, err = run(
+        [
+            "prune",
+            setup / "ckpt",
+            "--data",
+            setup / "calib.npz",
+            "--epsilon",
+            "1e9",
+            "--max-iters",
+            "400",
+            "--out",
+            out,
+        ],
+        capsys,
+    )
     assert rc == cli.EXIT_COLLAPSED, err
     lines = [l for l in err.splitlines() if "warning" in l.lower()]
     assert lines and all(l.startswith("nettrim: warning: layer ") and "pruned to all zeros" in l for l in lines)
@@ -97,13 +110,33 @@ def test_all_zero_result_is_refused_in_one_line(setup, tmp_path, capsys):
 def test_report_records_every_shaping_option(setup, tmp_path, capsys):
     """One cascade run (the report dict is built the same way for both schemes)."""
     scheme = "cascade"
-    extra = ["--refit", "--max-patches", "100", "--solver", "admm", "--samples", "120",
-             "--output-epsilon", "0.03", "--relu-budget", "omega"]
+    extra = [
+        "--refit",
+        "--max-patches",
+        "100",
+        "--solver",
+        "admm",
+        "--samples",
+        "120",
+        "--output-epsilon",
+        "0.03",
+        "--relu-budget",
+        "omega",
+    ]
     rc, _, err = run(prune_args(setup, tmp_path / "o", "--scheme", scheme, *extra), capsys)
     assert rc == cli.EXIT_OK, err
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
-    want = {"epsilon": 0.05, "gamma": 1.1, "refit": True, "solver": "admm",
-            "max_iters": 400, "max_patches": 100, "seed": 0, "output_epsilon": 0.03, "relu_budget": "omega"}
+    want = {
+        "epsilon": 0.05,
+        "gamma": 1.1,
+        "refit": True,
+        "solver": "admm",
+        "max_iters": 400,
+        "max_patches": 100,
+        "seed": 0,
+        "output_epsilon": 0.03,
+        "relu_budget": "omega",
+    }
     assert {k: rep["options"].get(k, "missing") for k in want} == want
     assert rep["scheme"] == scheme and rep["run"]["samples"] == 120
     md = (tmp_path / "o" / "report.md").read_text()
@@ -118,8 +151,7 @@ def test_report_on_a_missing_folder_says_so(tmp_path, capsys):
     assert rc == cli.EXIT_USAGE and err == f"nettrim: error: {tmp_path / 'nope'}: no such folder\n"
 
 
-@pytest.mark.parametrize("suffix, what", [(".npz", "not a valid .npz (zip) file"),
-                                          (".npy", "not a valid .npy file")])
+@pytest.mark.parametrize("suffix, what", [(".npz", "not a valid .npz (zip) file"), (".npy", "not a valid .npy file")])
 def test_data_file_of_the_wrong_format(setup, tmp_path, capsys, suffix, what):
     bad = tmp_path / f"text{suffix}"
     bad.write_text("0.1,0.2,0.3\n")

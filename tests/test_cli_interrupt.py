@@ -23,21 +23,42 @@ DELAYS = np.linspace(0.15, 0.9, TRIES)  # seconds after OUT/partial.state appear
 
 def _layers(sizes=(8, 48, 40, 32, 24, 3), seed=0):
     rng = np.random.default_rng(seed)
-    return [{"type": "dense", "activation": "relu" if j < len(sizes) - 2 else "linear",
-             "kernel": (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32),
-             "bias": (0.1 * rng.standard_normal(b)).astype(np.float32)}
-            for j, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
+    return [
+        {
+            "type": "dense",
+            "activation": "relu" if j < len(sizes) - 2 else "linear",
+            "kernel": (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32),
+            "bias": (0.1 * rng.standard_normal(b)).astype(np.float32),
+        }
+        for j, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))
+    ]
 
 
 def _interrupt_once(root, out, delay):
     """Start a cascade prune, SIGINT it ``delay`` s after its first layer was saved."""
-    cmd = [sys.executable, "-m", "nettrim_jax.cli", "prune", str(root / "ckpt"), "--data",
-           str(root / "calib.npz"), "--epsilon", "0.05", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nettrim_jax.cli",
+        "prune",
+        str(root / "ckpt"),
+        "--data",
+        str(root / "calib.npz"),
+        "--epsilon",
+        "0.05",
+        "--out",
+        str(out),
+    ]
     # SIGINT back to its default in the child: a parent that ignores it hands SIG_IGN down,
     # Python then keeps it ignored and the run never stops (the full suite once saw 0 of 4
     # runs stop, each finishing with its report written)
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    p = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 120
         while not (out / "partial.state").exists():
@@ -82,8 +103,18 @@ def test_real_sigint_exits_130_and_keeps_partial_state(tmp_path):
     assert [rc for _, rc, _ in results] == [130] * len(results), [(round(d, 2), rc) for d, rc, _ in results]
     assert all(last == ["nettrim: interrupted"] for _, _, last in results), results
     # resumed after the real SIGINT: bit for bit the weights of an uninterrupted run
-    base = [sys.executable, "-m", "nettrim_jax.cli", "prune", str(tmp_path / "ckpt"), "--data",
-            str(tmp_path / "calib.npz"), "--epsilon", "0.05", "-q"]
+    base = [
+        sys.executable,
+        "-m",
+        "nettrim_jax.cli",
+        "prune",
+        str(tmp_path / "ckpt"),
+        "--data",
+        str(tmp_path / "calib.npz"),
+        "--epsilon",
+        "0.05",
+        "-q",
+    ]
     subprocess.run(base + ["--out", str(interrupted[0]), "--resume"], check=True, timeout=300)
     subprocess.run(base + ["--out", str(tmp_path / "whole")], check=True, timeout=300)
     for a, b in zip(ck.load(interrupted[0] / "model").layers, ck.load(tmp_path / "whole" / "model").layers):

@@ -41,8 +41,22 @@ def _run(*argv):
 def test_prune_user_model_from_orbax(saved, tmp_path, capsys):
     m, ckpt, data, x = saved
     out = tmp_path / "out"
-    rc = _run("--model", FACTORY, "--params", ckpt, "--data", data, "--epsilon", "0.1",
-              "--scheme", "parallel", "--max-iters", "300", "--out", out)
+    rc = _run(
+        "--model",
+        FACTORY,
+        "--params",
+        ckpt,
+        "--data",
+        data,
+        "--epsilon",
+        "0.1",
+        "--scheme",
+        "parallel",
+        "--max-iters",
+        "300",
+        "--out",
+        out,
+    )
     assert rc == 0, capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["model", "report.json", "report.md"]
     restored = ocp.StandardCheckpointer().restore((out / "model").absolute(), nnx.state(resnet_factory()))
@@ -66,7 +80,8 @@ def test_prune_user_model_from_orbax(saved, tmp_path, capsys):
 def test_bad_model_paths_and_checkpoints(saved, tmp_path, capsys, monkeypatch):
     _, ckpt, data, _ = saved
     small = _save(tmp_path / "small", nnx.state(nnx.Linear(3, 2, rngs=nnx.Rngs(0))))
-    (tmp_path / "nonet.py").write_text(textwrap.dedent("""
+    (tmp_path / "nonet.py").write_text(
+        textwrap.dedent("""
         from flax import nnx
         class Pool(nnx.Module):
             def __init__(self):
@@ -79,7 +94,8 @@ def test_bad_model_paths_and_checkpoints(saved, tmp_path, capsys, monkeypatch):
             return 3
         def dilated():
             return nnx.Conv(1, 4, (3, 3), input_dilation=2, padding=((1, 1), (1, 1)), rngs=nnx.Rngs(0))
-    """))
+    """)
+    )
     monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
     import importlib
 
@@ -92,13 +108,11 @@ def test_bad_model_paths_and_checkpoints(saved, tmp_path, capsys, monkeypatch):
         (FACTORY, small, "does not match the model"),
         (FACTORY, tmp_path / "missing", "no such checkpoint folder"),
         ("nonet:make", _save(tmp_path / "pool", nnx.state(nonet.make())), "no prunable layer"),
-        ("nonet:dilated", _save(tmp_path / "g", nnx.state(nonet.dilated())),
-         "input (lhs) dilation is not supported"),
+        ("nonet:dilated", _save(tmp_path / "g", nnx.state(nonet.dilated())), "input (lhs) dilation is not supported"),
     ]
     for factory, params, msg in cases:
         out = tmp_path / "out-bad"
-        rc = _run("--model", factory, "--params", params, "--data", data, "--epsilon", "0.1",
-                  "--out", out)
+        rc = _run("--model", factory, "--params", params, "--data", data, "--epsilon", "0.1", "--out", out)
         err = capsys.readouterr().err.strip()
         assert rc == 2, (factory, err)
         assert msg in err and len(err.splitlines()) == 1, (factory, err)
@@ -112,7 +126,8 @@ def test_model_with_dropout_and_batchnorm(tmp_path, capsys, monkeypatch):
     uncertified; --compact is refused in one line (a --model state keeps its shapes)."""
     import json
 
-    (tmp_path / "dropnet.py").write_text(textwrap.dedent("""
+    (tmp_path / "dropnet.py").write_text(
+        textwrap.dedent("""
         from flax import nnx
         class Net(nnx.Module):
             def __init__(self, rngs):
@@ -124,7 +139,8 @@ def test_model_with_dropout_and_batchnorm(tmp_path, capsys, monkeypatch):
                 return self.l2(self.drop(nnx.relu(self.bn(self.l1(x)))))
         def make():
             return Net(nnx.Rngs(0))
-    """))
+    """)
+    )
     monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
     import importlib
 
@@ -139,8 +155,18 @@ def test_model_with_dropout_and_batchnorm(tmp_path, capsys, monkeypatch):
     np.savez(tmp_path / "d.npz", x=x, y=y)
     np.savez(tmp_path / "e.npz", x=x[:50], y=y[:50])
     out = tmp_path / "out"
-    base = ["--model", "dropnet:make", "--params", ckpt, "--data", tmp_path / "d.npz", "--epsilon", "0.01",
-            "--max-iters", "2000"]
+    base = [
+        "--model",
+        "dropnet:make",
+        "--params",
+        ckpt,
+        "--data",
+        tmp_path / "d.npz",
+        "--epsilon",
+        "0.01",
+        "--max-iters",
+        "2000",
+    ]
     assert _run(*base, "--out", out) == 0, capsys.readouterr().err
     rep = json.loads((out / "report.json").read_text())
     assert rep["run"]["accuracy_before"] == 1.0  # eval mode: the labels' own predictions
@@ -168,9 +194,29 @@ def test_sweep_user_model_from_orbax(saved, tmp_path, capsys):
     y = np.arange(len(x)) % 10
     np.save(tmp_path / "y.npy", y)
     out = tmp_path / "sw"
-    rc = main(["sweep", "-q", "--model", FACTORY, "--params", str(ckpt), "--data", str(data), "--labels",
-               str(tmp_path / "y.npy"), "--epsilon", "0.1,0.4", "--scheme", "parallel", "--max-iters", "300",
-               "--no-plot", "--out", str(out)])
+    rc = main(
+        [
+            "sweep",
+            "-q",
+            "--model",
+            FACTORY,
+            "--params",
+            str(ckpt),
+            "--data",
+            str(data),
+            "--labels",
+            str(tmp_path / "y.npy"),
+            "--epsilon",
+            "0.1,0.4",
+            "--scheme",
+            "parallel",
+            "--max-iters",
+            "300",
+            "--no-plot",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     doc = json.loads((out / "sweep.json").read_text())
     assert doc["run"]["checkpoint"] == FACTORY and doc["run"]["value"] == "accuracy"
@@ -178,5 +224,9 @@ def test_sweep_user_model_from_orbax(saved, tmp_path, capsys):
         ref = nt.prune(m, x, epsilon=row["epsilon"], scheme="parallel", max_iters=300, progress=False)
         assert row["nnz_after"] == ref.report.nnz_after and 0 <= row["value"] <= 1
     assert doc["points"][1]["nnz_after"] < doc["points"][0]["nnz_after"]
-    assert main(["sweep", "-q", "--model", FACTORY, "--data", str(data), "--epsilon", "0.1", "--out",
-                 str(tmp_path / "sw2")]) == 2
+    assert (
+        main(
+            ["sweep", "-q", "--model", FACTORY, "--data", str(data), "--epsilon", "0.1", "--out", str(tmp_path / "sw2")]
+        )
+        == 2
+    )

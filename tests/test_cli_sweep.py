@@ -14,8 +14,21 @@ def test_sweep_writes_table_json_plot_equal_to_prunes(tmp_path, capsys):
     layers, x, y = write_setup(tmp_path)
     out = tmp_path / "sw"
     rc, stdout, err = run(
-        ["sweep", tmp_path / "ckpt", "--data", tmp_path / "calib.npz", "--epsilon", "0.05,0.3", "--seeds", "0,1",
-         "--draw", "120", "--out", out, *FAST],
+        [
+            "sweep",
+            tmp_path / "ckpt",
+            "--data",
+            tmp_path / "calib.npz",
+            "--epsilon",
+            "0.05,0.3",
+            "--seeds",
+            "0,1",
+            "--draw",
+            "120",
+            "--out",
+            out,
+            *FAST,
+        ],
         capsys,
     )
     assert rc == 0, err
@@ -27,8 +40,9 @@ def test_sweep_writes_table_json_plot_equal_to_prunes(tmp_path, capsys):
     # each row is the prune of that seed's draw, its accuracy measured on the calibration set
     for r in doc["points"]:
         rows = np.sort(np.random.default_rng(r["seed"]).choice(150, 120, replace=False))
-        res = nt.prune(convert.to_network(layers), x[rows], epsilon=r["epsilon"], seed=r["seed"], progress=False,
-                       max_iters=400)
+        res = nt.prune(
+            convert.to_network(layers), x[rows], epsilon=r["epsilon"], seed=r["seed"], progress=False, max_iters=400
+        )
         acc = float(np.mean(np.argmax(convert.apply(convert.from_network(res.model), x), -1) == y))
         assert r["nnz_after"] == res.report.nnz_after and abs(r["value"] - acc) < 1e-9
     assert doc["points"][2]["sparsity"] > doc["points"][0]["sparsity"]  # a larger epsilon prunes more

@@ -61,11 +61,13 @@ def test_mnist_quick(tmp_path):
 
     records = mnist.main(["--quick", "--out", str(tmp_path), "--data", _data_root()])
     assert {(r["net"], r["scheme"]) for r in records} == {
-        ("fc", "cascade+refit"), ("fc", "parallel"), ("lenet", "cascade")}
+        ("fc", "cascade+refit"),
+        ("fc", "parallel"),
+        ("lenet", "cascade"),
+    }
     for r in records:
         assert 0.5 < r["sparsity"] < 1.0
-        assert set(r["acc"]) == {"nettrim", "nettrim+ft", "magnitude", "magnitude+ft", "wanda",
-                                 "sparsegpt", "alps"}
+        assert set(r["acc"]) == {"nettrim", "nettrim+ft", "magnitude", "magnitude+ft", "wanda", "sparsegpt", "alps"}
         assert all(0.0 <= v <= 1.0 for v in r["acc"].values())
         # at ~97% sparsity on 500 images the quick runs keep 36-67% (chance is 10%): a
         # collapsed or constant model (<= 12%) fails here
@@ -128,7 +130,11 @@ def test_few_samples_quick(tmp_path):
 
     records = few_samples.main(["--quick", "--out", str(tmp_path), "--data", _data_root()])
     assert [(r["samples"], r["variant"]) for r in records] == [
-        (20, "plain"), (20, "refit"), (100, "plain"), (100, "refit")]
+        (20, "plain"),
+        (20, "refit"),
+        (100, "plain"),
+        (100, "refit"),
+    ]
     assert all(set(r["acc"]) == {"nettrim", "magnitude", "wanda", "sparsegpt", "alps"} for r in records)
     assert (tmp_path / "few_samples.png").exists()
 
@@ -144,8 +150,7 @@ def test_bench_prune_quick(tmp_path):
     jax.clear_caches()
     for cached in (compiled.jitted_solver, compiled._compiled_solver, targets._batched):
         cached.cache_clear()
-    records = bench_prune.main(["--quick", "--out", str(tmp_path), "--models", "lm2", "lm12",
-                                "--baselines", "alps"])
+    records = bench_prune.main(["--quick", "--out", str(tmp_path), "--models", "lm2", "lm12", "--baselines", "alps"])
     assert [r["model"] for r in records] == ["lm2", "lm12"] and all("error" not in r for r in records)
     for rec in records:
         run = rec["runs"][0]
@@ -208,7 +213,10 @@ def test_bench_sweep_quick(tmp_path):
 
     proc = subprocess.run(
         [sys.executable, str(ROOT / "experiments" / "bench_sweep.py"), "--quick", "--ks", "2", "--out", str(tmp_path)],
-        capture_output=True, text=True, cwd=ROOT / "experiments", timeout=600,
+        capture_output=True,
+        text=True,
+        cwd=ROOT / "experiments",
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((tmp_path / "bench_sweep.json").read_text())

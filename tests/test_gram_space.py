@@ -53,7 +53,7 @@ def test_streamed_statistics_and_misfit_match_direct_computation():
     red = gs.reduce(stats)
     b = np.linalg.lstsq(x64, y64, rcond=None)[0]
     c_true = np.sum((x64 @ b - y64) ** 2, axis=0)
-    ynorm = np.sum(y64 ** 2, axis=0)
+    ynorm = np.sum(y64**2, axis=0)
     # c from the statistics: within a few ulps of ||y_m||^2 (a difference of two large sums) ...
     assert np.all(np.abs(np.asarray(red.c) - c_true) <= 2e-6 * ynorm)
     # ... and from the residual itself: relative to c.
@@ -86,8 +86,7 @@ def test_float64_agrees_tightly():
         x, y = _linear(900, 25, 3, seed=4, dtype=np.float64)
         eps = 0.15 * float(np.linalg.norm(y))
         ref, _ = reference(x, y, eps, "linear")
-        sol = nt.solve_layer(x, y, epsilon=eps, activation="linear", gram_space=True, gap_tol=1e-5,
-                             max_iters=20000)
+        sol = nt.solve_layer(x, y, epsilon=eps, activation="linear", gram_space=True, gap_tol=1e-5, max_iters=20000)
         assert sol.kernel.dtype == jnp.float64 and bool(sol.info.converged)
         assert abs(float(sol.info.objective) - ref) <= 2e-5 * ref
         assert ref * (1 - 2e-5) <= float(sol.info.lower_bound) <= ref * (1 + 1e-8)

@@ -96,3 +96,44 @@ def test_joint_refit_with_float64_inputs_on_a_float32_model():
         res = nt.prune(random_mlp((10, 40, 4), seed=3), x, sparsity=0.6, refit=True, joint_refit=10, progress=False)
     j = res.report.joint
     assert j["iterations"] >= 1 and j["loss_after"] < j["loss_before"]
+
+
+def _rosenbrock(w):
+    return jnp.sum(100.0 * (w[1:] - w[:-1] ** 2) ** 2 + (1.0 - w[:-1]) ** 2)
+
+
+def test_the_lbfgs_reaches_a_known_minimum_and_never_rises():
+    """The host-driven L-BFGS of the joint refit on the 6-d Rosenbrock function (minimum 0
+    at all ones): every accepted iterate lowers the value, and it gets there."""
+    from nettrim_jax.network import joint
+
+    seen = []
+    vg = jax.jit(jax.value_and_grad(_rosenbrock))
+
+    def value_and_grad(w):
+        v, g = vg(w)
+        seen.append(float(v))
+        return v, g
+
+    w0 = jnp.asarray([-1.2, 1.0, -1.2, 1.0, -1.2, 1.0])
+    w, f, start, iters, evals, stopped = joint._lbfgs(value_and_grad, w0, 500)
+    assert start == pytest.approx(float(_rosenbrock(w0)))
+    assert f < 1e-8 and np.allclose(np.asarray(w), 1.0, atol=1e-3)
+    assert stopped in ("exact", "stalled") and iters < 500
+    assert evals == len(seen) and evals < 3 * iters  # a backtracking step is the exception
+    assert f == pytest.approx(float(_rosenbrock(w)), rel=1e-5, abs=1e-12)
+
+
+def test_the_lbfgs_stops_when_the_loss_stalls_and_on_its_cap():
+    from nettrim_jax.network import joint
+
+    vg = jax.jit(jax.value_and_grad(_rosenbrock))
+    w0 = jnp.asarray([-1.2, 1.0, -1.2, 1.0, -1.2, 1.0])
+    *_, iters, _, stopped = joint._lbfgs(vg, w0, 5)
+    assert (iters, stopped) == (5, "iterations")
+
+    def flat(w):  # a constant plus a vanishing slope: no relative progress at all
+        return 1.0 + 1e-9 * jnp.sum(w)
+
+    *_, iters, _, stopped = joint._lbfgs(jax.jit(jax.value_and_grad(flat)), jnp.zeros(3), 100)
+    assert stopped in ("stalled", "no decrease") and iters <= joint.STALL_WINDOW

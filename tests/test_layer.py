@@ -12,8 +12,7 @@ from reference import planted_sparse, reference, relu_problem
 
 import nettrim_jax as nt
 
-CASES = [(act, pn, solver) for act in ("relu", "linear") for pn in (False, True)
-         for solver in ("admm", "pdhg")]
+CASES = [(act, pn, solver) for act in ("relu", "linear") for pn in (False, True) for solver in ("admm", "pdhg")]
 
 
 def _problem(kind, activation, seed):
@@ -93,8 +92,9 @@ def test_matches_interior_point_reference(kind, activation, per_neuron, solver):
     x, y = _problem(kind, activation, seed=3)
     eps = 0.05 * _omega_norm(y, activation)
     ref_value, _ = reference(x, y, eps, activation, per_neuron=per_neuron)
-    sol = nt.solve_layer(x, y, epsilon=eps, activation=activation, per_neuron=per_neuron,
-                         solver=solver, feas_tol=FEAS_TOL)
+    sol = nt.solve_layer(
+        x, y, epsilon=eps, activation=activation, per_neuron=per_neuron, solver=solver, feas_tol=FEAS_TOL
+    )
     _check_against_reference(sol, ref_value, x, y, eps, activation, per_neuron)
 
 
@@ -117,8 +117,7 @@ def test_float64_matches_reference_tightly(activation):
     eps = 0.03 * _omega_norm(y, activation)
     ref_value, _ = reference(x, y, eps, activation)
     with jax.enable_x64(True):
-        sol = nt.solve_layer(x, y, epsilon=eps, activation=activation, gap_tol=1e-5,
-                             eps_rel=1e-6, max_iters=20000)
+        sol = nt.solve_layer(x, y, epsilon=eps, activation=activation, gap_tol=1e-5, eps_rel=1e-6, max_iters=20000)
         assert sol.kernel.dtype == jnp.float64
     _check_against_reference(sol, ref_value, x, y, eps, activation, False, rel=5e-5)
 
@@ -172,8 +171,9 @@ def test_exact_support_recovery_from_gaussian_samples():
         w[idx, j] = rng.choice([-1, 1], s) * rng.uniform(0.5, 1.5, s)
     y = x @ w
     with jax.enable_x64(True):
-        sol = nt.solve_layer(x, y, epsilon=1e-4 * np.linalg.norm(y), activation="linear",
-                             gap_tol=1e-6, eps_rel=1e-7, max_iters=20000)
+        sol = nt.solve_layer(
+            x, y, epsilon=1e-4 * np.linalg.norm(y), activation="linear", gap_tol=1e-6, eps_rel=1e-7, max_iters=20000
+        )
     k = np.asarray(sol.kernel)
     assert bool(sol.info.converged)
     found = np.abs(k) > 1e-3 * np.abs(k).max()
@@ -184,8 +184,7 @@ def test_exact_support_recovery_from_gaussian_samples():
 def test_relu_recovery_of_planted_layer():
     x, y, w = planted_sparse(300, 60, 3, s=4, seed=2)
     with jax.enable_x64(True):
-        sol = nt.solve_layer(x, y, epsilon=1e-5 * np.linalg.norm(y), gap_tol=1e-6,
-                             eps_rel=1e-7, max_iters=20000)
+        sol = nt.solve_layer(x, y, epsilon=1e-5 * np.linalg.norm(y), gap_tol=1e-6, eps_rel=1e-7, max_iters=20000)
     k = np.asarray(sol.kernel)
     np.testing.assert_array_equal(np.abs(k) > 1e-3 * np.abs(k).max(), w != 0)
 
@@ -209,7 +208,7 @@ def test_vmap_over_a_batch_of_problems():
     probs = [relu_problem(100, 15, 3, seed=s) for s in range(3)]
     xs = jnp.stack([p[0] for p in probs])
     ys = jnp.stack([p[1] for p in probs])
-    eps = 0.05 * jnp.sqrt(jnp.sum(ys ** 2, axis=(1, 2)))
+    eps = 0.05 * jnp.sqrt(jnp.sum(ys**2, axis=(1, 2)))
     batched = jax.vmap(lambda a, b, e: nt.solve_layer(a, b, epsilon=e))(xs, ys, eps)
     for i in range(3):
         one = nt.solve_layer(xs[i], ys[i], epsilon=eps[i])
@@ -268,21 +267,23 @@ def test_dead_layer_gives_zero_kernel():
     assert np.all(np.asarray(sol.kernel) == 0)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(X=np.ones((5, 3)), Y=np.ones((4, 2)), epsilon=1.0), "samples"),
-    (dict(X=np.ones((5,)), Y=np.ones((5, 2)), epsilon=1.0), "2-D"),
-    (dict(X=np.full((5, 3), np.nan), Y=np.ones((5, 2)), epsilon=1.0), "NaN"),
-    (dict(X=np.ones((5, 3)), Y=np.full((5, 2), np.inf), epsilon=1.0), "Y contains NaN or Inf"),
-    (dict(X=np.ones((5, 3)), Y=np.ones((5, 2)), epsilon=-1.0), "epsilon must be >= 0"),
-    (dict(X=np.ones((5, 3)), Y=np.ones((5, 2)), epsilon=1.0, activation="tanh"), "activation"),
-    (dict(X=np.ones((5, 3)), Y=np.ones((5, 2)), epsilon=1.0, solver="sgd"), "solver"),
-    (dict(X=np.ones((5, 3)), Y=-np.ones((5, 2)), epsilon=1.0), "negative"),
-    (dict(X=np.ones((5, 3)), Y=np.ones((5, 2)), epsilon=np.ones(2)), "per_neuron"),
-    (dict(X=np.ones((5, 3)), Y=np.ones((5, 2)), epsilon=1.0, activation="linear", threshold=0.1),
-     "threshold"),
-    (dict(X=np.ones((5, 3)), Y=np.ones((5, 2)), epsilon=1.0, threshold=np.ones((4, 2))), "broadcast"),
-    (dict(X=np.ones((0, 3)), Y=np.ones((0, 2)), epsilon=1.0), "empty"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(X=np.ones((5, 3)), Y=np.ones((4, 2)), epsilon=1.0), "samples"),
+        (dict(X=np.ones((5,)), Y=np.ones((5, 2)), epsilon=1.0), "2-D"),
+        (dict(X=np.full((5, 3), np.nan), Y=np.ones((5, 2)), epsilon=1.0), "NaN"),
+        (dict(X=np.ones((5, 3)), Y=np.full((5, 2), np.inf), epsilon=1.0), "Y contains NaN or Inf"),
+        (dict(X=np.ones((5, 3)), Y=np.ones((5, 2)), epsilon=-1.0), "epsilon must be >= 0"),
+        (dict(X=np.ones((5, 3)), Y=np.ones((5, 2)), epsilon=1.0, activation="tanh"), "activation"),
+        (dict(X=np.ones((5, 3)), Y=np.ones((5, 2)), epsilon=1.0, solver="sgd"), "solver"),
+        (dict(X=np.ones((5, 3)), Y=-np.ones((5, 2)), epsilon=1.0), "negative"),
+        (dict(X=np.ones((5, 3)), Y=np.ones((5, 2)), epsilon=np.ones(2)), "per_neuron"),
+        (dict(X=np.ones((5, 3)), Y=np.ones((5, 2)), epsilon=1.0, activation="linear", threshold=0.1), "threshold"),
+        (dict(X=np.ones((5, 3)), Y=np.ones((5, 2)), epsilon=1.0, threshold=np.ones((4, 2))), "broadcast"),
+        (dict(X=np.ones((0, 3)), Y=np.ones((0, 2)), epsilon=1.0), "empty"),
+    ],
+)
 def test_bad_input_raises_before_compiling(kwargs, match):
     with pytest.raises(ValueError, match=match):
         nt.solve_layer(kwargs.pop("X"), kwargs.pop("Y"), **kwargs)
@@ -293,10 +294,13 @@ def test_unknown_option_is_a_type_error():
         nt.solve_layer(np.ones((5, 3)), np.ones((5, 2)), epsilon=1.0, max_iter=3)
 
 
-
 @settings(max_examples=12, deadline=None, derandomize=True)
-@given(seed=st.integers(0, 10_000), rel=st.floats(0.01, 0.6),
-       activation=st.sampled_from(["relu", "linear"]), density=st.floats(0.1, 1.0))
+@given(
+    seed=st.integers(0, 10_000),
+    rel=st.floats(0.01, 0.6),
+    activation=st.sampled_from(["relu", "linear"]),
+    density=st.floats(0.1, 1.0),
+)
 def test_property_certificate_brackets_the_optimum(seed, rel, activation, density):
     # Any problem: the lower bound never exceeds the interior-point optimum, and the
     # converged kernel is feasible and within the certified gap of it.
@@ -345,8 +349,10 @@ def test_reference_fails_unless_optimal():
         reference(x, y, 0.0, "relu")
 
 
-@pytest.mark.parametrize("per_neuron, solver, threshold", [
-    (False, "admm", 0.0), (False, "pdhg", 0.0), (True, "admm", 0.0), (False, "admm", -0.1)])
+@pytest.mark.parametrize(
+    "per_neuron, solver, threshold",
+    [(False, "admm", 0.0), (False, "pdhg", 0.0), (True, "admm", 0.0), (False, "admm", -0.1)],
+)
 def test_output_budget_matches_reference(per_neuron, solver, threshold):
     """relu_budget="output": the misfit on Omega and the excess over V off it share one
     ball; objective within 1e-3 of Clarabel's on that program, the returned kernel inside
@@ -357,8 +363,9 @@ def test_output_budget_matches_reference(per_neuron, solver, threshold):
     ref_value, _ = reference(x, y, eps, "relu", threshold=threshold, per_neuron=per_neuron, relu_budget="output")
     paper, _ = reference(x, y, eps, "relu", threshold=threshold, per_neuron=per_neuron)
     assert ref_value <= paper * (1 + 1e-6)
-    sol = nt.solve_layer(x, y, epsilon=eps, threshold=threshold, per_neuron=per_neuron, solver=solver,
-                         relu_budget="output")
+    sol = nt.solve_layer(
+        x, y, epsilon=eps, threshold=threshold, per_neuron=per_neuron, solver=solver, relu_budget="output"
+    )
     info = sol.info
     assert bool(info.converged)
     assert abs(float(info.objective) - ref_value) <= 1e-3 * ref_value
@@ -382,8 +389,10 @@ def test_relu_budget_refuses_unknown_value():
         nt.solve_layer(x, y, epsilon=0.1, relu_budget="outputs")
 
 
-@pytest.mark.parametrize("activation, per_neuron, solver", [
-    ("relu", False, "admm"), ("relu", False, "pdhg"), ("relu", True, "admm"), ("linear", False, "admm")])
+@pytest.mark.parametrize(
+    "activation, per_neuron, solver",
+    [("relu", False, "admm"), ("relu", False, "pdhg"), ("relu", True, "admm"), ("linear", False, "admm")],
+)
 def test_weighted_l1_matches_reference(activation, per_neuron, solver):
     """l1_weights=: the weighted program's optimum (Clarabel) within 1e-3, the certificate
     below it, and one reweighting step (weights from the l1 solution) at the same epsilon
@@ -394,8 +403,16 @@ def test_weighted_l1_matches_reference(activation, per_neuron, solver):
     weights = np.asarray(nt.reweighting_weights(plain.kernel), np.float64)
     assert weights.min() > 0 and weights.max() == 1.0
     ref_value, _ = reference(x, y, eps, activation, per_neuron=per_neuron, weights=weights)
-    sol = nt.solve_layer(x, y, epsilon=eps, activation=activation, per_neuron=per_neuron, solver=solver,
-                         l1_weights=weights, warm_start=plain.kernel)
+    sol = nt.solve_layer(
+        x,
+        y,
+        epsilon=eps,
+        activation=activation,
+        per_neuron=per_neuron,
+        solver=solver,
+        l1_weights=weights,
+        warm_start=plain.kernel,
+    )
     info = sol.info
     assert bool(info.converged)
     assert abs(float(info.objective) - ref_value) <= 1e-3 * ref_value
@@ -447,9 +464,13 @@ def test_certificate_scales_columns_optimally(soft):
     eps = 0.4 * _omega_norm(y, "relu")
     ref_value, _ = reference(x, y, eps, "relu", relu_budget="output" if soft else "omega")
     omega = y > 0
-    c = constraints.ConstraintSet(target=jnp.asarray(y, jnp.float32), omega=jnp.asarray(omega),
-                                  radius=jnp.asarray(eps, jnp.float32),
-                                  threshold=jnp.zeros((1, y.shape[1]), jnp.float32), soft=soft)
+    c = constraints.ConstraintSet(
+        target=jnp.asarray(y, jnp.float32),
+        omega=jnp.asarray(omega),
+        radius=jnp.asarray(eps, jnp.float32),
+        threshold=jnp.zeros((1, y.shape[1]), jnp.float32),
+        soft=soft,
+    )
     rng = np.random.default_rng(0)
     for _ in range(20):
         # A dual point near the misfit direction, with a column scale spread of 100x.

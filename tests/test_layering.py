@@ -28,22 +28,28 @@ def test_the_package_respects_its_floors_and_has_no_import_cycle():
 
 
 def test_an_upward_import_inside_a_function_is_reported(tmp_path):
-    root = _package(tmp_path, {
-        "solver/admm.py": "def f():\n    from nettrim_jax.network import prune\n",
-        "network/prune.py": "from ..solver import admm\n",
-    })
+    root = _package(
+        tmp_path,
+        {
+            "solver/admm.py": "def f():\n    from nettrim_jax.network import prune\n",
+            "network/prune.py": "from ..solver import admm\n",
+        },
+    )
     found = layering.violations(root)
     assert "upward import: nettrim_jax.solver.admm (solver) imports nettrim_jax.network.prune (network)" in found
     assert "import cycle: nettrim_jax.network.prune <-> nettrim_jax.solver.admm" in found
 
 
 def test_a_cycle_within_one_floor_and_a_sideways_import_are_reported(tmp_path):
-    root = _package(tmp_path, {
-        "solver/layer.py": "from nettrim_jax.solver.gram_space import solve\n",
-        "solver/gram_space.py": "from nettrim_jax.solver import layer\n",
-        "models.py": "from nettrim_jax import training\n",
-        "training.py": "",
-    })
+    root = _package(
+        tmp_path,
+        {
+            "solver/layer.py": "from nettrim_jax.solver.gram_space import solve\n",
+            "solver/gram_space.py": "from nettrim_jax.solver import layer\n",
+            "models.py": "from nettrim_jax import training\n",
+            "training.py": "",
+        },
+    )
     found = layering.violations(root)
     assert found == [
         "sideways import: nettrim_jax.models (models) imports nettrim_jax.training (training)",

@@ -23,8 +23,9 @@ def _generator():
 def test_notebook_matches_generator():
     committed = nbformat.read(NOTEBOOK, as_version=4)
     fresh = _generator().build()
-    assert [(c.cell_type, c.source) for c in committed.cells] == [(c.cell_type, c.source) for c in fresh.cells], \
+    assert [(c.cell_type, c.source) for c in committed.cells] == [(c.cell_type, c.source) for c in fresh.cells], (
         "run `python experiments/notebooks/make_colab.py` and commit the notebook"
+    )
     assert all(not c.get("outputs") for c in committed.cells if c.cell_type == "code"), "commit it without outputs"
 
 
@@ -48,9 +49,15 @@ def kernel_name(tmp_path, monkeypatch):
     name = "nettrim-test-python"
     spec_dir = tmp_path / "jupyter" / "kernels" / name
     spec_dir.mkdir(parents=True)
-    (spec_dir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "nettrim test", "language": "python"}))
+    (spec_dir / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "nettrim test",
+                "language": "python",
+            }
+        )
+    )
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     return name
 
@@ -59,8 +66,9 @@ def test_notebook_executes_on_cpu(tmp_path, kernel_name):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     work = tmp_path / "run"
     work.mkdir()
-    client = nbclient.NotebookClient(nb, kernel_name=kernel_name, timeout=300,
-                                     resources={"metadata": {"path": str(work)}})
+    client = nbclient.NotebookClient(
+        nb, kernel_name=kernel_name, timeout=300, resources={"metadata": {"path": str(work)}}
+    )
     client.execute()  # raises CellExecutionError on the first failing cell
 
     def text(cell):

@@ -17,7 +17,7 @@ def test_mask_keeps_the_n_largest_per_group(n, m, bias):
     if bias:
         assert np.all(mask[-1])
     for start in range(0, length, m):
-        block_k, block_m = np.abs(k[start:min(start + m, length)]), mask[start:min(start + m, length)]
+        block_k, block_m = np.abs(k[start : min(start + m, length)]), mask[start : min(start + m, length)]
         keep = min(n, block_k.shape[0])
         assert np.all(block_m.sum(axis=0) == keep)
         for j in range(k.shape[1]):  # the kept entries are the largest of their group
@@ -32,8 +32,9 @@ def test_mask_along_another_axis_and_under_jit():
     assert mask.shape == k.shape
     assert np.asarray(patterns.group_counts(k * mask, 4, axis=2)).max() == 2
     moved = np.moveaxis(k, 2, 0).reshape(8, -1)
-    np.testing.assert_array_equal(np.moveaxis(np.asarray(mask), 2, 0).reshape(8, -1),
-                                  np.asarray(patterns.nm_mask(moved, 2, 4)))
+    np.testing.assert_array_equal(
+        np.moveaxis(np.asarray(mask), 2, 0).reshape(8, -1), np.asarray(patterns.nm_mask(moved, 2, 4))
+    )
 
 
 def test_parse_pattern():

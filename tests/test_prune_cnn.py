@@ -37,7 +37,7 @@ def cnn(digits_images):
 
 @pytest.fixture(scope="module")
 def calib(digits_images):
-    return jnp.asarray(digits_images[0][:150])   # conv rows: 150 * 64 = 9600 and 150 * 16 = 2400
+    return jnp.asarray(digits_images[0][:150])  # conv rows: 150 * 64 = 9600 and 150 * 16 = 2400
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +68,7 @@ def test_cnn_structure_programs_and_cascade_bound(cnn, cascade, calib, digits_im
     # pruned conv kernels keep the HWIO layout and agree with the masks
     k0 = cascade.model.convs[0].kernel.get_value()
     assert k0.shape == (3, 3, 1, 4)
-    np.testing.assert_array_equal(np.asarray(cascade.masks["convs"][0]["kernel"].get_value()),
-                                  np.asarray(k0) != 0)
+    np.testing.assert_array_equal(np.asarray(cascade.masks["convs"][0]["kernel"].get_value()), np.asarray(k0) != 0)
     # cascade bound: a posteriori within epsilon_L; a priori epsilon_1 prod gamma g_l ||W_l||_2
     # (g = 3 = sqrt(3 * 3) for the 3x3 conv, 1 for dense; pooling and flatten are 1-Lipschitz)
     logits0, logits1 = cnn(calib), cascade.model(calib)
@@ -80,7 +79,8 @@ def test_cnn_structure_programs_and_cascade_bound(cnn, cascade, calib, digits_im
     gains = [3.0, 3.0, 1.0, 1.0]
     mats = [S.kernel_matrix(S.Conv(W[1].kernel.get_value()))] + [W[j].kernel.get_value() for j in (2, 3)]
     bound = rep.layers[0].epsilon * np.prod(
-        [GAMMA * g * np.linalg.norm(np.asarray(m, np.float64), 2) for g, m in zip(gains[1:], mats)])
+        [GAMMA * g * np.linalg.norm(np.asarray(m, np.float64), 2) for g, m in zip(gains[1:], mats)]
+    )
     assert rep.bound == pytest.approx(bound, rel=1e-3)
     assert err <= bound
     # sparsity and accuracy
@@ -104,7 +104,7 @@ def test_parallel_conv_layers_within_epsilon(cnn, parallel, calib):
     assert misfit <= EPS * float(jnp.linalg.norm(Y)) * (1 + SLACK)
     assert res.report.layers[1].epsilon == pytest.approx(EPS * float(jnp.linalg.norm(Y)), rel=1e-4)
     for l in res.report.layers:
-        assert l.misfit <= l.epsilon * (1 + SLACK)   # conv1: on its sampled rows
+        assert l.misfit <= l.epsilon * (1 + SLACK)  # conv1: on its sampled rows
 
 
 def test_conv_patch_subsampling(parallel):
@@ -119,11 +119,11 @@ def test_conv_patch_subsampling(parallel):
 def test_linen_cnn_gives_the_same_pruned_weights(cnn, cascade, calib):
     module = LinenCNN(channels=(4, 8), hidden=32, num_classes=10, image_size=8)
     names = ["Conv_0", "Conv_1", "Dense_0", "Dense_1"]
-    variables = {"params": {n: {"kernel": l.kernel.get_value(), "bias": l.bias.get_value()}
-                            for n, l in zip(names, _layers(cnn))}}
+    variables = {
+        "params": {n: {"kernel": l.kernel.get_value(), "bias": l.bias.get_value()} for n, l in zip(names, _layers(cnn))}
+    }
     np.testing.assert_allclose(module.apply(variables, calib), cnn(calib), rtol=1e-5, atol=1e-5)
-    lin = _prune((module, variables), calib, scheme="cascade", epsilon=EPS, gamma=GAMMA,
-                 max_patches=None)
+    lin = _prune((module, variables), calib, scheme="cascade", epsilon=EPS, gamma=GAMMA, max_patches=None)
     assert [l.activation for l in lin.report.layers] == ["relu", "relu", "relu", "linear"]
     for n, l in zip(names, _layers(cascade.model)):
         np.testing.assert_allclose(lin.model["params"][n]["kernel"], l.kernel.get_value(), atol=1e-5)

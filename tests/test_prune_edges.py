@@ -39,7 +39,9 @@ def test_layer_pruned_to_all_zeros_warns(scheme):
     assert res.report.nnz_after == 0 and res.report.output_spread == 0
     assert [str(w.message).split(" was")[0] for w in rec] == ["layer 0", "layer 1", "layer 2"]
     if scheme == "cascade":  # gamma shapes a cascade run: the summary keeps it
-        assert next(l for l in res.report.to_markdown().splitlines() if "nonzeros" in l).startswith("cascade Net-Trim (gamma=1.1): nonzeros")
+        assert next(l for l in res.report.to_markdown().splitlines() if "nonzeros" in l).startswith(
+            "cascade Net-Trim (gamma=1.1): nonzeros"
+        )
 
 
 def test_cascade_gives_a_layer_the_pruned_prefix_does_not_reach_its_own_epsilon():

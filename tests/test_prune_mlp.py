@@ -19,7 +19,7 @@ from nettrim_jax.training import LinenMLP, accuracy, make_mlp, train_classifier
 
 cascade_mod = importlib.import_module("nettrim_jax.network.cascade")
 
-SIZES = (64, 32, 32, 32, 10)   # layers 1 and 2 are square: a scan run in cascade mode
+SIZES = (64, 32, 32, 32, 10)  # layers 1 and 2 are square: a scan run in cascade mode
 EPS = 0.1
 GAMMA = 1.1
 OPTS = dict(max_iters=1500, progress=False)
@@ -56,8 +56,9 @@ def cascade(trained, calib):
 
 
 def _weights(model):
-    return [(np.asarray(l.kernel.get_value(), np.float64), np.asarray(l.bias.get_value(), np.float64))
-            for l in model.layers]
+    return [
+        (np.asarray(l.kernel.get_value(), np.float64), np.asarray(l.bias.get_value(), np.float64)) for l in model.layers
+    ]
 
 
 def _forward(weights, x):
@@ -136,7 +137,9 @@ def test_cascade_paper_budget_keeps_the_paper_rule(trained, calib):
     xs, ys = _forward(W, calib)
     xh, _ = _forward(U, calib)
     z = xh[1] @ W[1][0] + W[1][1]
-    np.testing.assert_allclose(paper.report.layers[1].epsilon, GAMMA * _fro(np.where(ys[1] > 0, z - ys[1], 0)), rtol=1e-3)
+    np.testing.assert_allclose(
+        paper.report.layers[1].epsilon, GAMMA * _fro(np.where(ys[1] > 0, z - ys[1], 0)), rtol=1e-3
+    )
     out = xh[1] @ U[1][0] + U[1][1]
     assert _fro(np.where(ys[1] > 0, out - ys[1], 0)) <= paper.report.layers[1].epsilon * (1 + SLACK)
     soft = np.where(ys[1] > 0, z - ys[1], np.maximum(z, 0))
@@ -183,8 +186,16 @@ def test_cascade_output_epsilon_refits_the_output_layer(trained, cascade, calib)
 
     # a budget no kernel can meet is raised to 1.01 x the least-squares residual, with a warning
     with pytest.warns(RuntimeWarning, match="below what any kernel can reach"):
-        low = nt.prune(trained, calib, scheme="cascade", epsilon=EPS, gamma=GAMMA,
-                       output_epsilon=0.5 * floor, progress=False, max_iters=100)
+        low = nt.prune(
+            trained,
+            calib,
+            scheme="cascade",
+            epsilon=EPS,
+            gamma=GAMMA,
+            output_epsilon=0.5 * floor,
+            progress=False,
+            max_iters=100,
+        )
     assert low.report.layers[-1].epsilon == pytest.approx(floor * _fro(z), rel=1e-3)
 
 
@@ -227,7 +238,7 @@ def test_scan_and_loop_cascade_agree(trained, cascade, calib, monkeypatch):
 
     monkeypatch.setattr(cascade_mod, "_scan_solver", spy)
     scanned = _prune(trained, calib, scheme="cascade", epsilon=EPS, gamma=GAMMA, scan=True)
-    assert len(calls) == 1        # layers 1-2 went through lax.scan
+    assert len(calls) == 1  # layers 1-2 went through lax.scan
     calls.clear()
     looped = _prune(trained, calib, scheme="cascade", epsilon=EPS, gamma=GAMMA, scan=False)
     assert not calls
@@ -243,12 +254,17 @@ def test_scan_and_loop_cascade_agree(trained, cascade, calib, monkeypatch):
 def test_nnx_linen_and_specs_give_the_same_pruned_weights(trained, cascade, calib):
     W = _weights(trained)
     module = LinenMLP(SIZES[1:])
-    variables = {"params": {f"Dense_{i}": {"kernel": jnp.asarray(k, jnp.float32),
-                                           "bias": jnp.asarray(b, jnp.float32)}
-                            for i, (k, b) in enumerate(W)}}
+    variables = {
+        "params": {
+            f"Dense_{i}": {"kernel": jnp.asarray(k, jnp.float32), "bias": jnp.asarray(b, jnp.float32)}
+            for i, (k, b) in enumerate(W)
+        }
+    }
     np.testing.assert_allclose(module.apply(variables, calib), trained(calib), rtol=1e-5, atol=1e-5)
-    specs = [nt.Dense(jnp.asarray(k, jnp.float32), jnp.asarray(b, jnp.float32),
-                      "relu" if i < len(W) - 1 else "linear") for i, (k, b) in enumerate(W)]
+    specs = [
+        nt.Dense(jnp.asarray(k, jnp.float32), jnp.asarray(b, jnp.float32), "relu" if i < len(W) - 1 else "linear")
+        for i, (k, b) in enumerate(W)
+    ]
     lin = _prune((module, variables), calib, scheme="cascade", epsilon=EPS, gamma=GAMMA)
     spc = _prune(specs, calib, scheme="cascade", epsilon=EPS, gamma=GAMMA)
     ref = _weights(cascade.model)
@@ -259,7 +275,9 @@ def test_nnx_linen_and_specs_give_the_same_pruned_weights(trained, cascade, cali
             np.testing.assert_allclose(np.asarray(got[1]), b, atol=1e-5)
     # masks follow each model's own params structure
     assert set(lin.masks) == {f"Dense_{i}" for i in range(4)}
-    np.testing.assert_array_equal(lin.masks["Dense_0"]["kernel"], np.asarray(lin.model["params"]["Dense_0"]["kernel"]) != 0)
+    np.testing.assert_array_equal(
+        lin.masks["Dense_0"]["kernel"], np.asarray(lin.model["params"]["Dense_0"]["kernel"]) != 0
+    )
     assert [l.name for l in lin.report.layers] == [f"Dense_{i}" for i in range(4)]
     # the input variables were not modified
     np.testing.assert_array_equal(variables["params"]["Dense_0"]["kernel"], W[0][0].astype(np.float32))
@@ -310,19 +328,26 @@ def _unit_ok(units, l, m):
 def test_per_neuron_programs(per_neuron):
     res, units = per_neuron
     assert units[DEGENERATE[0]][0][DEGENERATE[1]] == 1  # the known unit is still the degenerate one
-    failed = [(l, m, float(units[l][1][m] / units[l][2][m]))
-              for l in range(len(units)) for m in range(len(units[l][1]))
-              if (l, m) != DEGENERATE and not _unit_ok(units, l, m)]
+    failed = [
+        (l, m, float(units[l][1][m] / units[l][2][m]))
+        for l in range(len(units))
+        for m in range(len(units[l][1]))
+        if (l, m) != DEGENERATE and not _unit_ok(units, l, m)
+    ]
     assert failed == []
     assert sum(len(u[1]) for u in units) == 16 + 12 + 5  # all units but DEGENERATE were checked
     assert res.report.nnz_after < 0.9 * res.report.nnz_before
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "solve_layer(per_neuron=True): a unit with a single active sample (P = 200, N = 17) is not "
-    "converged by ADMM: its misfit cycles around the budget (1.0019 after 5000 iterations) and "
-    "its gap between 5e-4 and 1e-2 whatever rho does; solver='pdhg' certifies the layer.  Known "
-    "limitation on degenerate per-neuron programs; strict, so a fix is noticed"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "solve_layer(per_neuron=True): a unit with a single active sample (P = 200, N = 17) is not "
+        "converged by ADMM: its misfit cycles around the budget (1.0019 after 5000 iterations) and "
+        "its gap between 5e-4 and 1e-2 whatever rho does; solver='pdhg' certifies the layer.  Known "
+        "limitation on degenerate per-neuron programs; strict, so a fix is noticed"
+    ),
+)
 def test_per_neuron_degenerate_unit(per_neuron):
     res, units = per_neuron
     assert _unit_ok(units, *DEGENERATE), units[DEGENERATE[0]][1][DEGENERATE[1]] / units[DEGENERATE[0]][2][DEGENERATE[1]]

@@ -33,8 +33,7 @@ def test_einsum_plans():
     q = einsum_plan("bhk,khd->bd", (3, 2, 5))  # contracts two axes, kernel axes reordered
     x2 = jax.random.normal(jax.random.key(2), (4, 2, 3))
     k2 = jax.random.normal(jax.random.key(3), (3, 2, 5))
-    np.testing.assert_allclose(q.rows(x2) @ q.matrix(k2), jnp.einsum("bhk,khd->bd", x2, k2),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(q.rows(x2) @ q.matrix(k2), jnp.einsum("bhk,khd->bd", x2, k2), rtol=1e-5, atol=1e-5)
     for bad in ("bd,bdk->bk", "bcd,dk->cbk", "bd,de->b", "bd,dd->bd"):
         with pytest.raises(NotAProjection):
             einsum_plan(bad, (3, 3, 3) if ",bdk" in bad else (3, 3))
@@ -121,13 +120,16 @@ def test_linen_dense_general_and_einsum_projections():
     module = Net()
     variables = module.init(jax.random.key(1), x)
     with pytest.warns(UserWarning, match="'batched' left unpruned: einsum 'bte,bef->btf' shares"):
-        res = _quiet(lambda: nt.prune((module, variables), x, epsilon=0.0, scheme="parallel",
-                                      progress=False, max_iters=1500))
+        res = _quiet(
+            lambda: nt.prune((module, variables), x, epsilon=0.0, scheme="parallel", progress=False, max_iters=1500)
+        )
     assert [(l.name, l.activation, l.N, l.M) for l in res.report.layers] == [
-        ("split", "relu", 4, 6), ("merge", "relu", 7, 4), ("proj", "linear", 5, 5)]
+        ("split", "relu", 4, 6),
+        ("merge", "relu", 7, 4),
+        ("proj", "linear", 5, 5),
+    ]
     out0 = module.apply(variables, x)
-    np.testing.assert_allclose(module.apply(res.model, x), out0, rtol=0,
-                               atol=5e-3 * float(jnp.max(jnp.abs(out0))))
+    np.testing.assert_allclose(module.apply(res.model, x), out0, rtol=0, atol=5e-3 * float(jnp.max(jnp.abs(out0))))
 
 
 def test_grouped_and_depthwise_conv_block_programs(groups=4):
@@ -152,15 +154,16 @@ def test_grouped_and_depthwise_conv_block_programs(groups=4):
     m.bn.bias.set_value(jnp.linspace(-0.3, 0.3, 8))
     m.eval()
     x = jax.random.normal(jax.random.key(0), (3, 9, 9, 1))
-    spec = Conv(kernel=m.g.kernel.get_value(), bias=m.g.bias.get_value(), strides=(2, 2),
-                dilation=(2, 2), groups=groups)
+    spec = Conv(
+        kernel=m.g.kernel.get_value(), bias=m.g.bias.get_value(), strides=(2, 2), dilation=(2, 2), groups=groups
+    )
     h = jax.random.normal(jax.random.key(1), (3, 9, 9, 4))
     z = apply_layer(spec, h)
     k = kernel_matrix(spec)
     assert k.shape == (4 // groups * 9 * groups + groups, 8 // groups)
     from nettrim_jax.network.specs import from_targets
-    np.testing.assert_allclose(from_targets(spec, program_rows(spec, h) @ k, 8), z.reshape(-1, 8),
-                               rtol=1e-4, atol=1e-4)
+
+    np.testing.assert_allclose(from_targets(spec, program_rows(spec, h) @ k, 8), z.reshape(-1, 8), rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(with_matrix(spec, k).kernel, spec.kernel)
     res = _quiet(lambda: nt.prune(m, x, epsilon=0.0, scheme="parallel", progress=False, max_iters=1500))
     g = {l.name: l for l in res.report.layers}["g"]
@@ -187,9 +190,14 @@ def _check_folding(plain, x):
 
 def test_prune_fold_batchnorm_option():
     """prune(fold_batchnorm=True) folds the BatchNorm after layer 'a' into it."""
+
     class Small(nnx.Module):
         def __init__(self, rngs):
-            self.a, self.bn, self.b = nnx.Linear(5, 6, rngs=rngs), nnx.BatchNorm(6, rngs=rngs), nnx.Linear(6, 2, rngs=rngs)
+            self.a, self.bn, self.b = (
+                nnx.Linear(5, 6, rngs=rngs),
+                nnx.BatchNorm(6, rngs=rngs),
+                nnx.Linear(6, 2, rngs=rngs),
+            )
 
         def __call__(self, t):
             return self.b(nnx.relu(self.bn(self.a(t))))

@@ -25,20 +25,35 @@ from nettrim_jax.network import specs as S
 FAST = dict(max_iters=800, progress=False)
 
 
-@pytest.mark.parametrize("strides,padding,dilation,bias", [
-    ((1, 1), "SAME", (1, 1), True),
-    ((2, 1), "VALID", (1, 1), False),
-    ((1, 2), ((1, 2), (0, 1)), (2, 1), True),
-    ((2, 2), "SAME", (1, 2), True),
-])
+@pytest.mark.parametrize(
+    "strides,padding,dilation,bias",
+    [
+        ((1, 1), "SAME", (1, 1), True),
+        ((2, 1), "VALID", (1, 1), False),
+        ((1, 2), ((1, 2), (0, 1)), (2, 1), True),
+        ((2, 2), "SAME", (1, 2), True),
+    ],
+)
 def test_patch_rows_times_kernel_matrix_is_the_convolution(strides, padding, dilation, bias):
     kx, kk, kb = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(kx, (2, 7, 6, 3))
-    spec = S.Conv(jax.random.normal(kk, (3, 2, 3, 5)),
-                  jax.random.normal(kb, (5,)) if bias else None, "relu", strides, padding, dilation)
+    spec = S.Conv(
+        jax.random.normal(kk, (3, 2, 3, 5)),
+        jax.random.normal(kb, (5,)) if bias else None,
+        "relu",
+        strides,
+        padding,
+        dilation,
+    )
     z = S.apply_layer(spec, x)
-    ref = lax.conv_general_dilated(x, spec.kernel, strides, S.normalize_padding(padding),
-                                   rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    ref = lax.conv_general_dilated(
+        x,
+        spec.kernel,
+        strides,
+        S.normalize_padding(padding),
+        rhs_dilation=dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
     if bias:
         ref = ref + spec.bias
     np.testing.assert_allclose(z, ref, rtol=1e-5, atol=1e-5)
@@ -87,14 +102,13 @@ def test_masked_fine_tuning_of_a_pruned_nnx_model(digits):
     pruned = res.model
     before = [np.asarray(a) for a in jax.tree.leaves(nnx.state(pruned, nnx.Param))]
     zeros = [a == 0 for a in before]
-    train_classifier(pruned, xtr, ytr, steps=60,
-                     optimizer=nt.masked(optax.adamw(1e-3, weight_decay=1e-2), res.masks))
+    train_classifier(pruned, xtr, ytr, steps=60, optimizer=nt.masked(optax.adamw(1e-3, weight_decay=1e-2), res.masks))
     after = [np.asarray(a) for a in jax.tree.leaves(nnx.state(pruned, nnx.Param))]
     masks = [np.asarray(m) for m in jax.tree.leaves(res.masks)]
     assert sum(int(z.sum()) for z in zeros) > 0
     for b, a, m, z in zip(before, after, masks, zeros):
-        np.testing.assert_array_equal(m, b != 0)          # masks match the exact zeros
-        assert np.all(a[z] == 0)                          # zeros stay exactly zero
+        np.testing.assert_array_equal(m, b != 0)  # masks match the exact zeros
+        assert np.all(a[z] == 0)  # zeros stay exactly zero
     assert any(np.any(a[~z] != b[~z]) for a, b, z in zip(after, before, zeros))
     assert accuracy(pruned, xte, yte) > 0.8
 
@@ -118,8 +132,8 @@ class _LinearMiddle(nnx.Module):
         self.c = nnx.Linear(7, 3, rngs=rngs)
 
     def __call__(self, x):
-        h = self.a(x)                      # no activation: linear program
-        h = nnx.relu(self.b(h) * 1.0)      # relu (through a scaling): relu program
+        h = self.a(x)  # no activation: linear program
+        h = nnx.relu(self.b(h) * 1.0)  # relu (through a scaling): relu program
         return self.c(h)
 
 
@@ -205,8 +219,7 @@ def test_parallel_results_do_not_depend_on_the_device_count(tmp_path):
     script.write_text(_DEVICE_SCRIPT)
     out = {}
     for n in (1, 4):
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
-                   JAX_PLATFORMS="cpu")
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", JAX_PLATFORMS="cpu")
         path = tmp_path / f"r{n}.npz"
         subprocess.run([sys.executable, str(script), str(path)], env=env, check=True, timeout=300)
         out[n] = dict(np.load(path))
@@ -220,8 +233,17 @@ def test_report_does_not_claim_a_bound_that_failed():
     """The bound assumes every program was met: the summary line says so when it is broken."""
     from nettrim_jax.network.prune import PruneReport
 
-    rep = PruneReport(scheme="cascade", gamma=1.0, layers=(), nnz_before=10, nnz_after=5,
-                      output_discrepancy=0.02, output_error=1.0, bound=2.0, seconds=0.1)
+    rep = PruneReport(
+        scheme="cascade",
+        gamma=1.0,
+        layers=(),
+        nnz_before=10,
+        nnz_after=5,
+        output_discrepancy=0.02,
+        output_error=1.0,
+        bound=2.0,
+        seconds=0.1,
+    )
     assert "output error 1 <= bound 2" in rep.to_markdown()
     broken = rep._replace(output_error=3.0).to_markdown()
     assert "<= bound" not in broken and "output error 3 > (some layer missed its program) bound 2" in broken

@@ -26,8 +26,9 @@ def _support_fit_reference(x, y, kernel, relu, threshold=0.0):
     z = x @ cp.multiply(mask, u)
     if relu:
         om = (y > 0).astype(float)
-        obj = 0.5 * cp.sum_squares(cp.multiply(om, z - y)) + \
-            0.5 * cp.sum_squares(cp.multiply(1 - om, cp.pos(z - threshold)))
+        obj = 0.5 * cp.sum_squares(cp.multiply(om, z - y)) + 0.5 * cp.sum_squares(
+            cp.multiply(1 - om, cp.pos(z - threshold))
+        )
     else:
         obj = 0.5 * cp.sum_squares(z - y)
     prob = cp.Problem(cp.Minimize(obj))
@@ -55,8 +56,9 @@ def test_refit_matches_reference_on_support(activation):
     sol = _solve(x, y, 0.1, activation)
     k0 = np.asarray(sol.kernel, np.float64)
     with jax.enable_x64(True):
-        k1, info = nt.refit_layer(jnp.asarray(x), jnp.asarray(y), jnp.asarray(k0),
-                                  activation=activation, rounds=6, cg_iters=100)
+        k1, info = nt.refit_layer(
+            jnp.asarray(x), jnp.asarray(y), jnp.asarray(k0), activation=activation, rounds=6, cg_iters=100
+        )
         k1 = np.asarray(k1)
     ref_value, _ = _support_fit_reference(x, y, k0, activation == "relu")
     assert np.all(k1[k0 == 0] == 0), "refit must keep Net-Trim's zeros"
@@ -92,10 +94,13 @@ def test_refit_never_worsens_a_unit_and_is_jittable():
     assert np.all(np.asarray(info.objective_after) <= np.asarray(info.objective_before))
 
 
-@pytest.mark.parametrize("bad, match", [
-    (lambda k: k[:-1], "warm_start kernel has shape"),
-    (lambda k: np.where(k != 0, np.nan, 0), "kernel contains NaN"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda k: k[:-1], "warm_start kernel has shape"),
+        (lambda k: np.where(k != 0, np.nan, 0), "kernel contains NaN"),
+    ],
+)
 def test_refit_bad_input(bad, match):
     x, y, _ = relu_problem(40, 10, 3, seed=0)
     k = np.ones((11, 3))
@@ -111,12 +116,11 @@ def test_prune_refit_keeps_supports_and_lowers_discrepancy(digits):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         plain = nt.prune(model, x, scheme="parallel", epsilon=0.2, progress=False, max_iters=1500)
-        refit = nt.prune(model, x, scheme="parallel", epsilon=0.2, refit=True, progress=False,
-                         max_iters=1500)
-        casc = nt.prune(model, x, scheme="cascade", epsilon=0.2, gamma=1.0, refit=True,
-                        progress=False, max_iters=1500)
-        casc_loop = nt.prune(model, x, scheme="cascade", epsilon=0.2, gamma=1.0, refit=True,
-                             progress=False, max_iters=1500, scan=False)
+        refit = nt.prune(model, x, scheme="parallel", epsilon=0.2, refit=True, progress=False, max_iters=1500)
+        casc = nt.prune(model, x, scheme="cascade", epsilon=0.2, gamma=1.0, refit=True, progress=False, max_iters=1500)
+        casc_loop = nt.prune(
+            model, x, scheme="cascade", epsilon=0.2, gamma=1.0, refit=True, progress=False, max_iters=1500, scan=False
+        )
     # parallel: the same programs, so the same supports; the refit only moves kept weights
     for a, b in zip(jax.tree.leaves(plain.masks), jax.tree.leaves(refit.masks)):
         assert np.array_equal(np.asarray(a), np.asarray(b))

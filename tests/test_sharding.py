@@ -17,11 +17,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(script, *args, timeout=600):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
-               JAX_PLATFORMS="cpu")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]), JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
-    return subprocess.run([sys.executable, os.path.join(ROOT, "experiments", script), *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "experiments", script), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_sharded_solves_equal_the_unsharded_solve():
@@ -30,7 +34,11 @@ def test_sharded_solves_equal_the_unsharded_solve():
     assert res.returncode == 0, res.stdout + res.stderr[-3000:]
     assert {tuple(r["mesh"]) for r in rows} == {(8, 1), (1, 8), (4, 2)}
     assert {(r["activation"], r["per_neuron"]) for r in rows} == {
-        ("relu", False), ("relu", True), ("linear", False), ("linear", True)}
+        ("relu", False),
+        ("relu", True),
+        ("linear", False),
+        ("linear", True),
+    }
     for r in rows:
         assert r["rel"] <= 1e-3 and r["residual"] <= 1 + 1e-3, r
     # "units" really splits the kernel (GSPMD did not gather it onto one device).
@@ -41,8 +49,7 @@ def test_two_processes_equal_one_process():
     res = _run("multiprocess_check.py", "--quick")
     rows = [json.loads(l) for l in res.stdout.splitlines() if l.startswith("{")]
     assert res.returncode == 0, res.stdout + res.stderr[-3000:]
-    assert {r["case"] for r in rows} == {"relu-coupled-same", "relu-coupled-own",
-                                         "linear-pn-same", "linear-pn-own"}
+    assert {r["case"] for r in rows} == {"relu-coupled-same", "relu-coupled-own", "linear-pn-same", "linear-pn-own"}
     assert all(r["ok"] for r in rows) and np.all([r["residual"] <= 1 + 1e-3 for r in rows])
 
 
@@ -90,10 +97,13 @@ print(json.dumps(out))
 def test_prune_on_a_mesh_equals_prune_without():
     """prune(mesh=) on 8 forced host devices (4 x 2): every layer's l1 norm within 1e-3 of
     the unsharded run's, and every layer within its budget, both schemes."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
-               JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    res = subprocess.run([sys.executable, "-c", PRUNE_ON_MESH], env=env, capture_output=True, text=True,
-                         timeout=600)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    )
+    res = subprocess.run([sys.executable, "-c", PRUNE_ON_MESH], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     for scheme, layers in out.items():
@@ -133,8 +143,12 @@ def test_a_mesh_that_does_not_divide_the_layer_is_padded():
     """P = 250 rows and M = 10 units on 4 x 2, 1 x 8 and 8 x 1 meshes: solved (zero rows and
     units appended, then dropped), equal to the unsharded solve; a 10-unit head prunes on a
     4 x 2 mesh (it used to be refused: "M = 10 units over 2 'units' shards")."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
-               JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    )
     res = subprocess.run([sys.executable, "-c", PADDED], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = json.loads(res.stdout.strip().splitlines()[-1])

@@ -13,8 +13,7 @@ def _kernel(shape, sparsity, seed=0, dtype=np.float32):
     return np.where(rng.random(shape) < sparsity, 0, k).astype(dtype)
 
 
-@pytest.mark.parametrize("sparsity,fmt", [(0.9, "bitmask"), (0.99, "indices"), (0.0, "bitmask"),
-                                          (1.0, "indices")])
+@pytest.mark.parametrize("sparsity,fmt", [(0.9, "bitmask"), (0.99, "indices"), (0.0, "bitmask"), (1.0, "indices")])
 def test_round_trip_exact(sparsity, fmt):
     k = _kernel((301, 100), sparsity)
     c = sparse.compress(k)
@@ -42,8 +41,10 @@ def test_size_at_90_percent_sparsity():
 
 
 def test_tree_keeps_dense_where_smaller():
-    params = {"Dense_0": {"kernel": _kernel((64, 32), 0.9), "bias": np.ones(32, np.float32)},
-              "Dense_1": {"kernel": _kernel((32, 10), 0.5)}}
+    params = {
+        "Dense_0": {"kernel": _kernel((64, 32), 0.9), "bias": np.ones(32, np.float32)},
+        "Dense_1": {"kernel": _kernel((32, 10), 0.5)},
+    }
     c = sparse.compress_tree(params)
     assert isinstance(c["Dense_0"]["kernel"], sparse.Compressed)
     assert isinstance(c["Dense_0"]["bias"], np.ndarray)  # dense bias: no saving

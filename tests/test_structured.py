@@ -58,8 +58,9 @@ def test_rows_match_group_reference(activation, solver):
     x, y, eps = _row_sparse_problem(activation)
     groups = structure.row_groups(x.shape[1] - 1, bias=True)
     ref_value, ref_kernel = _group_reference(x, y, eps, groups, activation)
-    sol = nt.solve_layer(x, y, epsilon=eps, activation=activation, solver=solver,
-                         structure="rows", groups=groups, feas_tol=1e-6)
+    sol = nt.solve_layer(
+        x, y, epsilon=eps, activation=activation, solver=solver, structure="rows", groups=groups, feas_tol=1e-6
+    )
     _check(sol, ref_value, ref_kernel, x, y, eps, groups, activation)
 
 
@@ -86,8 +87,7 @@ def test_float64_rows_tight():
     groups = structure.row_groups(x.shape[1] - 1)
     ref_value, ref_kernel = _group_reference(x, y, eps, groups, "relu")
     with jax.enable_x64(True):
-        sol = nt.solve_layer(x, y, epsilon=eps, structure="rows", groups=groups, gap_tol=1e-5,
-                             max_iters=20000)
+        sol = nt.solve_layer(x, y, epsilon=eps, structure="rows", groups=groups, gap_tol=1e-5, max_iters=20000)
         assert sol.kernel.dtype == jnp.float64
     _check(sol, ref_value, ref_kernel, x, y, eps, groups, "relu", rel=5e-5)
 
@@ -114,14 +114,17 @@ def test_group_soft_threshold_is_the_prox():
     assert np.isclose(float(structure.dual_norm(jnp.asarray(v), jnp.asarray(groups))), want, rtol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(structure="channels"), "unknown structure"),
-    (dict(structure="rows", groups=np.zeros(5, int)), r"groups must have shape \(N,\) = \(11,\)"),
-    (dict(structure="rows", groups=np.zeros((11, 1), int)), "groups must have shape"),
-    (dict(structure="rows", groups=np.linspace(0, 1, 11)), "integer ids"),
-    (dict(structure="rows", per_neuron=True), "per_neuron"),
-    (dict(groups=np.arange(11)), "groups= needs structure='rows'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(structure="channels"), "unknown structure"),
+        (dict(structure="rows", groups=np.zeros(5, int)), r"groups must have shape \(N,\) = \(11,\)"),
+        (dict(structure="rows", groups=np.zeros((11, 1), int)), "groups must have shape"),
+        (dict(structure="rows", groups=np.linspace(0, 1, 11)), "integer ids"),
+        (dict(structure="rows", per_neuron=True), "per_neuron"),
+        (dict(groups=np.arange(11)), "groups= needs structure='rows'"),
+    ],
+)
 def test_bad_structure_values(kwargs, match):
     x = np.random.default_rng(0).standard_normal((20, 11))
     y = np.maximum(x[:, :3], 0)
@@ -137,8 +140,7 @@ def test_channel_groups_follow_kernel_matrix_order():
     rng = np.random.default_rng(6)
     kernel = rng.standard_normal((3, 3, 4, 3)).astype(np.float32)
     kernel[:, :, [1, 3], :] = 0
-    spec = nt.Conv(kernel=jnp.asarray(kernel), bias=jnp.asarray([0.1, -0.1, 0.2], jnp.float32),
-                   padding="VALID")
+    spec = nt.Conv(kernel=jnp.asarray(kernel), bias=jnp.asarray([0.1, -0.1, 0.2], jnp.float32), padding="VALID")
     x_img = jnp.asarray(rng.standard_normal((4, 8, 8, 4)), jnp.float32)
     rows = np.asarray(specs.layer_rows(spec, x_img))
     x = np.concatenate([rows, np.ones((rows.shape[0], 1), np.float32)], axis=1)

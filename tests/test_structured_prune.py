@@ -20,11 +20,13 @@ def _mlp(seed=0):
 
 def _cnn(seed=0):
     rng = np.random.default_rng(seed)
-    return [nt.Conv((0.4 * rng.standard_normal((3, 3, 1, 4))).astype(np.float32), np.zeros(4, np.float32)),
-            Pool("max", (2, 2), (2, 2)),
-            nt.Conv((0.3 * rng.standard_normal((3, 3, 4, 6))).astype(np.float32), np.zeros(6, np.float32)),
-            Flatten(),
-            nt.Dense((0.1 * rng.standard_normal((4 * 4 * 6, 5))).astype(np.float32), None, "linear")]
+    return [
+        nt.Conv((0.4 * rng.standard_normal((3, 3, 1, 4))).astype(np.float32), np.zeros(4, np.float32)),
+        Pool("max", (2, 2), (2, 2)),
+        nt.Conv((0.3 * rng.standard_normal((3, 3, 4, 6))).astype(np.float32), np.zeros(6, np.float32)),
+        Flatten(),
+        nt.Dense((0.1 * rng.standard_normal((4 * 4 * 6, 5))).astype(np.float32), None, "linear"),
+    ]
 
 
 def _x(seed=1):
@@ -128,7 +130,7 @@ def test_nm_pattern_holds_in_every_group():
     for spec in res.model:
         k = np.asarray(spec.kernel)
         for i in range(0, k.shape[0], 4):
-            assert int((k[i:i + 4] != 0).sum(axis=0).max()) <= 2
+            assert int((k[i : i + 4] != 0).sum(axis=0).max()) <= 2
         assert int((k != 0).sum()) >= k.size // 4  # 2:4 keeps up to half; an all-zero kernel fails here
     assert res.report.options["pattern"] == "2:4"
     assert all(layer.converged for layer in res.report.layers)
@@ -137,10 +139,15 @@ def test_nm_pattern_holds_in_every_group():
     assert np.linalg.norm(pruned - dense) / np.linalg.norm(dense) < 0.45
 
 
-@pytest.mark.parametrize("kw, match", [({"structure": "rows?"}, "structure must be"),
-                                       ({"structure": "units", "per_neuron": True}, "per_neuron"),
-                                       ({"pattern": "4:2"}, ""), ({"pattern": "2:4", "structure": "units"},
-                                                                  "unstructured")])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"structure": "rows?"}, "structure must be"),
+        ({"structure": "units", "per_neuron": True}, "per_neuron"),
+        ({"pattern": "4:2"}, ""),
+        ({"pattern": "2:4", "structure": "units"}, "unstructured"),
+    ],
+)
 def test_bad_structure_values(kw, match):
     with pytest.raises(ValueError, match=match) as e:
         nt.prune(_mlp(), _x(), **kw, **OPTS)
@@ -153,14 +160,31 @@ def test_cli_structure_compact(tmp_path, capsys):
 
     ck.save(tmp_path / "ck", convert.from_network(_mlp()), (12,))
     np.save(tmp_path / "x.npy", _x())
-    rc = app.main(["prune", str(tmp_path / "ck"), "--data", str(tmp_path / "x.npy"), "--epsilon", "0.3",
-                   "--structure", "units", "--compact", "--out", str(tmp_path / "o"), "--max-iters", "3000", "-q"])
+    rc = app.main(
+        [
+            "prune",
+            str(tmp_path / "ck"),
+            "--data",
+            str(tmp_path / "x.npy"),
+            "--epsilon",
+            "0.3",
+            "--structure",
+            "units",
+            "--compact",
+            "--out",
+            str(tmp_path / "o"),
+            "--max-iters",
+            "3000",
+            "-q",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     small = ck.load(tmp_path / "o" / "model").layers
     assert sum(np.shape(l["kernel"])[1] for l in small[:2]) < 40
     x = _x(seed=9)
-    np.testing.assert_allclose(convert.apply(small, x), apply_specs(_prune_cli_reference(tmp_path), x),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        convert.apply(small, x), apply_specs(_prune_cli_reference(tmp_path), x), rtol=1e-4, atol=1e-4
+    )
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     assert rep["options"]["structure"] == "units"
 

@@ -88,7 +88,9 @@ def test_an_unreachable_target_is_reported():
     """With fewer program rows than inputs an l1 solution keeps at most about one nonzero per
     row in each unit: 10 samples cannot keep 90% of a 13-input layer, and prune says so,
     naming the layer furthest from its count."""
-    with pytest.warns(RuntimeWarning, match=r"sparsity target 0.1 reached .*layer '\d' kept \d+ of the \d+ asked, 10 program rows"):
+    with pytest.warns(
+        RuntimeWarning, match=r"sparsity target 0.1 reached .*layer '\d' kept \d+ of the \d+ asked, 10 program rows"
+    ):
         nt.prune(_net(), _x(n=10), scheme="parallel", sparsity=0.1, **FAST)
 
 
@@ -126,9 +128,16 @@ def test_scores_compare_conv_and_dense_weights_per_row():
     assert abs(keep[0] - keep[1]) <= 2, keep
 
 
-@pytest.mark.parametrize("bad, match", [(1.2, "in \\[0, 1\\)"), (-0.1, "in \\[0, 1\\)"),
-                                        (float("nan"), "in \\[0, 1\\)"), ("a lot", "must be a number"),
-                                        ({"nope": 0.5}, "not layers")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (1.2, "in \\[0, 1\\)"),
+        (-0.1, "in \\[0, 1\\)"),
+        (float("nan"), "in \\[0, 1\\)"),
+        ("a lot", "must be a number"),
+        ({"nope": 0.5}, "not layers"),
+    ],
+)
 def test_bad_sparsity_is_a_one_line_value_error(bad, match):
     with pytest.raises(ValueError, match=match) as e:
         nt.prune(_net(), _x(), sparsity=bad, **FAST)
@@ -148,8 +157,19 @@ def test_cli_sparsity(tmp_path, capsys):
 
     ck.save(tmp_path / "ck", from_network(_net()), (12,))
     np.save(tmp_path / "x.npy", _x())
-    args = ["prune", str(tmp_path / "ck"), "--data", str(tmp_path / "x.npy"), "--sparsity", "0.6",
-            "--out", str(tmp_path / "o"), "--max-iters", "5000", "-q"]
+    args = [
+        "prune",
+        str(tmp_path / "ck"),
+        "--data",
+        str(tmp_path / "x.npy"),
+        "--sparsity",
+        "0.6",
+        "--out",
+        str(tmp_path / "o"),
+        "--max-iters",
+        "5000",
+        "-q",
+    ]
     assert app.main(args) == 0, capsys.readouterr().err
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     assert abs(1 - rep["nnz_after"] / rep["nnz_before"] - 0.6) <= 0.005
@@ -178,9 +198,14 @@ def test_reweighted_l1_is_sparser_at_one_epsilon_and_closer_at_one_count():
         assert abs(a.nnz_after - b.nnz_after) <= 2 and a.misfit < b.misfit, (a.name, a.nnz_after, b.nnz_after)
 
 
-@pytest.mark.parametrize("bad, match", [
-    (-1, "reweight must be an integer >= 0"), (1.5, "reweight must be an integer >= 0"),
-    (True, "reweight must be an integer >= 0")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (-1, "reweight must be an integer >= 0"),
+        (1.5, "reweight must be an integer >= 0"),
+        (True, "reweight must be an integer >= 0"),
+    ],
+)
 def test_bad_reweight_is_a_one_line_value_error(bad, match):
     with pytest.raises(ValueError, match=match):
         nt.prune(_net(), _x(), reweight=bad, **FAST)
@@ -202,8 +227,19 @@ def test_solve_to_count_with_an_epsilon_batch(grid):
     x = np.concatenate([_x(), np.ones((400, 1), np.float32)], axis=1)
     y = np.maximum(x @ np.concatenate([spec.kernel, spec.bias[None]]), 0)
     keep = 200  # of 312 (the trained kernel is dense: the count falls steeply below ~150)
-    found = solve_to_count(jnp.asarray(x), jnp.asarray(y), jnp.zeros(()), "relu", keep, 7.0,
-                           per_neuron=False, solver="admm", opts=(("gap_tol", 1e-2),), tol=10, grid=grid)
+    found = solve_to_count(
+        jnp.asarray(x),
+        jnp.asarray(y),
+        jnp.zeros(()),
+        "relu",
+        keep,
+        7.0,
+        per_neuron=False,
+        solver="admm",
+        opts=(("gap_tol", 1e-2),),
+        tol=10,
+        grid=grid,
+    )
     assert abs(found.nnz - keep) <= 10 and found.nnz == np.count_nonzero(found.kernel)
     assert found.solves >= grid and bool(found.info.converged)
 
@@ -285,6 +321,7 @@ def test_search_started_above_the_zero_kernels_misfit_lands_on_the_count(monkeyp
         def g(A, Y, e, *rest):
             seen.append(e)
             return f(A, Y, e, *rest)
+
         return g
 
     monkeypatch.setattr(targets, "jitted_solver", spy)
@@ -293,9 +330,18 @@ def test_search_started_above_the_zero_kernels_misfit_lands_on_the_count(monkeyp
     x = np.concatenate([_x(), np.ones((400, 1), np.float32)], axis=1)
     y = np.maximum(x @ np.concatenate([spec.kernel, spec.bias[None]]), 0)
     keep = 150
-    found = solve_to_count(jnp.asarray(x), jnp.asarray(y), jnp.zeros(()), "relu", keep,
-                           10 * float(np.linalg.norm(y)), per_neuron=False, solver="admm",
-                           opts=(("relu_budget", "output"),), tol=10)
+    found = solve_to_count(
+        jnp.asarray(x),
+        jnp.asarray(y),
+        jnp.zeros(()),
+        "relu",
+        keep,
+        10 * float(np.linalg.norm(y)),
+        per_neuron=False,
+        solver="admm",
+        opts=(("relu_budget", "output"),),
+        tol=10,
+    )
     assert abs(found.nnz - keep) <= 10 and bool(found.info.converged)
     assert found.epsilon < float(np.linalg.norm(y))
     assert seen and max(float(e) for e in seen) < float(np.linalg.norm(y))
@@ -348,13 +394,24 @@ def test_a_capped_solves_spurious_count_is_solved_again(monkeypatch, rechecks):
             calls.append((e, n, resumed))
             K = (np.arange(size) < n).astype(np.float32).reshape(13, 24)
             return K, Info(np.asarray(not stuck), np.asarray(1.0), np.asarray(300))
+
         return solve
 
     monkeypatch.setattr(targets, "jitted_solver", fake_solver)
     monkeypatch.setattr(targets, "_RECHECKS", rechecks)
     Y = jnp.full((400, 24), ceiling / math.sqrt(400 * 24))  # ||Y|| = the zero kernel's misfit
-    found = solve_to_count(jnp.ones((400, 13)), Y, jnp.zeros(()), "relu", keep, 1.12 * star,
-                           per_neuron=False, solver="admm", opts=(("max_iters", 300),), tol=1)
+    found = solve_to_count(
+        jnp.ones((400, 13)),
+        Y,
+        jnp.zeros(()),
+        "relu",
+        keep,
+        1.12 * star,
+        per_neuron=False,
+        solver="admm",
+        opts=(("max_iters", 300),),
+        tol=1,
+    )
     assert found.nnz == np.count_nonzero(found.kernel) and bool(found.info.converged)
     if rechecks:
         assert abs(found.nnz - keep) <= 1, calls
@@ -368,8 +425,19 @@ def test_a_carried_miss_never_asks_a_layer_for_more_than_its_kernel():
     spent its solves at epsilons down to 1e-11); a surplus is taken down to 0 the same way."""
     from nettrim_jax.network.problems import SolveConfig, carry_miss
 
-    base = dict(per_neuron=False, solver="admm", opts=(), relative=True, max_patches=None, seed=0, gamma=1.0,
-                per_layer=False, refit=False, output_epsilon=None, carry=True)
+    base = dict(
+        per_neuron=False,
+        solver="admm",
+        opts=(),
+        relative=True,
+        max_patches=None,
+        seed=0,
+        gamma=1.0,
+        per_layer=False,
+        refit=False,
+        output_epsilon=None,
+        carry=True,
+    )
     cfg = SolveConfig(keep=[10, 5, None, 8], sizes=(20, 6, 30, 50), **base)
     carry_miss(cfg, 0, np.ones(2))  # kept 2 of 10: 8 short, 1 fits layer 1, 7 go to layer 3
     assert cfg.keep == [10, 6, None, 15]

@@ -167,15 +167,33 @@ def test_transformers_flax_bert_and_gpt2_when_installed():
     ids = jax.random.randint(jax.random.key(0), (8, SEQ), 0, VOCAB)
     positions = jnp.broadcast_to(jnp.arange(SEQ), ids.shape)
     bert = FlaxBert(
-        BertConfig(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=2, num_attention_heads=HEADS,
-                   intermediate_size=2 * D, max_position_embeddings=SEQ, num_labels=3),
+        BertConfig(
+            vocab_size=VOCAB,
+            hidden_size=D,
+            num_hidden_layers=2,
+            num_attention_heads=HEADS,
+            intermediate_size=2 * D,
+            max_position_embeddings=SEQ,
+            num_labels=3,
+        ),
         seed=0,
     )
-    kw = {"attention_mask": jnp.ones_like(ids), "token_type_ids": jnp.zeros_like(ids), "position_ids": positions,
-          "head_mask": None, "deterministic": True}
+    kw = {
+        "attention_mask": jnp.ones_like(ids),
+        "token_type_ids": jnp.zeros_like(ids),
+        "position_ids": positions,
+        "head_mask": None,
+        "deterministic": True,
+    }
     res = _prune((bert.module, {"params": bert.params}), ids, model_kwargs=kw)
-    block = ("attention/self/query", "attention/self/key", "attention/self/value", "attention/output/dense",
-             "intermediate/dense", "output/dense")
+    block = (
+        "attention/self/query",
+        "attention/self/key",
+        "attention/self/value",
+        "attention/output/dense",
+        "intermediate/dense",
+        "output/dense",
+    )
     names = [f"bert/encoder/layer/{i}/{n}" for i in range(2) for n in block]
     _check(res, [*names, "bert/pooler/dense", "classifier"])
 

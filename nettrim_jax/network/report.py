@@ -74,7 +74,8 @@ class PruneReport(NamedTuple):
     left_dense: name -> why, for every layer that holds a kernel and was left as it was (not
     called, a module Net-Trim does not prune, an Einsum that is not a projection, weights
     applied from outside the model's parameters); joint: how the joint refit ended
-    (``network.joint.JointRefit`` as a dict: loss_before, loss_after, iterations, seconds),
+    (``network.joint.JointRefit`` as a dict: loss_before, loss_after, iterations, seconds,
+    evaluations, stopped),
     empty without one.
     """
 
@@ -188,7 +189,8 @@ def render_markdown(report: PruneReport, title: str | None = None, notes: Sequen
         j = report.joint
         lines.append(
             f"Joint refit: relative squared output error {j['loss_before']:.4g} -> {j['loss_after']:.4g} "
-            f"in {j['iterations']} L-BFGS iterations ({j['seconds']:.1f} s); the layers' certificates are "
+            f"in {j['iterations']} L-BFGS iterations, {j.get('evaluations', 0)} model passes "
+            f"({j['seconds']:.1f} s; stopped: {j.get('stopped') or 'iterations'}); the layers' certificates are "
             "those of their solves before it."
         )
     lines += list(notes)
