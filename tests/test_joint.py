@@ -68,6 +68,9 @@ def test_joint_refit_keeps_every_support_and_lowers_the_output_error(kind):
         assert not np.allclose(a, b)  # and the kept weights moved
     j = joint.report.joint
     assert j["iterations"] >= 1 and j["loss_after"] < j["loss_before"]
+    # one model pass to start, then at least one per iteration (more when a step backtracks)
+    assert j["evaluations"] >= j["iterations"] + 1 and j["stopped"] in ("iterations", "stalled", "no decrease")
+    assert j["stopped"] != "iterations" or j["iterations"] == 50
 
     def err(m):
         out = _output(m, x)

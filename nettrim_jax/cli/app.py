@@ -213,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="N L-BFGS iterations re-fitting every pruned layer's kept weights together to the original "
-        "model's output on the calibration data (default 0: off; counts unchanged)",
+        help="at most N L-BFGS iterations re-fitting every pruned layer's kept weights together to the "
+        "original model's output on the calibration data (default 0: off; counts unchanged)",
     )
     q.add_argument(
         "--allocation",

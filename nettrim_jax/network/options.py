@@ -51,9 +51,10 @@ class Program:
         that move its support while they lower the refit objective (``solver.l0``; with a
         ``structure``, whole units / channels at the layer's count of them; not with a
         pattern; the objective never rises).
-      joint_refit: L-BFGS iterations of a joint refit of every pruned layer's kept weights
-        against the original model's output on the calibration data (``network.joint``;
-        masks fixed, so counts are unchanged); 0: off.
+      joint_refit: at most this many L-BFGS iterations of a joint refit of every pruned
+        layer's kept weights against the original model's output on the calibration data
+        (``network.joint``; masks fixed, so counts are unchanged; it stops earlier when the
+        output error stalls); 0: off.
     """
 
     scheme: str = "cascade"
