@@ -90,6 +90,8 @@ def summary(records, higher_is_better=True):
         diff = nt_acc - alps
         better = diff if higher_is_better else -diff
         verdict = "ahead" if better.min() > 0 else "behind" if better.max() < 0 else "tie (sign varies)"
+        if len(rs) < 2:  # one seed has no spread to compare the difference with
+            verdict = f"one seed: {verdict}"
         out.append([f"{target:g}", variant, len(rs), f"{100 * np.mean([r['sparsity'] for r in rs]):.2f}",
                     f"{nt_acc.mean():.{d}f} ({nt_acc.min():.{d}f}-{nt_acc.max():.{d}f})",
                     f"{alps.mean():.{d}f} ({alps.min():.{d}f}-{alps.max():.{d}f})",
@@ -106,7 +108,8 @@ def write(records, args, seeds, started, out) -> list[str]:
     name = "l0_finish" if (args.net, args.dataset) == ("fc", "mnist") else f"l0_finish_{args.net}_{args.dataset}"
     if args.net == "lm":
         name = "l0_finish_lm"
-    text = [f"# The l0 finish against the refit and ALPS ({net}, {args.dataset})", "",
+    where = "pydoc topics text" if args.net == "lm" else args.dataset
+    text = [f"# The l0 finish against the refit and ALPS ({net}, {where})", "",
             f"{metric} without fine-tuning, mean (min-max) over seeds; ALPS at each Net-Trim "
             "run's own per-layer counts; the difference is per seed.  'ahead' / 'behind' only when "
             f"every seed agrees.  Seeds: {seeds}.", "",
