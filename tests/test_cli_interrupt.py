@@ -13,25 +13,13 @@ import time
 
 import numpy as np
 import pytest
+from cli_setup import mlp_layers
 
 from nettrim_jax.io import checkpoint as ck
 from nettrim_jax.io.state import load_state
 
 TRIES = 4  # before the fix 7 of 8 tries crashed: 4 catch it with probability > 0.99
 DELAYS = np.linspace(0.15, 0.9, TRIES)  # seconds after OUT/partial.state appears
-
-
-def _layers(sizes=(8, 48, 40, 32, 24, 3), seed=0):
-    rng = np.random.default_rng(seed)
-    return [
-        {
-            "type": "dense",
-            "activation": "relu" if j < len(sizes) - 2 else "linear",
-            "kernel": (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32),
-            "bias": (0.1 * rng.standard_normal(b)).astype(np.float32),
-        }
-        for j, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))
-    ]
 
 
 def _interrupt_once(root, out, delay):
@@ -76,7 +64,7 @@ def _interrupt_once(root, out, delay):
 
 @pytest.mark.slow
 def test_real_sigint_exits_130_and_keeps_partial_state(tmp_path):
-    layers = _layers()
+    layers = mlp_layers(sizes=(8, 48, 40, 32, 24, 3))
     ck.save(tmp_path / "ckpt", layers, (8,))
     x = np.random.default_rng(1).standard_normal((300, 8)).astype(np.float32)
     np.savez(tmp_path / "calib.npz", x=x)

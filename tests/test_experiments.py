@@ -174,7 +174,11 @@ def test_l0_finish_quick(tmp_path):
         assert abs(r["sparsity"] - 0.9) < 0.01 and r["converged"] == r["layers"] == 2
         assert 0.5 < r["nettrim"] <= 1 and 0.5 < r["alps"] <= 1
     text = (tmp_path / "l0_finish.md").read_text()
-    assert "| 0.9 | refit+l0 | 1 |" in text and "one seed: " in text and ("behind" in text or "ahead" in text or "tie" in text)
+    assert (
+        "| 0.9 | refit+l0 | 1 |" in text
+        and "one seed: " in text
+        and ("behind" in text or "ahead" in text or "tie" in text)
+    )
 
 
 def test_ablation_quick(tmp_path):

@@ -140,3 +140,10 @@ def test_the_lbfgs_stops_when_the_loss_stalls_and_on_its_cap():
 
     *_, iters, _, stopped = joint._lbfgs(jax.jit(jax.value_and_grad(flat)), jnp.zeros(3), 100)
     assert stopped in ("stalled", "no decrease") and iters <= joint.STALL_WINDOW
+
+
+def test_the_lbfgs_names_a_start_that_is_not_finite():
+    from nettrim_jax.network import joint
+
+    w, f, start, iters, evals, stopped = joint._lbfgs(lambda w: (jnp.nan, jnp.zeros_like(w)), jnp.zeros(3), 10)
+    assert (iters, evals, stopped) == (0, 1, "not finite") and np.isnan(f)

@@ -28,6 +28,20 @@ def _run(script, *args, timeout=600):
     )
 
 
+def _last_json_on_8_devices(script: str):
+    """The JSON on the last stdout line of ``python -c script`` run on 8 forced host CPU
+    devices (the run must succeed)."""
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    )
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def test_sharded_solves_equal_the_unsharded_solve():
     res = _run("sharded_check.py")
     rows = [json.loads(l) for l in res.stdout.splitlines() if l.startswith("{")]
@@ -97,15 +111,7 @@ print(json.dumps(out))
 def test_prune_on_a_mesh_equals_prune_without():
     """prune(mesh=) on 8 forced host devices (4 x 2): every layer's l1 norm within 1e-3 of
     the unsharded run's, and every layer within its budget, both schemes."""
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
-    )
-    res = subprocess.run([sys.executable, "-c", PRUNE_ON_MESH], env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = _last_json_on_8_devices(PRUNE_ON_MESH)
     for scheme, layers in out.items():
         for plain, sharded, residual in layers:
             assert abs(plain - sharded) <= 1e-3 * plain, (scheme, plain, sharded)
@@ -143,15 +149,7 @@ def test_a_mesh_that_does_not_divide_the_layer_is_padded():
     """P = 250 rows and M = 10 units on 4 x 2, 1 x 8 and 8 x 1 meshes: solved (zero rows and
     units appended, then dropped), equal to the unsharded solve; a 10-unit head prunes on a
     4 x 2 mesh (it used to be refused: "M = 10 units over 2 'units' shards")."""
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
-    )
-    res = subprocess.run([sys.executable, "-c", PADDED], env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    rows = json.loads(res.stdout.strip().splitlines()[-1])
+    rows = _last_json_on_8_devices(PADDED)
     for r in rows[:-1]:
         assert r["shape"] == [21, 10] and r["converged"], r
         assert abs(r["a"] - r["b"]) <= 1e-3 * r["a"] and r["residual"] <= 1 + 1e-3, r

@@ -23,6 +23,14 @@ def _x(n=400, seed=1):
     return np.random.default_rng(seed).standard_normal((n, 12)).astype(np.float32)
 
 
+def _first_layer_program():
+    """(X with its ones column (400, 13), Y = relu(X [W; b]) (400, 24)) of ``_net``'s first
+    layer on ``_x``."""
+    spec = _net()[0]
+    x = np.concatenate([_x(), np.ones((400, 1), np.float32)], axis=1)
+    return x, np.maximum(x @ np.concatenate([spec.kernel, spec.bias[None]]), 0)
+
+
 def _sparsity(rep):
     return 1 - rep.nnz_after / rep.nnz_before
 
@@ -223,9 +231,7 @@ def test_solve_to_count_with_an_epsilon_batch(grid):
     lands on the count like the sequential one; the solves it made include the batch."""
     from nettrim_jax.network.targets import solve_to_count
 
-    spec = _net()[0]
-    x = np.concatenate([_x(), np.ones((400, 1), np.float32)], axis=1)
-    y = np.maximum(x @ np.concatenate([spec.kernel, spec.bias[None]]), 0)
+    x, y = _first_layer_program()
     keep = 200  # of 312 (the trained kernel is dense: the count falls steeply below ~150)
     found = solve_to_count(
         jnp.asarray(x),
@@ -326,9 +332,7 @@ def test_search_started_above_the_zero_kernels_misfit_lands_on_the_count(monkeyp
 
     monkeypatch.setattr(targets, "jitted_solver", spy)
 
-    spec = _net()[0]
-    x = np.concatenate([_x(), np.ones((400, 1), np.float32)], axis=1)
-    y = np.maximum(x @ np.concatenate([spec.kernel, spec.bias[None]]), 0)
+    x, y = _first_layer_program()
     keep = 150
     found = solve_to_count(
         jnp.asarray(x),

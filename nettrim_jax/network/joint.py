@@ -46,7 +46,8 @@ class JointRefit(NamedTuple):
     """How the joint refit ended: ``loss_before`` / ``loss_after`` (L above, relative
     squared output error on the calibration data), L-BFGS ``iterations`` run, ``seconds``,
     ``evaluations`` (model passes forward and back, the line search's included) and why it
-    stopped (``stopped``: "iterations", "stalled", "no decrease" or "exact")."""
+    stopped (``stopped``: "iterations", "stalled", "no decrease", "exact", or "not finite" for
+    a start whose L is not finite)."""
 
     loss_before: float
     loss_after: float
@@ -95,7 +96,10 @@ def _lbfgs(value_and_grad, w, iters: int):
     gamma = 1.0 / max(float(jnp.linalg.norm(g)), 1.0)  # first step: a capped normalised gradient
     it, stopped = 0, "iterations"
     while it < iters:
-        if not np.isfinite(f) or f <= 1e-12:
+        if not np.isfinite(f):  # only the start can be: an accepted step's value is finite
+            stopped = "not finite"
+            break
+        if f <= 1e-12:
             stopped = "exact"
             break
         d = _direction(g, s_mem, y_mem, rho, jnp.asarray(gamma, w.dtype))
@@ -149,13 +153,10 @@ def joint_refit(net, x, specs: Sequence, pruned: Sequence[bool], iters: int) -> 
     fn, consts = net.pure()
     target = _flat_output(net.first.output)
     norm = jnp.maximum(jnp.sum(target * target), 1e-30)
-    masks = [
-        (jnp.asarray(specs[i].kernel) != 0, None if specs[i].bias is None else jnp.asarray(specs[i].bias) != 0)
-        for i in idx
-    ]
     params = [
         (jnp.asarray(specs[i].kernel), None if specs[i].bias is None else jnp.asarray(specs[i].bias)) for i in idx
     ]
+    masks = [(k != 0, None if b is None else b != 0) for k, b in params]
     dtype = jnp.result_type(*[k for k, _ in params])
     w0, unravel = ravel_pytree(params)
 
