@@ -39,9 +39,9 @@ from nettrim_jax import baselines
 from nettrim_jax.io.atomic import atomic_write_text
 
 VARIANTS = {
-    "refit": {},
+    "refit": {"finish": None},
     "refit+l0": {"finish": "l0"},
-    "refit+joint": {"joint_refit": 300},
+    "refit+joint": {"finish": None, "joint_refit": 300},
     "refit+l0+joint": {"finish": "l0", "joint_refit": 300},
 }
 

@@ -123,14 +123,14 @@ def run(kind, cfg, args, eps_grid, seed, log):
     first_dense = {adapt(net, jnp.asarray(xcal[:8])).names[0]: "skip"}
     recs = []
     for e in eps_grid:
-        kw = dict(structure="units", scheme="cascade", epsilon=[e] * L, gamma=1.0, refit=True, progress=False,
+        kw = dict(structure="units", scheme="cascade", epsilon=[e] * L, gamma=1.0, refit=True, finish=None, progress=False,
                   max_iters=cfg["solver"]["max_iters"], activations=first_dense)
         t0 = time.time()
         res = nt.prune(net, jnp.asarray(xcal), **kw)
         small = res.compact()
         seconds = time.time() - t0
         t0 = time.time()
-        small_l0 = nt.prune(net, jnp.asarray(xcal), finish="l0", **kw).compact()
+        small_l0 = nt.prune(net, jnp.asarray(xcal), **{**kw, "finish": "l0"}).compact()
         seconds_l0 = time.time() - t0
         counts = widths(small)
         rec = {"net": kind, "seed": seed, "epsilon": e, "widths": counts, "widths_l0": widths(small_l0),

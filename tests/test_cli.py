@@ -57,17 +57,23 @@ def test_prune_cascade_writes_checkpoint_and_report(setup, tmp_path, capsys):
 
 
 def test_cli_refit_lowers_misfit_same_support(setup, tmp_path, capsys):
-    """``--refit``: the library's refit, reached through ``prune``: the first layer keeps the
-    same support as without it and fits better."""
+    """``--refit --finish none``: the library's refit, reached through ``prune``: the first
+    layer keeps the same support as without it and fits better; ``--refit`` alone adds the
+    l0 finish."""
     root, _, _, _ = setup
     reps = {}
-    for name, extra in (("plain", ()), ("refit", ("--refit",))):
+    for name, extra in (("plain", ()), ("refit", ("--refit", "--finish", "none")), ("finish", ("--refit",))):
         rc, _, err = run(prune_args(root, tmp_path / name, *extra), capsys)
         assert rc == cli.EXIT_OK, err
         reps[name] = json.loads((tmp_path / name / "report.json").read_text())
     plain, refit = reps["plain"]["layers"][0], reps["refit"]["layers"][0]
     assert refit["nnz_after"] == plain["nnz_after"] and refit["misfit"] < plain["misfit"]
-    assert reps["refit"]["options"]["refit"] is True
+    assert reps["refit"]["options"]["refit"] is True and reps["refit"]["options"]["finish"] is None
+    # --refit alone ends with the l0 finish: the count kept (or one or two fewer), never a worse fit
+    finish = reps["finish"]["layers"][0]
+    assert reps["finish"]["options"]["finish"] == "l0"
+    assert plain["nnz_after"] - 2 <= finish["nnz_after"] <= plain["nnz_after"]
+    assert finish["misfit"] <= refit["misfit"] * (1 + 1e-4)
 
 
 def test_cli_output_epsilon(setup, tmp_path, capsys):

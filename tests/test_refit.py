@@ -116,10 +116,23 @@ def test_prune_refit_keeps_supports_and_lowers_discrepancy(digits):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         plain = nt.prune(model, x, scheme="parallel", epsilon=0.2, progress=False, max_iters=1500)
-        refit = nt.prune(model, x, scheme="parallel", epsilon=0.2, refit=True, progress=False, max_iters=1500)
-        casc = nt.prune(model, x, scheme="cascade", epsilon=0.2, gamma=1.0, refit=True, progress=False, max_iters=1500)
+        refit = nt.prune(
+            model, x, scheme="parallel", epsilon=0.2, refit=True, progress=False, max_iters=1500, finish=None
+        )
+        casc = nt.prune(
+            model, x, scheme="cascade", epsilon=0.2, gamma=1.0, refit=True, progress=False, max_iters=1500, finish=None
+        )
         casc_loop = nt.prune(
-            model, x, scheme="cascade", epsilon=0.2, gamma=1.0, refit=True, progress=False, max_iters=1500, scan=False
+            model,
+            x,
+            scheme="cascade",
+            epsilon=0.2,
+            gamma=1.0,
+            refit=True,
+            progress=False,
+            max_iters=1500,
+            scan=False,
+            finish=None,
         )
     # parallel: the same programs, so the same supports; the refit only moves kept weights
     for a, b in zip(jax.tree.leaves(plain.masks), jax.tree.leaves(refit.masks)):
@@ -133,3 +146,25 @@ def test_prune_refit_keeps_supports_and_lowers_discrepancy(digits):
         assert a.nnz_after == b.nnz_after
         assert a.discrepancy == pytest.approx(b.discrepancy, rel=1e-3, abs=1e-5)
     assert casc.report.output_error <= casc.report.bound * (1 + 1e-3)
+
+
+def test_cg_stops_at_its_tolerance_and_not_before():
+    """The batched CG ends once every column's residual is within tol of its ||b||: with a
+    loose tol it stops early (a larger residual than the full count leaves, but within tol),
+    with tol 0 it runs every iteration, and a tight tol reaches the exact solution."""
+    from nettrim_jax.solver.refit import _cg
+
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(60, 40))
+    H = jnp.asarray(A.T @ A / 60 + 0.05 * np.eye(40))
+    b = jnp.asarray(rng.normal(size=(40, 3)))
+
+    def residual(u):
+        return np.linalg.norm(np.asarray(b - H @ u), axis=0) / np.linalg.norm(np.asarray(b), axis=0)
+
+    u0 = jnp.zeros_like(b)
+    loose, full = _cg(lambda p: H @ p, b, u0, 30, 0.3), _cg(lambda p: H @ p, b, u0, 30, 0.0)
+    assert residual(loose).max() <= 0.3
+    assert residual(loose).max() > 10 * residual(full).max()
+    exact = _cg(lambda p: H @ p, b, u0, 200, 1e-6)
+    np.testing.assert_allclose(np.asarray(exact), np.linalg.solve(np.asarray(H), np.asarray(b)), rtol=1e-4, atol=1e-5)

@@ -203,10 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument(
         "--finish",
-        choices=("l0",),
-        default=None,
+        choices=("auto", "l0", "none"),
+        default="auto",
         help="l0: after the refit, hard-thresholding steps at each layer's count that move its "
-        "support while they lower the refit objective",
+        "support while they lower the refit objective; none: the refit alone; auto (default): "
+        "l0 with --refit and no --pattern",
     )
     q.add_argument(
         "--joint-refit",

@@ -47,6 +47,7 @@ def prune_options(args) -> dict:
         "epsilon": 0.05 if args.epsilon is None else args.epsilon,
         "solver": args.solver or "admm",
         "refit": args.refit,
+        "finish": None if args.finish == "none" else args.finish,
         "progress": not args.quiet,
         **solver_options(args),
     }

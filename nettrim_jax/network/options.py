@@ -47,10 +47,11 @@ class Program:
       max_patches: cap on a conv program's rows (a uniform random subset); None = all.
       seed: the row subset's seed.
       refit: refit each layer's kept weights to its response on the same rows.
-      finish: None, or "l0": after the refit, hard-thresholding steps at the layer's count
-        that move its support while they lower the refit objective (``solver.l0``; with a
+      finish: "l0": after the refit, hard-thresholding steps at the layer's count that move
+        its support while they lower the refit objective (``solver.l0``; with a
         ``structure``, whole units / channels at the layer's count of them; not with a
-        pattern; the objective never rises).
+        pattern; the objective never rises); None: the refit alone; "auto" (the default):
+        "l0" when ``refit`` is on and there is no N:M pattern, else None.
       joint_refit: at most this many L-BFGS iterations of a joint refit of every pruned
         layer's kept weights against the original model's output on the calibration data
         (``network.joint``; masks fixed, so counts are unchanged; it stops earlier when the
@@ -69,11 +70,11 @@ class Program:
     max_patches: int | None = 4096
     seed: int = 0
     refit: bool = False
-    finish: str | None = None
+    finish: str | None = "auto"
     joint_refit: int = 0
 
 
-FINISHES = (None, "l0")
+FINISHES = ("auto", "l0", None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,13 +218,15 @@ def _parsed(program: Program, target: Target, run: Run) -> PruneOptions:
         raise ValueError(f"solver_options must be a dict, got {type(run.solver_options).__name__}")
     check_solver_options(run.solver, dict(run.solver_options))
     if program.finish not in FINISHES:
-        raise ValueError(f"finish must be None or 'l0', got {program.finish!r}")
+        raise ValueError(f"finish must be 'auto', 'l0' or None, got {program.finish!r}")
     if isinstance(program.joint_refit, bool) or not isinstance(program.joint_refit, int) or program.joint_refit < 0:
         raise ValueError(f"joint_refit must be a number of iterations >= 0, got {program.joint_refit!r}")
     checks.check_epsilon_values(program.epsilon)
     sparsity = parse_sparsity(target.sparsity, target.allocation)
     structure, pattern = checks.parse_structure(target.structure, target.pattern, program.per_neuron)
     reweight = checks.reweight_rounds(target.reweight, structure)
+    if program.finish == "auto":
+        program = dataclasses.replace(program, finish="l0" if program.refit and pattern is None else None)
     output_epsilon = None
     if program.output_epsilon is not None:
         if program.scheme != "cascade":

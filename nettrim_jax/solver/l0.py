@@ -106,10 +106,10 @@ def _entries(T, groups):
     return ((groups >= 0) & T[jnp.maximum(groups, 0)])[:, None]
 
 
-@functools.partial(jax.jit, static_argnames=("relu", "steps", "rounds", "cg_iters"))
-def _finish(X, Y, U0, V, omega, grow, groups, reference, *, relu, steps, rounds, cg_iters):
+@functools.partial(jax.jit, static_argnames=("relu", "steps", "rounds", "cg_iters", "cg_tol"))
+def _finish(X, Y, U0, V, omega, grow, groups, reference, *, relu, steps, rounds, cg_iters, cg_tol):
     omega = ((Y > 0) if omega is None else omega) if relu else jnp.ones(Y.shape, bool)
-    U, _ = refit._refit(X, Y, U0, V, omega, relu=relu, rounds=rounds, cg_iters=cg_iters)
+    U, _ = refit._refit(X, Y, U0, V, omega, relu=relu, rounds=rounds, cg_iters=cg_iters, cg_tol=cg_tol)
     f0 = _total(X, Y, U, omega, V, relu)
     lip = _spectral_sq(X)
     rms = jnp.sqrt(jnp.mean(X * X, axis=0))[:, None]  # (N, 1): an entry's score is |u_ij| rms(x_i)
@@ -121,7 +121,7 @@ def _finish(X, Y, U0, V, omega, grow, groups, reference, *, relu, steps, rounds,
         k = jnp.sum(_group_sums((U0 != 0).astype(X.dtype), groups, n) > 0)
 
     def refit_on(W):
-        return refit._refit(X, Y, W, V, omega, relu=relu, rounds=rounds, cg_iters=cg_iters)[0]
+        return refit._refit(X, Y, W, V, omega, relu=relu, rounds=rounds, cg_iters=cg_iters, cg_tol=cg_tol)[0]
 
     def count(U):
         return jnp.sum(U != 0) if groups is None else jnp.sum(_group_sums((U != 0).astype(X.dtype), groups, n) > 0)
@@ -185,6 +185,7 @@ def l0_finish(
     grow: float = 0.1,
     rounds: int = 3,
     cg_iters: int = 40,
+    cg_tol: float = 1e-4,
     groups=None,
     reference=None,
 ):
@@ -198,7 +199,12 @@ def l0_finish(
       omega: (P, M) bool, relu only: Omega given explicitly (affine epilogues).
       steps: at most this many accepted swap steps (the first rejected one ends the
         finish); grow: entries added per step, as a fraction of k;
-      rounds, cg_iters: each refit's (``refit_layer``).
+      rounds, cg_iters: each refit's (``refit_layer``); cg_tol: a refit's CG also stops once
+        every unit's residual is within this fraction of its right-hand side's norm (0: always
+        ``cg_iters``; an exactly planted layer is then found to about this relative error,
+        not to the last digit).  Most refits of the steps start near their solution: on LeNet-5 (MNIST,
+        3 seeds, 95% and 98%) 1e-4 made whole prunes with the finish 1.6-2.3x faster than 0,
+        test accuracy -0.14 to +0.13 points (mean 0.00).
       groups: None (k counts entries), or (N,) int group id of each kernel row, -1 for an
         ungrouped row (``solver.structure``'s ids): k then counts groups with a nonzero
         entry, whole groups are swapped in and out (scored by the rms-weighted norm of their
@@ -248,6 +254,7 @@ def l0_finish(
         steps=steps,
         rounds=rounds,
         cg_iters=cg_iters,
+        cg_tol=float(cg_tol),
     )
     swapped = jnp.sum((U != 0) & (kernel == 0))
     info = L0Info(

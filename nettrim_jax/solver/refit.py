@@ -61,15 +61,22 @@ def _objective(xu, y, omega, v, relu):
     return 0.5 * jnp.sum(r * r, axis=0)
 
 
-def _cg(apply, b, u0, iters):
-    """Batched CG on the (M independent) symmetric PSD systems apply(u) = b, columns of (N, M)."""
+def _cg(apply, b, u0, iters, tol=0.0):
+    """Batched CG on the (M independent) symmetric PSD systems apply(u) = b, columns of (N, M):
+    at most ``iters`` iterations, fewer once every column's residual is within ``tol`` of
+    its ||b|| (``tol`` 0: always ``iters``)."""
     tiny = jnp.finfo(b.dtype).tiny
     r = b - apply(u0)
     p = r
     rr = jnp.sum(r * r, axis=0)
+    limit = (tol * tol) * jnp.sum(b * b, axis=0)
 
-    def step(_, c):
-        u, r, p, rr = c
+    def going(c):
+        i, *_, rr = c
+        return (i < iters) & jnp.any(rr > limit)
+
+    def step(c):
+        i, u, r, p, rr = c
         ap = apply(p)
         pap = jnp.sum(p * ap, axis=0)
         alpha = jnp.where(pap > tiny, rr / jnp.maximum(pap, tiny), 0)
@@ -77,14 +84,14 @@ def _cg(apply, b, u0, iters):
         r = r - alpha * ap
         rr_new = jnp.sum(r * r, axis=0)
         beta = jnp.where(rr > tiny, rr_new / jnp.maximum(rr, tiny), 0)
-        return u, r, r + beta * p, rr_new
+        return i + 1, u, r, r + beta * p, rr_new
 
-    u, *_ = jax.lax.fori_loop(0, iters, step, (u0, r, p, rr))
+    _, u, *_ = jax.lax.while_loop(going, step, (jnp.zeros((), jnp.int32), u0, r, p, rr))
     return u
 
 
-@functools.partial(jax.jit, static_argnames=("relu", "rounds", "cg_iters"))
-def _refit(X, Y, kernel, threshold, mask=None, *, relu, rounds, cg_iters):
+@functools.partial(jax.jit, static_argnames=("relu", "rounds", "cg_iters", "cg_tol"))
+def _refit(X, Y, kernel, threshold, mask=None, *, relu, rounds, cg_iters, cg_tol=0.0):
     # Scaled as the solver scales them (X to unit rms singular value, Y to unit rms) for CG.
     sx = scaling.x_scale(X, "admm")
     sy = scaling.y_scale(Y)
@@ -104,7 +111,7 @@ def _refit(X, Y, kernel, threshold, mask=None, *, relu, rounds, cg_iters):
             return jnp.where(support, x.T @ jnp.where(active, x @ p, 0), 0)
 
         b = jnp.where(support, x.T @ jnp.where(active, target, 0), 0)
-        return _cg(apply, b, u, cg_iters)
+        return _cg(apply, b, u, cg_iters, cg_tol)
 
     u = jax.lax.fori_loop(0, rounds, newton_round, u0)
     after = _objective(x @ u, y, omega, v, relu)
