@@ -7,13 +7,14 @@ output's error, misfit over Omega and excess over V off it; for a linear layer
 ||XU - Y||_F^2 / 2), in the manner of CoSaMP (Needell & Tropp 2009):
 
     T = supp(U_t) + the ``grow`` k entries outside it with the largest |grad f(U_t)|
-    U_T = refit on T                          (``refit_layer``'s active-set rounds)
+    U_T = refit on T                          (one active-set round: it only ranks T)
     S = the k entries of U_T with the largest |u_ij| rms(x_i)   (one count per layer)
     U_{t+1} = refit on S
 
 and keeps U_{t+1} only when it lowers f, so the result never has a larger objective than
 U_0 and never more than k nonzeros; the first step that does not lower f ends the finish
-(U, hence the next step, would be the same).  Each step costs two refits.  On LeNet-300-100
+(U, hence the next step, would be the same), as does one that lowers it by less than 1%.
+Each step costs two refits.  On LeNet-300-100
 at 95% (seed 0) 12 steps were accepted 10, 10 and 8 times in the three layers, and lifted
 test accuracy from 96.77% (4 steps) to 97.19%.  Because f is the objective
 every layer-wise guarantee of Net-Trim runs through (``refit`` module doc), a kernel with a
@@ -106,8 +107,10 @@ def _entries(T, groups):
     return ((groups >= 0) & T[jnp.maximum(groups, 0)])[:, None]
 
 
-@functools.partial(jax.jit, static_argnames=("relu", "steps", "rounds", "cg_iters", "cg_tol"))
-def _finish(X, Y, U0, V, omega, grow, groups, reference, *, relu, steps, rounds, cg_iters, cg_tol):
+@functools.partial(jax.jit, static_argnames=("relu", "steps", "rounds", "cg_iters", "cg_tol", "union_rounds"))
+def _finish(
+    X, Y, U0, V, omega, grow, groups, reference, min_gain, *, relu, steps, rounds, cg_iters, cg_tol, union_rounds
+):
     omega = ((Y > 0) if omega is None else omega) if relu else jnp.ones(Y.shape, bool)
     U, _ = refit._refit(X, Y, U0, V, omega, relu=relu, rounds=rounds, cg_iters=cg_iters, cg_tol=cg_tol)
     f0 = _total(X, Y, U, omega, V, relu)
@@ -120,7 +123,7 @@ def _finish(X, Y, U0, V, omega, grow, groups, reference, *, relu, steps, rounds,
         fixed = (groups < 0)[:, None] & (U0 != 0)  # ungrouped rows (the bias) keep their support
         k = jnp.sum(_group_sums((U0 != 0).astype(X.dtype), groups, n) > 0)
 
-    def refit_on(W):
+    def refit_on(W, rounds=rounds):
         return refit._refit(X, Y, W, V, omega, relu=relu, rounds=rounds, cg_iters=cg_iters, cg_tol=cg_tol)[0]
 
     def count(U):
@@ -142,7 +145,7 @@ def _finish(X, Y, U0, V, omega, grow, groups, reference, *, relu, steps, rounds,
     def entries_step(U, G):
         outside = jnp.where(U != 0, -1.0, jnp.abs(G))
         T = (U != 0) | _largest(outside, jnp.maximum(1, (grow * k).astype(jnp.int32)))
-        UT = refit_on(jnp.where(T, jnp.where(U != 0, U, -G / lip), 0))  # the union, refit
+        UT = refit_on(jnp.where(T, jnp.where(U != 0, U, -G / lip), 0), union_rounds)  # the union, refit
         S = _largest(jnp.where(UT != 0, jnp.abs(UT) * rms, 0), jnp.maximum(k, 1))
         return refit_on(jnp.where(S, UT, 0))
 
@@ -151,7 +154,7 @@ def _finish(X, Y, U0, V, omega, grow, groups, reference, *, relu, steps, rounds,
         outside = jnp.where(kept, -1.0, jnp.sqrt(_group_sums(G, groups, n)))
         T = kept | _largest(outside, jnp.maximum(1, (grow * k).astype(jnp.int32)))
         start = jnp.where(U != 0, U, jnp.where(G != 0, -G / lip, jnp.finfo(X.dtype).tiny))
-        UT = refit_on(jnp.where(_entries(T, groups) | fixed, start, 0))
+        UT = refit_on(jnp.where(_entries(T, groups) | fixed, start, 0), union_rounds)
         score = jnp.sqrt(_group_sums(UT * rms, groups, n))
         S = _largest(jnp.where(T, score, 0), jnp.maximum(k, 1))
         return refit_on(jnp.where(_entries(S, groups) | fixed, UT, 0))
@@ -162,8 +165,10 @@ def _finish(X, Y, U0, V, omega, grow, groups, reference, *, relu, steps, rounds,
         U1 = entries_step(U, G) if groups is None else groups_step(U, G)
         f1 = _total(X, Y, U1, omega, V, relu)
         better = jnp.isfinite(f1) & (f1 < f) & (count(U1) <= k)
-        # a rejected step leaves U, hence the next step, unchanged: stop there
-        return jnp.where(better, U1, U), jnp.where(better, f1, f), accepted + better.astype(jnp.int32), better
+        # a rejected step leaves U, hence the next step, unchanged: stop there (and after a
+        # step that gained less than min_gain of the objective)
+        going = better & (f1 < (1 - min_gain) * f)
+        return jnp.where(better, U1, U), jnp.where(better, f1, f), accepted + better.astype(jnp.int32), going
 
     def going(carry):
         _, _, accepted, moved = carry
@@ -186,6 +191,8 @@ def l0_finish(
     rounds: int = 3,
     cg_iters: int = 40,
     cg_tol: float = 1e-4,
+    min_gain: float = 0.01,
+    union_rounds: int = 1,
     groups=None,
     reference=None,
 ):
@@ -198,7 +205,15 @@ def l0_finish(
       activation: "relu" or "linear"; threshold: V off Omega (relu; default 0);
       omega: (P, M) bool, relu only: Omega given explicitly (affine epilogues).
       steps: at most this many accepted swap steps (the first rejected one ends the
-        finish); grow: entries added per step, as a fraction of k;
+        finish, and so does one that lowers the objective by less than ``min_gain`` of
+        it); grow: entries added per step, as a fraction of k;
+      union_rounds: active-set rounds of the refit on the union T, which only ranks its
+        entries (the kept support is then refit with ``rounds``).  On LeNet-300-100's
+        first layer at 90% (4000 rows, seed 0) min_gain 0.01 and union_rounds 1 took the
+        finish from 40.4 s to 20.8 s at the same objective (9849 against 9853); whole
+        LeNet-5 prunes (3 seeds, 90-98%) took 3.9-4.9 s against 4.8-10.9 s, test accuracy
+        -0.56 to +0.18 points (mean -0.07; seed 0 at 98% moved by -0.46 to -0.56 under each
+        of the changes alone too).
       rounds, cg_iters: each refit's (``refit_layer``); cg_tol: a refit's CG also stops once
         every unit's residual is within this fraction of its right-hand side's norm (0: always
         ``cg_iters``; an exactly planted layer is then found to about this relative error,
@@ -221,6 +236,8 @@ def l0_finish(
         raise ValueError(f"steps must be >= 0, got {steps}")
     if not 0 < grow <= 1:
         raise ValueError(f"grow must be in (0, 1], got {grow}")
+    if not 0 <= min_gain < 1 or union_rounds < 1:
+        raise ValueError(f"min_gain must be in [0, 1) and union_rounds >= 1, got {min_gain} and {union_rounds}")
     if omega is not None:
         omega = jnp.asarray(omega, bool)
         Y = jnp.where(omega, Y, 0)
@@ -250,11 +267,13 @@ def l0_finish(
         jnp.asarray(grow, dtype),
         groups,
         reference,
+        jnp.asarray(min_gain, dtype),
         relu=activation == "relu",
         steps=steps,
         rounds=rounds,
         cg_iters=cg_iters,
         cg_tol=float(cg_tol),
+        union_rounds=int(union_rounds),
     )
     swapped = jnp.sum((U != 0) & (kernel == 0))
     info = L0Info(
