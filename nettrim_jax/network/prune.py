@@ -144,7 +144,8 @@ def prune(model, x, *records: Program | Target | Run, **keywords: Any) -> PruneR
       ``relative=False``; gamma >= 1 the cascade inflation; output_epsilon the cascade's
       linear output layer's own budget; relu_budget "output" (default: the ReLU output's
       error) or "omega" (the paper's program); refit: each layer's kept weights refit to
-      its response on the same rows (misfit^2 + excess^2 never worse, so every bound holds);
+      its response on the same rows (misfit^2 + excess^2 never worse, so every bound holds),
+      then the l0 finish at each layer's count unless ``finish=None`` (``Program.finish``);
       sparsity a target instead of an epsilon (the fraction of kernel and bias weights
       removed, global or {layer name: fraction}; each layer's epsilon is then searched,
       ``network.targets``) split by allocation "scores" | "uniform" | "epsilon";
