@@ -71,7 +71,7 @@ def test_bad_steps_are_refused():
     x, y, _ = relu_problem(50, 5, 2)
     with pytest.raises(ValueError, match="steps must be >= 0"):
         l0_finish(x, y, np.zeros((6, 2)), steps=-1)
-    for bad in (dict(min_gain=1.0), dict(min_gain=-0.1), dict(union_rounds=0)):
+    for bad in (dict(min_gain=1.0), dict(min_gain=-0.1), dict(union_rounds=0), dict(cg_tol=-1e-4)):
         with pytest.raises(ValueError, match="min_gain must be in"):
             l0_finish(x, y, np.zeros((6, 2)), **bad)
 

@@ -167,12 +167,12 @@ def _finish(
         better = jnp.isfinite(f1) & (f1 < f) & (count(U1) <= k)
         # a rejected step leaves U, hence the next step, unchanged: stop there (and after a
         # step that gained less than min_gain of the objective)
-        going = better & (f1 < (1 - min_gain) * f)
-        return jnp.where(better, U1, U), jnp.where(better, f1, f), accepted + better.astype(jnp.int32), going
+        gained = better & (f1 < (1 - min_gain) * f)
+        return jnp.where(better, U1, U), jnp.where(better, f1, f), accepted + better.astype(jnp.int32), gained
 
     def going(carry):
-        _, _, accepted, moved = carry
-        return moved & (accepted < steps)
+        _, _, accepted, gained = carry
+        return gained & (accepted < steps)
 
     U, f, accepted, _ = jax.lax.while_loop(going, step, (U, f, jnp.zeros((), jnp.int32), jnp.asarray(steps > 0)))
     return U, f0, f, accepted, from_reference
@@ -217,9 +217,9 @@ def l0_finish(
       rounds, cg_iters: each refit's (``refit_layer``); cg_tol: a refit's CG also stops once
         every unit's residual is within this fraction of its right-hand side's norm (0: always
         ``cg_iters``; an exactly planted layer is then found to about this relative error,
-        not to the last digit).  Most refits of the steps start near their solution: on LeNet-5 (MNIST,
-        3 seeds, 95% and 98%) 1e-4 made whole prunes with the finish 1.6-2.3x faster than 0,
-        test accuracy -0.14 to +0.13 points (mean 0.00).
+        not to the last digit).  Most refits of the steps start near their solution: on
+        LeNet-5 (MNIST, 3 seeds, 95% and 98%) 1e-4 made whole prunes with the finish
+        1.6-2.3x faster than 0, test accuracy -0.14 to +0.13 points (mean 0.00).
       groups: None (k counts entries), or (N,) int group id of each kernel row, -1 for an
         ungrouped row (``solver.structure``'s ids): k then counts groups with a nonzero
         entry, whole groups are swapped in and out (scored by the rms-weighted norm of their
@@ -236,8 +236,10 @@ def l0_finish(
         raise ValueError(f"steps must be >= 0, got {steps}")
     if not 0 < grow <= 1:
         raise ValueError(f"grow must be in (0, 1], got {grow}")
-    if not 0 <= min_gain < 1 or union_rounds < 1:
-        raise ValueError(f"min_gain must be in [0, 1) and union_rounds >= 1, got {min_gain} and {union_rounds}")
+    if not 0 <= min_gain < 1 or union_rounds < 1 or cg_tol < 0:
+        raise ValueError(
+            f"min_gain must be in [0, 1), union_rounds >= 1 and cg_tol >= 0, got {min_gain}, {union_rounds}, {cg_tol}"
+        )
     if omega is not None:
         omega = jnp.asarray(omega, bool)
         Y = jnp.where(omega, Y, 0)
