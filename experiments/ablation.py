@@ -52,7 +52,7 @@ def run_seed(seed, args):
     for objective, finish, scheme in itertools.product(OBJECTIVES, FINISHES, SCHEMES):
         extra = {"activations": {n: "linear" for n in names}} if objective == "pre-activation" else {}
         t0 = time.perf_counter()
-        res = nt.prune(model, xcal, sparsity=args.target, refit=True, scheme=scheme, finish=FINISHES[finish],
+        res = nt.prune(model, xcal, sparsity=args.target, refit=True, scheme=scheme, finish=FINISHES[finish], joint_refit=0,
                        progress=False, **extra)
         sec = time.perf_counter() - t0
         keeps = nets.kernel_counts(res.model, xcal)

@@ -109,7 +109,7 @@ def main(argv=None):
             t0 = time.time()
             pruned, rep = nets.prune_nettrim(net, xcal, scheme="cascade",
                                              epsilon=[cfg["epsilon"]] * len(nets.layers_of(net)),
-                                             gamma=1.0, refit=variant == "refit", finish=None, **cfg["solver"])
+                                             gamma=1.0, refit=variant == "refit", finish=None, joint_refit=0, **cfg["solver"])
             keeps, acc = mnist.evaluate_point(net, pruned, xcal, None, None, xte_in, yte, cfg,
                                               args.seed)
             rec = dict(samples=p, variant=variant, keeps=keeps,

@@ -11,13 +11,15 @@ training and calibration windows follow the seed), pruned with what a
 user types, ``prune(model, x, sparsity=S, refit=True)``, and the same with
 ``finish="l0"`` (``nettrim_jax.solver.l0``: hard-thresholding steps at each layer's count on
 the refit objective), and with ``joint_refit=300`` (``network.joint``: every layer's kept
-weights re-fit together to the dense model's output) when ``--variants`` names them; ALPS (``baselines.prune_model``) at each Net-Trim run's own per-layer
+weights re-fit together to the dense model's output) when ``--variants`` names them
+(``default``: ``refit=True`` with nothing else, the finish then ``joint_refit="auto"``;
+the other variants set ``finish`` and ``joint_refit`` explicitly); ALPS (``baselines.prune_model``) at each Net-Trim run's own per-layer
 counts.  Test accuracy without fine-tuning; mean and spread (min-max) over seeds; wall
 seconds of each prune (compiles included for the first one of a process).
 
     python experiments/l0_finish.py [--quick] [--data DIR]
         [--net fc|lenet|resnet|lm] [--dataset mnist|fashion-mnist] [--seeds 0 1 2] [--targets 0.9 0.95]
-        [--variants refit refit+l0 refit+joint refit+l0+joint]
+        [--variants refit refit+l0 refit+joint refit+l0+joint default]
 
 Writes l0_finish[_NET_DATASET].md / .json into the results folder (no suffix for
 LeNet-300-100 on MNIST).
@@ -39,10 +41,11 @@ from nettrim_jax import baselines
 from nettrim_jax.io.atomic import atomic_write_text
 
 VARIANTS = {
-    "refit": {"finish": None},
-    "refit+l0": {"finish": "l0"},
+    "refit": {"finish": None, "joint_refit": 0},
+    "refit+l0": {"finish": "l0", "joint_refit": 0},
     "refit+joint": {"finish": None, "joint_refit": 300},
     "refit+l0+joint": {"finish": "l0", "joint_refit": 300},
+    "default": {},  # what refit=True does: the l0 finish, then joint_refit="auto"
 }
 
 
@@ -71,7 +74,7 @@ def run_seed(seed, targets, args):
             rows.append(dict(seed=seed, target=s, variant=variant, seconds=sec, dense=dense,
                              sparsity=1 - sum(keeps) / sum(sizes), keeps=keeps,
                              converged=sum(bool(l.converged) for l in layers), layers=len(layers),
-                             nettrim=evaluate(res.model), alps=evaluate(alps)))
+                             nettrim=evaluate(res.model), alps=evaluate(alps), joint=res.report.joint or None))
             print(f"seed {seed} S={s} {variant}: {sec:.1f} s, sparsity {100 * rows[-1]['sparsity']:.2f}%, "
                   f"Net-Trim {rows[-1]['nettrim']:.4f}, ALPS {rows[-1]['alps']:.4f}", flush=True)
     return rows
@@ -131,7 +134,9 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--targets", type=float, nargs="+", default=None)
     p.add_argument("--variants", nargs="+", default=["refit", "refit+l0"], choices=list(VARIANTS),
-                   help="Net-Trim variants (joint: joint_refit=300, the layers' kept weights re-fit together)")
+                   help="Net-Trim variants (refit: the refit alone; l0: the l0 finish; joint: joint_refit=300, the "
+                        "layers' kept weights re-fit together; default: refit=True as it is, the finish then "
+                        "joint_refit='auto')")
     args = p.parse_args(argv)
     if args.net == "resnet" and args.dataset != "fashion-mnist":
         p.error("--net resnet is trained on Fashion-MNIST only: add --dataset fashion-mnist")

@@ -97,7 +97,7 @@ def run_model(mlp, cfg, ids_tr, ids_te, vocab, args, done=lambda partial: None):
     for refit in cfg["refits"]:
         for s in cfg["targets"]:
             t1 = time.time()
-            res = nt.prune(model, cal, sparsity=s, refit=refit, finish=None, progress=False, max_iters=cfg["iters"])
+            res = nt.prune(model, cal, sparsity=s, refit=refit, finish=None, joint_refit=0, progress=False, max_iters=cfg["iters"])
             keeps = nets.kernel_counts(res.model, cal)
             rec = {"mlp": mlp, "target": s, "refit": refit, "sparsity": 1 - sum(keeps) / sum(sizes),
                    "seconds": time.time() - t1, "nettrim": bits_per_char(res.model, held),

@@ -126,7 +126,7 @@ def run(dataset, kind, cfg, root, seed, log=print):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             frontier = nettrim_jax.sweep(net, jnp.asarray(xcal), scheme=base_scheme, gamma=1.0,
-                                         refit=variant == "refit", finish=None, progress=False, **points, **cfg["solver"])
+                                         refit=variant == "refit", finish=None, joint_refit=0, progress=False, **points, **cfg["solver"])
         for e, point in zip(targets, frontier):
             if point.result is None:
                 raise RuntimeError(f"{dataset} {kind} {scheme} at {e}: {point.error}")

@@ -75,7 +75,7 @@ def baselines_part(model, xcal, xte, yte, targets, iters, methods, max_rows, ref
     for refit in refits:
         for s in targets:
             t0 = time.time()
-            res = nt.prune(model, xcal, sparsity=s, scheme="cascade", refit=refit, finish=None, progress=False, max_iters=iters)
+            res = nt.prune(model, xcal, sparsity=s, scheme="cascade", refit=refit, finish=None, joint_refit=0, progress=False, max_iters=iters)
             keeps = nets.kernel_counts(res.model, xcal)
             rec = {"target": s, "refit": refit, "sparsity": 1 - sum(keeps) / total, "keeps": keeps,
                    "seconds": time.time() - t0, "nettrim": accuracy(res.model, xte, yte)}

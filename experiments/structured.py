@@ -123,7 +123,7 @@ def run(kind, cfg, args, eps_grid, seed, log):
     first_dense = {adapt(net, jnp.asarray(xcal[:8])).names[0]: "skip"}
     recs = []
     for e in eps_grid:
-        kw = dict(structure="units", scheme="cascade", epsilon=[e] * L, gamma=1.0, refit=True, finish=None, progress=False,
+        kw = dict(structure="units", scheme="cascade", epsilon=[e] * L, gamma=1.0, refit=True, finish=None, joint_refit=0, progress=False,
                   max_iters=cfg["solver"]["max_iters"], activations=first_dense)
         t0 = time.time()
         res = nt.prune(net, jnp.asarray(xcal), **kw)

@@ -61,7 +61,7 @@ def test_joint_refit_keeps_every_support_and_lowers_the_output_error(kind):
     x = jax.random.normal(jax.random.key(1), (300, 10))
     model = _models(x)[kind]
     dense = _output(model if kind != "linen" else model[1], x)
-    layerwise = nt.prune(model, x, sparsity=0.6, refit=True, progress=False)
+    layerwise = nt.prune(model, x, sparsity=0.6, refit=True, joint_refit=0, progress=False)
     joint = nt.prune(model, x, sparsity=0.6, refit=True, joint_refit=50, progress=False)
     for a, b in zip(_kernels(layerwise.model), _kernels(joint.model)):
         np.testing.assert_array_equal(a != 0, b != 0)  # the masks are the layer-wise ones
@@ -87,8 +87,38 @@ def test_joint_refit_keeps_every_support_and_lowers_the_output_error(kind):
 @pytest.mark.parametrize("bad", [-1, 2.5, True, "10"])
 def test_joint_refit_must_be_a_count_of_iterations(bad):
     x = jnp.ones((20, 10))
-    with pytest.raises(ValueError, match="joint_refit must be a number of iterations"):
+    with pytest.raises(ValueError, match="joint_refit must be 'auto' or a number of iterations"):
         nt.prune(random_mlp((10, 8, 3)), x, epsilon=0.1, joint_refit=bad, progress=False)
+
+
+def test_refit_runs_the_joint_refit_where_the_output_error_asks_for_it():
+    """The default ``joint_refit="auto"``: with ``refit``, at most 100 iterations when the
+    layer-wise relative squared output error is >= 0.005; below it none (the layer-wise model
+    comes back as it is); without ``refit``, no joint refit at all."""
+    from nettrim_jax.network.options import JOINT_AUTO_ITERS, JOINT_AUTO_MIN_LOSS
+
+    x = jax.random.normal(jax.random.key(1), (300, 10))
+    model = random_mlp((10, 40, 4), seed=3)
+    far = nt.prune(model, x, sparsity=0.6, refit=True, progress=False)
+    j = far.report.joint
+    assert far.report.options["joint_refit"] == "auto"
+    assert (far.report.options["joint_iters"], far.report.options["joint_min_loss"]) == (100, 0.005)
+    assert (JOINT_AUTO_ITERS, JOINT_AUTO_MIN_LOSS) == (100, 0.005)
+    assert j["loss_before"] >= 0.005 and 1 <= j["iterations"] <= 100 and j["loss_after"] < j["loss_before"]
+    layerwise = nt.prune(model, x, sparsity=0.6, refit=True, joint_refit=0, progress=False)
+    assert not layerwise.report.joint
+    assert not np.allclose(_kernels(far.model)[0], _kernels(layerwise.model)[0])
+
+    near = nt.prune(model, x, epsilon=0.01, refit=True, progress=False)
+    j = near.report.joint
+    assert j["loss_before"] < 0.005 and (j["iterations"], j["stopped"]) == (0, "small error")
+    assert j["loss_after"] == j["loss_before"]
+    exact = nt.prune(model, x, epsilon=0.01, refit=True, joint_refit=0, progress=False)
+    for a, b in zip(_kernels(near.model), _kernels(exact.model)):
+        np.testing.assert_array_equal(a, b)
+
+    plain = nt.prune(model, x, sparsity=0.6, progress=False)
+    assert plain.report.options["joint_iters"] == 0 and not plain.report.joint
 
 
 def test_joint_refit_with_float64_inputs_on_a_float32_model():
@@ -140,6 +170,19 @@ def test_the_lbfgs_stops_when_the_loss_stalls_and_on_its_cap():
 
     *_, iters, _, stopped = joint._lbfgs(jax.jit(jax.value_and_grad(flat)), jnp.zeros(3), 100)
     assert stopped in ("stalled", "no decrease") and iters <= joint.STALL_WINDOW
+
+
+def test_the_lbfgs_runs_no_iteration_below_min_loss():
+    from nettrim_jax.network import joint
+
+    vg = jax.jit(jax.value_and_grad(_rosenbrock))
+    w0 = jnp.asarray([-1.2, 1.0, -1.2, 1.0, -1.2, 1.0])
+    f0 = float(_rosenbrock(w0))
+    w, f, start, iters, evals, stopped = joint._lbfgs(vg, w0, 10, min_loss=f0 * 1.01)
+    assert (iters, evals, stopped) == (0, 1, "small error") and f == start == pytest.approx(f0)
+    np.testing.assert_array_equal(np.asarray(w), np.asarray(w0))
+    *_, iters, _, stopped = joint._lbfgs(vg, w0, 10, min_loss=f0 * 0.99)
+    assert (iters, stopped) == (10, "iterations")
 
 
 def test_the_lbfgs_names_a_start_that_is_not_finite():

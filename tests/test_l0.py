@@ -81,7 +81,7 @@ def test_prune_with_the_l0_finish_keeps_each_layers_count_and_never_fits_worse()
     x = np.random.default_rng(1).standard_normal((400, 12)).astype(np.float32)
     # parallel: each layer's convex solve is the same in both runs (in a cascade, a finished
     # layer changes the next one's inputs and so its searched count)
-    kw = dict(sparsity=0.7, refit=True, progress=False, max_iters=3000, scheme="parallel")
+    kw = dict(sparsity=0.7, refit=True, progress=False, max_iters=3000, scheme="parallel", joint_refit=0)
     base = nt.prune(net, x, finish=None, **kw)
     l0 = nt.prune(net, x, **kw)  # refit=True ends with the l0 finish unless told otherwise
     assert l0.report.options["finish"] == "l0" and base.report.options["finish"] is None
@@ -132,7 +132,7 @@ def test_the_group_finish_from_a_group_l1_solution_never_fits_worse():
 def test_prune_units_with_the_l0_finish_keeps_each_layers_units_and_never_fits_worse():
     net = random_mlp((12, 24, 16, 4), 0)
     x = np.random.default_rng(1).standard_normal((400, 12)).astype(np.float32)
-    kw = dict(epsilon=0.3, structure="units", refit=True, progress=False, max_iters=3000)
+    kw = dict(epsilon=0.3, structure="units", refit=True, progress=False, max_iters=3000, joint_refit=0)
     base = nt.prune(net, x, finish=None, **kw)
     l0 = nt.prune(net, x, **kw)  # the default finish under a structure: whole units
     kernels = lambda r: [np.asarray(i.kernel) for i in r.model if hasattr(i, "kernel")]  # noqa: E731

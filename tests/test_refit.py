@@ -117,10 +117,27 @@ def test_prune_refit_keeps_supports_and_lowers_discrepancy(digits):
         warnings.simplefilter("ignore", RuntimeWarning)
         plain = nt.prune(model, x, scheme="parallel", epsilon=0.2, progress=False, max_iters=1500)
         refit = nt.prune(
-            model, x, scheme="parallel", epsilon=0.2, refit=True, progress=False, max_iters=1500, finish=None
+            model,
+            x,
+            scheme="parallel",
+            epsilon=0.2,
+            refit=True,
+            progress=False,
+            max_iters=1500,
+            finish=None,
+            joint_refit=0,
         )
         casc = nt.prune(
-            model, x, scheme="cascade", epsilon=0.2, gamma=1.0, refit=True, progress=False, max_iters=1500, finish=None
+            model,
+            x,
+            scheme="cascade",
+            epsilon=0.2,
+            gamma=1.0,
+            refit=True,
+            progress=False,
+            max_iters=1500,
+            finish=None,
+            joint_refit=0,
         )
         casc_loop = nt.prune(
             model,
@@ -133,6 +150,7 @@ def test_prune_refit_keeps_supports_and_lowers_discrepancy(digits):
             max_iters=1500,
             scan=False,
             finish=None,
+            joint_refit=0,
         )
     # parallel: the same programs, so the same supports; the refit only moves kept weights
     for a, b in zip(jax.tree.leaves(plain.masks), jax.tree.leaves(refit.masks)):

@@ -47,6 +47,7 @@ from nettrim_jax.cli.outputs import (  # noqa: F401  (the exit codes are app's p
 )
 from nettrim_jax.cli.sweep import add_parser as add_sweep_parser
 from nettrim_jax.cli.sweep import cmd_sweep
+from nettrim_jax.network.options import JOINT_AUTO_ITERS, JOINT_AUTO_MIN_LOSS
 
 __all__ = ["main", "build_parser", "load_calibration", "UsageError"]
 
@@ -76,6 +77,19 @@ class _Console:
 
 
 # ----------------------------------------------------------------------------- main
+
+
+def _joint_iterations(text: str) -> int | str:
+    """``--joint-refit``'s value: "auto" or a count of iterations >= 0."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an iteration count >= 0, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,11 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument(
         "--joint-refit",
-        type=int,
-        default=0,
-        metavar="N",
+        type=_joint_iterations,
+        default="auto",
+        metavar="N|auto",
         help="at most N L-BFGS iterations re-fitting every pruned layer's kept weights together to the "
-        "original model's output on the calibration data (default 0: off; counts unchanged)",
+        "original model's output on the calibration data (counts unchanged); 0: off; auto (default): "
+        f"with --refit, {JOINT_AUTO_ITERS} iterations when the layer-wise relative squared output error is "
+        f">= {JOINT_AUTO_MIN_LOSS:g}",
     )
     q.add_argument(
         "--allocation",

@@ -46,8 +46,9 @@ class JointRefit(NamedTuple):
     """How the joint refit ended: ``loss_before`` / ``loss_after`` (L above, relative
     squared output error on the calibration data), L-BFGS ``iterations`` run, ``seconds``,
     ``evaluations`` (model passes forward and back, the line search's included) and why it
-    stopped (``stopped``: "iterations", "stalled", "no decrease", "exact", or "not finite" for
-    a start whose L is not finite)."""
+    stopped (``stopped``: "iterations", "stalled", "no decrease", "exact", "small error" for a
+    start whose L is below the ``min_loss`` asked (no iteration run), or "not finite" for a
+    start whose L is not finite)."""
 
     loss_before: float
     loss_after: float
@@ -83,8 +84,9 @@ def _direction(g, s_mem, y_mem, rho, gamma):
     return -r
 
 
-def _lbfgs(value_and_grad, w, iters: int):
-    """Minimise by L-BFGS from the flat vector ``w``: ``value_and_grad(w) -> (L, dL/dw)``.
+def _lbfgs(value_and_grad, w, iters: int, min_loss: float = 0.0):
+    """Minimise by L-BFGS from the flat vector ``w``: ``value_and_grad(w) -> (L, dL/dw)``;
+    no iteration when L at the start is below ``min_loss``.
     Returns (w, L(w), L at the start, iterations, evaluations, why it stopped)."""
     f, g = value_and_grad(w)
     f = float(f)
@@ -95,6 +97,8 @@ def _lbfgs(value_and_grad, w, iters: int):
     rho = jnp.zeros((MEMORY,), w.dtype)
     gamma = 1.0 / max(float(jnp.linalg.norm(g)), 1.0)  # first step: a capped normalised gradient
     it, stopped = 0, "iterations"
+    if f < min_loss:
+        return w, f, start, it, evals, "small error"
     while it < iters:
         if not np.isfinite(f):  # only the start can be: an accepted step's value is finite
             stopped = "not finite"
@@ -137,14 +141,18 @@ def _lbfgs(value_and_grad, w, iters: int):
     return w, f, start, it, evals, stopped
 
 
-def joint_refit(net, x, specs: Sequence, pruned: Sequence[bool], iters: int) -> tuple[list, JointRefit]:
+def joint_refit(
+    net, x, specs: Sequence, pruned: Sequence[bool], iters: int, min_loss: float = 0.0
+) -> tuple[list, JointRefit]:
     """``specs`` (one per prunable layer of the adapter ``net``) with the kept weights of
     the layers flagged in ``pruned`` re-fit jointly (module doc), and how it ended.
 
     A layer's zero kernel and bias entries stay zero.  ``iters`` L-BFGS iterations at most
     (each usually one forward and backward pass over ``x``); fewer when L stops falling (by
-    less than 1e-4 of itself over 10 iterations).  The layer-wise ``specs`` come back
-    unchanged when no iteration lowered L."""
+    less than 1e-4 of itself over 10 iterations), and none when L at the start is below
+    ``min_loss`` (``prune``'s ``joint_refit="auto"``: a layer-wise result already that close
+    to the model's output).  The layer-wise ``specs`` come back unchanged when no iteration
+    lowered L."""
     t0 = time.perf_counter()
     specs = list(specs)
     idx = [i for i, p in enumerate(pruned) if p]
@@ -173,7 +181,9 @@ def joint_refit(net, x, specs: Sequence, pruned: Sequence[bool], iters: int) -> 
         return (jnp.sum(err * err) / norm).astype(dtype)
 
     value_and_grad = jax.jit(jax.value_and_grad(loss))
-    w, after, before, done, evals, stopped = _lbfgs(lambda w: value_and_grad(w, consts, x), w0.astype(dtype), iters)
+    w, after, before, done, evals, stopped = _lbfgs(
+        lambda w: value_and_grad(w, consts, x), w0.astype(dtype), iters, min_loss
+    )
     out = weights(unravel(w)) if after < before else specs
     seconds = time.perf_counter() - t0
     return [jax.device_get(s) for s in out], JointRefit(before, min(after, before), done, seconds, evals, stopped)

@@ -55,7 +55,10 @@ class Program:
       joint_refit: at most this many L-BFGS iterations of a joint refit of every pruned
         layer's kept weights against the original model's output on the calibration data
         (``network.joint``; masks fixed, so counts are unchanged; it stops earlier when the
-        output error stalls); 0: off.
+        output error stalls); 0: off; "auto" (the default): with ``refit``, at most
+        ``JOINT_AUTO_ITERS`` iterations, run only when the layer-wise result's relative squared
+        output error is at least ``JOINT_AUTO_MIN_LOSS`` (where it has drifted enough for the
+        joint refit to pay for its model passes); without ``refit``, off.
     """
 
     scheme: str = "cascade"
@@ -71,10 +74,16 @@ class Program:
     seed: int = 0
     refit: bool = False
     finish: str | None = "auto"
-    joint_refit: int = 0
+    joint_refit: int | str = "auto"
 
 
 FINISHES = ("auto", "l0", None)
+# joint_refit="auto": its iterations, and the layer-wise relative squared output error below
+# which it is skipped (seed 0, test accuracy, 100 iterations: LeNet-300-100 at 90 / 95 / 98%,
+# errors 0.0078 / 0.025 / 0.082, +0.16 / +0.37 / +2.35 points in 4-8 s; LeNet-5 at 90%,
+# error 0.0048, +0.03 points in 26 s).
+JOINT_AUTO_ITERS = 100
+JOINT_AUTO_MIN_LOSS = 0.005
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +148,9 @@ class PruneOptions(NamedTuple):
 
     ``sparsity`` (float | {name: float} | None), ``structure`` ("unstructured" | "units"),
     ``pattern`` ((n, m) | None), ``reweight`` (rounds) and ``output_epsilon`` (float | None)
-    are the parsed forms of the records' fields of those names.
+    are the parsed forms of the records' fields of those names; ``joint_iters`` and
+    ``joint_min_loss`` are ``joint_refit``'s (``"auto"`` resolved: the joint refit runs at
+    most ``joint_iters`` iterations when the layer-wise output error is >= ``joint_min_loss``).
     """
 
     program: Program
@@ -150,6 +161,8 @@ class PruneOptions(NamedTuple):
     pattern: tuple[int, int] | None
     reweight: int
     output_epsilon: float | None
+    joint_iters: int = 0
+    joint_min_loss: float = 0.0
 
     def keywords(self) -> dict[str, Any]:
         """The flat keywords of this call (solver options flattened in): ``prune(**kw)``."""
@@ -219,8 +232,13 @@ def _parsed(program: Program, target: Target, run: Run) -> PruneOptions:
     check_solver_options(run.solver, dict(run.solver_options))
     if program.finish not in FINISHES:
         raise ValueError(f"finish must be 'auto', 'l0' or None, got {program.finish!r}")
-    if isinstance(program.joint_refit, bool) or not isinstance(program.joint_refit, int) or program.joint_refit < 0:
-        raise ValueError(f"joint_refit must be a number of iterations >= 0, got {program.joint_refit!r}")
+    joint = program.joint_refit
+    if joint != "auto" and (isinstance(joint, bool) or not isinstance(joint, int) or joint < 0):
+        raise ValueError(f"joint_refit must be 'auto' or a number of iterations >= 0, got {joint!r}")
+    if joint == "auto":
+        joint_iters, joint_min_loss = (JOINT_AUTO_ITERS if program.refit else 0), JOINT_AUTO_MIN_LOSS
+    else:
+        joint_iters, joint_min_loss = int(joint), 0.0
     checks.check_epsilon_values(program.epsilon)
     sparsity = parse_sparsity(target.sparsity, target.allocation)
     structure, pattern = checks.parse_structure(target.structure, target.pattern, program.per_neuron)
@@ -234,4 +252,6 @@ def _parsed(program: Program, target: Target, run: Run) -> PruneOptions:
                 "output_epsilon applies to scheme='cascade' only (parallel layers do not see the pruned features)"
             )
         output_epsilon = checks.epsilon_value(program.output_epsilon, what="output_epsilon")
-    return PruneOptions(program, target, run, sparsity, structure, pattern, reweight, output_epsilon)
+    return PruneOptions(
+        program, target, run, sparsity, structure, pattern, reweight, output_epsilon, joint_iters, joint_min_loss
+    )

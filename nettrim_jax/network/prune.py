@@ -302,9 +302,9 @@ def _finish(net, x, plan: _Plan, outcomes, opts: PruneOptions, t_start: float) -
         for spec, out in zip(plan.orig, outcomes)
     ]
     joint = None
-    if opts.program.joint_refit:
+    if opts.joint_iters:
         pruned = [out.kernel is not None for out in outcomes]
-        new, joint = joint_refit(net, x, new, pruned, opts.program.joint_refit)
+        new, joint = joint_refit(net, x, new, pruned, opts.joint_iters, min_loss=opts.joint_min_loss)
     scheme = opts.program.scheme
     report = build_report(
         net,
@@ -352,7 +352,9 @@ def _report_options(opts: PruneOptions) -> dict:
         "relu_budget": p.relu_budget,
         "reweight": opts.reweight,
         "finish": p.finish,
-        "joint_refit": int(p.joint_refit),
+        "joint_refit": p.joint_refit if isinstance(p.joint_refit, str) else int(p.joint_refit),
+        "joint_iters": opts.joint_iters,
+        "joint_min_loss": opts.joint_min_loss,
     }
 
 
