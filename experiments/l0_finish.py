@@ -21,8 +21,8 @@ seconds of each prune (compiles included for the first one of a process).
         [--net fc|lenet|resnet|lm] [--dataset mnist|fashion-mnist] [--seeds 0 1 2] [--targets 0.9 0.95]
         [--variants refit refit+l0 refit+joint refit+l0+joint default]
 
-Writes l0_finish[_NET_DATASET].md / .json into the results folder (no suffix for
-LeNet-300-100 on MNIST).
+Writes l0_finish_NET_DATASET.md / .json (l0_finish_lm for the TinyLM) into the results folder;
+``--merge`` keeps that file's rows of (target, variant) pairs the run does not run.
 """
 
 from __future__ import annotations
@@ -104,13 +104,18 @@ def summary(records, higher_is_better=True):
     return out
 
 
-def write(records, args, seeds, started, out) -> list[str]:
+def result_name(args) -> str:
+    """The results file's name (no suffix) for ``args``' net and dataset."""
+    if args.net == "lm":
+        return "l0_finish_lm"
+    return f"l0_finish_{args.net}_{args.dataset}"
+
+
+def write(records, args, seeds, started, out, kept=()) -> list[str]:
     """The results table (markdown lines) of ``records``, written with them as JSON."""
     net = {"fc": "LeNet-300-100", "lenet": "LeNet-5", "resnet": "BatchNorm ResNet", "lm": "TinyLM, 2 blocks"}[args.net]
     metric = "held-out bits/char (lower is better)" if args.net == "lm" else "Test accuracy %"
-    name = "l0_finish" if (args.net, args.dataset) == ("fc", "mnist") else f"l0_finish_{args.net}_{args.dataset}"
-    if args.net == "lm":
-        name = "l0_finish_lm"
+    name = result_name(args)
     where = "pydoc topics text" if args.net == "lm" else args.dataset
     text = [f"# The l0 finish against the refit and ALPS ({net}, {where})", "",
             f"{metric} without fine-tuning, mean (min-max) over seeds; ALPS at each Net-Trim "
@@ -120,6 +125,10 @@ def write(records, args, seeds, started, out) -> list[str]:
                           "Net-Trim - ALPS", "verdict", "prune s", "certified"],
                          summary(records, higher_is_better=args.net != "lm")), "",
             common.provenance(args, started)]
+    if kept:
+        pairs = sorted({(r["target"], r["variant"]) for r in kept})
+        text[-1:-1] = ["Kept from the file's previous run (not rerun here): "
+                       + ", ".join(f"{v} at {t:g}" for t, v in pairs) + ".", ""]
     atomic_write_text(out / f"{name}.md", "\n".join(text) + "\n")
     atomic_write_text(out / f"{name}.json", json.dumps(records, indent=1))
     return text
@@ -137,6 +146,8 @@ def main(argv=None):
                    help="Net-Trim variants (refit: the refit alone; l0: the l0 finish; joint: joint_refit=300, the "
                         "layers' kept weights re-fit together; default: refit=True as it is, the finish then "
                         "joint_refit='auto')")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the results file's rows of (target, variant) pairs this run does not run")
     args = p.parse_args(argv)
     if args.net == "resnet" and args.dataset != "fashion-mnist":
         p.error("--net resnet is trained on Fashion-MNIST only: add --dataset fashion-mnist")
@@ -145,10 +156,15 @@ def main(argv=None):
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     targets = args.targets or ([0.9] if args.quick else [0.9, 0.95])
     out = common.out_dir(args)
+    kept = []
+    if args.merge and (out / f"{result_name(args)}.json").exists():
+        ran = {(t, v) for t in targets for v in args.variants}
+        kept = [r for r in json.loads((out / f"{result_name(args)}.json").read_text())
+                if (r["target"], r["variant"]) not in ran]
     records = []
     for k, seed in enumerate(seeds):  # rewritten after every seed: a run stopped early keeps them
         records += run_seed(seed, targets, args)
-        text = write(records, args, seeds[: k + 1], started, out)
+        text = write(kept + records, args, seeds[: k + 1], started, out, kept)
     print("\n".join(text))
     return records
 
