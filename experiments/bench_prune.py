@@ -214,7 +214,7 @@ def bench_model(name, c, args, log=print):
                    nettrim=dict(seconds=sec, steady_seconds=again, quality=evaluate(res.model),
                                 converged=sum(bool(l.converged) for l in layers), layers=len(layers),
                                 iterations=[int(l.iterations) for l in layers], solver_programs=compiled,
-                                solver_compile_seconds=compile_s))
+                                solver_compile_seconds=compile_s, joint=res.report.joint or None))
         log(f"  S={s}: nettrim {sec:.1f} s" + (f" (again {again:.1f} s)" if again is not None else "")
             + f", {row['nettrim']['converged']}/{len(layers)} converged, {compiled} solver programs compiled "
             f"({compile_s:.1f} s), "
@@ -236,16 +236,18 @@ def report(records, args, started, out):
     device = jax.devices()[0]
     lines = ["# Whole prunes against the baselines, timed in one run", "",
              f"Device: {device.platform} ({device.device_kind}), jax {jax.__version__}.  "
-             "Net-Trim: `prune(model, x, sparsity=S, refit=True)`, defaults otherwise.  Baselines: "
+             "Net-Trim: `prune(model, x, sparsity=S, refit=True)`, defaults otherwise (the refit ends with "
+             "the l0 finish, then `joint_refit=\"auto\"`: the joint refit where the output error is >= 0.005; "
+             "its seconds are inside Net-Trim's).  Baselines: "
              "`baselines.prune_model` at Net-Trim's per-layer counts.  Seconds include compilation "
              "(first call in the process)" + ("; 'again' is a second identical call." if args.repeat else ".")
              + "  Quality without fine-tuning: accuracy (higher is better) or bits/char (lower is better).", ""]
-    head = ["model", "S", "sparsity %", "Net-Trim s", "certified", "solver compiles", "Net-Trim",
+    head = ["model", "S", "sparsity %", "Net-Trim s", "joint refit s (iterations)", "certified", "solver compiles", "Net-Trim",
             *(f"{m} s" for m in args.baselines), *args.baselines, "Net-Trim s / ALPS s"]
     body = []
     for rec in records:
         if "error" in rec:
-            body.append([rec["model"], "-", "-", "failed", "-", "-", rec["error"][:60]] + ["-"] * (2 * len(args.baselines) + 1))
+            body.append([rec["model"], "-", "-", "failed", "-", "-", "-", rec["error"][:60]] + ["-"] * (2 * len(args.baselines) + 1))
             continue
         for r in rec["runs"]:
             nt_ = r["nettrim"]
@@ -253,7 +255,9 @@ def report(records, args, started, out):
             ratio = f"{nt_['seconds'] / r['alps']['seconds']:.1f}" if "alps" in r else "-"
             if "alps" in r and nt_.get("steady_seconds") and r["alps"].get("steady_seconds"):
                 ratio += f" ({nt_['steady_seconds'] / r['alps']['steady_seconds']:.1f})"
-            body.append([rec["model"], r["target"], f"{100 * r['sparsity']:.2f}", sec(nt_),
+            j = nt_.get("joint")
+            joint = "-" if not j else f"{j['seconds']:.1f} ({j['iterations']}" + (", small error)" if j["stopped"] == "small error" else ")")
+            body.append([rec["model"], r["target"], f"{100 * r['sparsity']:.2f}", sec(nt_), joint,
                          f"{nt_['converged']}/{nt_['layers']}",
                          f"{nt_['solver_programs']} ({nt_['solver_compile_seconds']:.0f} s)", f"{nt_['quality']:.4f}",
                          *(sec(r[m]) for m in args.baselines), *(f"{r[m]['quality']:.4f}" for m in args.baselines),
@@ -263,10 +267,15 @@ def report(records, args, started, out):
         if "error" not in rec:
             lines.append(f"- {rec['model']}: dense {rec['metric']} {rec['dense']:.4f}; {rec['kernel_weights']} kernel "
                          f"weights; {rec['calibration']} calibration inputs; set-up (training) {rec['setup_seconds']:.0f} s.")
+    kept = sorted({(r["model"], r["kept_from"]) for r in records if "kept_from" in r})
+    if kept:
+        lines += ["", "Kept from an earlier run of this script (not rerun here, so not timed beside the rows above): "
+                  + "; ".join(f"{m} ({when})" for m, when in kept) + "."]
     lines += ["", common.provenance(args, started)]
     (out / "bench_prune.md").write_text("\n".join(lines) + "\n")
+    written = time.strftime("%Y-%m-%d", time.gmtime())
     (out / "bench_prune.json").write_text(json.dumps(dict(device=f"{device.platform} {device.device_kind}",
-                                                          records=records), indent=1, default=float))
+                                                          written=written, records=records), indent=1, default=float))
 
 
 def main(argv=None):
@@ -277,6 +286,8 @@ def main(argv=None):
     ap.add_argument("--repeat", action="store_true", help="time a second identical call (after compilation)")
     ap.add_argument("--repeat-under", type=float, default=60.0,
                     help="with --repeat: only for calls whose first run took less than this (seconds)")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the results file's records of models this run does not run (the table says which)")
     ap.add_argument("--big", action="store_true", help="add the accelerator sizes (55k-row LeNet, GPT-2-small shape)")
     args = ap.parse_args(argv)
     started = time.time()
@@ -287,6 +298,10 @@ def main(argv=None):
     watch_compiles()
     cfg = configs(args.quick, args.big)
     names = args.models or list(cfg)
+    kept = []
+    if args.merge and (out / "bench_prune.json").exists():
+        old = json.loads((out / "bench_prune.json").read_text())
+        kept = [dict(r, kept_from=old.get("written", "an earlier run")) for r in old["records"] if r["model"] not in names]
     records = []
     for name in names:
         try:
@@ -294,7 +309,7 @@ def main(argv=None):
         except Exception as e:  # keep the other models' figures; the table says which failed
             traceback.print_exc()
             records.append(dict(model=name, error=f"{type(e).__name__}: {e}"))
-        report(records, args, started, out)
+        report(kept + records, args, started, out)
     print((out / "bench_prune.md").read_text())
     return records
 

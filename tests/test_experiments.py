@@ -173,7 +173,7 @@ def test_l0_finish_quick(tmp_path):
     for r in records:
         assert abs(r["sparsity"] - 0.9) < 0.01 and r["converged"] == r["layers"] == 2
         assert 0.5 < r["nettrim"] <= 1 and 0.5 < r["alps"] <= 1
-    text = (tmp_path / "l0_finish.md").read_text()
+    text = (tmp_path / "l0_finish_fc_mnist.md").read_text()
     assert (
         "| 0.9 | refit+l0 | 1 |" in text
         and "one seed: " in text
