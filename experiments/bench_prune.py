@@ -301,7 +301,8 @@ def main(argv=None):
     kept = []
     if args.merge and (out / "bench_prune.json").exists():
         old = json.loads((out / "bench_prune.json").read_text())
-        kept = [dict(r, kept_from=old.get("written", "an earlier run")) for r in old["records"] if r["model"] not in names]
+        kept = [dict(r, kept_from=r.get("kept_from", old.get("written", "an earlier run")))
+                for r in old["records"] if r["model"] not in names]
     records = []
     for name in names:
         try:
