@@ -116,42 +116,10 @@ def test_prune_refit_keeps_supports_and_lowers_discrepancy(digits):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         plain = nt.prune(model, x, scheme="parallel", epsilon=0.2, progress=False, max_iters=1500)
-        refit = nt.prune(
-            model,
-            x,
-            scheme="parallel",
-            epsilon=0.2,
-            refit=True,
-            progress=False,
-            max_iters=1500,
-            finish=None,
-            joint_refit=0,
-        )
-        casc = nt.prune(
-            model,
-            x,
-            scheme="cascade",
-            epsilon=0.2,
-            gamma=1.0,
-            refit=True,
-            progress=False,
-            max_iters=1500,
-            finish=None,
-            joint_refit=0,
-        )
-        casc_loop = nt.prune(
-            model,
-            x,
-            scheme="cascade",
-            epsilon=0.2,
-            gamma=1.0,
-            refit=True,
-            progress=False,
-            max_iters=1500,
-            scan=False,
-            finish=None,
-            joint_refit=0,
-        )
+        refit_alone = dict(refit=True, progress=False, max_iters=1500, finish=None, joint_refit=0)
+        refit = nt.prune(model, x, scheme="parallel", epsilon=0.2, **refit_alone)
+        casc = nt.prune(model, x, scheme="cascade", epsilon=0.2, gamma=1.0, **refit_alone)
+        casc_loop = nt.prune(model, x, scheme="cascade", epsilon=0.2, gamma=1.0, scan=False, **refit_alone)
     # parallel: the same programs, so the same supports; the refit only moves kept weights
     for a, b in zip(jax.tree.leaves(plain.masks), jax.tree.leaves(refit.masks)):
         assert np.array_equal(np.asarray(a), np.asarray(b))

@@ -233,12 +233,12 @@ def _parsed(program: Program, target: Target, run: Run) -> PruneOptions:
     if program.finish not in FINISHES:
         raise ValueError(f"finish must be 'auto', 'l0' or None, got {program.finish!r}")
     joint = program.joint_refit
-    if joint != "auto" and (isinstance(joint, bool) or not isinstance(joint, int) or joint < 0):
-        raise ValueError(f"joint_refit must be 'auto' or a number of iterations >= 0, got {joint!r}")
     if joint == "auto":
         joint_iters, joint_min_loss = (JOINT_AUTO_ITERS if program.refit else 0), JOINT_AUTO_MIN_LOSS
+    elif isinstance(joint, bool) or not isinstance(joint, int) or joint < 0:
+        raise ValueError(f"joint_refit must be 'auto' or a number of iterations >= 0, got {joint!r}")
     else:
-        joint_iters, joint_min_loss = int(joint), 0.0
+        joint_iters, joint_min_loss = joint, 0.0
     checks.check_epsilon_values(program.epsilon)
     sparsity = parse_sparsity(target.sparsity, target.allocation)
     structure, pattern = checks.parse_structure(target.structure, target.pattern, program.per_neuron)
