@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from nettrim_jax.network import checks
+from nettrim_jax.network.specs import Conv
 from nettrim_jax.network.targets import parse_sparsity
 from nettrim_jax.solver.options import check_solver_options, solver_option_names
 
@@ -56,9 +57,10 @@ class Program:
         layer's kept weights against the original model's output on the calibration data
         (``network.joint``; masks fixed, so counts are unchanged; it stops earlier when the
         output error stalls); 0: off; "auto" (the default): with ``refit``, at most
-        ``JOINT_AUTO_ITERS`` iterations, run only when the layer-wise result's relative squared
-        output error is at least ``JOINT_AUTO_MIN_LOSS`` (where it has drifted enough for the
-        joint refit to pay for its model passes); without ``refit``, off.
+        ``JOINT_AUTO_ITERS`` iterations; on a model with a convolution only when the
+        layer-wise result's relative squared output error is at least ``JOINT_AUTO_MIN_LOSS``
+        (a convolution's gradient makes each iteration dear: ``joint_floor``); without
+        ``refit``, off.
     """
 
     scheme: str = "cascade"
@@ -78,12 +80,24 @@ class Program:
 
 
 FINISHES = ("auto", "l0", None)
-# joint_refit="auto": its iterations, and the layer-wise relative squared output error below
-# which it is skipped (seed 0, test accuracy, 100 iterations: LeNet-300-100 at 90 / 95 / 98%,
-# errors 0.0078 / 0.025 / 0.082, +0.16 / +0.37 / +2.35 points in 4-8 s; LeNet-5 at 90%,
-# error 0.0048, +0.03 points in 26 s).
+# joint_refit="auto": its iterations, and, on a model with a convolution, the layer-wise
+# relative squared output error below which it is skipped (seed 0, test accuracy, 100
+# iterations: LeNet-300-100 at 90 / 95 / 98%, errors 0.0078 / 0.025 / 0.082, +0.16 / +0.37 /
+# +2.35 points in 4-8 s; LeNet-5 at 90%, error 0.0048, +0.03 points in 26 s).
 JOINT_AUTO_ITERS = 100
 JOINT_AUTO_MIN_LOSS = 0.005
+
+
+def joint_floor(specs) -> float:
+    """``joint_refit="auto"``'s error floor for a model of these layer ``specs``:
+    ``JOINT_AUTO_MIN_LOSS`` when one is a convolution, else 0 (it always runs).  An iteration
+    is one forward and backward pass over the calibration data; through a convolution that
+    pass costs about 5x its forward on XLA's CPU backend (LeNet-5, 1000 images: 100
+    iterations made a 4.5 s prune 30 s), through Dense layers little (LeNet-300-100, 4000
+    rows: 4-8 s of a 40-50 s prune), and there it paid below the floor too (LeNet-300-100 on
+    Fashion-MNIST, 3 seeds: errors 0.0004-0.0024 at 80% and 90%, +0.07 and +0.11 points on
+    seed 0)."""
+    return JOINT_AUTO_MIN_LOSS if any(isinstance(s, Conv) for s in specs) else 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +164,8 @@ class PruneOptions(NamedTuple):
     ``pattern`` ((n, m) | None), ``reweight`` (rounds) and ``output_epsilon`` (float | None)
     are the parsed forms of the records' fields of those names; ``joint_iters`` and
     ``joint_min_loss`` are ``joint_refit``'s (``"auto"`` resolved: the joint refit runs at
-    most ``joint_iters`` iterations when the layer-wise output error is >= ``joint_min_loss``).
+    most ``joint_iters`` iterations when the layer-wise output error is >= ``joint_min_loss``;
+    None: the model's ``joint_floor``, resolved by ``prune`` once it has the layers).
     """
 
     program: Program
@@ -162,7 +177,7 @@ class PruneOptions(NamedTuple):
     reweight: int
     output_epsilon: float | None
     joint_iters: int = 0
-    joint_min_loss: float = 0.0
+    joint_min_loss: float | None = 0.0
 
     def keywords(self) -> dict[str, Any]:
         """The flat keywords of this call (solver options flattened in): ``prune(**kw)``."""
@@ -234,7 +249,7 @@ def _parsed(program: Program, target: Target, run: Run) -> PruneOptions:
         raise ValueError(f"finish must be 'auto', 'l0' or None, got {program.finish!r}")
     joint = program.joint_refit
     if joint == "auto":
-        joint_iters, joint_min_loss = (JOINT_AUTO_ITERS if program.refit else 0), JOINT_AUTO_MIN_LOSS
+        joint_iters, joint_min_loss = (JOINT_AUTO_ITERS if program.refit else 0), None
     elif isinstance(joint, bool) or not isinstance(joint, int) or joint < 0:
         raise ValueError(f"joint_refit must be 'auto' or a number of iterations >= 0, got {joint!r}")
     else:

@@ -41,7 +41,7 @@ from nettrim_jax.network.adapters import adapt
 from nettrim_jax.network.cascade import solve_cascade
 from nettrim_jax.network.evaluation import build_report
 from nettrim_jax.network.joint import joint_refit
-from nettrim_jax.network.options import Program, PruneOptions, Run, Target, gather
+from nettrim_jax.network.options import Program, PruneOptions, Run, Target, gather, joint_floor
 from nettrim_jax.network.parallel import solve_parallel
 from nettrim_jax.network.problems import LayerOutcome, SolveConfig
 from nettrim_jax.network.report import CollapsedModelError, PruneReport, refuse_collapsed  # noqa: F401  (re-export)
@@ -304,6 +304,8 @@ def _finish(net, x, plan: _Plan, outcomes, opts: PruneOptions, t_start: float) -
         for spec, out in zip(plan.orig, outcomes)
     ]
     joint = None
+    if opts.joint_min_loss is None:
+        opts = opts._replace(joint_min_loss=joint_floor(plan.orig))
     if opts.joint_iters:
         pruned = [out.kernel is not None for out in outcomes]
         new, joint = joint_refit(net, x, new, pruned, opts.joint_iters, min_loss=opts.joint_min_loss)
