@@ -304,11 +304,11 @@ def _finish(net, x, plan: _Plan, outcomes, opts: PruneOptions, t_start: float) -
         for spec, out in zip(plan.orig, outcomes)
     ]
     joint = None
-    if opts.joint_min_loss is None:
-        opts = opts._replace(joint_min_loss=joint_floor(plan.orig))
+    floor = joint_floor(plan.orig) if opts.joint_min_loss is None else opts.joint_min_loss
+    opts = opts._replace(joint_min_loss=floor)
     if opts.joint_iters:
         pruned = [out.kernel is not None for out in outcomes]
-        new, joint = joint_refit(net, x, new, pruned, opts.joint_iters, min_loss=opts.joint_min_loss)
+        new, joint = joint_refit(net, x, new, pruned, opts.joint_iters, min_loss=floor)
     scheme = opts.program.scheme
     report = build_report(
         net,
