@@ -230,8 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N|auto",
         help="at most N L-BFGS iterations re-fitting every pruned layer's kept weights together to the "
         "original model's output on the calibration data (counts unchanged); 0: off; auto (default): "
-        f"with --refit, {JOINT_AUTO_ITERS} iterations when the layer-wise relative squared output error is "
-        f">= {JOINT_AUTO_MIN_LOSS:g}",
+        f"with --refit, {JOINT_AUTO_ITERS} iterations (on a model with a convolution only when the layer-wise "
+        f"relative squared output error is >= {JOINT_AUTO_MIN_LOSS:g})",
     )
     q.add_argument(
         "--allocation",

@@ -146,8 +146,9 @@ def prune(model, x, *records: Program | Target | Run, **keywords: Any) -> PruneR
       error) or "omega" (the paper's program); refit: each layer's kept weights refit to
       its response on the same rows (misfit^2 + excess^2 never worse, so every bound holds),
       then the l0 finish at each layer's count unless ``finish=None`` (``Program.finish``),
-      then, where the model's output error is >= 0.005, a joint refit of every layer's kept
-      weights to the model's output unless ``joint_refit=0`` (``Program.joint_refit``);
+      then a joint refit of every layer's kept weights to the model's output (on a model
+      with a convolution only where its output error is >= 0.005) unless ``joint_refit=0``
+      (``Program.joint_refit``);
       sparsity a target instead of an epsilon (the fraction of kernel and bias weights
       removed, global or {layer name: fraction}; each layer's epsilon is then searched,
       ``network.targets``) split by allocation "scores" | "uniform" | "epsilon";
