@@ -1,6 +1,7 @@
 """The l0 finish (``solver.l0``): the count kept, the objective never raised, the budget kept,
 and a planted support found that the l1 solution's refit misses."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -34,6 +35,25 @@ def test_the_count_is_kept_and_the_objective_never_rises(activation):
         assert _output_error(x, y, u) <= eps * (1 + 1e-3)
     else:
         assert float(np.linalg.norm(x @ u - y)) <= eps * (1 + 1e-3)
+
+
+def test_a_linear_layers_finish_on_its_gram_matrix_equals_the_finish_on_its_rows(monkeypatch):
+    """With P >= N a linear layer's refits run their CG on X^T X; forced onto the rows, the
+    same steps give the same kernel and objective."""
+    from nettrim_jax.solver import refit
+
+    x, _, w = relu_problem(300, 40, 12, seed=5, density=0.4)
+    y = x @ w + 0.05 * np.random.default_rng(0).standard_normal((300, 12))
+    sol = nt.solve_layer(x, y, epsilon=0.3 * np.linalg.norm(y), activation="linear")
+    assert refit.uses_gram(x, relu=False)
+    on_gram, gram_info = l0_finish(x, y, sol.kernel, activation="linear", steps=8, cg_tol=0.0)
+    monkeypatch.setattr(refit, "uses_gram", lambda X, relu: False)
+    jax.clear_caches()  # the finish's compiled programs are traced again, on the rows
+    on_rows, rows_info = l0_finish(x, y, sol.kernel, activation="linear", steps=8, cg_tol=0.0)
+    assert int(gram_info.steps) == int(rows_info.steps) >= 1
+    np.testing.assert_array_equal(np.asarray(on_gram) != 0, np.asarray(on_rows) != 0)
+    np.testing.assert_allclose(np.asarray(on_gram), np.asarray(on_rows), rtol=1e-3, atol=1e-4)
+    assert float(gram_info.objective_after) == pytest.approx(float(rows_info.objective_after), rel=1e-5)
 
 
 def test_a_planted_relu_layer_is_recovered_at_the_count_the_l1_solution_kept():
