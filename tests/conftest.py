@@ -75,3 +75,15 @@ def _numeric_flags_unchanged():
     for f in changed:
         jax.config.update(f, before[f])  # restored, so only the leaking test fails
     assert not changed, f"test changed process-wide JAX flags (before, after): {changed}"
+
+
+@pytest.fixture(autouse=True)
+def _compiled_programs_bounded():
+    """After each test, JAX's compiled programs are dropped once this worker holds more than
+    a third of the kernel's memory mappings (``network.compiled.release_if_crowded``): a
+    worker that ran ~250 tests over many distinct models passed the 65530 mappings, and XLA's
+    next mapping ended it with a segmentation fault (twice, in a worker's last test)."""
+    yield
+    from nettrim_jax.network.compiled import release_if_crowded
+
+    release_if_crowded(fraction=1 / 3)

@@ -138,3 +138,22 @@ def test_compact_refuses_a_residual_batchnorm_model_in_one_line():
     with pytest.raises(ValueError, match="cannot be described as a chain") as err:
         res.compact(x)
     assert "\n" not in str(err.value) and "residual" in str(err.value)
+
+
+def test_compiled_programs_are_dropped_only_near_the_mapping_limit():
+    """A process near the kernel's limit on memory mappings crashes in XLA at its next
+    compile; ``release_if_crowded`` (called by every ``prune``) drops JAX's compiled
+    programs there, and only there."""
+    import jax
+
+    from nettrim_jax.network.compiled import mapping_count, release_if_crowded
+
+    count = mapping_count()
+    if count is None:
+        pytest.skip("no /proc/self/maps on this system")
+    f = jax.jit(lambda v: v + 1)
+    f(1.0)
+    assert not release_if_crowded(limit=10 * count)
+    assert f._cache_size() == 1, "far from the limit, the compiled program is kept"
+    assert release_if_crowded(limit=count)
+    assert f._cache_size() == 0, "past half the limit, it is dropped"

@@ -1,11 +1,14 @@
 """The compiled layer solver a network prune calls: one jit-compiled program per layer
 setting (``jitted_solver``; the iteration cap is an argument, not part of the program), its
 asynchronous start on a device (``dispatch``), and the program's misfit of a kernel
-(``misfit``, ``output_misfit``)."""
+(``misfit``, ``output_misfit``), and the release of every compiled program when the process
+nears the kernel's limit on memory mappings (``release_if_crowded``)."""
 
 from __future__ import annotations
 
 import functools
+import gc
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +18,46 @@ from nettrim_jax.network.batching import current_pool
 from nettrim_jax.solver import admm, pdhg
 from nettrim_jax.solver.layer import solve_layer
 
-__all__ = ["jitted_solver", "dispatch", "misfit", "output_misfit"]
+__all__ = ["jitted_solver", "dispatch", "misfit", "output_misfit", "release_if_crowded"]
+
+_MAPS = Path("/proc/self/maps")
+_MAP_LIMIT = Path("/proc/sys/vm/max_map_count")
+
+
+def mapping_count() -> int | None:
+    """This process's memory mappings (Linux), else None."""
+    try:
+        with _MAPS.open() as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return None
+
+
+def release_if_crowded(fraction: float = 0.5, limit: int | None = None) -> bool:
+    """Drop JAX's compiled programs (``jax.clear_caches``, and this module's solvers) when
+    the process holds more than ``fraction`` of ``limit`` memory mappings (default: the
+    kernel's ``vm.max_map_count``, 65530 on most Linux systems); True when it did.
+
+    Every program XLA's CPU backend compiles keeps a few mappings of its own (code,
+    constants, data) for as long as JAX's caches hold it: a prune of a small transformer or
+    CNN adds 1000-4000, the same prune again none.  A process that prunes many different
+    models (a notebook, a benchmark, a test worker) passes the limit, and XLA's next mapping
+    then ends it with a segmentation fault (seen after ~250 tests in one process).  The cost
+    of dropping them is recompilation.  Off Linux (no ``/proc``) nothing is done."""
+    count = mapping_count()
+    if count is None:
+        return False
+    if limit is None:
+        try:
+            limit = int(_MAP_LIMIT.read_text())
+        except (OSError, ValueError):
+            limit = 65530
+    if count <= fraction * limit:
+        return False
+    jitted_solver.cache_clear()
+    jax.clear_caches()
+    gc.collect()
+    return True
 
 
 @functools.lru_cache(maxsize=64)

@@ -39,6 +39,7 @@ from nettrim_jax.network import epilogues as epi
 from nettrim_jax.network.activations import choose_layers
 from nettrim_jax.network.adapters import adapt
 from nettrim_jax.network.cascade import solve_cascade
+from nettrim_jax.network.compiled import release_if_crowded
 from nettrim_jax.network.evaluation import build_report
 from nettrim_jax.network.joint import joint_refit
 from nettrim_jax.network.options import Program, PruneOptions, Run, Target, gather, joint_floor
@@ -175,6 +176,7 @@ def prune(model, x, *records: Program | Target | Run, **keywords: Any) -> PruneR
     """
     opts = gather(records, keywords)
     t_start = time.perf_counter()
+    release_if_crowded()  # a process near the kernel's mapping limit would crash in XLA
     raw_x = x
     x = checks.check_calibration(x)
     net = _adapted(model, x, opts)
