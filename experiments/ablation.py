@@ -96,8 +96,8 @@ def summary(records, percent=True):
     out = []
     scale, d = (100, 2) if percent else (1, 3)
     configs = list(itertools.product(OBJECTIVES, FINISHES, SCHEMES)) + [("ALPS", "l0", "sequential")]
-    for target in sorted({r.get("target", 0.9) for r in records}):
-        at = [r for r in records if r.get("target", 0.9) == target]
+    for target in sorted({r["target"] for r in records}):
+        at = [r for r in records if r["target"] == target]
         alps = {r["seed"]: scale * r["accuracy"] for r in at if r["objective"] == "ALPS"}
         for config in configs:
             rs = [r for r in at if (r["objective"], r["finish"], r["scheme"]) == config]

@@ -74,7 +74,10 @@ def _total(X, Y, U, omega, V, relu):
     return jnp.sum(refit._objective(X @ U, Y, omega, V, relu))
 
 
-def _gradient(X, Y, U, omega, V, relu):
+def _gradient(X, Y, U, omega, V, relu, gram=None):
+    """(N, M) grad f(U); with ``gram`` (``refit.gram_system``: a linear layer) from X^T X."""
+    if gram is not None:
+        return gram[0] @ U - gram[1]
     return X.T @ refit._residual(X @ U, Y, omega, V, relu)
 
 
@@ -115,7 +118,11 @@ def _finish(
     omega = ((Y > 0) if omega is None else omega) if relu else jnp.ones(Y.shape, bool)
     # a linear layer with P >= N: every refit's CG and every gradient on X^T X, formed once
     gram = refit.gram_system(X, Y) if refit.uses_gram(X, relu) else None
-    U, _ = refit._refit(X, Y, U0, V, omega, relu=relu, rounds=rounds, cg_iters=cg_iters, cg_tol=cg_tol, gram=gram)
+
+    def refit_on(W, rounds=rounds):
+        return refit._refit(X, Y, W, V, omega, relu=relu, rounds=rounds, cg_iters=cg_iters, cg_tol=cg_tol, gram=gram)[0]
+
+    U = refit_on(U0)
     f0 = _total(X, Y, U, omega, V, relu)
     lip = _spectral_sq(X)
     rms = jnp.sqrt(jnp.mean(X * X, axis=0))[:, None]  # (N, 1): an entry's score is |u_ij| rms(x_i)
@@ -125,12 +132,6 @@ def _finish(
     else:
         fixed = (groups < 0)[:, None] & (U0 != 0)  # ungrouped rows (the bias) keep their support
         k = jnp.sum(_group_sums((U0 != 0).astype(X.dtype), groups, n) > 0)
-
-    def refit_on(W, rounds=rounds):
-        return refit._refit(X, Y, W, V, omega, relu=relu, rounds=rounds, cg_iters=cg_iters, cg_tol=cg_tol, gram=gram)[0]
-
-    def gradient(U):
-        return _gradient(X, Y, U, omega, V, relu) if gram is None else gram[0] @ U - gram[1]
 
     def count(U):
         return jnp.sum(U != 0) if groups is None else jnp.sum(_group_sums((U != 0).astype(X.dtype), groups, n) > 0)
@@ -167,7 +168,7 @@ def _finish(
 
     def step(carry):
         U, f, accepted, _ = carry
-        G = gradient(U)
+        G = _gradient(X, Y, U, omega, V, relu, gram)
         U1 = entries_step(U, G) if groups is None else groups_step(U, G)
         f1 = _total(X, Y, U1, omega, V, relu)
         better = jnp.isfinite(f1) & (f1 < f) & (count(U1) <= k)
