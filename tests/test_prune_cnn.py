@@ -128,3 +128,23 @@ def test_linen_cnn_gives_the_same_pruned_weights(cnn, cascade, calib):
     for n, l in zip(names, _layers(cascade.model)):
         np.testing.assert_allclose(lin.model["params"][n]["kernel"], l.kernel.get_value(), atol=1e-5)
         np.testing.assert_allclose(lin.model["params"][n]["bias"], l.bias.get_value(), atol=1e-5)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+@pytest.mark.parametrize("bias", [True, False])
+def test_kernel_matrix_round_trips_and_its_shape_is_known_without_it(groups, bias):
+    """``with_matrix`` inverts ``kernel_matrix`` (grouped convs included) and
+    ``kernel_shape`` (what a sparsity count is out of) is its shape."""
+    rng = np.random.default_rng(groups)
+    conv = S.Conv(jnp.asarray(rng.standard_normal((3, 3, 8 // groups, 8)), jnp.float32), None, groups=groups)
+    dense = S.Dense(jnp.asarray(rng.standard_normal((5, 3)), jnp.float32))
+    for spec in (conv, dense):
+        if bias:
+            spec = spec._replace(bias=jnp.asarray(rng.standard_normal(spec.kernel.shape[-1]), jnp.float32))
+        K = S.kernel_matrix(spec)
+        assert S.kernel_shape(spec) == K.shape
+        back = S.with_matrix(spec, K)
+        np.testing.assert_array_equal(back.kernel, spec.kernel)
+        assert (back.bias is None) == (not bias)
+        if bias:
+            np.testing.assert_array_equal(back.bias, spec.bias)

@@ -95,6 +95,7 @@ def scan_runs(orig: Sequence, base: Captured, programs: Sequence[str], per_neuro
     return runs
 
 
+@functools.partial(jax.jit, static_argnames=("program", "soft"))
 def _gamma_epsilon(A, Y, W, program, gamma, floor, omega=None, low=0, soft=False):
     """(epsilon_l, V_l): gamma x the original kernel's misfit on the pruned inputs (at least
     ``floor``), and the off-support bound that keeps W feasible (Omega = ``omega`` or Y > 0;
@@ -107,6 +108,12 @@ def _gamma_epsilon(A, Y, W, program, gamma, floor, omega=None, low=0, soft=False
     if program != "relu":
         return eps, out
     return eps, (jnp.broadcast_to(low, out.shape) if soft else jnp.maximum(out, low))
+
+
+@jax.jit
+def _near(a, b):
+    """||a - b|| <= 1e-6 ||b||, one compiled program."""
+    return jnp.linalg.norm(a - b) <= 1e-6 * jnp.linalg.norm(b)
 
 
 @functools.lru_cache(maxsize=16)
@@ -159,7 +166,7 @@ class _Cascade:
         X = self.base.inputs[k]
         if jnp.shape(Xh) != jnp.shape(X):
             return False
-        return bool(jnp.linalg.norm(Xh - X) <= 1e-6 * jnp.linalg.norm(X))
+        return bool(_near(Xh, X))
 
     def run_scan(self, i, j, Xh) -> dict[int, LayerOutcome]:
         cfg, orig, base = self.cfg, self.orig, self.base

@@ -11,7 +11,7 @@ import numpy as np
 from nettrim_jax.network import epilogues as epi
 from nettrim_jax.network.activations import model_output
 from nettrim_jax.network.bounds import output_bound
-from nettrim_jax.network.problems import fro
+from nettrim_jax.network.compiled import fro
 from nettrim_jax.network.report import LayerReport, PruneReport
 from nettrim_jax.network.specs import Conv
 from nettrim_jax.network.tracing import left_dense
@@ -68,7 +68,7 @@ def build_report(net, x, scheme, orig, new, choices, outcomes, gamma, options, t
                 nnz_after=nnz(new[i]),
                 epsilon=out.epsilon,
                 misfit=out.misfit,
-                discrepancy=fro(z0 - z1) / max(fro(z0), 1e-30),
+                discrepancy=fro(z0, z1) / max(fro(z0), 1e-30),
                 iterations=out.iterations,
                 converged=out.converged,
                 seconds=out.seconds,
@@ -86,8 +86,8 @@ def build_report(net, x, scheme, orig, new, choices, outcomes, gamma, options, t
         layers=tuple(layers),
         nnz_before=sum(layer.nnz_before for layer in layers),
         nnz_after=sum(layer.nnz_after for layer in layers),
-        output_discrepancy=fro(out0 - out1) / max(fro(out0), 1e-30),
-        output_error=fro(last0 - last1),
+        output_discrepancy=fro(out0, out1) / max(fro(out0), 1e-30),
+        output_error=fro(last0, last1),
         bound=(
             float("inf")
             if any(c.epilogue is not None for c in choices)

@@ -10,6 +10,7 @@ of them (fixed seed, without replacement); the program then constrains only thos
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Any, NamedTuple
@@ -18,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nettrim_jax.network.compiled import dispatch, jitted_solver, misfit, output_misfit
-from nettrim_jax.network.specs import Conv, kernel_matrix, program_rows, program_targets
+from nettrim_jax.network.compiled import dispatch, fro, jitted_solver, misfit, output_misfit
+from nettrim_jax.network.specs import Conv, conv_groups, grouped_targets, kernel_matrix, program_rows
 from nettrim_jax.network.targets import solve_to_count
 from nettrim_jax.solver import gram_space, patterns, structure
 from nettrim_jax.solver.l0 import l0_finish
@@ -306,6 +307,14 @@ def _solve_once(
 _SEED_RATIO = 2.5
 
 
+@functools.partial(jax.jit, static_argnames=("program", "soft"))
+def _cut_misfit(W, A, Y, V, omega, keep, *, program: str, soft: bool):
+    """The program's misfit of ``W`` cut to its ``keep`` entries of largest |w_ij| ||a_i||."""
+    score = jnp.abs(W) * jnp.sqrt(jnp.sum(A * A, axis=0))[:, None]
+    cut = jnp.sort(score.ravel())[score.size - keep]
+    return output_misfit(A @ jnp.where(score >= cut, W, 0), Y, program, omega, V, soft)
+
+
 def seed_epsilon(
     W, A, Y, V, program: str, keep: int, omega=None, soft: bool = False, floor_sq: float = 0.0
 ) -> float | None:
@@ -318,10 +327,7 @@ def seed_epsilon(
     or nothing is kept."""
     if tuple(W.shape) != (A.shape[1], Y.shape[1]) or keep <= 0 or keep >= W.size:
         return None
-    W = jnp.asarray(W, A.dtype)
-    score = jnp.abs(W) * jnp.sqrt(jnp.sum(A * A, axis=0))[:, None]
-    cut = jnp.sort(score.ravel())[-keep]
-    m = float(output_misfit(A @ jnp.where(score >= cut, W, 0), Y, program, omega, V, soft))
+    m = float(_cut_misfit(jnp.asarray(W, A.dtype), A, Y, V, omega, keep, program=program, soft=soft))
     if not math.isfinite(m) or m <= 0:
         return None
     return math.sqrt(floor_sq + max(m * m - floor_sq, 0.0) / _SEED_RATIO**2)
@@ -379,19 +385,23 @@ def _mesh_solve(cfg: SolveConfig, spec, A, Y, eps, V, program: str, omega=None, 
 def build_problem(spec, X, Z, program: str, max_patches: int | None, seed: int) -> LayerProblem:
     """The program of ``spec`` on inputs ``X`` (model layout) against pre-activation ``Z``."""
     A = program_rows(spec, X)  # the bias column(s) included
-    Zr = program_targets(spec, Z)
     full = int(A.shape[0])
     subset = None
     if isinstance(spec, Conv) and max_patches is not None and full > max_patches:
         rng = np.random.default_rng(seed)
         subset = np.sort(rng.choice(full, size=int(max_patches), replace=False))
-        A, Zr = A[subset], Zr[subset]
-    Y = jax.nn.relu(Zr) if program == "relu" else Zr
+    A, Y = _program_arrays(A, Z, subset, groups=conv_groups(spec), relu=program == "relu")
     return LayerProblem(A, Y, subset, full)
 
 
-def fro(a) -> float:
-    return float(jnp.sqrt(jnp.sum(jnp.square(a))))
+@functools.partial(jax.jit, static_argnames=("groups", "relu"))
+def _program_arrays(A, Z, subset, *, groups: int, relu: bool):
+    """(A, Y): the rows ``subset`` (None: all) of the program's inputs and of its targets
+    (``Z``'s rows, through the ReLU for a ReLU program), in one compiled program."""
+    Zr = grouped_targets(Z, groups)
+    if subset is not None:
+        A, Zr = A[subset], Zr[subset]
+    return A, jax.nn.relu(Zr) if relu else Zr
 
 
 def absolute_epsilon(e, target, relative: bool) -> float:

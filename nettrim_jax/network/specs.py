@@ -12,6 +12,7 @@ API::
     program_rows(spec, x) -> layer_rows with the bias column(s) when the layer has a bias
     program_targets(spec, z) -> (P, M') the program's target rows of an output z
     kernel_matrix(spec) -> (N' [+1], M) dense-program kernel, bias as the last row
+    kernel_shape(spec) -> kernel_matrix(spec).shape, from shapes alone
     with_matrix(spec, mat) -> spec with kernel (and bias) taken from a dense-program kernel
 
 A plain network is a sequence whose items are ``Dense`` / ``Conv`` specs or any callable
@@ -39,6 +40,7 @@ rows); rows cost G times the memory of an ungrouped layer's.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -57,6 +59,7 @@ __all__ = [
     "program_targets",
     "from_targets",
     "kernel_matrix",
+    "kernel_shape",
     "with_matrix",
     "is_spec",
     "Flatten",
@@ -219,10 +222,14 @@ def layer_rows(spec, x):
             x = x.reshape(x.shape[0], -1)
         return x.reshape(-1, n)
     strides, padding, dilation = _conv_args(spec)
-    kh, kw = spec.kernel.shape[:2]
-    p = lax.conv_general_dilated_patches(x, (kh, kw), strides, padding, rhs_dilation=dilation, dimension_numbers=_DN)
+    return _patch_rows(x, tuple(spec.kernel.shape[:2]), strides, padding, dilation, conv_groups(spec))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
+def _patch_rows(x, size, strides, padding, dilation, g: int):
+    """``layer_rows`` of a Conv, one compiled program per geometry and input shape."""
+    p = lax.conv_general_dilated_patches(x, size, strides, padding, rhs_dilation=dilation, dimension_numbers=_DN)
     p = p.reshape(-1, p.shape[-1])
-    g = conv_groups(spec)
     if g == 1:
         return p
     rows, n = p.shape[0], p.shape[1] // g
@@ -251,9 +258,13 @@ def program_rows(spec, x):
 def program_targets(spec, z):
     """(P, M) target rows of an output ``z`` (..., M); a grouped conv: (G * P, M / G),
     group-major."""
+    return grouped_targets(z, conv_groups(spec))
+
+
+def grouped_targets(z, g: int):
+    """``program_targets`` for a layer of ``g`` conv groups (1: not grouped)."""
     m = z.shape[-1]
     zr = z.reshape(-1, m)
-    g = conv_groups(spec)
     if g == 1:
         return zr
     return zr.reshape(-1, g, m // g).transpose(1, 0, 2).reshape(-1, m // g)
@@ -267,6 +278,7 @@ def from_targets(spec, t, m: int):
     return t.reshape(g, -1, m // g).transpose(1, 0, 2).reshape(-1, m)
 
 
+@jax.jit
 def with_ones(rows):
     """(P, N) -> (P, N + 1): the constant-one input column that carries a layer's bias."""
     return jnp.concatenate([rows, jnp.ones((rows.shape[0], 1), rows.dtype)], axis=1)
@@ -287,19 +299,35 @@ def kernel_matrix(spec):
     return k
 
 
+def kernel_shape(spec) -> tuple[int, int]:
+    """``kernel_matrix(spec).shape``, from the spec's shapes alone (no array op)."""
+    k, g = jnp.shape(spec.kernel), conv_groups(spec)
+    n, m = (k[0] * k[1] * k[2] * g, k[3] // g) if isinstance(spec, Conv) else (k[0], k[1])
+    return n + (g if spec.bias is not None else 0), m
+
+
 def with_matrix(spec, mat):
     """Inverse of ``kernel_matrix``: a spec of the same geometry with weights from ``mat``."""
     k = spec.kernel
+    conv = tuple(k.shape) if isinstance(spec, Conv) else None
+    bias_dtype = None if spec.bias is None else jnp.asarray(spec.bias).dtype
+    kernel, bias = _unpacked(jnp.asarray(mat), conv, conv_groups(spec), jnp.asarray(k).dtype, bias_dtype)
+    return spec._replace(kernel=kernel, bias=bias)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _unpacked(mat, conv, g: int, kernel_dtype, bias_dtype):
+    """(kernel, bias or None) of a program kernel ``mat``: ``conv`` the Conv kernel's shape
+    (None: Dense), ``g`` its groups, ``bias_dtype`` None for a layer without a bias."""
     bias = None
-    g = conv_groups(spec)
-    if spec.bias is not None:
-        mat, bias = mat[:-g], mat[-g:].reshape(-1).astype(jnp.asarray(spec.bias).dtype)
-    if isinstance(spec, Conv):
-        kh, kw, i, o = k.shape
+    if bias_dtype is not None:
+        mat, bias = mat[:-g], mat[-g:].reshape(-1).astype(bias_dtype)
+    if conv is not None:
+        kh, kw, i, o = conv
         if g > 1:
             mat = mat.reshape(g, i * kh * kw, o // g).transpose(1, 0, 2).reshape(i * kh * kw, o)
         mat = jnp.transpose(mat.reshape(i, kh, kw, o), (1, 2, 0, 3))
-    return spec._replace(kernel=mat.astype(jnp.asarray(k).dtype), bias=bias)
+    return mat.astype(kernel_dtype), bias
 
 
 def transition_gain(spec) -> float:

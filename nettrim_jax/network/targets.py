@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nettrim_jax.network.compiled import jitted_solver, output_misfit
-from nettrim_jax.network.specs import Conv, kernel_matrix, layer_rows, with_ones
+from nettrim_jax.network.compiled import fro, jitted_solver, output_misfit
+from nettrim_jax.network.specs import Conv, kernel_matrix, kernel_shape, program_rows
 
 __all__ = ["parse_sparsity", "keep_counts", "solve_to_count", "one_epsilon", "prune_at_one_epsilon", "ALLOCATIONS"]
 
@@ -78,11 +78,10 @@ def _scores(spec, X, max_patches=None):
     the same rows, the order is Wanda's.  cap: about the most nonzeros an l1 solution of the
     layer's program keeps, min(N, R) * M for R program rows (conv: patches, at most
     ``max_patches``)."""
-    rows = layer_rows(spec, X)
-    if spec.bias is not None:
-        rows = with_ones(rows)
-    rms = jnp.sqrt(jnp.mean(rows * rows, axis=0))
-    scores = np.asarray(jnp.abs(kernel_matrix(spec)) * rms[:, None])
+    # on the host: eager jnp ops compile once per shape (~30 ms each on XLA's CPU backend)
+    rows = np.asarray(program_rows(spec, X), np.float32)  # the bias column(s) included
+    rms = np.sqrt(np.mean(rows * rows, axis=0))
+    scores = np.abs(np.asarray(kernel_matrix(spec), np.float32)) * rms[:, None]
     # Each output unit's scores to unit l2 norm: a weight's share of its unit's response, so
     # layers of different output scales compare (raw scores let the digits MLP's last layer
     # outbid the first: 34 of 4160 first-layer weights kept at 90%, a constant model).
@@ -97,7 +96,7 @@ def _scores(spec, X, max_patches=None):
 def kernel_sizes(specs: Sequence) -> list[int]:
     """Entries of each layer's program kernel (N * M, the bias row included): what a count
     is out of."""
-    return [int(np.prod(kernel_matrix(s).shape)) for s in specs]
+    return [int(np.prod(kernel_shape(s))) for s in specs]
 
 
 def keep_counts(
@@ -223,7 +222,7 @@ def solve_to_count(
     coarse = jitted_solver(program, per_neuron, solver, relu, coarse_opts, omega is not None, groups)
     size = int(A.shape[1] * Y.shape[1])
     tol = max(1, int(0.0025 * size)) if tol is None else tol
-    norm_y = float(jnp.sqrt(jnp.sum(Y * Y))) or 1.0
+    norm_y = fro(Y) or 1.0
     # Every epsilon at or above the zero kernel's misfit has the optimum 0 (no weights): the
     # search stays below it (a cascade's gamma rule can start far above it, where coarse
     # solves from a dense kernel then miscounted: a TinyLM fc1 at 90% ended at 0 weights).
@@ -383,10 +382,16 @@ def _below(step: float, eps: float, ceiling: float) -> float:
 def _zero_misfit(Y, V, program: str, omega, soft: bool) -> float:
     """The program's misfit at the zero kernel: an epsilon at or above it has the optimum 0.
     inf for the paper's ReLU program when 0 breaks a threshold (V < 0 off Omega)."""
+    broken, m = _at_zero(Y, V, omega, program=program, soft=soft)
+    return math.inf if bool(broken) else float(m)
+
+
+@functools.partial(jax.jit, static_argnames=("program", "soft"))
+def _at_zero(Y, V, omega, *, program: str, soft: bool):
+    """(whether the zero kernel breaks the paper's ReLU thresholds, its misfit)."""
     mask = (Y > 0) if omega is None else omega
-    if program == "relu" and not soft and bool(jnp.any(jnp.where(mask, False, jnp.broadcast_to(V, Y.shape) < 0))):
-        return math.inf
-    return float(output_misfit(jnp.zeros_like(Y), Y, program, omega, V, soft))
+    broken = program == "relu" and not soft and jnp.any(jnp.where(mask, False, jnp.broadcast_to(V, Y.shape) < 0))
+    return broken, output_misfit(jnp.zeros_like(Y), Y, program, omega, V, soft)
 
 
 def _nearest_start(tried, u: float, fallback):

@@ -182,7 +182,8 @@ def _finish(
         return gained & (accepted < steps)
 
     U, f, accepted, _ = jax.lax.while_loop(going, step, (U, f, jnp.zeros((), jnp.int32), jnp.asarray(steps > 0)))
-    return U, f0, f, accepted, from_reference
+    swapped = jnp.sum((U != 0) & (U0 == 0))
+    return U, f0, f, accepted, swapped, from_reference
 
 
 def l0_finish(
@@ -267,7 +268,7 @@ def l0_finish(
         reference = jnp.asarray(reference, dtype)
         if reference.shape != kernel.shape:
             raise ValueError(f"reference must have the kernel's shape {kernel.shape}, got {reference.shape}")
-    U, f0, f, accepted, from_reference = _finish(
+    U, f0, f, accepted, swapped, from_reference = _finish(
         X,
         Y,
         kernel,
@@ -284,7 +285,6 @@ def l0_finish(
         cg_tol=float(cg_tol),
         union_rounds=int(union_rounds),
     )
-    swapped = jnp.sum((U != 0) & (kernel == 0))
     info = L0Info(
         objective_before=f0,
         objective_after=f,
