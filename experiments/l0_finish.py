@@ -162,9 +162,9 @@ def main(argv=None):
         kept = [r for r in json.loads((out / f"{result_name(args)}.json").read_text())
                 if (r["target"], r["variant"]) not in ran]
     records = []
-    for k, seed in enumerate(seeds):  # rewritten after every seed: a run stopped early keeps them
+    for seed in seeds:  # rewritten after every seed: a run stopped early keeps them
         records += run_seed(seed, targets, args)
-        text = write(kept + records, args, seeds[: k + 1], started, out, kept)
+        text = write(kept + records, args, sorted({r['seed'] for r in kept + records}), started, out, kept)
     print("\n".join(text))
     return records
 
