@@ -82,17 +82,19 @@ def jitted_solver(
     handed to the pool, which batches it with the other points' solves."""
     options = dict(opts)
     cap = int(options.pop("max_iters", (admm.Options if solver == "admm" else pdhg.Options)().max_iters))
-    core = _compiled_solver(
+    core, top = _compiled_solver(
         activation, per_neuron, solver, with_threshold, tuple(sorted(options.items())), with_omega, groups
     )
     iters = np.int32(cap)
 
     def solve(X, Y, eps, thr, omega=None, w0=None, weights=None):
         args = (X, Y, eps, thr, omega, w0, weights, iters)
+        if any(isinstance(a, jax.core.Tracer) for a in args):
+            return core(*args)  # inside another program (a vmap, a scan): compiled as part of it
         pool = current_pool()  # a sweep's points: batched with the other points' solves
-        if pool is not None and not any(isinstance(a, jax.core.Tracer) for a in args):
+        if pool is not None:
             return pool.submit(core, args)
-        return core(*args)
+        return top(*args)
 
     return solve
 
@@ -121,7 +123,9 @@ def _compiled_solver(activation, per_neuron, solver, with_threshold, opts: tuple
         return sol.kernel, sol.info
 
     f.__name__ = "nettrim_layer_solve"  # names the compiled program (jax_log_compiles, profiles)
-    return jax.jit(f, compiler_options=cpu_compile_options())
+    # (nested in another jit, vmap or scan; called at the top level, with the CPU options:
+    # JAX takes compiler options on a top-level jit only)
+    return jax.jit(f), jax.jit(f, compiler_options=cpu_compile_options())
 
 
 # XLA's CPU backend generates the solver's fused loops faster without its newer fusion

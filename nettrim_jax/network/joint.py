@@ -32,6 +32,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from nettrim_jax.network.activations import model_output
+from nettrim_jax.network.compiled import cpu_compile_options
 from nettrim_jax.network.tracing import Captured
 
 __all__ = ["JointRefit", "joint_refit"]
@@ -180,12 +181,13 @@ def joint_refit(
 
     w0 = w0.astype(dtype)
     if min_loss > 0:  # one forward pass decides (a backward pass through a CNN costs ~4x more)
-        start = float(jax.jit(loss)(w0, consts, x))
+        start = float(jax.jit(loss, compiler_options=cpu_compile_options())(w0, consts, x))
         if start < min_loss:
             return [jax.device_get(s) for s in specs], JointRefit(
                 start, start, 0, time.perf_counter() - t0, 0, "small error"
             )
-    value_and_grad = jax.jit(jax.value_and_grad(loss))
+    # XLA CPU's older emitters: LeNet-5's pass 0.22 s against 0.245 s, compiled in half the time
+    value_and_grad = jax.jit(jax.value_and_grad(loss), compiler_options=cpu_compile_options())
     w, after, before, done, evals, stopped = _lbfgs(lambda w: value_and_grad(w, consts, x), w0, iters)
     out = weights(unravel(w)) if after < before else specs
     seconds = time.perf_counter() - t0
