@@ -172,8 +172,7 @@ def summary(results):
             recs = [r["records"][n] for r in runs]
             acc = {m: 100 * np.array([x["acc"][m] for x in recs]) for m in METHODS}
             best = max(v.mean() for v in acc.values())
-            # at the l0 model's own widths (records written before that key: the shared widths)
-            at_l0 = 100 * np.array([x["acc"].get("act-norm+refit@l0", x["acc"]["act-norm+refit"]) for x in recs])
+            at_l0 = 100 * np.array([x["acc"]["act-norm+refit@l0"] for x in recs])  # at the l0 model's widths
             diff = acc["nettrim+l0"] - at_l0
             verdict = "ahead" if diff.min() > 0 else "behind" if diff.max() < 0 else "tie (sign varies)"
             narrower = all(a <= b for x in recs for a, b in zip(x["widths_l0"], x["widths"]))

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 
 from nettrim_jax.network import epilogues as epi
 from nettrim_jax.network.adapters import Adapter, Captured
+from nettrim_jax.network.compiled import fro
 from nettrim_jax.network.problems import (
     LayerOutcome,
     SolveConfig,
@@ -110,12 +111,6 @@ def _gamma_epsilon(A, Y, W, program, gamma, floor, omega=None, low=0, soft=False
     return eps, (jnp.broadcast_to(low, out.shape) if soft else jnp.maximum(out, low))
 
 
-@jax.jit
-def _near(a, b):
-    """||a - b|| <= 1e-6 ||b||, one compiled program."""
-    return jnp.linalg.norm(a - b) <= 1e-6 * jnp.linalg.norm(b)
-
-
 @functools.lru_cache(maxsize=16)
 def _scan_solver(per_neuron, solver, opts, gamma, bias, refit=False):
     options = dict(opts)
@@ -166,7 +161,7 @@ class _Cascade:
         X = self.base.inputs[k]
         if jnp.shape(Xh) != jnp.shape(X):
             return False
-        return bool(_near(Xh, X))
+        return fro(Xh, X) <= 1e-6 * fro(X)
 
     def run_scan(self, i, j, Xh) -> dict[int, LayerOutcome]:
         cfg, orig, base = self.cfg, self.orig, self.base

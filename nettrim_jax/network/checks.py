@@ -91,14 +91,12 @@ def check_calibration(x):
         )
     if x.shape[0] == 0 or x.size == 0:
         raise ValueError(f"calibration data x is empty (shape {tuple(x.shape)}); at least one sample is needed")
-    if jnp.issubdtype(x.dtype, jnp.inexact):
-        bad = int(jnp.sum(~jnp.isfinite(x)))
-        if bad:
-            rows = np.flatnonzero(np.asarray(~jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)))
-            raise ValueError(
-                f"calibration data x contains NaN or Inf ({bad} entries, in samples "
-                f"{rows[:5].tolist()}{'...' if rows.size > 5 else ''})"
-            )
+    if bad := int(_nonfinite_counts([x])[0]):
+        rows = np.flatnonzero(np.asarray(~jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)))
+        raise ValueError(
+            f"calibration data x contains NaN or Inf ({bad} entries, in samples "
+            f"{rows[:5].tolist()}{'...' if rows.size > 5 else ''})"
+        )
     return x
 
 

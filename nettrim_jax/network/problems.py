@@ -312,7 +312,7 @@ def _cut_misfit(W, A, Y, V, omega, keep, *, program: str, soft: bool):
     """The program's misfit of ``W`` cut to its ``keep`` entries of largest |w_ij| ||a_i||."""
     score = jnp.abs(W) * jnp.sqrt(jnp.sum(A * A, axis=0))[:, None]
     cut = jnp.sort(score.ravel())[score.size - keep]
-    return output_misfit(A @ jnp.where(score >= cut, W, 0), Y, program, omega, V, soft)
+    return misfit(A, Y, jnp.where(score >= cut, W, 0), program, omega, V, soft)
 
 
 def seed_epsilon(
