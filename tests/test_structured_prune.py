@@ -80,6 +80,39 @@ def test_units_on_conv_layers_prunes_channels():
     np.testing.assert_allclose(apply_specs(small, x), apply_specs(res.model, x), rtol=1e-4, atol=1e-5)
 
 
+def test_units_after_a_flatten_remove_whole_channels_and_keep_kept_ones_whole():
+    """The Dense layer reading conv 1's map flattened is grouped by that map's channels
+    (feature f is channel f % 6): its zero rows are whole channels (with one group per
+    feature, as before, 0.3 left single features of kept channels), so compact() removes
+    every channel the group program dropped, and the refit fits every entry of the kept
+    ones (a kept channel is kept whole)."""
+    x = np.random.default_rng(2).standard_normal((60, 8, 8, 1)).astype(np.float32)
+    net = _cnn()
+    res = nt.prune(net, x, structure="units", scheme="cascade", epsilon=0.3, refit=True, joint_refit=0, **OPTS)
+    rows = np.any(np.asarray(res.model[4].kernel) != 0, axis=1).reshape(16, 6)
+    kept = rows.all(axis=0)
+    assert np.array_equal(rows, np.broadcast_to(kept, rows.shape))  # whole channels only
+    assert 1 <= kept.sum() < 6
+    assert np.all(np.asarray(res.model[4].kernel).reshape(16, 6, 5)[:, kept, :] != 0)
+    small = res.compact()
+    assert np.shape(small[2].kernel)[-1] == kept.sum() and np.shape(small[4].kernel)[0] == 16 * kept.sum()
+    np.testing.assert_allclose(apply_specs(small, x), apply_specs(res.model, x), rtol=1e-4, atol=1e-5)
+
+
+def test_group_ids_of_a_flattened_map_and_the_filled_kernel():
+    from nettrim_jax.solver import structure
+
+    np.testing.assert_array_equal(structure.flat_channel_groups(6, 3), [0, 1, 2, 0, 1, 2, -1])
+    with pytest.raises(ValueError, match="7 flattened features do not split into 3 channels"):
+        structure.flat_channel_groups(7, 3)
+    groups = np.array([0, 1, 0, 1, -1], np.int32)
+    K = np.array([[2.0, 0], [0, 0], [0, 0], [0, 0], [0, 3]], np.float32)
+    F = np.asarray(structure.filled(K, groups))
+    assert np.all(F[[0, 2]] != 0) and not np.any(F[[1, 3]])  # group 0 kept whole, group 1 stays out
+    np.testing.assert_array_equal(F[4], K[4])  # the ungrouped (bias) row keeps its support
+    assert F[0, 0] == 2 and np.all(np.abs(F[[0, 2]][K[[0, 2]] == 0]) <= 1e-5)
+
+
 def test_compact_nnx_and_linen_chains():
     """An NNX CNN chain (conv -> relu -> pool -> conv -> relu -> flatten -> linear) with a
     channel nothing reads comes back from compact(x) as an nnx.Sequential without it, same
@@ -144,7 +177,7 @@ def test_nm_pattern_holds_in_every_group():
     [
         ({"structure": "rows?"}, "structure must be"),
         ({"structure": "units", "per_neuron": True}, "per_neuron"),
-        ({"pattern": "4:2"}, ""),
+        ({"pattern": "4:2"}, "pattern 4:2 needs 0 < N < M"),
         ({"pattern": "2:4", "structure": "units"}, "unstructured"),
     ],
 )

@@ -224,7 +224,7 @@ class _Cascade:
         K, info, eps = solve_program(cfg, i, spec, pr.inputs, pr.target, eps, V, prog, omega=pr.omega, scale=pr.scale)
         if cfg.keep and cfg.keep[i] is not None and floor is not None:
             floor = eps  # the found epsilon bounds this layer like a floor (network.bounds)
-        K, fit = finish_kernel(cfg, spec, pr.inputs, pr.target, K, prog, V, pr.omega, pr.scale)
+        K, fit = finish_kernel(cfg, i, spec, pr.inputs, pr.target, K, prog, V, pr.omega, pr.scale)
         carry_miss(cfg, i, K)
         K = epi.from_program(K, pr)
         self.new[i] = with_matrix(spec, K)

@@ -87,7 +87,7 @@ def solve_parallel(
                 cfg, i, orig[i], pr.inputs, pr.target, eps[i], V, programs[i], omega=pr.omega, scale=pr.scale
             )
             continue
-        f = solver_for(cfg, orig[i], programs[i], pr.threshold is not None, pr.omega is not None)
+        f = solver_for(cfg, i, orig[i], programs[i], pr.threshold is not None, pr.omega is not None)
         placed[i] = dispatch(f, pr.inputs, pr.target, eps[i], V, devices[d], cfg.per_neuron, pr.omega)
         spent[i] = time.perf_counter() - t0
     outcomes: list[LayerOutcome] = []
@@ -106,7 +106,9 @@ def solve_parallel(
             got = placed[i]()
             K, info, e = got if len(got) == 3 else (*got, eps[i])
             pr = probs[i]
-            K, fit = finish_kernel(cfg, orig[i], pr.inputs, pr.target, K, programs[i], pr.threshold, pr.omega, pr.scale)
+            K, fit = finish_kernel(
+                cfg, i, orig[i], pr.inputs, pr.target, K, programs[i], pr.threshold, pr.omega, pr.scale
+            )
             carry_miss(cfg, i, K)
             K = K if pr.scale is None else K / pr.scale
             out = solved_outcome(pr, K, e, fit, info, spent.get(i, 0.0) + time.perf_counter() - t0)

@@ -56,7 +56,9 @@ class SolveConfig(NamedTuple):
     unit (``solver.patterns``) on Net-Trim's solution, then refits; mesh: each layer's solve
     is split over the mesh (``solve_layer(mesh=)``: rows over "samples", units over "units");
     reweight: rounds of reweighted l1 (``solve_program``); finish: "l0" runs ``solver.l0``
-    on every unstructured layer's kernel (``finish_kernel``).
+    on every unstructured layer's kernel (``finish_kernel``); flat_channels: per layer, the
+    channel count C of the conv feature map a Dense layer reads flattened (0: none), so that
+    "units" groups its rows by channel (``layer_groups``).
     """
 
     per_neuron: bool
@@ -77,6 +79,7 @@ class SolveConfig(NamedTuple):
     mesh: Any = None  # a jax.sharding.Mesh ("samples", "units"): every layer sharded over it
     reweight: int = 0  # rounds of reweighted l1 after each layer's first solve
     finish: str | None = None  # "l0": hard-thresholding steps at the count after the refit
+    flat_channels: tuple = ()  # per layer: C of a C-channel conv map it reads flattened, else 0
 
     @property
     def soft(self) -> bool:
@@ -155,34 +158,45 @@ def solved_outcome(prob: LayerProblem, kernel, eps, fit, info, seconds, floor=No
     )
 
 
-def layer_groups(cfg: SolveConfig, spec) -> tuple | None:
-    """Group ids of ``spec``'s kernel-matrix rows under ``cfg.structure`` (None: plain l1):
-    one group per input unit (Dense) or input channel (Conv), the bias row ungrouped."""
+def layer_groups(cfg: SolveConfig, i: int, spec) -> tuple | None:
+    """Group ids of layer ``i``'s (``spec``) kernel-matrix rows under ``cfg.structure``
+    (None: plain l1): one group per input unit (Dense), per input channel (Conv), or, for a
+    Dense layer reading a conv feature map flattened (``cfg.flat_channels``), per channel of
+    that map; the bias row ungrouped."""
     if cfg.structure == "unstructured":
         return None
     bias = spec.bias is not None
+    channels = cfg.flat_channels[i] if cfg.flat_channels else 0
     if isinstance(spec, Conv):
-        kh, kw, channels, _ = spec.kernel.shape
-        ids = structure.channel_groups(int(channels), int(kh), int(kw), bias)
+        kh, kw, ins, _ = spec.kernel.shape
+        ids = structure.channel_groups(int(ins), int(kh), int(kw), bias)
+    elif channels:
+        ids = structure.flat_channel_groups(int(spec.kernel.shape[0]), int(channels), bias)
     else:
         ids = structure.row_groups(int(spec.kernel.shape[0]), bias)
     return tuple(int(g) for g in ids)
 
 
-def solver_for(cfg: SolveConfig, spec, program: str, with_threshold: bool, with_omega: bool = False):
-    """The compiled solver of ``spec``'s program under ``cfg``."""
+def solver_for(cfg: SolveConfig, i: int, spec, program: str, with_threshold: bool, with_omega: bool = False):
+    """The compiled solver of layer ``i``'s (``spec``) program under ``cfg``."""
     return jitted_solver(
-        program, cfg.per_neuron, cfg.solver, with_threshold, cfg.opts, with_omega, groups=layer_groups(cfg, spec)
+        program, cfg.per_neuron, cfg.solver, with_threshold, cfg.opts, with_omega, groups=layer_groups(cfg, i, spec)
     )
 
 
-def finish_kernel(cfg: SolveConfig, spec, A, Y, K, program: str, V=None, omega=None, scale=None):
-    """(kernel, misfit) of a solved layer: with ``cfg.finish == "l0"`` the l0 finish at the
+def finish_kernel(cfg: SolveConfig, i: int, spec, A, Y, K, program: str, V=None, omega=None, scale=None):
+    """(kernel, misfit) of solved layer ``i``: with ``cfg.finish == "l0"`` the l0 finish at the
     kernel's count (``solver.l0``: refit, then hard-thresholding steps that lower the refit
     objective, whole groups under ``cfg.structure``; its sqrt(2 x objective) as the
     misfit), else the N:M pattern applied
-    (``cfg.pattern``, then always refit on it), else ``refit_or_measure``."""
+    (``cfg.pattern``, then always refit on it), else ``refit_or_measure``.  Under a
+    structure, with an epsilon (no keep count), the refit or finish fits every entry of the
+    kept groups (``structure.filled``: a kept unit is kept whole); a keep count counts
+    entries, so there the support stays the solution's."""
     K = jnp.asarray(K)
+    groups = layer_groups(cfg, i, spec)
+    if groups is not None and (cfg.refit or cfg.finish == "l0") and not (cfg.keep and cfg.keep[i] is not None):
+        K = structure.filled(K, jnp.asarray(groups, jnp.int32))
     if cfg.finish == "l0" and cfg.pattern is None:
         K, info = l0_finish(
             A,
@@ -191,7 +205,7 @@ def finish_kernel(cfg: SolveConfig, spec, A, Y, K, program: str, V=None, omega=N
             activation=program,
             threshold=V if program == "relu" else None,
             omega=omega if program == "relu" else None,
-            groups=layer_groups(cfg, spec),
+            groups=groups,
             reference=_reference(program_kernel(spec, scale), K),
         )
         return K, info.error_after
@@ -235,10 +249,10 @@ def solve_program(
         floor_sq = 0.0 if gram is None else float(jnp.sum(gram.c))
         seed = seed_epsilon(program_kernel(spec, scale), A, Y, V, program, keep, omega, soft, floor_sq)
         eps = eps if seed is None else seed
-    K, info, eps = _solve_once(cfg, spec, A, Y, eps, V, program, keep, device, omega, gram=gram)
+    K, info, eps = _solve_once(cfg, i, spec, A, Y, eps, V, program, keep, device, omega, gram=gram)
     for _ in range(cfg.reweight):
         weights = reweighting_weights(jnp.asarray(K))
-        K, info, eps = _solve_once(cfg, spec, A, Y, eps, V, program, keep, device, omega, weights, K, gram=gram)
+        K, info, eps = _solve_once(cfg, i, spec, A, Y, eps, V, program, keep, device, omega, weights, K, gram=gram)
     return K, info, eps
 
 
@@ -280,7 +294,7 @@ def carry_miss(cfg: SolveConfig, i: int, kernel) -> None:
 
 
 def _solve_once(
-    cfg: SolveConfig, spec, A, Y, eps, V, program: str, keep, device, omega, weights=None, warm=None, gram=None
+    cfg: SolveConfig, i: int, spec, A, Y, eps, V, program: str, keep, device, omega, weights=None, warm=None, gram=None
 ):
     """One solve of the program (the l1 objective weighted by ``weights`` if given, started
     from the kernel ``warm``): searched to ``keep`` nonzeros, split over ``cfg.mesh``, or
@@ -291,13 +305,15 @@ def _solve_once(
         c = float(jnp.sum(gram.c))
         reduced = math.sqrt(max(float(eps) ** 2 - c, 0.0))
         V0 = jnp.zeros((), gram.r.dtype)
-        K, info, found = _solve_once(cfg, spec, gram.r, gram.q, reduced, V0, program, keep, device, None, weights, warm)
+        K, info, found = _solve_once(
+            cfg, i, spec, gram.r, gram.q, reduced, V0, program, keep, device, None, weights, warm
+        )
         return K, info, (math.sqrt(float(found) ** 2 + c) if keep is not None else eps)
     if keep is not None:
-        return _counted(cfg, spec, A, Y, V, program, keep, float(eps), omega, weights, warm)
+        return _counted(cfg, i, spec, A, Y, V, program, keep, float(eps), omega, weights, warm)
     if cfg.mesh is not None:
-        return (*_mesh_solve(cfg, spec, A, Y, eps, V, program, omega, weights, warm), eps)
-    f = solver_for(cfg, spec, program, program == "relu", omega is not None)
+        return (*_mesh_solve(cfg, i, spec, A, Y, eps, V, program, omega, weights, warm), eps)
+    f = solver_for(cfg, i, spec, program, program == "relu", omega is not None)
     K, info = dispatch(f, A, Y, eps, V, device, cfg.per_neuron, omega, warm, weights)()
     return K, info, eps
 
@@ -333,7 +349,9 @@ def seed_epsilon(
     return math.sqrt(floor_sq + max(m * m - floor_sq, 0.0) / _SEED_RATIO**2)
 
 
-def _counted(cfg: SolveConfig, spec, A, Y, V, program: str, keep: int, eps0: float, omega, weights=None, warm=None):
+def _counted(
+    cfg: SolveConfig, i: int, spec, A, Y, V, program: str, keep: int, eps0: float, omega, weights=None, warm=None
+):
     found = solve_to_count(
         A,
         Y,
@@ -344,7 +362,7 @@ def _counted(cfg: SolveConfig, spec, A, Y, V, program: str, keep: int, eps0: flo
         per_neuron=cfg.per_neuron,
         solver=cfg.solver,
         opts=cfg.opts,
-        groups=layer_groups(cfg, spec),
+        groups=layer_groups(cfg, i, spec),
         omega=omega,
         weights=weights,
         warm=warm,
@@ -352,12 +370,12 @@ def _counted(cfg: SolveConfig, spec, A, Y, V, program: str, keep: int, eps0: flo
     return found.kernel, found.info, found.epsilon
 
 
-def _mesh_solve(cfg: SolveConfig, spec, A, Y, eps, V, program: str, omega=None, weights=None, warm=None):
+def _mesh_solve(cfg: SolveConfig, i: int, spec, A, Y, eps, V, program: str, omega=None, weights=None, warm=None):
     """(kernel as numpy, info) of a solve split over ``cfg.mesh`` (``weights``: a weighted
     l1's, ``warm``: a kernel to start from)."""
     from nettrim_jax.solver.sharding import host_value
 
-    groups = layer_groups(cfg, spec)
+    groups = layer_groups(cfg, i, spec)
     extra: dict[str, Any] = {} if groups is None else {"structure": "rows", "groups": np.asarray(groups, np.int32)}
     sol = solve_layer(
         A,

@@ -46,7 +46,7 @@ from nettrim_jax.network.options import Program, PruneOptions, Run, Target, gath
 from nettrim_jax.network.parallel import solve_parallel
 from nettrim_jax.network.problems import LayerOutcome, SolveConfig
 from nettrim_jax.network.report import CollapsedModelError, PruneReport, refuse_collapsed  # noqa: F401  (re-export)
-from nettrim_jax.network.specs import kernel_matrix, with_matrix
+from nettrim_jax.network.specs import Conv, Dense, kernel_matrix, with_matrix
 from nettrim_jax.network.targets import keep_counts, kernel_sizes, prune_at_one_epsilon
 
 __all__ = ["prune", "PruneResult", "PruneState", "CollapsedModelError"]
@@ -257,8 +257,21 @@ def _plan(net, x, opts: PruneOptions) -> _Plan:
         mesh=run.mesh,
         reweight=opts.reweight,
         finish=program.finish,
+        flat_channels=_flat_channels(orig) if opts.structure == "units" else (),
     )
     return _Plan(orig, done, choices, epsilons, cfg)
+
+
+def _flat_channels(orig: list) -> tuple:
+    """Per layer, C when it is a Dense layer right after a Conv of C output channels with a
+    multiple of C inputs above C (it reads that conv's NHWC feature map flattened, pooled or
+    not, as ``compact`` reads it), else 0: ``structure="units"`` then removes channels."""
+    out = [0]
+    for prev, spec in zip(orig[:-1], orig[1:]):
+        c = int(prev.kernel.shape[-1]) if isinstance(prev, Conv) else 0
+        n = int(spec.kernel.shape[0])
+        out.append(c if isinstance(spec, Dense) and c and n > c and n % c == 0 else 0)
+    return tuple(out)
 
 
 def _solve(net, x, plan: _Plan, opts: PruneOptions) -> list[LayerOutcome]:

@@ -84,6 +84,30 @@ def channel_groups(channels: int, kh: int, kw: int, bias: bool = True) -> np.nda
     return np.append(ids, np.int32(-1)).astype(np.int32) if bias else ids
 
 
+def flat_channel_groups(n_inputs: int, channels: int, bias: bool = True) -> np.ndarray:
+    """Ids for a dense layer that reads a ``channels``-channel NHWC feature map flattened
+    (feature f is channel f % channels): the n_inputs / channels features of channel c have
+    id c, so a zero group removes a channel of the layer before; the bias row (``bias``) is
+    -1.  Shape (n_inputs [+1],)."""
+    if channels < 1 or n_inputs % channels:
+        raise ValueError(f"{n_inputs} flattened features do not split into {channels} channels")
+    ids = np.arange(n_inputs, dtype=np.int32) % channels
+    return np.append(ids, np.int32(-1)).astype(np.int32) if bias else ids
+
+
+def filled(kernel, groups):
+    """``kernel`` (N, M) with every row of a kept group (one with a nonzero entry) made fully
+    nonzero: its zero entries set to 1e-6 of the kernel's largest |entry| (a refit then fits
+    them; ungrouped rows, id -1, keep their own support).  A structured layer keeps whole
+    units: the group-l1 solution can leave zeros inside a kept group that remove nothing."""
+    grouped = groups >= 0
+    nonzero = jnp.sum(jnp.where(grouped[:, None], kernel != 0, False), axis=1)
+    kept = jax.ops.segment_sum(nonzero, jnp.where(grouped, groups, 0), num_segments=kernel.shape[0]) > 0
+    rows = grouped & kept[jnp.where(grouped, groups, 0)]
+    small = 1e-6 * jnp.max(jnp.abs(kernel))
+    return jnp.where(rows[:, None] & (kernel == 0), small, kernel)
+
+
 def _parts(v, groups):
     """(N,) group norms indexed by id (0 for unused ids) and (N, M) |v| on ungrouped rows."""
     grouped = groups >= 0
