@@ -109,7 +109,8 @@ class Target:
         bias) to remove, or {layer name: fraction}; each layer's epsilon is then searched.
       allocation: how a global sparsity is split: "scores" | "uniform" | "epsilon".
       structure: "unstructured" (||U||_1) or "units" / "neurons" / "channels" (group-l1
-        over input rows: whole input units or channels removed).
+        over input rows: whole input units or channels removed; a Dense layer right after a
+        Conv, reading its map flattened, loses whole channels of it).
       pattern: None or "N:M" (e.g. "2:4"), unstructured only.
       reweight: rounds of reweighted l1 per layer (>= 0), unstructured only.
     """
