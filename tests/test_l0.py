@@ -73,6 +73,33 @@ def test_a_planted_relu_layer_is_recovered_at_the_count_the_l1_solution_kept():
         assert np.max(np.abs(u[np.asarray(w) == 0])) < precision / 10 * np.max(np.abs(u))
 
 
+@pytest.mark.parametrize("activation", ["relu", "linear"])
+def test_one_for_one_swaps_mend_a_support_one_entry_off_in_every_unit(activation):
+    """Each unit's start support is the planted one with its largest entry exchanged for a
+    wrong input: one swap per unit (remove the wrong, add the right) fits the layer exactly,
+    which the swaps find while keeping every unit's count; without them the error stays.
+    Without the short refit after each round the stale weights make later swaps undo right
+    ones (3.0 of 102 left on this layer)."""
+    x, y, w = relu_problem(400, 40, 10, seed=2, density=0.25)
+    w = np.asarray(w)
+    if activation == "linear":
+        y = x @ w
+    rng = np.random.default_rng(0)
+    start = w.copy()
+    for m in range(w.shape[1]):
+        on, off = np.flatnonzero(w[:, m]), np.flatnonzero(w[:, m] == 0)
+        start[np.argmax(np.abs(w[:, m])), m] = 0
+        start[rng.choice(off), m] = 1.0
+        assert len(on) >= 2
+    _, plain = l0_finish(x, y, start, activation=activation, steps=0, swaps=0)
+    u, info = l0_finish(x, y, start, activation=activation, steps=0, swaps=6, cg_tol=0.0)
+    u = np.asarray(u)
+    assert float(plain.error_after) > 1.0
+    assert float(info.error_after) < 1e-3 * float(plain.error_after)
+    np.testing.assert_array_equal(u != 0, w != 0)  # the planted support, unit by unit
+    assert int(info.swapped) == w.shape[1]
+
+
 def test_a_threshold_and_an_explicit_omega_are_honoured():
     """Off Omega the objective counts the excess over V: with V < 0 entries, the finish's
     excess-plus-misfit is never above the refit's."""
@@ -93,6 +120,9 @@ def test_bad_steps_are_refused():
         l0_finish(x, y, np.zeros((6, 2)), steps=-1)
     for bad in (dict(min_gain=1.0), dict(min_gain=-0.1), dict(union_rounds=0), dict(cg_tol=-1e-4)):
         with pytest.raises(ValueError, match="min_gain must be in"):
+            l0_finish(x, y, np.zeros((6, 2)), **bad)
+    for bad in (dict(swaps=-1), dict(candidates=0), dict(inner=-2)):
+        with pytest.raises(ValueError, match="swaps and inner must be >= 0 and candidates >= 1"):
             l0_finish(x, y, np.zeros((6, 2)), **bad)
 
 

@@ -23,6 +23,28 @@ smaller f keeps them.  Plain iterative hard thresholding (a gradient step of 1/|
 then the k largest) was tried first: on an MNIST first layer the step is so short that 20
 steps lowered f by 0.3%; this step lowered the error by 31% in 8 steps there.
 
+The steps end where a whole step no longer pays; finer moves still do.  After them,
+``swaps`` rounds of one-for-one exchanges (the move of SparseSwaps, arXiv 2512.10922, made
+on this refit objective instead of a fixed-weight one): per output unit, the kept entry i
+and pruned entry j whose exchange most lowers the objective's quadratic model at U (the
+active set {Omega} U {XU > V} held fixed),
+
+    f(u - u_i e_i + t e_j) - f(u) ~ -g_i u_i + H_ii u_i^2 / 2 - (g_j - H_ji u_i)^2 / (2 H_jj)
+
+(g the gradient, H = X^T D X the unit's Hessian, t the new weight's 1-D optimum), among the
+``candidates`` cheapest removals and dearest additions of that unit; then ``inner`` CG
+iterations of a refit on the new supports (without them the stale weights let later rounds
+undo right swaps); a unit whose objective rose goes back.  A last refit follows, kept only
+if f falls.  Each unit keeps its count.  A round costs about three products with X (one CG
+iteration's two, and X^2 against the active set for diag H) plus the refit's iterations.
+On LeNet-300-100's first layer at 90% (4000 rows, seed 0), after the steps had ended at
+9920: 9182 after 16 rounds without the inner refit, 8630 after the last refit, 8529 with 5
+inner iterations (-14%).  Whole prunes (``prune(sparsity=S, refit=True)``, MNIST, seeds
+0-2, side by side with ``swaps=0``): LeNet-300-100 (4000 rows) every layer's misfit 6-14%
+lower at 90 / 95 / 98%, test accuracy +0.03 to +0.85 points at all 9 pairs (means 98.07 ->
+98.17, 97.60 -> 97.70, 95.67 -> 96.33); LeNet-5 (1000 images, 90%) misfits 0-3% lower,
+accuracy 0.00 / -0.09 / 0.00.
+
 With ``groups`` (a structured layer: ``solver.structure``'s row groups, one per input unit or
 channel) the same step moves whole groups: k counts the groups kept, T adds the groups with
 the largest gradient norm ||grad f(U_t)_g||_F, and S keeps the k groups of U_T with the
@@ -111,9 +133,105 @@ def _entries(T, groups):
     return ((groups >= 0) & T[jnp.maximum(groups, 0)])[:, None]
 
 
-@functools.partial(jax.jit, static_argnames=("relu", "steps", "rounds", "cg_iters", "cg_tol", "union_rounds"))
+def _unit_objectives(XU, Y, omega, V, relu):
+    """(M,) the refit objective of each unit at the layer output ``XU`` (P, M)."""
+    return refit._objective(XU, Y, omega, V, relu)
+
+
+def _swap_round(X, Y, U, XU, omega, V, relu, candidates: int, gram=None):
+    """One round of one-for-one swaps (SparseSwaps' move, on the refit objective): per unit
+    the best exchange of a kept entry i for a pruned entry j, judged on the objective's
+    quadratic model at ``U`` (the active set {Omega} U {XU > V} fixed), among the
+    ``candidates`` cheapest removals and dearest additions of that unit:
+
+        f(u - u_i e_i + t e_j) - f(u) = -g_i u_i + H_ii u_i^2 / 2 - (g_j - H_ji u_i)^2 / (2 H_jj),
+        t = -(g_j - H_ji u_i) / H_jj,
+
+    with g = grad f(U) and H_m = X^T D_m X the unit's Hessian (for a linear layer with
+    ``gram``, X^T X).  A unit whose best exchange does not lower the model keeps its kernel.
+    Returns the (N, M) kernel after the swaps (each unit's count unchanged)."""
+    n, m = U.shape
+    tiny = jnp.finfo(U.dtype).tiny
+    if gram is not None:
+        G = gram[0] @ U - gram[1]
+        Hd = jnp.broadcast_to(jnp.diagonal(gram[0])[:, None], U.shape)
+    else:
+        active = (omega | (XU > V)) if relu else jnp.ones(XU.shape, bool)
+        G = X.T @ refit._residual(XU, Y, omega, V, relu)
+        Hd = (X * X).T @ active.astype(X.dtype)
+    kept = U != 0
+    remove_cost = -G * U + 0.5 * Hd * U * U  # (N, M): the model's rise when u_ij is zeroed
+    add_gain = jnp.where(~kept & (Hd > tiny), G * G / jnp.maximum(Hd, tiny), 0)  # its fall when added alone
+    c = min(candidates, n)
+    _, I = jax.lax.top_k(jnp.where(kept, -remove_cost, -jnp.inf).T, c)  # (M, c) removals
+    _, J = jax.lax.top_k(jnp.where(~kept, add_gain, -1.0).T, c)  # (M, c) additions
+    cols = jnp.arange(m)[:, None]
+    ui, gj, hj = U[I, cols], G[J, cols], Hd[J, cols]  # (M, c)
+    if gram is not None:
+        Hji = gram[0][J[:, :, None], I[:, None, :]]  # (M, c, c)
+    else:
+        w = active.astype(X.dtype)
+        Hji = jnp.einsum("pmc,pmd->mcd", X[:, J] * w[:, :, None], X[:, I])
+    gj_after = gj[:, :, None] - Hji * ui[:, None, :]  # (M, c_j, c_i)
+    valid = (U[J, cols] == 0)[:, :, None] & (ui != 0)[:, None, :] & (hj > tiny)[:, :, None]
+    delta = remove_cost[I, cols][:, None, :] - gj_after**2 / (2 * jnp.maximum(hj, tiny))[:, :, None]
+    delta = jnp.where(valid, delta, jnp.inf).reshape(m, -1)
+    best = jnp.argmin(delta, axis=1)
+    a, b = best // c, best % c
+    rows = jnp.arange(m)
+    i, j = I[rows, b], J[rows, a]
+    t = -gj_after[rows, a, b] / jnp.maximum(hj[rows, a], tiny)
+    swap = delta[rows, best] < 0
+    U1 = U.at[i, rows].set(jnp.where(swap, 0, U[i, rows]))
+    return U1.at[j, rows].set(jnp.where(swap, t, U1[j, rows]))
+
+
+def _swaps(X, Y, U, omega, V, relu, rounds: int, candidates: int, gram=None, inner: int = 0, cg_tol: float = 0.0):
+    """``rounds`` swap rounds (``_swap_round``) from ``U``, each followed by ``inner`` CG
+    iterations of a refit on the new supports (0: none); a unit whose objective a round
+    raised (the model is local: the active set moves) goes back to its kernel before it.
+    Returns the kernel, its per-unit objectives never above ``U``'s."""
+    XU = X @ U
+    f = _unit_objectives(XU, Y, omega, V, relu)
+
+    def one(_, carry):
+        U, XU, f = carry
+        U1 = _swap_round(X, Y, U, XU, omega, V, relu, candidates, gram)
+        if inner:
+            U1 = refit._refit(X, Y, U1, V, omega, relu=relu, rounds=1, cg_iters=inner, cg_tol=cg_tol, gram=gram)[0]
+        XU1 = X @ U1
+        f1 = _unit_objectives(XU1, Y, omega, V, relu)
+        better = jnp.isfinite(f1) & (f1 < f)
+        return jnp.where(better, U1, U), jnp.where(better, XU1, XU), jnp.where(better, f1, f)
+
+    U, _, _ = jax.lax.fori_loop(0, rounds, one, (U, XU, f))
+    return U
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("relu", "steps", "rounds", "cg_iters", "cg_tol", "union_rounds", "swaps", "candidates", "inner"),
+)
 def _finish(
-    X, Y, U0, V, omega, grow, groups, reference, min_gain, *, relu, steps, rounds, cg_iters, cg_tol, union_rounds
+    X,
+    Y,
+    U0,
+    V,
+    omega,
+    grow,
+    groups,
+    reference,
+    min_gain,
+    *,
+    relu,
+    steps,
+    rounds,
+    cg_iters,
+    cg_tol,
+    union_rounds,
+    swaps=0,
+    candidates=8,
+    inner=0,
 ):
     omega = ((Y > 0) if omega is None else omega) if relu else jnp.ones(Y.shape, bool)
     # a linear layer with P >= N: every refit's CG and every gradient on X^T X, formed once
@@ -182,6 +300,11 @@ def _finish(
         return gained & (accepted < steps)
 
     U, f, accepted, _ = jax.lax.while_loop(going, step, (U, f, jnp.zeros((), jnp.int32), jnp.asarray(steps > 0)))
+    if swaps and groups is None:  # one-for-one exchanges, then a refit; kept only if f falls
+        U1 = refit_on(_swaps(X, Y, U, omega, V, relu, swaps, candidates, gram, inner, cg_tol))
+        f1 = _total(X, Y, U1, omega, V, relu)
+        better = jnp.isfinite(f1) & (f1 < f)
+        U, f = jnp.where(better, U1, U), jnp.where(better, f1, f)
     swapped = jnp.sum((U != 0) & (U0 == 0))
     return U, f0, f, accepted, swapped, from_reference
 
@@ -203,6 +326,9 @@ def l0_finish(
     union_rounds: int = 1,
     groups=None,
     reference=None,
+    swaps: int = 16,
+    candidates: int = 8,
+    inner: int = 5,
 ):
     """Improve ``kernel``'s support at its own count (module doc).
 
@@ -237,6 +363,10 @@ def l0_finish(
         ungrouped row (``solver.structure``'s ids): k then counts groups with a nonzero
         entry, whole groups are swapped in and out (scored by the rms-weighted norm of their
         rows, added by their gradient's norm), and ungrouped rows keep their support.
+      swaps: rounds of one-for-one exchanges after the steps (module doc; 0: none; not
+        with ``groups``); candidates: removals and additions per unit a round weighs
+        (their pairs' exact model change needs a (P, M, candidates) gather of X's columns);
+        inner: CG iterations of the refit after each round.
       reference: None, or (N, M) a dense kernel (the layer's original): its k entries of
         largest |w_ij| rms(x_i) (Wanda's score; with ``groups`` the k groups of largest
         rms-weighted norm, the activation-norm score), refit, are a second start; the steps
@@ -253,6 +383,8 @@ def l0_finish(
         raise ValueError(
             f"min_gain must be in [0, 1), union_rounds >= 1 and cg_tol >= 0, got {min_gain}, {union_rounds}, {cg_tol}"
         )
+    if swaps < 0 or inner < 0 or candidates < 1:
+        raise ValueError(f"swaps and inner must be >= 0 and candidates >= 1, got {swaps}, {inner} and {candidates}")
     if omega is not None:
         omega = jnp.asarray(omega, bool)
         Y = jnp.where(omega, Y, 0)
@@ -289,6 +421,9 @@ def l0_finish(
         cg_iters=cg_iters,
         cg_tol=float(cg_tol),
         union_rounds=int(union_rounds),
+        swaps=int(swaps),
+        candidates=int(candidates),
+        inner=int(inner),
     )
     info = L0Info(
         objective_before=f0,
