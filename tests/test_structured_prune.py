@@ -97,6 +97,14 @@ def test_units_after_a_flatten_remove_whole_channels_and_keep_kept_ones_whole():
     small = res.compact()
     assert np.shape(small[2].kernel)[-1] == kept.sum() and np.shape(small[4].kernel)[0] == 16 * kept.sum()
     np.testing.assert_allclose(apply_specs(small, x), apply_specs(res.model, x), rtol=1e-4, atol=1e-5)
+    # the refit alone (no l0 finish, whose group steps fill groups anyway): here the
+    # group-l1 solution has zeros inside kept channels (20-30 on this data), refit whole
+    res = nt.prune(
+        net, x, structure="units", scheme="cascade", epsilon=0.5, refit=True, finish=None, joint_refit=0, **OPTS
+    )
+    k = np.asarray(res.model[4].kernel).reshape(16, 6, 5)
+    kept = np.any(k != 0, axis=(0, 2))
+    assert 1 <= kept.sum() < 6 and np.all(k[:, kept, :] != 0)
 
 
 def test_group_ids_of_a_flattened_map_and_the_filled_kernel():

@@ -104,7 +104,7 @@ def filled(kernel, groups):
     nonzero = jnp.sum(jnp.where(grouped[:, None], kernel != 0, False), axis=1)
     kept = jax.ops.segment_sum(nonzero, jnp.where(grouped, groups, 0), num_segments=kernel.shape[0]) > 0
     rows = grouped & kept[jnp.where(grouped, groups, 0)]
-    small = 1e-6 * jnp.max(jnp.abs(kernel))
+    small = jnp.maximum(1e-6 * jnp.max(jnp.abs(kernel)), jnp.finfo(kernel.dtype).tiny)
     return jnp.where(rows[:, None] & (kernel == 0), small, kernel)
 
 
