@@ -66,7 +66,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nettrim_jax.solver import refit, scaling
+from nettrim_jax.solver import refit, scaling, structure
 
 __all__ = ["L0Info", "l0_finish"]
 
@@ -119,23 +119,6 @@ def _largest(scores, n):
     """Mask of the ``n`` largest positive ``scores`` (n >= 1, a traced int; ties at the n-th
     value all kept)."""
     return (scores >= jnp.sort(scores.ravel())[scores.size - n]) & (scores > 0)
-
-
-def _group_sums(V, groups, n: int):
-    """(n,) sum over each group's rows of ``V``'s squared entries (ungrouped rows, id -1,
-    left out)."""
-    rows = jnp.sum(V * V, axis=1)
-    return jax.ops.segment_sum(jnp.where(groups >= 0, rows, 0), jnp.maximum(groups, 0), num_segments=n)
-
-
-def _entries(T, groups):
-    """(N, 1) bool: the rows of the groups ``T`` (n,) holds (ungrouped rows False)."""
-    return ((groups >= 0) & T[jnp.maximum(groups, 0)])[:, None]
-
-
-def _unit_objectives(XU, Y, omega, V, relu):
-    """(M,) the refit objective of each unit at the layer output ``XU`` (P, M)."""
-    return refit._objective(XU, Y, omega, V, relu)
 
 
 def _swap_round(X, Y, U, XU, omega, V, relu, candidates: int, gram=None):
@@ -192,7 +175,7 @@ def _swaps(X, Y, U, omega, V, relu, rounds: int, candidates: int, gram=None, inn
     raised (the model is local: the active set moves) goes back to its kernel before it.
     Returns the kernel, its per-unit objectives never above ``U``'s."""
     XU = X @ U
-    f = _unit_objectives(XU, Y, omega, V, relu)
+    f = refit._objective(XU, Y, omega, V, relu)
 
     def one(_, carry):
         U, XU, f = carry
@@ -200,7 +183,7 @@ def _swaps(X, Y, U, omega, V, relu, rounds: int, candidates: int, gram=None, inn
         if inner:
             U1 = refit._refit(X, Y, U1, V, omega, relu=relu, rounds=1, cg_iters=inner, cg_tol=cg_tol, gram=gram)[0]
         XU1 = X @ U1
-        f1 = _unit_objectives(XU1, Y, omega, V, relu)
+        f1 = refit._objective(XU1, Y, omega, V, relu)
         better = jnp.isfinite(f1) & (f1 < f)
         return jnp.where(better, U1, U), jnp.where(better, XU1, XU), jnp.where(better, f1, f)
 
@@ -249,17 +232,19 @@ def _finish(
         k = jnp.sum(U0 != 0)
     else:
         fixed = (groups < 0)[:, None] & (U0 != 0)  # ungrouped rows (the bias) keep their support
-        k = jnp.sum(_group_sums((U0 != 0).astype(X.dtype), groups, n) > 0)
+        k = jnp.sum(structure.kept_groups(U0, groups))
 
     def count(U):
-        return jnp.sum(U != 0) if groups is None else jnp.sum(_group_sums((U != 0).astype(X.dtype), groups, n) > 0)
+        return jnp.sum(U != 0) if groups is None else jnp.sum(structure.kept_groups(U, groups))
 
     f, from_reference = f0, jnp.zeros((), bool)
     if reference is not None:  # a second start: the reference's k largest by score, refit
         if groups is None:
             S = _largest(jnp.abs(reference) * rms, jnp.maximum(k, 1))
         else:
-            S = _entries(_largest(jnp.sqrt(_group_sums(reference * rms, groups, n)), jnp.maximum(k, 1)), groups)
+            S = structure.group_rows(
+                _largest(jnp.sqrt(structure.group_sums(reference * rms, groups, n)), jnp.maximum(k, 1)), groups
+            )
             S = S | fixed
         start = jnp.where(S, jnp.where(reference != 0, reference, jnp.finfo(X.dtype).tiny), 0)
         U_ref = refit_on(start)
@@ -275,14 +260,14 @@ def _finish(
         return refit_on(jnp.where(S, UT, 0))
 
     def groups_step(U, G):
-        kept = _group_sums((U != 0).astype(X.dtype), groups, n) > 0
-        outside = jnp.where(kept, -1.0, jnp.sqrt(_group_sums(G, groups, n)))
+        kept = structure.kept_groups(U, groups)
+        outside = jnp.where(kept, -1.0, jnp.sqrt(structure.group_sums(G, groups, n)))
         T = kept | _largest(outside, jnp.maximum(1, (grow * k).astype(jnp.int32)))
         start = jnp.where(U != 0, U, jnp.where(G != 0, -G / lip, jnp.finfo(X.dtype).tiny))
-        UT = refit_on(jnp.where(_entries(T, groups) | fixed, start, 0), union_rounds)
-        score = jnp.sqrt(_group_sums(UT * rms, groups, n))
+        UT = refit_on(jnp.where(structure.group_rows(T, groups) | fixed, start, 0), union_rounds)
+        score = jnp.sqrt(structure.group_sums(UT * rms, groups, n))
         S = _largest(jnp.where(T, score, 0), jnp.maximum(k, 1))
-        return refit_on(jnp.where(_entries(S, groups) | fixed, UT, 0))
+        return refit_on(jnp.where(structure.group_rows(S, groups) | fixed, UT, 0))
 
     def step(carry):
         U, f, accepted, _ = carry

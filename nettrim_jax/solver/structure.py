@@ -95,26 +95,36 @@ def flat_channel_groups(n_inputs: int, channels: int, bias: bool = True) -> np.n
     return np.append(ids, np.int32(-1)).astype(np.int32) if bias else ids
 
 
+def group_sums(v, groups, n: int):
+    """(n,) sum over each group's rows of ``v``'s (N, M) squared entries, indexed by id
+    (ungrouped rows, id -1, left out)."""
+    rows = jnp.sum(v * v, axis=1)
+    return jax.ops.segment_sum(jnp.where(groups >= 0, rows, 0), jnp.maximum(groups, 0), num_segments=n)
+
+
+def group_rows(held, groups):
+    """(N, 1) bool: the rows of the groups ``held`` (n,) bool marks (ungrouped rows False)."""
+    return ((groups >= 0) & held[jnp.maximum(groups, 0)])[:, None]
+
+
+def kept_groups(kernel, groups):
+    """(N,) bool indexed by id: the groups with a nonzero entry of ``kernel`` (N, M)."""
+    return group_sums((kernel != 0).astype(kernel.dtype), groups, kernel.shape[0]) > 0
+
+
 def filled(kernel, groups):
     """``kernel`` (N, M) with every row of a kept group (one with a nonzero entry) made fully
     nonzero: its zero entries set to 1e-6 of the kernel's largest |entry| (a refit then fits
     them; ungrouped rows, id -1, keep their own support).  A structured layer keeps whole
     units: the group-l1 solution can leave zeros inside a kept group that remove nothing."""
-    grouped = groups >= 0
-    nonzero = jnp.sum(jnp.where(grouped[:, None], kernel != 0, False), axis=1)
-    kept = jax.ops.segment_sum(nonzero, jnp.where(grouped, groups, 0), num_segments=kernel.shape[0]) > 0
-    rows = grouped & kept[jnp.where(grouped, groups, 0)]
     small = jnp.maximum(1e-6 * jnp.max(jnp.abs(kernel)), jnp.finfo(kernel.dtype).tiny)
-    return jnp.where(rows[:, None] & (kernel == 0), small, kernel)
+    return jnp.where(group_rows(kept_groups(kernel, groups), groups) & (kernel == 0), small, kernel)
 
 
 def _parts(v, groups):
     """(N,) group norms indexed by id (0 for unused ids) and (N, M) |v| on ungrouped rows."""
-    grouped = groups >= 0
-    rows_sq = jnp.sum(jnp.where(grouped[:, None], v * v, 0), axis=1)
-    group_sq = jax.ops.segment_sum(rows_sq, jnp.where(grouped, groups, 0), num_segments=v.shape[0])
-    singles = jnp.where(grouped[:, None], 0, jnp.abs(v))
-    return jnp.sqrt(group_sq), singles
+    singles = jnp.where((groups >= 0)[:, None], 0, jnp.abs(v))
+    return jnp.sqrt(group_sums(v, groups, v.shape[0])), singles
 
 
 def norm(v, groups):
