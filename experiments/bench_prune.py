@@ -186,6 +186,41 @@ def timed(f):
     return out, time.perf_counter() - t
 
 
+_PRODUCTS: dict = {}
+
+
+def two_products_seconds(P: int, N: int, M: int) -> float:
+    """Median wall seconds of X^T (X U) for X (P, N), U (N, M) in float32, compiled: one
+    iteration's floor for a ReLU program's solver or refit CG (one product with the layer's
+    rows X and one with X^T, for every unit at once)."""
+    key = (P, N, M)
+    if key not in _PRODUCTS:
+        X, U = jnp.ones((P, N), jnp.float32), jnp.ones((N, M), jnp.float32)
+        f = jax.jit(lambda X, U: X.T @ (X @ U))
+        f(X, U).block_until_ready()
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            f(X, U).block_until_ready()
+            times.append(time.perf_counter() - t)
+        _PRODUCTS[key] = float(np.median(times))
+    return _PRODUCTS[key]
+
+
+def where_time_goes(layers) -> list[dict]:
+    """Per solved layer: its program's size, the l1 solve's iterations (the search's last
+    solve), the refit / l0 finish's CG iterations, the two-product floor of one iteration
+    (``two_products_seconds``; a linear layer's refit runs on X^T X instead, so its CG floor is
+    below this) and the layer's wall seconds (search, finish and measurements)."""
+    out = []
+    for l in layers:
+        two = two_products_seconds(int(l.rows), int(l.N), int(l.M))
+        out.append(dict(name=l.name, program=l.activation, rows=int(l.rows), N=int(l.N), M=int(l.M),
+                        iterations=int(l.iterations), refit_iterations=int(l.refit_iterations),
+                        two_products_seconds=two, seconds=float(l.seconds)))
+    return out
+
+
 def bench_model(name, c, args, log=print):
     import nets
 
@@ -214,7 +249,8 @@ def bench_model(name, c, args, log=print):
                    nettrim=dict(seconds=sec, steady_seconds=again, quality=evaluate(res.model),
                                 converged=sum(bool(l.converged) for l in layers), layers=len(layers),
                                 iterations=[int(l.iterations) for l in layers], solver_programs=compiled,
-                                solver_compile_seconds=compile_s, joint=res.report.joint or None))
+                                solver_compile_seconds=compile_s, joint=res.report.joint or None,
+                                where=where_time_goes(layers)))
         log(f"  S={s}: nettrim {sec:.1f} s" + (f" (again {again:.1f} s)" if again is not None else "")
             + f", {row['nettrim']['converged']}/{len(layers)} converged, {compiled} solver programs compiled "
             f"({compile_s:.1f} s), "
@@ -263,6 +299,7 @@ def report(records, args, started, out):
                          *(sec(r[m]) for m in args.baselines), *(f"{r[m]['quality']:.4f}" for m in args.baselines),
                          ratio])
     lines += [common.table(head, body), ""]
+    lines += _where_table(records)
     for rec in records:
         if "error" not in rec:
             lines.append(f"- {rec['model']}: dense {rec['metric']} {rec['dense']:.4f}; {rec['kernel_weights']} kernel "
@@ -276,6 +313,30 @@ def report(records, args, started, out):
     written = time.strftime("%Y-%m-%d", time.gmtime())
     (out / "bench_prune.json").write_text(json.dumps(dict(device=f"{device.platform} {device.device_kind}",
                                                           written=written, records=records), indent=1, default=float))
+
+
+def _where_table(records) -> list[str]:
+    """Where Net-Trim's time goes, per ReLU layer (the layers whose P x M state sets the cost)."""
+    body = []
+    for rec in records:
+        for r in rec.get("runs", []):
+            for w in r["nettrim"].get("where", []):
+                if w["program"] != "relu":
+                    continue
+                floor = w["refit_iterations"] * w["two_products_seconds"]
+                body.append([rec["model"], r["target"], w["name"], f"{w['rows']} x {w['N']} x {w['M']}", w["iterations"],
+                             w["refit_iterations"], f"{1e3 * w['two_products_seconds']:.1f}", f"{floor:.1f}",
+                             f"{w['seconds']:.1f}"])
+    if not body:
+        return []
+    return ["Where the time goes in the ReLU layers (first call): the refit and l0 finish run conjugate-gradient "
+            "iterations, each one product with the layer's P x N rows and one with their transpose for all M units "
+            "(`LayerReport.refit_iterations`); 'two products' is that pair's time measured alone on this machine "
+            "(float32, compiled, median of 5), so CG x two products is the finish's floor.  The layer's seconds "
+            "also hold the epsilon search's l1 solves (its last solve's iterations shown).  ALPS's iterations run on "
+            "the N x N Gram matrix instead, a factor of about P / N less work each.", "",
+            common.table(["model", "S", "layer", "P x N x M", "l1 iterations", "refit CG", "two products ms",
+                          "CG floor s", "layer s"], body), ""]
 
 
 def main(argv=None):

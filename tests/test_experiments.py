@@ -159,7 +159,12 @@ def test_bench_prune_quick(tmp_path):
         assert np.isfinite(run["nettrim"]["quality"]) and np.isfinite(run["alps"]["quality"])
     assert records[0]["runs"][0]["nettrim"]["solver_programs"] >= 1
     assert records[1]["runs"][0]["nettrim"]["solver_programs"] == 0  # 4 blocks reuse the 2 blocks' programs
-    assert "| lm12 |" in (tmp_path / "bench_prune.md").read_text()
+    text = (tmp_path / "bench_prune.md").read_text()
+    assert "| lm12 |" in text
+    # the ReLU layers' time against the two-product floor, with the finish's CG iterations
+    where = [w for r in records[0]["runs"] for w in r["nettrim"]["where"] if w["program"] == "relu"]
+    assert where and all(w["refit_iterations"] > 0 and w["two_products_seconds"] > 0 for w in where)
+    assert "| two products ms |" in text
 
 
 @needs_data
@@ -179,6 +184,20 @@ def test_l0_finish_quick(tmp_path):
         and "one seed: " in text
         and ("behind" in text or "ahead" in text or "tie" in text)
     )
+
+
+@needs_data
+def test_calibration_rows_quick(tmp_path):
+    """Net-Trim and ALPS at two nested calibration sizes of one trained network, a verdict each."""
+    import calibration_rows
+
+    records = calibration_rows.main(["--quick", "--out", str(tmp_path), "--data", _data_root()])
+    assert [r["variant"] for r in records] == ["50 rows", "100 rows"]
+    for r in records:
+        assert abs(r["sparsity"] - 0.9) < 0.02 and r["converged"] == r["layers"]
+        assert 0.3 < r["nettrim"] <= 1 and 0.3 < r["alps"] <= 1
+    text = (tmp_path / "calibration_rows_lenet_mnist.md").read_text()
+    assert "| 0.9 | 100 rows | 1 |" in text and "one seed: " in text
 
 
 def test_ablation_quick(tmp_path):

@@ -114,6 +114,21 @@ def test_a_threshold_and_an_explicit_omega_are_honoured():
     assert _output_error(x, y, np.asarray(u), v) == pytest.approx(float(info.error_after), rel=1e-3)
 
 
+def test_the_finish_reports_every_cg_iteration_its_refits_ran():
+    """With cg_tol 0 every refit runs rounds x cg_iters CG iterations: the start's refit, the
+    reference's, and per step the union's (union_rounds) and the kept support's."""
+    x, y, w = relu_problem(200, 30, 6, seed=5, density=0.4)
+    sol = nt.solve_layer(x, y, epsilon=0.3 * np.linalg.norm(y))
+    kw = dict(rounds=2, cg_iters=5, cg_tol=0.0, swaps=0, min_gain=0.0)
+    assert int(l0_finish(x, y, sol.kernel, steps=0, **kw)[1].cg_iterations) == 10
+    assert int(l0_finish(x, y, sol.kernel, steps=0, reference=w, **kw)[1].cg_iterations) == 20
+    # one step (taken or not, its two refits ran): 10 + 5 + 10
+    assert int(l0_finish(x, y, sol.kernel, steps=1, **kw)[1].cg_iterations) == 25
+    # swaps: `inner` per round, then the last refit
+    swapped = l0_finish(x, y, sol.kernel, steps=0, **{**kw, "swaps": 3}, inner=2)[1]
+    assert int(swapped.cg_iterations) == 10 + 3 * 2 + 10
+
+
 def test_bad_steps_are_refused():
     x, y, _ = relu_problem(50, 5, 2)
     with pytest.raises(ValueError, match="steps must be >= 0"):
@@ -135,7 +150,12 @@ def test_prune_with_the_l0_finish_keeps_each_layers_count_and_never_fits_worse()
     base = nt.prune(net, x, finish=None, **kw)
     l0 = nt.prune(net, x, **kw)  # refit=True ends with the l0 finish unless told otherwise
     assert l0.report.options["finish"] == "l0" and base.report.options["finish"] is None
-    assert nt.prune(net, x, sparsity=0.7, progress=False, max_iters=3000).report.options["finish"] is None
+    plain = nt.prune(net, x, sparsity=0.7, progress=False, max_iters=3000)
+    assert plain.report.options["finish"] is None
+    # the report counts the refit's and the finish's CG iterations; none without a refit
+    assert all(layer.refit_iterations == 0 for layer in plain.report.layers)
+    assert all(layer.refit_iterations > 0 for layer in base.report.layers + l0.report.layers)
+    assert "| refit CG |" in l0.report.to_markdown()
     for a, b in zip(base.report.layers, l0.report.layers):
         assert b.nnz_after <= a.nnz_after and b.nnz_after >= a.nnz_after - 2
         assert b.misfit <= a.misfit * (1 + 1e-4)

@@ -134,10 +134,21 @@ def test_prune_refit_keeps_supports_and_lowers_discrepancy(digits):
     assert casc.report.output_error <= casc.report.bound * (1 + 1e-3)
 
 
+@pytest.mark.parametrize("activation", ["relu", "linear"])
+def test_the_refit_reports_the_cg_iterations_it_ran(activation):
+    """Without a tolerance every round runs cg_iters iterations (a linear layer's on X^T X)."""
+    x, y, w = relu_problem(120, 20, 5, seed=2, density=0.5)
+    if activation == "linear":
+        y = x @ w
+    _, info = nt.refit_layer(x, y, 0.5 * w, activation=activation, rounds=3, cg_iters=7)  # far from its fit
+    assert int(info.cg_iterations) == 21
+
+
 def test_cg_stops_at_its_tolerance_and_not_before():
     """The batched CG ends once every column's residual is within tol of its ||b||: with a
     loose tol it stops early (a larger residual than the full count leaves, but within tol),
-    with tol 0 it runs every iteration, and a tight tol reaches the exact solution."""
+    with tol 0 it runs every iteration, and a tight tol reaches the exact solution; the
+    iterations it reports are the ones it ran."""
     from nettrim_jax.solver.refit import _cg
 
     rng = np.random.default_rng(0)
@@ -149,8 +160,11 @@ def test_cg_stops_at_its_tolerance_and_not_before():
         return np.linalg.norm(np.asarray(b - H @ u), axis=0) / np.linalg.norm(np.asarray(b), axis=0)
 
     u0 = jnp.zeros_like(b)
-    loose, full = _cg(lambda p: H @ p, b, u0, 30, 0.3), _cg(lambda p: H @ p, b, u0, 30, 0.0)
+    (loose, n_loose), (full, n_full) = _cg(lambda p: H @ p, b, u0, 30, 0.3), _cg(lambda p: H @ p, b, u0, 30, 0.0)
     assert residual(loose).max() <= 0.3
     assert residual(loose).max() > 10 * residual(full).max()
-    exact = _cg(lambda p: H @ p, b, u0, 200, 1e-6)
+    assert int(n_full) == 30 and 0 < int(n_loose) < 30
+    # one iteration fewer than it reported leaves some column outside the tolerance
+    assert residual(_cg(lambda p: H @ p, b, u0, int(n_loose) - 1, 0.0)[0]).max() > 0.3
+    exact, _ = _cg(lambda p: H @ p, b, u0, 200, 1e-6)
     np.testing.assert_allclose(np.asarray(exact), np.linalg.solve(np.asarray(H), np.asarray(b)), rtol=1e-4, atol=1e-5)

@@ -124,8 +124,8 @@ def _scan_solver(per_neuron, solver, opts, gamma, bias, refit=False):
             sol = solve_layer(
                 A, Y, epsilon=eps, activation="relu", threshold=V, per_neuron=per_neuron, solver=solver, **options
             )
-            K, fit = refit_or_measure(refit, A, Y, sol.kernel, "relu", V, soft=soft)
-            return jax.nn.relu(A @ K), (K, sol.info, eps, fit)
+            K, fit, cg = refit_or_measure(refit, A, Y, sol.kernel, "relu", V, soft=soft)
+            return jax.nn.relu(A @ K), (K, sol.info, eps, fit, cg)
 
         return jax.lax.scan(body, x0, (Ws, Ys, floors))[1]
 
@@ -171,7 +171,7 @@ class _Cascade:
         Ws = jnp.stack([kernel_matrix(orig[k]) for k in range(i, j)])
         runner = _scan_solver(cfg.per_neuron, cfg.solver, cfg.opts, cfg.gamma, orig[i].bias is not None, cfg.refit)
         xh = layer_rows(orig[i], Xh)
-        Ks, infos, epss, fits = jax.device_get(
+        Ks, infos, epss, fits, cgs = jax.device_get(
             runner(xh, Ws, jnp.stack([p.target for p in probs]), jnp.asarray(floors, Ws.dtype))
         )
         seconds = (time.perf_counter() - t0) / (j - i)
@@ -191,6 +191,7 @@ class _Cascade:
                 seconds,
                 floor=None if k == self.first else floors[k - i],
                 scan=True,
+                refit_iterations=cgs[k - i],
             )
             xh = jax.nn.relu(A @ K)
         return outs
@@ -224,11 +225,11 @@ class _Cascade:
         K, info, eps = solve_program(cfg, i, spec, pr.inputs, pr.target, eps, V, prog, omega=pr.omega, scale=pr.scale)
         if cfg.keep and cfg.keep[i] is not None and floor is not None:
             floor = eps  # the found epsilon bounds this layer like a floor (network.bounds)
-        K, fit = finish_kernel(cfg, i, spec, pr.inputs, pr.target, K, prog, V, pr.omega, pr.scale)
+        K, fit, cg = finish_kernel(cfg, i, spec, pr.inputs, pr.target, K, prog, V, pr.omega, pr.scale)
         carry_miss(cfg, i, K)
         K = epi.from_program(K, pr)
         self.new[i] = with_matrix(spec, K)
-        return solved_outcome(pr, K, eps, fit, info, time.perf_counter() - t0, floor=floor)
+        return solved_outcome(pr, K, eps, fit, info, time.perf_counter() - t0, floor=floor, refit_iterations=cg)
 
 
 def solve_cascade(

@@ -73,6 +73,7 @@ def build_report(net, x, scheme, orig, new, choices, outcomes, gamma, options, t
                 converged=out.converged,
                 seconds=out.seconds,
                 reason=choices[i].reason,
+                refit_iterations=out.refit_iterations,
             )
         )
         warn_if_pruned_to_zero(net.names[i], layers[-1].nnz_before, layers[-1].nnz_after)

@@ -106,12 +106,12 @@ def solve_parallel(
             got = placed[i]()
             K, info, e = got if len(got) == 3 else (*got, eps[i])
             pr = probs[i]
-            K, fit = finish_kernel(
+            K, fit, cg = finish_kernel(
                 cfg, i, orig[i], pr.inputs, pr.target, K, programs[i], pr.threshold, pr.omega, pr.scale
             )
             carry_miss(cfg, i, K)
             K = K if pr.scale is None else K / pr.scale
-            out = solved_outcome(pr, K, e, fit, info, spent.get(i, 0.0) + time.perf_counter() - t0)
+            out = solved_outcome(pr, K, e, fit, info, spent.get(i, 0.0) + time.perf_counter() - t0, refit_iterations=cg)
         outcomes.append(out)
         if on_layer is not None and prior is None:
             on_layer(i, out)

@@ -109,8 +109,9 @@ class LayerOutcome(NamedTuple):
     """A finished layer: kernel (N[+1], M) dense-program kernel (numpy; None for a skipped
     layer, which keeps its weights), the program's size (N, M, rows solved, subsampled), its
     epsilon and achieved misfit (absolute), the solver's iterations and convergence, wall
-    seconds, the cascade floor used (None for epsilon_1 or an output budget) and whether the
-    layer was solved inside a ``lax.scan`` run."""
+    seconds, the cascade floor used (None for epsilon_1 or an output budget), whether the
+    layer was solved inside a ``lax.scan`` run, and the conjugate-gradient iterations of its
+    refit or l0 finish (0 without one)."""
 
     kernel: Any
     N: int
@@ -124,6 +125,7 @@ class LayerOutcome(NamedTuple):
     seconds: float
     floor: float | None = None
     scan: bool = False
+    refit_iterations: int = 0
 
 
 def skipped_outcome(N: int, M: int) -> LayerOutcome:
@@ -141,7 +143,9 @@ def skipped_outcome(N: int, M: int) -> LayerOutcome:
     )
 
 
-def solved_outcome(prob: LayerProblem, kernel, eps, fit, info, seconds, floor=None, scan=False) -> LayerOutcome:
+def solved_outcome(
+    prob: LayerProblem, kernel, eps, fit, info, seconds, floor=None, scan=False, refit_iterations=0
+) -> LayerOutcome:
     return LayerOutcome(
         kernel=np.asarray(kernel),
         N=int(prob.inputs.shape[1]),
@@ -155,6 +159,7 @@ def solved_outcome(prob: LayerProblem, kernel, eps, fit, info, seconds, floor=No
         seconds=float(seconds),
         floor=None if floor is None else float(floor),
         scan=scan,
+        refit_iterations=int(refit_iterations),
     )
 
 
@@ -185,7 +190,7 @@ def solver_for(cfg: SolveConfig, i: int, spec, program: str, with_threshold: boo
 
 
 def finish_kernel(cfg: SolveConfig, i: int, spec, A, Y, K, program: str, V=None, omega=None, scale=None):
-    """(kernel, misfit) of solved layer ``i``: with ``cfg.finish == "l0"`` the l0 finish at the
+    """(kernel, misfit, CG iterations) of solved layer ``i``: with ``cfg.finish == "l0"`` the l0 finish at the
     kernel's count (``solver.l0``: refit, then hard-thresholding steps that lower the refit
     objective, whole groups under ``cfg.structure``; its sqrt(2 x objective) as the
     misfit), else the N:M pattern applied
@@ -208,7 +213,7 @@ def finish_kernel(cfg: SolveConfig, i: int, spec, A, Y, K, program: str, V=None,
             groups=groups,
             reference=_reference(program_kernel(spec, scale), K),
         )
-        return K, info.error_after
+        return K, info.error_after, info.cg_iterations
     if cfg.pattern is None:
         return refit_or_measure(cfg.refit, A, Y, K, program, V, omega, cfg.soft)
     mask = patterns.nm_mask(K, cfg.pattern[0], cfg.pattern[1], axis=0, bias=spec.bias is not None)
@@ -430,11 +435,12 @@ def absolute_epsilon(e, target, relative: bool) -> float:
 
 
 def refit_or_measure(refit: bool, A, Y, K, program: str, V=None, omega=None, soft: bool = False):
-    """(kernel, misfit) of a solved layer: with ``refit``, the kernel refit on its support
-    (``refit_layer``) and its sqrt(misfit^2 + excess^2); otherwise K and its misfit
-    (``misfit``).  Traceable, so the scan path calls it too."""
+    """(kernel, misfit, CG iterations) of a solved layer: with ``refit``, the kernel refit on
+    its support (``refit_layer``), its sqrt(misfit^2 + excess^2) and the refit's CG
+    iterations; otherwise K, its misfit (``misfit``) and 0.  Traceable, so the scan path
+    calls it too."""
     if not refit:
-        return K, misfit(A, Y, K, program, omega, V, soft)
+        return K, misfit(A, Y, K, program, omega, V, soft), 0
     K2, info = refit_layer(
         A,
         Y,
@@ -443,7 +449,7 @@ def refit_or_measure(refit: bool, A, Y, K, program: str, V=None, omega=None, sof
         threshold=V if program == "relu" else None,
         omega=omega if program == "relu" else None,
     )
-    return K2, info.error_after
+    return K2, info.error_after, info.cg_iterations
 
 
 def output_layer_epsilon(A, Y, budget: float) -> float:

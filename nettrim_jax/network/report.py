@@ -36,7 +36,9 @@ class LayerReport(NamedTuple):
     solve (parallel scheme: from dispatch until its result was ready; layers overlap);
     reason: why this program ("relu", "linear (output layer)", "relu via affine epilogue
     relu(a*z + c)", "linear (followed by an op with no Net-Trim program)", "... (override)";
-    ``activations.LayerChoice``; "" in reports written before it existed).
+    ``activations.LayerChoice``; "" in reports written before it existed); refit_iterations:
+    conjugate-gradient iterations of the layer's refit or l0 finish, each one product with
+    the layer's rows X and one with X^T (or one with X^T X), 0 without a refit.
     """
 
     name: str
@@ -55,6 +57,7 @@ class LayerReport(NamedTuple):
     converged: bool
     seconds: float
     reason: str = ""
+    refit_iterations: int = 0
 
 
 class PruneReport(NamedTuple):
@@ -157,15 +160,15 @@ def render_markdown(report: PruneReport, title: str | None = None, notes: Sequen
         lines += [_option_line(report.options), ""]
     lines += [
         "| layer | kind | program | N | M | rows | nnz before | nnz after | epsilon | "
-        "discrepancy | iters | converged | s |",
-        "|" + "---|" * 13,
+        "discrepancy | iters | converged | refit CG | s |",
+        "|" + "---|" * 14,
     ]
     for layer in report.layers:
         lines.append(
             f"| {layer.name} | {layer.kind} | {_program(layer)} | {layer.N} | {layer.M} | "
             f"{layer.rows}{'*' if layer.subsampled else ''} | {layer.nnz_before} | {layer.nnz_after} | "
             f"{layer.epsilon:.4g} | {layer.discrepancy:.4f} | {layer.iterations} | "
-            f"{'yes' if layer.converged else 'NO'} | {layer.seconds:.2f} |"
+            f"{'yes' if layer.converged else 'NO'} | {layer.refit_iterations} | {layer.seconds:.2f} |"
         )
     keep = report.nnz_after / max(1, report.nnz_before)
     # the bound assumes every program was met; an unconverged solve may exceed it

@@ -81,6 +81,9 @@ class L0Info(NamedTuple):
       error_before, error_after: sqrt(2 x objective) (``RefitInfo``'s error).
       steps: () accepted swap steps; swapped: () support entries that moved.
       from_reference: () bool, the steps started from the reference's support.
+      cg_iterations: () conjugate-gradient iterations of all its refits together (each one
+        product with X and one with X^T for every unit at once, or one with X^T X for a
+        linear layer with at least as many rows as inputs): the finish's cost in those units.
     """
 
     objective_before: Any
@@ -90,6 +93,7 @@ class L0Info(NamedTuple):
     steps: Any
     swapped: Any
     from_reference: Any = False
+    cg_iterations: Any = 0
 
 
 def _total(X, Y, U, omega, V, relu):
@@ -173,22 +177,23 @@ def _swaps(X, Y, U, omega, V, relu, rounds: int, candidates: int, gram=None, inn
     """``rounds`` swap rounds (``_swap_round``) from ``U``, each followed by ``inner`` CG
     iterations of a refit on the new supports (0: none); a unit whose objective a round
     raised (the model is local: the active set moves) goes back to its kernel before it.
-    Returns the kernel, its per-unit objectives never above ``U``'s."""
+    Returns the kernel, its per-unit objectives never above ``U``'s, and the CG iterations run."""
     XU = X @ U
     f = refit._objective(XU, Y, omega, V, relu)
 
     def one(_, carry):
-        U, XU, f = carry
+        U, XU, f, its = carry
         U1 = _swap_round(X, Y, U, XU, omega, V, relu, candidates, gram)
         if inner:
-            U1 = refit._refit(X, Y, U1, V, omega, relu=relu, rounds=1, cg_iters=inner, cg_tol=cg_tol, gram=gram)[0]
+            U1, info = refit._refit(X, Y, U1, V, omega, relu=relu, rounds=1, cg_iters=inner, cg_tol=cg_tol, gram=gram)
+            its = its + info.cg_iterations
         XU1 = X @ U1
         f1 = refit._objective(XU1, Y, omega, V, relu)
         better = jnp.isfinite(f1) & (f1 < f)
-        return jnp.where(better, U1, U), jnp.where(better, XU1, XU), jnp.where(better, f1, f)
+        return jnp.where(better, U1, U), jnp.where(better, XU1, XU), jnp.where(better, f1, f), its
 
-    U, _, _ = jax.lax.fori_loop(0, rounds, one, (U, XU, f))
-    return U
+    U, _, _, its = jax.lax.fori_loop(0, rounds, one, (U, XU, f, jnp.zeros((), jnp.int32)))
+    return U, its
 
 
 @functools.partial(
@@ -220,10 +225,11 @@ def _finish(
     # a linear layer with P >= N: every refit's CG and every gradient on X^T X, formed once
     gram = refit.gram_system(X, Y) if refit.uses_gram(X, relu) else None
 
-    def refit_on(W, rounds=rounds):
-        return refit._refit(X, Y, W, V, omega, relu=relu, rounds=rounds, cg_iters=cg_iters, cg_tol=cg_tol, gram=gram)[0]
+    def refit_on(W, rounds=rounds):  # (kernel, CG iterations)
+        W, info = refit._refit(X, Y, W, V, omega, relu=relu, rounds=rounds, cg_iters=cg_iters, cg_tol=cg_tol, gram=gram)
+        return W, info.cg_iterations
 
-    U = refit_on(U0)
+    U, its = refit_on(U0)
     f0 = _total(X, Y, U, omega, V, relu)
     lip = _spectral_sq(X)
     rms = jnp.sqrt(jnp.mean(X * X, axis=0))[:, None]  # (N, 1): an entry's score is |u_ij| rms(x_i)
@@ -247,7 +253,8 @@ def _finish(
             )
             S = S | fixed
         start = jnp.where(S, jnp.where(reference != 0, reference, jnp.finfo(X.dtype).tiny), 0)
-        U_ref = refit_on(start)
+        U_ref, n_ref = refit_on(start)
+        its = its + n_ref
         f_ref = _total(X, Y, U_ref, omega, V, relu)
         better = jnp.isfinite(f_ref) & (f_ref < f0) & (count(U_ref) <= k)
         U, f, from_reference = jnp.where(better, U_ref, U), jnp.where(better, f_ref, f0), better
@@ -255,43 +262,49 @@ def _finish(
     def entries_step(U, G):
         outside = jnp.where(U != 0, -1.0, jnp.abs(G))
         T = (U != 0) | _largest(outside, jnp.maximum(1, (grow * k).astype(jnp.int32)))
-        UT = refit_on(jnp.where(T, jnp.where(U != 0, U, -G / lip), 0), union_rounds)  # the union, refit
+        UT, n_t = refit_on(jnp.where(T, jnp.where(U != 0, U, -G / lip), 0), union_rounds)  # the union, refit
         S = _largest(jnp.where(UT != 0, jnp.abs(UT) * rms, 0), jnp.maximum(k, 1))
-        return refit_on(jnp.where(S, UT, 0))
+        U1, n_s = refit_on(jnp.where(S, UT, 0))
+        return U1, n_t + n_s
 
     def groups_step(U, G):
         kept = structure.kept_groups(U, groups)
         outside = jnp.where(kept, -1.0, jnp.sqrt(structure.group_sums(G, groups, n)))
         T = kept | _largest(outside, jnp.maximum(1, (grow * k).astype(jnp.int32)))
         start = jnp.where(U != 0, U, jnp.where(G != 0, -G / lip, jnp.finfo(X.dtype).tiny))
-        UT = refit_on(jnp.where(structure.group_rows(T, groups) | fixed, start, 0), union_rounds)
+        UT, n_t = refit_on(jnp.where(structure.group_rows(T, groups) | fixed, start, 0), union_rounds)
         score = jnp.sqrt(structure.group_sums(UT * rms, groups, n))
         S = _largest(jnp.where(T, score, 0), jnp.maximum(k, 1))
-        return refit_on(jnp.where(structure.group_rows(S, groups) | fixed, UT, 0))
+        U1, n_s = refit_on(jnp.where(structure.group_rows(S, groups) | fixed, UT, 0))
+        return U1, n_t + n_s
 
     def step(carry):
-        U, f, accepted, _ = carry
+        U, f, accepted, _, its = carry
         G = _gradient(X, Y, U, omega, V, relu, gram)
-        U1 = entries_step(U, G) if groups is None else groups_step(U, G)
+        U1, n_step = entries_step(U, G) if groups is None else groups_step(U, G)
         f1 = _total(X, Y, U1, omega, V, relu)
         better = jnp.isfinite(f1) & (f1 < f) & (count(U1) <= k)
         # a rejected step leaves U, hence the next step, unchanged: stop there (and after a
         # step that gained less than min_gain of the objective)
         gained = better & (f1 < (1 - min_gain) * f)
-        return jnp.where(better, U1, U), jnp.where(better, f1, f), accepted + better.astype(jnp.int32), gained
+        accepted = accepted + better.astype(jnp.int32)
+        return jnp.where(better, U1, U), jnp.where(better, f1, f), accepted, gained, its + n_step
 
     def going(carry):
-        _, _, accepted, gained = carry
+        _, _, accepted, gained, _ = carry
         return gained & (accepted < steps)
 
-    U, f, accepted, _ = jax.lax.while_loop(going, step, (U, f, jnp.zeros((), jnp.int32), jnp.asarray(steps > 0)))
+    start = (U, f, jnp.zeros((), jnp.int32), jnp.asarray(steps > 0), its)
+    U, f, accepted, _, its = jax.lax.while_loop(going, step, start)
     if swaps and groups is None:  # one-for-one exchanges, then a refit; kept only if f falls
-        U1 = refit_on(_swaps(X, Y, U, omega, V, relu, swaps, candidates, gram, inner, cg_tol))
+        U1, n_swaps = _swaps(X, Y, U, omega, V, relu, swaps, candidates, gram, inner, cg_tol)
+        U1, n_last = refit_on(U1)
+        its = its + n_swaps + n_last
         f1 = _total(X, Y, U1, omega, V, relu)
         better = jnp.isfinite(f1) & (f1 < f)
         U, f = jnp.where(better, U1, U), jnp.where(better, f1, f)
     swapped = jnp.sum((U != 0) & (U0 == 0))
-    return U, f0, f, accepted, swapped, from_reference
+    return U, f0, f, accepted, swapped, from_reference, its
 
 
 def l0_finish(
@@ -390,7 +403,7 @@ def l0_finish(
         reference = jnp.asarray(reference, dtype)
         if reference.shape != kernel.shape:
             raise ValueError(f"reference must have the kernel's shape {kernel.shape}, got {reference.shape}")
-    U, f0, f, accepted, swapped, from_reference = _finish(
+    U, f0, f, accepted, swapped, from_reference, its = _finish(
         X,
         Y,
         kernel,
@@ -418,5 +431,6 @@ def l0_finish(
         steps=accepted,
         swapped=swapped,
         from_reference=from_reference,
+        cg_iterations=its,
     )
     return U, info

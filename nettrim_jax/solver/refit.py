@@ -45,6 +45,8 @@ class RefitInfo(NamedTuple):
       improved: (M,) bool, units whose refit kernel was kept.
       error_before, error_after: sqrt(2 * sum of the objective): for relu with V = 0 an
         upper bound on ||relu(X kernel) - Y||_F, for linear its exact value.
+      cg_iterations: () conjugate-gradient iterations run, all rounds together (each one
+        product with X and one with X^T for every unit at once, or one with X^T X).
     """
 
     objective_before: Any
@@ -52,6 +54,7 @@ class RefitInfo(NamedTuple):
     improved: Any
     error_before: Any
     error_after: Any
+    cg_iterations: Any = 0
 
 
 def _residual(xu, y, omega, v, relu):
@@ -69,7 +72,7 @@ def _objective(xu, y, omega, v, relu):
 def _cg(apply, b, u0, iters, tol=0.0):
     """Batched CG on the (M independent) symmetric PSD systems apply(u) = b, columns of (N, M):
     at most ``iters`` iterations, fewer once every column's residual is within ``tol`` of
-    its ||b|| (``tol`` 0: always ``iters``)."""
+    its ||b|| (``tol`` 0: always ``iters``).  Returns (u, iterations run)."""
     tiny = jnp.finfo(b.dtype).tiny
     r = b - apply(u0)
     p = r
@@ -91,8 +94,8 @@ def _cg(apply, b, u0, iters, tol=0.0):
         beta = jnp.where(rr > tiny, rr_new / jnp.maximum(rr, tiny), 0)
         return i + 1, u, r, r + beta * p, rr_new
 
-    _, u, *_ = jax.lax.while_loop(going, step, (jnp.zeros((), jnp.int32), u0, r, p, rr))
-    return u
+    i, u, *_ = jax.lax.while_loop(going, step, (jnp.zeros((), jnp.int32), u0, r, p, rr))
+    return u, i
 
 
 def uses_gram(X, relu: bool) -> bool:
@@ -123,13 +126,15 @@ def _refit(X, Y, kernel, threshold, mask=None, *, relu, rounds, cg_iters, cg_tol
         G, C = gram_system(X, Y) if gram is None else gram
         G, b = G / (sx * sx), jnp.where(support, C / (sx * sy), 0)
 
-        def gram_round(_, u):
-            return _cg(lambda p: jnp.where(support, G @ p, 0), b, u, cg_iters, cg_tol)
+        def gram_round(_, carry):
+            u, n = _cg(lambda p: jnp.where(support, G @ p, 0), b, carry[0], cg_iters, cg_tol)
+            return u, carry[1] + n
 
-        u = jax.lax.fori_loop(0, rounds, gram_round, u0)
-        return _kept(x, y, u, u0, before, omega, v, relu, sx, sy)
+        u, n = jax.lax.fori_loop(0, rounds, gram_round, (u0, jnp.zeros((), jnp.int32)))
+        return _kept(x, y, u, u0, before, omega, v, relu, sx, sy, n)
 
-    def newton_round(_, u):
+    def newton_round(_, carry):
+        u, n = carry
         xu = x @ u
         active = omega | (xu > v) if relu else omega
         target = jnp.where(omega, y, v)
@@ -138,13 +143,14 @@ def _refit(X, Y, kernel, threshold, mask=None, *, relu, rounds, cg_iters, cg_tol
             return jnp.where(support, x.T @ jnp.where(active, x @ p, 0), 0)
 
         b = jnp.where(support, x.T @ jnp.where(active, target, 0), 0)
-        return _cg(apply, b, u, cg_iters, cg_tol)
+        u, i = _cg(apply, b, u, cg_iters, cg_tol)
+        return u, n + i
 
-    u = jax.lax.fori_loop(0, rounds, newton_round, u0)
-    return _kept(x, y, u, u0, before, omega, v, relu, sx, sy)
+    u, n = jax.lax.fori_loop(0, rounds, newton_round, (u0, jnp.zeros((), jnp.int32)))
+    return _kept(x, y, u, u0, before, omega, v, relu, sx, sy, n)
 
 
-def _kept(x, y, u, u0, before, omega, v, relu, sx, sy):
+def _kept(x, y, u, u0, before, omega, v, relu, sx, sy, iterations):
     """The refit's result in the caller's units: per unit, whichever of ``u`` (refit) and
     ``u0`` (input) has the smaller objective on the (scaled) rows, and its ``RefitInfo``."""
     after = _objective(x @ u, y, omega, v, relu)
@@ -158,6 +164,7 @@ def _kept(x, y, u, u0, before, omega, v, relu, sx, sy):
         improved=improved,
         error_before=jnp.sqrt(2 * jnp.sum(before)) * sy,
         error_after=jnp.sqrt(2 * jnp.sum(after)) * sy,
+        cg_iterations=iterations,
     )
     return u * (sy / sx), info
 
