@@ -9,6 +9,9 @@ the quality reached without fine-tuning (test accuracy, or held-out bits per cha
 the language models).  Net-Trim's row also says how many layer solves ended certified, and
 how many distinct solver programs were compiled (``solver.engine.solve``'s jit cache: a
 12-block model should compile no more than a 2-block one of the same shapes).
+A second table says where the time goes in each ReLU layer: the refit and l0 finish's
+conjugate-gradient iterations (``LayerReport.refit_iterations``) against one iteration's
+floor, a product with the layer's P x N rows and one with their transpose, timed alone.
 
 Models (``--models``):
 
@@ -210,11 +213,11 @@ def two_products_seconds(P: int, N: int, M: int) -> float:
 def where_time_goes(layers) -> list[dict]:
     """Per solved layer: its program's size, the l1 solve's iterations (the search's last
     solve), the refit / l0 finish's CG iterations, the two-product floor of one iteration
-    (``two_products_seconds``; a linear layer's refit runs on X^T X instead, so its CG floor is
-    below this) and the layer's wall seconds (search, finish and measurements)."""
+    (``two_products_seconds``; measured for ReLU layers only: a linear layer's refit with P >= N
+    runs on X^T X instead) and the layer's wall seconds (search, finish and measurements)."""
     out = []
     for l in layers:
-        two = two_products_seconds(int(l.rows), int(l.N), int(l.M))
+        two = two_products_seconds(int(l.rows), int(l.N), int(l.M)) if l.activation == "relu" else 0.0
         out.append(dict(name=l.name, program=l.activation, rows=int(l.rows), N=int(l.N), M=int(l.M),
                         iterations=int(l.iterations), refit_iterations=int(l.refit_iterations),
                         two_products_seconds=two, seconds=float(l.seconds)))

@@ -6,8 +6,8 @@ images are nested (the first n of one permutation of the training set, which fol
 seed).  At each size, what a user types, ``prune(model, x, sparsity=S, refit=True)``, and ALPS
 (``baselines.prune_model``) at that run's per-layer counts; test accuracy without fine-tuning.
 The question it answers: is a gap to ALPS at a small calibration set a gap of the method or of
-fitting the calibration rows (LeNet-5's first fully connected layer has 400 inputs, so 1000
-images give it 2.5 rows per input)?
+fitting the calibration rows (LeNet-5's first fully connected layer has 784 inputs and a bias,
+so 1000 images give it 1.3 rows per input)?
 
     python experiments/calibration_rows.py [--quick] [--data DIR] [--net lenet|fc]
         [--dataset mnist|fashion-mnist] [--rows 1000 4000] [--seeds 0 1 2] [--target 0.9]
@@ -71,7 +71,8 @@ def write(records, args, started, out) -> list[str]:
             "calibration sets of one trained network per seed; the difference is per seed.  'ahead' / "
             f"'behind' only when every seed agrees.  Seeds: {seeds}.", "",
             common.table(["S", "calibration", "seeds", "sparsity %", "Net-Trim", "ALPS", "Net-Trim - ALPS",
-                          "verdict", "prune s", "certified"], l0_finish.summary(records)), "",
+                          "verdict", "prune s", "certified"],
+                         sorted(l0_finish.summary(records), key=lambda r: (r[0], int(r[1].split()[0])))), "",
             common.provenance(args, started)]
     atomic_write_text(out / f"{name}.md", "\n".join(text) + "\n")
     atomic_write_text(out / f"{name}.json", json.dumps(records, indent=1))

@@ -127,6 +127,9 @@ def test_the_finish_reports_every_cg_iteration_its_refits_ran():
     # swaps: `inner` per round, then the last refit
     swapped = l0_finish(x, y, sol.kernel, steps=0, **{**kw, "swaps": 3}, inner=2)[1]
     assert int(swapped.cg_iterations) == 10 + 3 * 2 + 10
+    # the group step's two refits too
+    grouped = l0_finish(x, y, sol.kernel, steps=1, groups=row_groups(30, True), **kw)[1]
+    assert int(grouped.cg_iterations) == 25
 
 
 def test_bad_steps_are_refused():
@@ -155,7 +158,9 @@ def test_prune_with_the_l0_finish_keeps_each_layers_count_and_never_fits_worse()
     # the report counts the refit's and the finish's CG iterations; none without a refit
     assert all(layer.refit_iterations == 0 for layer in plain.report.layers)
     assert all(layer.refit_iterations > 0 for layer in base.report.layers + l0.report.layers)
-    assert "| refit CG |" in l0.report.to_markdown()
+    table = l0.report.to_markdown()
+    assert "| refit CG |" in table
+    assert all(f"| {layer.refit_iterations} | " in table for layer in l0.report.layers)
     for a, b in zip(base.report.layers, l0.report.layers):
         assert b.nnz_after <= a.nnz_after and b.nnz_after >= a.nnz_after - 2
         assert b.misfit <= a.misfit * (1 + 1e-4)

@@ -131,6 +131,8 @@ def test_prune_refit_keeps_supports_and_lowers_discrepancy(digits):
     for a, b in zip(casc.report.layers, casc_loop.report.layers):
         assert a.nnz_after == b.nnz_after
         assert a.discrepancy == pytest.approx(b.discrepancy, rel=1e-3, abs=1e-5)
+        # refit_layer's 4 rounds x 60 CG iterations (no tolerance), counted on both paths
+        assert a.refit_iterations == b.refit_iterations == 240
     assert casc.report.output_error <= casc.report.bound * (1 + 1e-3)
 
 
@@ -166,5 +168,6 @@ def test_cg_stops_at_its_tolerance_and_not_before():
     assert int(n_full) == 30 and 0 < int(n_loose) < 30
     # one iteration fewer than it reported leaves some column outside the tolerance
     assert residual(_cg(lambda p: H @ p, b, u0, int(n_loose) - 1, 0.0)[0]).max() > 0.3
+    assert residual(_cg(lambda p: H @ p, b, u0, int(n_loose), 0.0)[0]).max() <= 0.3
     exact, _ = _cg(lambda p: H @ p, b, u0, 200, 1e-6)
     np.testing.assert_allclose(np.asarray(exact), np.linalg.solve(np.asarray(H), np.asarray(b)), rtol=1e-4, atol=1e-5)

@@ -37,8 +37,9 @@ class LayerReport(NamedTuple):
     reason: why this program ("relu", "linear (output layer)", "relu via affine epilogue
     relu(a*z + c)", "linear (followed by an op with no Net-Trim program)", "... (override)";
     ``activations.LayerChoice``; "" in reports written before it existed); refit_iterations:
-    conjugate-gradient iterations of the layer's refit or l0 finish, each one product with
-    the layer's rows X and one with X^T (or one with X^T X), 0 without a refit.
+    conjugate-gradient iterations of the layer's refit, N:M refit or l0 finish, each one
+    product with the layer's rows X and one with X^T (or one with X^T X); 0 when none ran,
+    and in reports written before it existed.
     """
 
     name: str

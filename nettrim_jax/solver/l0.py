@@ -177,7 +177,7 @@ def _swaps(X, Y, U, omega, V, relu, rounds: int, candidates: int, gram=None, inn
     """``rounds`` swap rounds (``_swap_round``) from ``U``, each followed by ``inner`` CG
     iterations of a refit on the new supports (0: none); a unit whose objective a round
     raised (the model is local: the active set moves) goes back to its kernel before it.
-    Returns the kernel, its per-unit objectives never above ``U``'s, and the CG iterations run."""
+    Returns (kernel, CG iterations run); the kernel's per-unit objectives are never above ``U``'s."""
     XU = X @ U
     f = refit._objective(XU, Y, omega, V, relu)
 
