@@ -2,13 +2,14 @@
 
 For each seed (training and calibration sampling follow it, as ``l0_finish.py``):
 LeNet-300-100 (``--net fc``, 4000 calibration rows) or LeNet-5 (``--net lenet``, 1000 images)
-on MNIST, pruned with what a user types, ``prune(model, x, sparsity=S, refit=True)``, once
+on MNIST, or the 2-block TinyLM of ``bench_prune.py`` (``--net lm``: held-out bits/char, lower
+is better), pruned with what a user types, ``prune(model, x, sparsity=S, refit=True)``, once
 with the finish's swaps at ``--swaps`` rounds each (``solver.l0.l0_finish(swaps=)``; 0 turns
 them off, 16 is the default).  ALPS (``baselines.prune_model``) at each run's own per-layer
 counts.  Records test accuracy (no fine-tuning), every layer's misfit, how the joint refit
 ended and wall seconds (timings of a shared machine: compare them only side by side).
 
-    python experiments/l0_swaps.py [--net fc|lenet] [--seeds 0 1 2] [--targets 0.9 0.95 0.98]
+    python experiments/l0_swaps.py [--net fc|lenet|lm] [--seeds 0 1 2] [--targets 0.9 0.95 0.98]
         [--swaps 0 16] [--data DIR] [--render]
 
 Appends to l0_swaps.jsonl (one record per prune, so a stopped run keeps what it finished)
@@ -38,8 +39,13 @@ def run(args, out):
     finish = l0.l0_finish
     try:
         for seed in args.seeds:
-            n_cal = 4000 if args.net == "fc" else 1000
-            model, xcal, evaluate, _ = bench_prune.setup_lenet(args.net, False, args.data, seed, n_cal)
+            if args.net == "lm":
+                c = bench_prune.configs(False, False)["lm2"]
+                model, xcal, evaluate, _ = bench_prune.setup_lm(False, seed, d=c["d"], heads=c["heads"],
+                                                               layers=c["layers"], n_cal=c["n_cal"], steps=c["steps"])
+            else:
+                n_cal = 4000 if args.net == "fc" else 1000
+                model, xcal, evaluate, _ = bench_prune.setup_lenet(args.net, False, args.data, seed, n_cal)
             sizes = nets.kernel_sizes(model, xcal)
             for s in args.targets:
                 for swaps in args.swaps:
@@ -71,19 +77,21 @@ def render(out, started, args):
         both = [p for k, p in sorted(pairs.items()) if k[:2] == (net, target) and 0 in p and 16 in p]
         if not both:
             continue
-        a = np.array([100 * p[0]["nettrim"] for p in both])
-        b = np.array([100 * p[16]["nettrim"] for p in both])
-        alps = np.array([100 * p[16]["alps"] for p in both])
+        scale, d = (1, 3) if net == "lm" else (100, 2)  # bits/char as they are, accuracy in %
+        a = np.array([scale * p[0]["nettrim"] for p in both])
+        b = np.array([scale * p[16]["nettrim"] for p in both])
+        alps = np.array([scale * p[16]["alps"] for p in both])
         ratio = np.array([np.array(p[16]["misfits"]) / np.array(p[0]["misfits"]) for p in both])
-        rows.append([net, f"{100 * target:.0f}%", len(both), f"{a.mean():.2f} ({a.min():.2f}-{a.max():.2f})",
-                     f"{b.mean():.2f} ({b.min():.2f}-{b.max():.2f})", f"{(b - a).min():+.2f} to {(b - a).max():+.2f}",
-                     f"{alps.mean():.2f}", f"{(b - alps).min():+.2f} to {(b - alps).max():+.2f}",
+        rows.append([net, f"{100 * target:.0f}%", len(both), f"{a.mean():.{d}f} ({a.min():.{d}f}-{a.max():.{d}f})",
+                     f"{b.mean():.{d}f} ({b.min():.{d}f}-{b.max():.{d}f})",
+                     f"{(b - a).min():+.{d}f} to {(b - a).max():+.{d}f}", f"{alps.mean():.{d}f}",
+                     f"{(b - alps).min():+.{d}f} to {(b - alps).max():+.{d}f}",
                      f"{ratio.min():.3f}-{ratio.max():.3f}",
                      " / ".join(f"{p[0]['seconds']:.1f}->{p[16]['seconds']:.1f}" for p in both)])
     text = ["# The l0 finish's swaps, side by side", "",
-            "`prune(model, x, sparsity=S, refit=True)` on MNIST with the finish's swaps off (`swaps=0`) "
-            "and at 16 rounds (the default); ALPS at the counts of the run with swaps.  Test accuracy %, "
-            "mean (min-max) over seeds; misfit ratio: every layer's misfit with swaps over without.  "
+            "`prune(model, x, sparsity=S, refit=True)` on MNIST (net lm: the 2-block TinyLM) with the finish's "
+            "swaps off (`swaps=0`) and at 16 rounds (the default); ALPS at the counts of the run with swaps.  Test "
+            "accuracy % (lm: held-out bits/char, lower is better), mean (min-max) over seeds; misfit ratio: every layer's misfit with swaps over without.  "
             "Seconds: wall time per seed (first prune of a process includes compiles; a shared machine).", "",
             common.table(["net", "sparsity", "seeds", "swaps 0", "swaps 16", "16 - 0 per seed", "ALPS",
                           "16 - ALPS per seed", "misfit ratio", "seconds 0 -> 16 per seed"], rows),
@@ -95,7 +103,7 @@ def render(out, started, args):
 def main(argv=None):
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--data", default=None)
-    p.add_argument("--net", choices=["fc", "lenet"], default="fc")
+    p.add_argument("--net", choices=["fc", "lenet", "lm"], default="fc")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--targets", type=float, nargs="+", default=[0.9, 0.95, 0.98])
     p.add_argument("--swaps", type=int, nargs="+", default=[0, 16])
