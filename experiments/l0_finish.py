@@ -49,16 +49,23 @@ VARIANTS = {
 }
 
 
-def run_seed(seed, targets, args):
-    if args.net == "resnet":
-        model, xcal, evaluate, _ = bench_prune.setup_resnet(args.quick, args.data, seed)
-    elif args.net == "lm":
-        c = bench_prune.configs(args.quick, False)["lm2"]
-        model, xcal, evaluate, _ = bench_prune.setup_lm(args.quick, seed, d=c["d"], heads=c["heads"],
+def setup(net: str, seed: int, *, quick: bool = False, data=None, dataset: str = "mnist"):
+    """(model, calibration x, evaluate(model) -> float) of ``net`` ("fc" | "lenet" | "resnet" |
+    "lm") as the module doc describes, trained and sampled with ``seed``."""
+    if net == "resnet":
+        model, xcal, evaluate, _ = bench_prune.setup_resnet(quick, data, seed)
+    elif net == "lm":
+        c = bench_prune.configs(quick, False)["lm2"]
+        model, xcal, evaluate, _ = bench_prune.setup_lm(quick, seed, d=c["d"], heads=c["heads"],
                                                        layers=c["layers"], n_cal=c["n_cal"], steps=c["steps"])
     else:
-        n_cal = (100 if args.net == "fc" else 50) if args.quick else (4000 if args.net == "fc" else 1000)
-        model, xcal, evaluate, _ = bench_prune.setup_lenet(args.net, args.quick, args.data, seed, n_cal, args.dataset)
+        n_cal = (100 if net == "fc" else 50) if quick else (4000 if net == "fc" else 1000)
+        model, xcal, evaluate, _ = bench_prune.setup_lenet(net, quick, data, seed, n_cal, dataset)
+    return model, xcal, evaluate
+
+
+def run_seed(seed, targets, args):
+    model, xcal, evaluate = setup(args.net, seed, quick=args.quick, data=args.data, dataset=args.dataset)
     dense = evaluate(model)
     sizes = nets.kernel_sizes(model, xcal)
     rows = []

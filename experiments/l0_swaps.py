@@ -23,8 +23,8 @@ import functools
 import json
 import time
 
-import bench_prune
 import common
+import l0_finish
 import nets
 import numpy as np
 
@@ -39,13 +39,7 @@ def run(args, out):
     finish = l0.l0_finish
     try:
         for seed in args.seeds:
-            if args.net == "lm":
-                c = bench_prune.configs(False, False)["lm2"]
-                model, xcal, evaluate, _ = bench_prune.setup_lm(False, seed, d=c["d"], heads=c["heads"],
-                                                               layers=c["layers"], n_cal=c["n_cal"], steps=c["steps"])
-            else:
-                n_cal = 4000 if args.net == "fc" else 1000
-                model, xcal, evaluate, _ = bench_prune.setup_lenet(args.net, False, args.data, seed, n_cal)
+            model, xcal, evaluate = l0_finish.setup(args.net, seed, data=args.data)
             sizes = nets.kernel_sizes(model, xcal)
             for s in args.targets:
                 for swaps in args.swaps:
