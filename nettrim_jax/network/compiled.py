@@ -19,6 +19,7 @@ import numpy as np
 from nettrim_jax.network.batching import current_pool
 from nettrim_jax.solver import admm, pdhg
 from nettrim_jax.solver.layer import solve_layer
+from nettrim_jax.solver.xla_options import cpu_compile_options
 
 __all__ = ["jitted_solver", "dispatch", "fro", "misfit", "output_misfit", "release_if_crowded"]
 
@@ -126,27 +127,6 @@ def _compiled_solver(activation, per_neuron, solver, with_threshold, opts: tuple
     # (nested in another jit, vmap or scan; called at the top level, with the CPU options:
     # JAX takes compiler options on a top-level jit only)
     return jax.jit(f), jax.jit(f, compiler_options=cpu_compile_options())
-
-
-# XLA's CPU backend generates the solver's fused loops faster without its newer fusion
-# emitters, and the program runs as fast: on a 2-core CPU a ReLU layer's solver compiled in
-# 0.64 s against 1.1 s (4096 x 151 -> 16 and 4000 x 785 -> 300), with the same iterates and
-# the same or shorter run time (8192 x 129 -> 512, 400 iterations: 16.4-17.9 s against
-# 17.5-18.2 s).  A first prune of a small model spends most of its time compiling.
-_CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_compile_options() -> dict:
-    """Compiler options for the solver on the CPU backend (``_CPU_OPTIONS``), {} elsewhere or
-    where this XLA does not know them (checked once, on a trivial program)."""
-    if jax.default_backend() != "cpu":
-        return {}
-    try:
-        jax.jit(lambda a: a + 1, compiler_options=_CPU_OPTIONS)(np.float32(0)).block_until_ready()
-    except Exception:  # an XLA without the option: its defaults
-        return {}
-    return dict(_CPU_OPTIONS)
 
 
 def dispatch(f, A, Y, eps, V, device=None, per_neuron: bool = False, omega=None, w0=None, weights=None):

@@ -42,6 +42,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from nettrim_jax.network.adapters import Adapter, Captured
@@ -98,45 +99,46 @@ def run_tapped(adapter: Adapter, specs, x, override=None) -> tuple[Captured, lis
 
 
 def _after(cap: Captured, i: int):
-    """Everything after layer i: later layers' inputs and the model output, flattened."""
-    parts = [jnp.ravel(a) for a in cap.inputs[i + 1 :]]
-    parts += [jnp.ravel(o) for o in jax.tree.leaves(cap.output)]
-    return jnp.concatenate(parts)
+    """Everything after layer i: later layers' inputs and the model output, flattened (numpy:
+    the tests compare on the host, so a first prune compiles no program per eager op)."""
+    parts = [np.ravel(np.asarray(a)) for a in cap.inputs[i + 1 :]]
+    parts += [np.ravel(np.asarray(o)) for o in jax.tree.leaves(cap.output)]
+    return np.concatenate(parts)
 
 
 def _close(a, b, scale):
-    return bool(jnp.allclose(a, b, rtol=1e-4, atol=1e-5 * scale))
+    return bool(np.allclose(a, b, rtol=1e-4, atol=1e-5 * scale))
 
 
 def detect_epilogue(adapter: Adapter, specs, x, i: int) -> tuple[Epilogue | None, str]:
     """(the affine epilogue of layer ``i`` (module doc), "") or (None, why not: which test
     the ReLUs after the layer failed, for the report)."""
     base, r0 = run_tapped(adapter, specs, x)
-    z0 = base.preacts[i]
+    z0 = np.asarray(base.preacts[i])
     m = int(z0.shape[-1])
-    cands = [k for k, u in enumerate(r0) if jnp.size(u) == jnp.size(z0)]
+    cands = [k for k, u in enumerate(r0) if np.size(u) == z0.size]
     if not cands:
         return None, "no ReLU follows it"
-    std = float(jnp.std(z0)) or 1.0
-    k1, k2, k3 = jax.random.split(jax.random.key(4321), 3)
-    w1 = z0 + std * jax.random.normal(k1, z0.shape, z0.dtype)
-    w2 = z0 + std * jax.random.normal(k2, z0.shape, z0.dtype)
-    cap1, r1 = run_tapped(adapter, specs, x, (i, lambda t: w1))
-    _, r2 = run_tapped(adapter, specs, x, (i, lambda t: w2))
+    std = float(np.std(z0)) or 1.0
+    rng = np.random.default_rng(4321)
+    w1 = (z0 + std * rng.standard_normal(z0.shape)).astype(z0.dtype)
+    w2 = (z0 + std * rng.standard_normal(z0.shape)).astype(z0.dtype)
+    cap1, r1 = run_tapped(adapter, specs, x, (i, lambda t: jnp.asarray(w1)))
+    _, r2 = run_tapped(adapter, specs, x, (i, lambda t: jnp.asarray(w2)))
     if not (len(r0) == len(r1) == len(r2)):
         return None, "the number of ReLU calls changes with the layer's output"
     dw = (w1 - w2).reshape(-1, m)
     why = "no ReLU of the layer's output shape moves with the layer's output"
     for k in cands:
-        u0, u1, u2 = (jnp.reshape(r[k], (-1, m)) for r in (r0, r1, r2))
-        scale = max(float(jnp.max(jnp.abs(u1))), 1.0)
+        u0, u1, u2 = (np.reshape(np.asarray(r[k]), (-1, m)) for r in (r0, r1, r2))
+        scale = max(float(np.max(np.abs(u1))), 1.0)
         du = u1 - u2
         if _close(du, 0 * du, scale):
             continue  # this ReLU does not see the layer
-        a = jnp.median(du / dw, axis=0)
-        vanishing = jnp.abs(a) <= 1e-6 * scale / std
-        if bool(jnp.any(vanishing)):
-            why = f"ReLU call {k}: {int(jnp.sum(vanishing))} channels scale the layer's output by about 0"
+        a = np.median(du / dw, axis=0).astype(z0.dtype)
+        vanishing = np.abs(a) <= 1e-6 * scale / std
+        if bool(np.any(vanishing)):
+            why = f"ReLU call {k}: {int(np.sum(vanishing))} channels scale the layer's output by about 0"
             continue
         if not _close(du, a * dw, scale):
             why = f"ReLU call {k}: its input is not a per-channel affine map of the layer's output"
@@ -145,15 +147,15 @@ def detect_epilogue(adapter: Adapter, specs, x, i: int) -> tuple[Epilogue | None
         if not _close(c1, u0 - a * z0.reshape(-1, m), scale):
             why = f"ReLU call {k}: its input's offset changes with the layer's output"
             continue
-        s = jnp.sign(a)
-        push = jnp.where(u1 < 0, jnp.abs(jax.random.normal(k3, u1.shape, u1.dtype)) * std + std, 0)
+        s = np.sign(a)
+        push = np.where(u1 < 0, np.abs(rng.standard_normal(u1.shape)) * std + std, 0).astype(z0.dtype)
         w3 = (w1.reshape(-1, m) - s * push).reshape(z0.shape)
         ref = _after(cap1, i)
-        cap3, _ = run_tapped(adapter, specs, x, (i, lambda t, w3=w3: w3))
-        if not _close(_after(cap3, i), ref, max(float(jnp.max(jnp.abs(ref))), 1.0)):
+        cap3, _ = run_tapped(adapter, specs, x, (i, lambda t, w3=w3: jnp.asarray(w3)))
+        if not _close(_after(cap3, i), ref, max(float(np.max(np.abs(ref))), 1.0)):
             why = f"ReLU call {k}: the layer's output also reaches the model by another path than this ReLU"
             continue
-        return Epilogue(scale=a, relu_call=k, flipped=int(jnp.sum(a < 0))), ""
+        return Epilogue(scale=jnp.asarray(a), relu_call=k, flipped=int(np.sum(a < 0))), ""
     return None, why
 
 

@@ -112,6 +112,14 @@ def gram_system(X, Y):
 
 @functools.partial(jax.jit, static_argnames=("relu", "rounds", "cg_iters", "cg_tol"))
 def _refit(X, Y, kernel, threshold, mask=None, *, relu, rounds, cg_iters, cg_tol=0.0, gram=None):
+    return refit_core(
+        X, Y, kernel, threshold, mask, relu=relu, rounds=rounds, cg_iters=cg_iters, cg_tol=cg_tol, gram=gram
+    )
+
+
+def refit_core(X, Y, kernel, threshold, mask=None, *, relu, rounds, cg_iters, cg_tol=0.0, gram=None):
+    """``_refit`` unjitted, for use inside another program: ``rounds`` and ``cg_iters`` may be
+    traced () ints (one refit in a loop serves refits of several lengths: ``solver.l0``)."""
     # Scaled as the solver scales them (X to unit rms singular value, Y to unit rms) for CG.
     sx = scaling.x_scale(X, "admm")
     sy = scaling.y_scale(Y)
