@@ -132,6 +132,20 @@ def test_the_finish_reports_every_cg_iteration_its_refits_ran():
     assert int(grouped.cg_iterations) == 25
 
 
+def test_the_finish_inside_another_program_equals_the_finish_called_alone():
+    """At the top level the finish is compiled with the CPU backend's options, which JAX
+    refuses on a nested jit; inside a user's jit (reference and swaps on) it is compiled as
+    part of that program, to the same kernel."""
+    x, y, w = relu_problem(200, 30, 6, seed=5, density=0.4)
+    sol = nt.solve_layer(x, y, epsilon=0.3 * np.linalg.norm(y))
+    kw = dict(steps=4, swaps=3, inner=2, reference=w)
+    alone, info = l0_finish(x, y, sol.kernel, **kw)
+    nested, nested_info = jax.jit(lambda x, y, k: l0_finish(x, y, k, **kw))(x, y, sol.kernel)
+    np.testing.assert_array_equal(np.asarray(alone) != 0, np.asarray(nested) != 0)
+    np.testing.assert_allclose(np.asarray(alone), np.asarray(nested), rtol=1e-4, atol=1e-5)
+    assert int(info.cg_iterations) == int(nested_info.cg_iterations) > 0
+
+
 def test_bad_steps_are_refused():
     x, y, _ = relu_problem(50, 5, 2)
     with pytest.raises(ValueError, match="steps must be >= 0"):
