@@ -87,3 +87,8 @@ def _compiled_programs_bounded():
     from nettrim_jax.network.compiled import release_if_crowded
 
     release_if_crowded(fraction=1 / 3)
+
+
+# The command line keeps compiled programs in ~/.cache by default; the tests' runs do not
+# (a test of the cache passes its own folder).
+os.environ.setdefault("NETTRIM_COMPILE_CACHE", "off")

@@ -35,6 +35,7 @@ from typing import NoReturn
 
 from nettrim_jax.cli.calibration import UsageError, load_calibration, one_line
 from nettrim_jax.cli.commands import cmd_prune, cmd_report
+from nettrim_jax.cli.compile_cache import cache_dir, enable
 from nettrim_jax.cli.demo import cmd_demo
 from nettrim_jax.cli.outputs import (  # noqa: F401  (the exit codes are app's public names)
     EXIT_COLLAPSED,
@@ -97,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or tables")
+    common.add_argument(
+        "--compile-cache",
+        metavar="DIR",
+        default=None,
+        help="keep compiled programs in DIR between runs (default $NETTRIM_COMPILE_CACHE, else "
+        "~/.cache/nettrim-jax/xla): a later run of the same shapes skips their compilation",
+    )
+    common.add_argument("--no-compile-cache", action="store_true", help="compile every program afresh")
 
     p = argparse.ArgumentParser(
         prog="nettrim",
@@ -309,6 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.filterwarnings("ignore", message="Net-Trim solve did not converge")
             if args.quiet:
                 warnings.simplefilter("ignore")
+            enable(cache_dir(args.compile_cache, args.no_compile_cache))  # before anything compiles
             return {"demo": cmd_demo, "prune": cmd_prune, "sweep": cmd_sweep, "report": cmd_report}[args.command](
                 args, console
             )

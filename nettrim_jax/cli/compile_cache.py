@@ -1,0 +1,65 @@
+"""The command line's persistent compilation cache: XLA programs kept on disk between runs.
+
+Every ``nettrim`` command runs in a fresh process, and a first prune of a small model spends
+most of its time compiling (the layer solver and the l0 finish once per layer shape, the
+joint refit's pass once per model).  With JAX's persistent cache
+(``jax_compilation_cache_dir``), a later run of the same shapes loads those programs instead
+of compiling them.  Programs that compiled in less than ``MIN_COMPILE_SECONDS`` are not
+written (the eager ops' small programs would fill the folder for little), and beyond
+``MAX_BYTES`` the least recently used entries are removed.
+
+Where: ``--compile-cache DIR``, else ``$NETTRIM_COMPILE_CACHE``, else
+``$XDG_CACHE_HOME/nettrim-jax/xla`` (``~/.cache/nettrim-jax/xla``); ``--no-compile-cache``,
+or the variable set to ``off``, turns it off.  A folder that cannot be made is skipped with
+a warning: the run goes on uncached.  The library's ``prune`` leaves JAX's configuration to
+its caller (``jax.config.update("jax_compilation_cache_dir", ...)``).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import jax
+
+__all__ = ["ENV", "MAX_BYTES", "MIN_COMPILE_SECONDS", "cache_dir", "enable"]
+
+ENV = "NETTRIM_COMPILE_CACHE"
+MIN_COMPILE_SECONDS = 0.2
+MAX_BYTES = 2**30  # the least recently used entries go beyond 1 GiB
+_OFF = ("", "0", "off", "none", "false", "no")
+
+
+def cache_dir(option: str | None = None, disabled: bool = False) -> Path | None:
+    """The cache folder the command line uses: ``option`` (``--compile-cache``), else
+    ``$NETTRIM_COMPILE_CACHE``, else the user's cache folder; None when ``disabled`` or the
+    variable says off."""
+    if disabled:
+        return None
+    if option:
+        return Path(option).expanduser()
+    env = os.environ.get(ENV)
+    if env is not None:
+        return None if env.strip().lower() in _OFF else Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "nettrim-jax" / "xla"
+
+
+def enable(path: Path | None) -> Path | None:
+    """Point JAX's persistent compilation cache at ``path`` (made if missing); returns the
+    folder in use, or None (``path`` None, or a folder that cannot be made: warned)."""
+    if path is None:
+        return None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK):
+            raise PermissionError(f"{path} is not writable")
+    except OSError as e:
+        warnings.warn(f"compile cache off: cannot use {path} ({e})", stacklevel=2)
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
+    return path
