@@ -4,9 +4,10 @@ Every ``nettrim`` command runs in a fresh process, and a first prune of a small 
 most of its time compiling (the layer solver and the l0 finish once per layer shape, the
 joint refit's pass once per model).  With JAX's persistent cache
 (``jax_compilation_cache_dir``), a later run of the same shapes loads those programs instead
-of compiling them.  Programs that compiled in less than ``MIN_COMPILE_SECONDS`` are not
-written (the eager ops' small programs would fill the folder for little), and beyond
-``MAX_BYTES`` the least recently used entries are removed.
+of compiling them.  Programs that compiled in less than ``MIN_COMPILE_SECONDS`` (or JAX's
+``$JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS``, when set) are not written (the eager ops' small programs would fill the folder for little).  The folder grows
+by one entry per program and layer shape (tens to hundreds of KB each) and may be deleted at
+any time (JAX's size cap needs the ``filelock`` package, which this one does not install).
 
 Where: ``--compile-cache DIR``, else ``$NETTRIM_COMPILE_CACHE``, else
 ``$XDG_CACHE_HOME/nettrim-jax/xla`` (``~/.cache/nettrim-jax/xla``); ``--no-compile-cache``,
@@ -23,12 +24,12 @@ from pathlib import Path
 
 import jax
 
-__all__ = ["ENV", "MAX_BYTES", "MIN_COMPILE_SECONDS", "cache_dir", "enable"]
+__all__ = ["ENV", "MIN_COMPILE_SECONDS", "cache_dir", "enable"]
 
 ENV = "NETTRIM_COMPILE_CACHE"
 MIN_COMPILE_SECONDS = 0.2
-MAX_BYTES = 2**30  # the least recently used entries go beyond 1 GiB
 _OFF = ("", "0", "off", "none", "false", "no")
+_MIN_TIME_ENV = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
 
 
 def cache_dir(option: str | None = None, disabled: bool = False) -> Path | None:
@@ -59,7 +60,7 @@ def enable(path: Path | None) -> Path | None:
         warnings.warn(f"compile cache off: cannot use {path} ({e})", stacklevel=2)
         return None
     jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+    if _MIN_TIME_ENV not in os.environ:  # JAX's own variable, when set, is left to rule
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     return path
