@@ -91,4 +91,4 @@ def _compiled_programs_bounded():
 
 # The command line keeps compiled programs in ~/.cache by default; the tests' runs do not
 # (a test of the cache passes its own folder).
-os.environ.setdefault("NETTRIM_COMPILE_CACHE", "off")
+os.environ["NETTRIM_COMPILE_CACHE"] = "off"

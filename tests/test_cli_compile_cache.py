@@ -83,3 +83,22 @@ def _no_user_cache(monkeypatch, tmp_path):
     """No test here writes to the user's cache folder."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("HOME", str(Path(tmp_path) / "home"))
+
+
+@pytest.mark.parametrize(
+    "argv, quiet, folder, off",
+    [
+        (["--no-compile-cache", "report", "o"], False, None, True),
+        (["report", "o", "--no-compile-cache"], False, None, True),
+        (["--compile-cache", "/tmp/x", "report", "o"], False, "/tmp/x", False),
+        (["demo", "--compile-cache", "/tmp/y"], False, "/tmp/y", False),
+        (["-q", "demo"], True, None, False),
+        (["demo"], False, None, False),
+    ],
+)
+def test_the_common_options_hold_before_or_after_the_command(argv, quiet, folder, off):
+    """A command's parser does not overwrite what was given before its name."""
+    from nettrim_jax.cli.app import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert (args.quiet, args.compile_cache, args.no_compile_cache) == (quiet, folder, off)

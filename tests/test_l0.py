@@ -144,6 +144,9 @@ def test_the_finish_inside_another_program_equals_the_finish_called_alone():
     np.testing.assert_array_equal(np.asarray(alone) != 0, np.asarray(nested) != 0)
     np.testing.assert_allclose(np.asarray(alone), np.asarray(nested), rtol=1e-4, atol=1e-5)
     assert int(info.cg_iterations) == int(nested_info.cg_iterations) > 0
+    # concrete arrays closed over inside a jit: no tracer among the arguments, still nested
+    closed, _ = jax.jit(lambda: l0_finish(jnp.asarray(x), jnp.asarray(y), sol.kernel, **kw))()
+    np.testing.assert_allclose(np.asarray(alone), np.asarray(closed), rtol=1e-4, atol=1e-5)
 
 
 def test_bad_steps_are_refused():

@@ -93,27 +93,37 @@ def _joint_iterations(text: str) -> int | str:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from nettrim_jax import __version__
-
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or tables")
-    common.add_argument(
+def _add_common(parser: argparse.ArgumentParser, suppressed: bool) -> None:
+    """The options every command takes, on the top-level parser (with their defaults) and on
+    each command's (``suppressed``: no defaults, so a command's parser does not overwrite
+    what was given before its name; the same action objects must not be shared, as
+    argparse's ``parents`` would)."""
+    flag: object = argparse.SUPPRESS if suppressed else False
+    parser.add_argument("-q", "--quiet", action="store_true", default=flag, help="no progress bars or tables")
+    parser.add_argument(
         "--compile-cache",
         metavar="DIR",
-        default=None,
+        default=argparse.SUPPRESS if suppressed else None,
         help="keep compiled programs in DIR between runs (default $NETTRIM_COMPILE_CACHE, else "
         "~/.cache/nettrim-jax/xla): a later run of the same shapes skips their compilation",
     )
-    common.add_argument("--no-compile-cache", action="store_true", help="compile every program afresh")
+    parser.add_argument("--no-compile-cache", action="store_true", default=flag, help="compile every program afresh")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nettrim_jax import __version__
+
+    # the options every command takes, before or after its name (``_add_common``)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, suppressed=True)
 
     p = argparse.ArgumentParser(
         prog="nettrim",
         description="Net-Trim convex pruning of trained ReLU networks.",
         epilog="exit codes: 0 ok, 1 internal error (a bug), 2 bad usage or input, "
         "3 not converged (--strict), 4 the pruned model collapsed (nothing written), 130 interrupted",
-        parents=[common],
     )
+    _add_common(p, suppressed=False)
     p.add_argument("--version", action="version", version=f"nettrim-jax {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

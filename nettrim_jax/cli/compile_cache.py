@@ -13,8 +13,10 @@ grows by its entries for each new layer shape and may be deleted at any time (JA
 needs the ``filelock`` package, which this one does not install).
 
 Where: ``--compile-cache DIR``, else ``$NETTRIM_COMPILE_CACHE``, else
-``$XDG_CACHE_HOME/nettrim-jax/xla`` (``~/.cache/nettrim-jax/xla``); ``--no-compile-cache``,
-or the variable set to ``off``, turns it off.  A folder that cannot be made is skipped with
+JAX's ``$JAX_COMPILATION_CACHE_DIR``, else ``$XDG_CACHE_HOME/nettrim-jax/xla``
+(``~/.cache/nettrim-jax/xla``; none without a home folder); ``--no-compile-cache``, or the
+variable set to ``off``, turns it off.  JAX writes an entry in place: one left truncated by a
+killed run makes JAX warn and compile that program again (delete the folder to clear it).  A folder that cannot be made is skipped with
 a warning: the run goes on uncached.  The library's ``prune`` leaves JAX's configuration to
 its caller (``jax.config.update("jax_compilation_cache_dir", ...)``).
 """
@@ -37,8 +39,8 @@ _MIN_TIME_ENV = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
 
 def cache_dir(option: str | None = None, disabled: bool = False) -> Path | None:
     """The cache folder the command line uses: ``option`` (``--compile-cache``), else
-    ``$NETTRIM_COMPILE_CACHE``, else the user's cache folder; None when ``disabled`` or the
-    variable says off."""
+    ``$NETTRIM_COMPILE_CACHE``, else ``$JAX_COMPILATION_CACHE_DIR``, else the user's cache
+    folder; None when ``disabled``, the variable says off, or there is no home folder."""
     if disabled:
         return None
     if option:
@@ -46,7 +48,12 @@ def cache_dir(option: str | None = None, disabled: bool = False) -> Path | None:
     env = os.environ.get(ENV)
     if env is not None:
         return None if env.strip().lower() in _OFF else Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # JAX's own, already set by the user
+        return Path(os.environ["JAX_COMPILATION_CACHE_DIR"]).expanduser()
+    try:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    except (RuntimeError, KeyError):  # no home folder (an anonymous user in a container)
+        return None
     return Path(base) / "nettrim-jax" / "xla"
 
 

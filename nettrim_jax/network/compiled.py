@@ -19,7 +19,7 @@ import numpy as np
 from nettrim_jax.network.batching import current_pool
 from nettrim_jax.solver import admm, pdhg
 from nettrim_jax.solver.layer import solve_layer
-from nettrim_jax.solver.xla_options import cpu_compile_options
+from nettrim_jax.solver.xla_options import cpu_compile_options, top_or_nested
 
 __all__ = ["jitted_solver", "dispatch", "fro", "misfit", "output_misfit", "release_if_crowded"]
 
@@ -95,7 +95,7 @@ def jitted_solver(
         pool = current_pool()  # a sweep's points: batched with the other points' solves
         if pool is not None:
             return pool.submit(core, args)
-        return top(*args)
+        return top_or_nested(top, core, *args)
 
     return solve
 

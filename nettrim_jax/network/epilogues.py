@@ -135,7 +135,7 @@ def detect_epilogue(adapter: Adapter, specs, x, i: int) -> tuple[Epilogue | None
         du = u1 - u2
         if _close(du, 0 * du, scale):
             continue  # this ReLU does not see the layer
-        a = np.median(du / dw, axis=0).astype(z0.dtype)
+        a = np.median(du / dw, axis=0).astype(np.result_type(du.dtype, dw.dtype))
         vanishing = np.abs(a) <= 1e-6 * scale / std
         if bool(np.any(vanishing)):
             why = f"ReLU call {k}: {int(np.sum(vanishing))} channels scale the layer's output by about 0"

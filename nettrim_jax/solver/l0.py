@@ -228,7 +228,8 @@ def _finish(
     layer shapes (1000 x 785 -> 120, 4096 x 145 -> 16 and 4000 x 785 -> 300 ReLU, 1000 x 121
     -> 10 linear; two runs each), the finish with a refit at each of its six call sites
     compiled in 2.2-2.7 s a shape, this loop in 1.4-2.0 s, and 0.9-1.8 s with the CPU
-    options (``xla_options``), to the same kernels and CG counts in the same run time."""
+    options (``xla_options``), to the same kernels (to float rounding) and CG counts in the
+    same run time."""
     omega = ((Y > 0) if omega is None else omega) if relu else jnp.ones(Y.shape, bool)
     # a linear layer with P >= N: every refit's CG and every gradient on X^T X, formed once
     gram = refit.gram_system(X, Y) if refit.uses_gram(X, relu) else None
@@ -386,10 +387,11 @@ def _finish(
     def body(c):
         c, W = jax.lax.switch(c.phase, prepares, c)
         length = lengths[c.phase]
-        W, info = refit.refit_core(
+        W1, info = refit.refit_core(
             X, Y, W, V, omega, relu=relu, rounds=length[0], cg_iters=length[1], cg_tol=cg_tol, gram=gram
         )
-        return jax.lax.switch(c.phase, afters, c, W, info.cg_iterations)
+        W1 = jnp.where(length[0] > 0, W1, W)  # no rounds (the swaps with inner 0): the start itself
+        return jax.lax.switch(c.phase, afters, c, W1, info.cg_iterations)
 
     zero = jnp.zeros((), X.dtype)
     swap_state = (U0, jnp.zeros(Y.shape, X.dtype), jnp.zeros(Y.shape[1], X.dtype)) if swapping else (zero,) * 3
@@ -517,8 +519,9 @@ def l0_finish(
         reference = jnp.asarray(reference, dtype)
         if reference.shape != kernel.shape:
             raise ValueError(f"reference must have the kernel's shape {kernel.shape}, got {reference.shape}")
-    traced = any(isinstance(a, jax.core.Tracer) for a in (X, Y, kernel, V, omega, groups, reference))
-    U, f0, f, accepted, swapped, from_reference, its = (_finish_nested if traced else _finish_top())(
+    U, f0, f, accepted, swapped, from_reference, its = xla_options.top_or_nested(
+        _finish_top(),
+        _finish_nested,
         X,
         Y,
         kernel,

@@ -7,7 +7,8 @@ the same or shorter run time (8192 x 129 -> 512, 400 iterations: 16.4-17.9 s aga
 17.5-18.2 s); the l0 finish (``solver.l0``) in 0.9-1.8 s against 1.4-1.9 s over four layer
 shapes, with the same result.  A first prune of a small model spends most of its time
 compiling.  JAX takes compiler options on a top-level ``jax.jit`` only: a program that may
-also run inside another (a vmap, a scan) keeps a plain jit for that case.
+also run inside another jit, a scan or a cond keeps a plain jit for that case
+(``top_or_nested``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import functools
 import jax
 import numpy as np
 
-__all__ = ["cpu_compile_options"]
+__all__ = ["cpu_compile_options", "top_or_nested"]
 
 _CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
@@ -29,7 +30,22 @@ def cpu_compile_options() -> dict:
     if jax.default_backend() != "cpu":
         return {}
     try:
-        jax.jit(lambda a: a + 1, compiler_options=_CPU_OPTIONS)(np.float32(0)).block_until_ready()
+        # lowered and compiled, not called: the check also holds when first made inside a trace
+        jax.jit(lambda a: a + 1, compiler_options=_CPU_OPTIONS).lower(np.float32(0)).compile()
     except Exception:  # an XLA without the option: its defaults
         return {}
     return dict(_CPU_OPTIONS)
+
+
+def top_or_nested(top, nested, *args, **kwargs):
+    """``top(*args, **kwargs)`` (a jit with compiler options), or ``nested`` (the same program
+    under a plain jit) where JAX refuses the options: arguments that are tracers, or a call
+    inside another jit, scan or cond (JAX raises at trace time, before anything runs)."""
+    if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((args, kwargs))):
+        return nested(*args, **kwargs)
+    try:
+        return top(*args, **kwargs)
+    except ValueError as e:
+        if "top-level" not in str(e):
+            raise
+        return nested(*args, **kwargs)
