@@ -297,9 +297,6 @@ def _finish(
     def prepare_last(c):
         return c, (c.Us if swapping else c.U)
 
-    def prepare_done(c):
-        return c, c.U
-
     # -- what each phase does with its refit W (cg: its CG iterations)
     def after_start(c, W, cg):
         f0 = total(W)
@@ -365,11 +362,9 @@ def _finish(
             phase=jnp.int32(_DONE), U=jnp.where(better, W, c.U), f=jnp.where(better, f1, c.f), its=c.its + cg
         )
 
-    def after_done(c, W, cg):
-        return c
-
-    prepares = (prepare_start, prepare_reference, prepare_union, prepare_kept, prepare_swap, prepare_last, prepare_done)
-    afters = (after_start, after_reference, after_union, after_kept, after_swap, after_last, after_done)
+    # indexed by phase; no pass runs at _DONE (the loop's condition), so it has no entry
+    prepares = (prepare_start, prepare_reference, prepare_union, prepare_kept, prepare_swap, prepare_last)
+    afters = (after_start, after_reference, after_union, after_kept, after_swap, after_last)
     # each phase's refit length: (active-set rounds, CG iterations per round)
     lengths = jnp.asarray(
         [
@@ -379,7 +374,6 @@ def _finish(
             (rounds, cg_iters),
             (1 if inner else 0, inner),  # the swaps' short refit (none with inner 0)
             (rounds, cg_iters),
-            (0, 0),
         ],
         jnp.int32,
     )
